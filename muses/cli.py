@@ -1,0 +1,205 @@
+"""The ``muses`` command line: encode, evaluate, benchmark, and the default end-to-end run."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from muses.errors import InputError, MusesError
+
+app = typer.Typer(
+    help="MuSES: multi-scale (token / sentence / document, Matryoshka) embeddings.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+eval_app = typer.Typer(help="Evaluate a model on benchmark tasks.", no_args_is_help=True)
+bench_app = typer.Typer(
+    help="Speed and memory benchmarks (ratios against a baseline measured in the same run).",
+    no_args_is_help=True,
+)
+app.add_typer(eval_app, name="eval")
+app.add_typer(bench_app, name="bench")
+console = Console()
+err_console = Console(stderr=True)
+
+ModelOpt = Annotated[
+    str,
+    typer.Option(
+        "--model",
+        "-m",
+        help="MuSES folder, sentence-transformers folder or hub name; 'default' = bundled all-MiniLM-L6-v2.",
+    ),
+]
+DataDirOpt = Annotated[
+    Path | None,
+    typer.Option("--data-dir", help="Data root (stsb/, scifact/, ...). Default: $MUSES_DATA_DIR."),
+]
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Print user errors (bad input, missing data, bad model) as one line, without a traceback; exit code 2."""
+    try:
+        yield
+    except MusesError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        raise typer.Exit(2) from None
+
+
+def _parse_scales(scales: str) -> list[str]:
+    out = [s.strip() for s in scales.split(",") if s.strip()]
+    if not out:
+        raise InputError("--scales is empty; use e.g. document,sentence,token.")
+    return out
+
+
+@app.command()
+def encode(
+    input: Annotated[
+        Path,
+        typer.Argument(
+            help="A .jsonl file (fields: text or sentences, id, metadata) or a text file (one document per line)."
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")],
+    model: ModelOpt = "default",
+    scales: Annotated[str, typer.Option(help="Comma-separated: document,sentence,token.")] = "document,sentence",
+    dim: Annotated[int | None, typer.Option(help="Matryoshka dim (default: full).")] = None,
+    context: Annotated[str, typer.Option(help="Sentence vectors: 'document' (in context) or 'sentence'.")] = "document",
+    fmt: Annotated[str, typer.Option("--format", help="npy or safetensors.")] = "npy",
+    text_field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
+    one_document: Annotated[bool, typer.Option(help="Treat a whole text file as one document.")] = False,
+    batch_size: Annotated[int, typer.Option(help="Windows per transformer batch.")] = 32,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+) -> None:
+    """Embed documents at several scales; write arrays plus a JSONL index of documents, spans and tokens."""
+    with user_errors():
+        from muses.encoder import MultiScaleEncoder
+        from muses.io import read_documents, write_embeddings
+
+        scale_list = _parse_scales(scales)
+        if out.exists() and not overwrite:
+            raise InputError(f"output {out} already exists; choose another path or pass --overwrite.")
+        docs = list(read_documents(input, text_field=text_field, one_document=one_document))
+        if not docs:
+            raise InputError(f"{input} holds no documents (every line is empty).")
+        enc = MultiScaleEncoder.from_base(model)
+        embs = enc.encode_documents(
+            docs,
+            scales=scale_list,
+            dim=dim,
+            context=context,  # type: ignore[arg-type]
+            batch_size=batch_size,
+            show_progress_bar=True,
+        )
+        meta = {"model": model, "input": str(input), "context": context, "n_documents": len(docs)}
+        path = write_embeddings(out, embs, scale_list, meta, fmt=fmt, overwrite=overwrite)  # type: ignore[arg-type]
+        console.print(f"wrote {len(embs)} documents, {sum(len(e.doc.sentences) for e in embs)} sentences to {path}")
+
+
+@eval_app.command("sts")
+def eval_sts(
+    model: ModelOpt = "default",
+    data_dir: DataDirOpt = None,
+    split: Annotated[str, typer.Option(help="train, dev or test (test is for reporting only).")] = "test",
+    hub: Annotated[bool, typer.Option(help="Load STS-B from the Hugging Face hub instead of --data-dir.")] = False,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here.")] = None,
+) -> None:
+    """STS-B Spearman of cosine similarity at every Matryoshka dim."""
+    with user_errors():
+        from muses.data.stsb import load_stsb
+        from muses.encoder import MultiScaleEncoder
+        from muses.evaluation.sts import evaluate_sts
+
+        pairs = load_stsb(split, data_dir, hub=hub)
+        enc = MultiScaleEncoder.from_base(model)
+        metrics = evaluate_sts(enc, pairs, enc.dims)
+        _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model}")
+        result = {"task": "sts-b", "split": split, "model": model, "n_pairs": len(pairs), "metrics": metrics}
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print_json(json.dumps(result))
+
+
+def _print_sts(metrics: dict[str, float], dims: list[int], title: str) -> None:
+    table = Table(title=title)
+    table.add_column("dim", justify="right")
+    table.add_column("Spearman", justify="right")
+    table.add_column("Pearson", justify="right")
+    for d in dims:
+        table.add_row(str(d), f"{metrics[f'spearman@{d}']:.4f}", f"{metrics[f'pearson@{d}']:.4f}")
+    console.print(table)
+
+
+@bench_app.command("encode")
+def bench_encode_cmd(
+    model: ModelOpt = "default",
+    data_dir: DataDirOpt = None,
+    n_docs: Annotated[int, typer.Option(help="SciFact abstracts to encode.")] = 300,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per side (best is kept).")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+) -> None:
+    """MuSES one-pass documents+sentences(+tokens) vs sentence-transformers encoding them separately."""
+    with user_errors():
+        from muses.bench.encode import bench_encode
+        from muses.encoder import MultiScaleEncoder
+
+        enc = MultiScaleEncoder.from_base(model)
+        result = bench_encode(enc, data_dir, n_docs=n_docs, repeats=repeats)
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print_json(json.dumps(result))
+
+
+@app.command()
+def run(
+    model: ModelOpt = "default",
+    data_dir: DataDirOpt = None,
+) -> None:
+    """The default job: encode the built-in sample at every scale, then evaluate STS-B (test) at every dim."""
+    with user_errors():
+        import numpy as np
+
+        from muses.encoder import MultiScaleEncoder
+        from muses.samples import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
+        from muses.text import make_document
+
+        enc = MultiScaleEncoder.from_base(model)
+        docs = [make_document(d["text"], id=d["id"]) for d in SAMPLE_DOCUMENTS]
+        embs = enc.encode_documents(docs, scales=("document", "sentence", "token"))
+        table = Table(title=f"Built-in sample, one pass per document ({model})")
+        for col in ("document", "sentences", "tokens", "windows"):
+            table.add_column(col)
+        for e in embs:
+            table.add_row(str(e.doc.id), str(len(e.sentences)), str(len(e.token_offsets)), str(e.n_windows))
+        console.print(table)
+        q = enc.encode_queries(SAMPLE_QUERIES)
+        zoom = Table(title="Queries: best document, then best sentence inside it")
+        for col in ("query", "document", "sentence", "cos"):
+            zoom.add_column(col)
+        doc_mat = np.stack([e.document for e in embs])
+        for query, qv in zip(SAMPLE_QUERIES, q, strict=True):
+            best = embs[int(np.argmax(doc_mat @ qv))]
+            s = int(np.argmax(best.sentences @ qv))
+            zoom.add_row(query, str(best.doc.id), best.doc.sentence_texts()[s], f"{float(best.sentences[s] @ qv):.3f}")
+        console.print(zoom)
+        from muses.data.paths import ENV_VAR
+
+        if data_dir is None and not os.environ.get(ENV_VAR):
+            err_console.print(f"STS-B skipped: no --data-dir and no ${ENV_VAR}.")
+            return
+        eval_sts(model=model, data_dir=data_dir, split="test", hub=False, json_out=None)
+
+
+def main() -> None:
+    """Console entry point."""
+    app()

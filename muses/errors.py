@@ -1,0 +1,27 @@
+"""User-facing errors.
+
+Every error a user can cause (bad input, missing files, bad configs) is a :class:`MusesError` whose message names
+the problem and the fix. The CLI prints these without a traceback; programming errors keep their traceback.
+"""
+
+from __future__ import annotations
+
+
+class MusesError(Exception):
+    """An error caused by user input, with a message that says what is wrong and how to fix it."""
+
+
+class InputError(MusesError, ValueError):
+    """A text, document or argument passed to the library is not usable (empty, wrong type, bad dim...)."""
+
+
+class DataError(MusesError):
+    """A dataset is missing or a data file is malformed. The message names the file and, where known, the line."""
+
+
+class ModelError(MusesError):
+    """A model name or path cannot be loaded, or a saved model folder is incomplete."""
+
+
+class ConfigError(MusesError, ValueError):
+    """A configuration file or value is invalid."""

@@ -1,0 +1,130 @@
+"""The MuSES head bank as a sentence-transformers module.
+
+A saved MuSES model is a plain sentence-transformers folder: ``[Transformer, MultiScaleHeads]``. This module holds
+every MuSES parameter: the sentence and document poolings and the token, sentence and document heads. Inside a
+``SentenceTransformer`` it produces the sentence scale (standalone sentence, full dim, L2-normalised), so
+
+    SentenceTransformer(path, trust_remote_code=True)
+
+gives MuSES sentence embeddings to any sentence-transformers code (``truncate_dim=64`` for a Matryoshka prefix).
+sentence-transformers >= 6 asks for ``trust_remote_code=True`` before it imports any module class outside its own
+package, even from a local folder; the weights themselves are safetensors and are never unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch.nn.functional as F
+from safetensors.torch import load_model, save_model
+from sentence_transformers.base.modules import Module
+from torch import nn
+
+from muses.errors import ModelError
+from muses.heads import DEFAULT_DIMS, SCALES, HeadKind, ProjectionHead, check_dims
+from muses.pooling import Pooling, PoolingMode
+
+WEIGHTS_NAME = "model.safetensors"
+
+
+class MultiScaleHeads(Module):
+    """Poolings and per-scale heads over a transformer's token states.
+
+    Args:
+        hidden: width ``H`` of the transformer's token states.
+        embed_dim: width ``D`` of the output embeddings (default ``H``).
+        dims: Matryoshka dims, strictly increasing and ending at ``D``.
+        sentence_pooling: pooling of a sentence's tokens (in context or standalone).
+        document_pooling: pooling of a document's tokens (specials included, as sentence-transformers does).
+        head_kind: kind of every scale's head (see :class:`muses.heads.ProjectionHead`).
+        head_hidden: hidden width of residual-MLP heads (default ``D``).
+        query_prompt: text prepended to queries by ``encode_queries`` (e.g. ``"query: "`` for e5 models).
+        normalize: whether the sentence embedding is L2-normalised inside sentence-transformers pipelines.
+    """
+
+    config_keys: list[str] = [  # noqa: RUF012 - sentence-transformers' class attribute
+        "hidden",
+        "embed_dim",
+        "dims",
+        "sentence_pooling",
+        "document_pooling",
+        "head_kind",
+        "head_hidden",
+        "query_prompt",
+        "normalize",
+    ]
+
+    def __init__(
+        self,
+        hidden: int,
+        embed_dim: int | None = None,
+        dims: list[int] | tuple[int, ...] | None = None,
+        sentence_pooling: PoolingMode = "mean",
+        document_pooling: PoolingMode = "mean",
+        head_kind: HeadKind = "residual-mlp",
+        head_hidden: int | None = None,
+        query_prompt: str = "",
+        normalize: bool = True,
+    ) -> None:
+        super().__init__()
+        self.hidden = hidden
+        self.embed_dim = embed_dim or hidden
+        self.dims = list(
+            check_dims(dims or [d for d in DEFAULT_DIMS if d < self.embed_dim] + [self.embed_dim], self.embed_dim)
+        )
+        self.sentence_pooling: PoolingMode = sentence_pooling
+        self.document_pooling: PoolingMode = document_pooling
+        self.head_kind: HeadKind = head_kind
+        self.head_hidden = head_hidden
+        self.query_prompt = query_prompt
+        self.normalize = normalize
+        self.pool_sentence = Pooling(sentence_pooling, hidden)
+        self.pool_document = Pooling(document_pooling, hidden)
+        in_dims = {
+            "token": hidden,
+            "sentence": self.pool_sentence.out_dim,
+            "document": self.pool_document.out_dim,
+        }
+        self.heads = nn.ModuleDict(
+            {s: ProjectionHead(in_dims[s], self.embed_dim, head_kind, head_hidden) for s in SCALES}
+        )
+
+    def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        """Standalone sentence embedding: ``token_embeddings`` ``[B, L, H]`` -> ``sentence_embedding`` ``[B, D]``."""
+        pooled = self.pool_sentence(features["token_embeddings"], features["attention_mask"])
+        emb = self.heads["sentence"](pooled)
+        features["sentence_embedding"] = F.normalize(emb, dim=-1) if self.normalize else emb
+        return features
+
+    def get_embedding_dimension(self) -> int:
+        """The full embedding size ``D``."""
+        return self.embed_dim
+
+    def save(self, output_path: str, *args: Any, safe_serialization: bool = True, **kwargs: Any) -> None:
+        """Write ``config.json`` and ``model.safetensors`` into ``output_path``."""
+        os.makedirs(output_path, exist_ok=True)
+        self.save_config(output_path)
+        save_model(self, os.path.join(output_path, WEIGHTS_NAME))
+
+    @classmethod
+    def load(  # type: ignore[override]
+        cls, model_name_or_path: str, subfolder: str = "", **kwargs: Any
+    ) -> MultiScaleHeads:
+        """Load from a local folder: JSON config plus safetensors weights (never a pickle)."""
+        folder = os.path.join(model_name_or_path, subfolder)
+        config_path = os.path.join(folder, cls.config_file_name)
+        weights = os.path.join(folder, WEIGHTS_NAME)
+        if not (os.path.isfile(config_path) and os.path.isfile(weights)):
+            raise ModelError(
+                f"{folder} is not a MuSES head folder: it needs {cls.config_file_name} and {WEIGHTS_NAME}."
+            )
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+        unknown = set(config) - set(cls.config_keys)
+        if unknown:
+            raise ModelError(f"{config_path}: unknown keys {sorted(unknown)}; was it written by a newer MuSES?")
+        module = cls(**config)
+        load_model(module, weights, strict=True, device="cpu")
+        return module

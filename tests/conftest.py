@@ -1,0 +1,37 @@
+"""Shared fixtures: the base model and MuSES encoder are loaded once per session; data comes from the real files."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import pytest
+from sentence_transformers import SentenceTransformer
+
+from muses.encoder import MultiScaleEncoder, default_base_path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared data root: $MUSES_DATA_DIR, else ../shared/data beside the checkout."""
+    root = Path(os.environ.get("MUSES_DATA_DIR") or REPO.parent / "shared" / "data")
+    if not (root / "stsb").is_dir():
+        pytest.fail(f"test data not found at {root}; set MUSES_DATA_DIR to the shared data folder")
+    return root
+
+
+@pytest.fixture(scope="session")
+def encoder() -> MultiScaleEncoder:
+    """An untrained MuSES over the bundled all-MiniLM-L6-v2 (do not modify it in tests)."""
+    return MultiScaleEncoder.from_base()
+
+
+@pytest.fixture(scope="session")
+def base_model() -> SentenceTransformer:
+    """The plain sentence-transformers all-MiniLM-L6-v2, as the reference."""
+    return SentenceTransformer(str(default_base_path()), device="cpu")
