@@ -7,13 +7,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
 from muses.errors import InputError, MusesError
+
+if TYPE_CHECKING:
+    from muses.evaluation.corpus import EmbeddingCache
 
 app = typer.Typer(
     help="MuSES: multi-scale (token / sentence / document, Matryoshka) embeddings.",
@@ -140,6 +143,106 @@ def _print_sts(metrics: dict[str, float], dims: list[int], title: str) -> None:
     console.print(table)
 
 
+CacheOpt = Annotated[
+    Path | None,
+    typer.Option("--cache-dir", help="Embedding cache (default $MUSES_CACHE_DIR or ~/.cache/muses/embeddings)."),
+]
+
+
+def _cache(cache_dir: Path | None, no_cache: bool) -> EmbeddingCache:
+    from muses.evaluation.corpus import EmbeddingCache
+
+    if no_cache:
+        return EmbeddingCache(None)
+    default = os.environ.get("MUSES_CACHE_DIR") or Path.home() / ".cache" / "muses" / "embeddings"
+    return EmbeddingCache(cache_dir or default)
+
+
+@eval_app.command("all")
+def eval_all(
+    model: ModelOpt = "default",
+    baseline: Annotated[
+        list[str] | None,
+        typer.Option("--baseline", "-b", help="Baseline spec(s), e.g. flat:default, flat:all-mpnet-base-v2."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/default"),
+    profile: Annotated[str, typer.Option(help="full (docs/results.md numbers) or quick (a few minutes).")] = "full",
+    tasks: Annotated[str | None, typer.Option(help="Comma-separated subset of tasks (default: the profile's).")] = None,
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheOpt = None,
+    no_cache: Annotated[bool, typer.Option(help="Encode everything afresh.")] = False,
+) -> None:
+    """Run every evaluation task for a model (and baselines); write results.json, report.md and plots."""
+    with user_errors():
+        from muses.evaluation.baselines import load_corpus_encoder
+        from muses.evaluation.report import TaskContext, environment, get_profile, parse_tasks, run_report
+        from muses.evaluation.report import write_report as write
+
+        prof = get_profile(profile)
+        task_list = parse_tasks(tasks, prof)
+        cache = _cache(cache_dir, no_cache)
+        models = [load_corpus_encoder(model)] + [load_corpus_encoder(b) for b in baseline or []]
+        command = " ".join(
+            [
+                "muses eval all --model",
+                model,
+                *(f"--baseline {b}" for b in baseline or []),
+                "--profile",
+                prof.name,
+                *(["--tasks", ",".join(task_list)] if tasks else []),
+                "--out",
+                str(out),
+            ]
+        )
+        results: dict[str, object] = {
+            "command": command,
+            "profile": prof.name,
+            "environment": environment(),
+            "models": [],
+        }
+        for i, m in enumerate(models):
+            ctx = TaskContext(data_dir, cache, prof, extra_models=models[1:] if i == 0 else [])
+            wanted = task_list if i == 0 else [t for t in task_list if t != "efficiency"]
+
+            def done(name: str, metrics: dict[str, float], seconds: float, who: str = m.name) -> None:
+                console.print(f"[green]done[/] {who} {name}: {len(metrics)} metrics in {seconds:.0f} s")
+                write(results, out)  # after every task: an interrupted run keeps what it finished
+
+            block: dict[str, object] = {}
+            results["models"].append(block)  # type: ignore[attr-defined]
+            run_report(m, wanted, ctx, on_task=done, into=block)
+        path = write(results, out)
+        console.print(
+            f"wrote {path}/results.json, report.md and plots (cache hits {cache.hits}, misses {cache.misses})"
+        )
+
+
+@eval_app.command("compare")
+def eval_compare(
+    a: Annotated[Path, typer.Argument(help="results.json (or report folder) of model A.")],
+    b: Annotated[Path, typer.Argument(help="results.json (or report folder) of model B.")],
+) -> None:
+    """Side-by-side headline metrics of two reports, with B - A."""
+    with user_errors():
+        from muses.evaluation.report import compare_rows, load_results
+
+        ra, rb = load_results(a), load_results(b)
+        table = Table(title=f"A = {ra['models'][0]['model']}   B = {rb['models'][0]['model']}")
+        for col in ("task", "metric", "A", "B", "B - A"):
+            table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        for task, metric, va, vb in compare_rows(ra, rb):
+            delta = "" if va is None or vb is None else f"{vb - va:+.4f}"
+            style = "green" if delta.startswith("+") and delta != "+0.0000" else "red" if delta.startswith("-") else ""
+            table.add_row(
+                task,
+                metric,
+                "" if va is None else f"{va:.4f}",
+                "" if vb is None else f"{vb:.4f}",
+                f"[{style}]{delta}[/]" if style else delta,
+            )
+        console.print(table)
+
+
 @bench_app.command("encode")
 def bench_encode_cmd(
     model: ModelOpt = "default",
@@ -160,12 +263,64 @@ def bench_encode_cmd(
         console.print_json(json.dumps(result))
 
 
+@bench_app.command("efficiency")
+def bench_efficiency(
+    model: ModelOpt = "default",
+    baseline: Annotated[str, typer.Option(help="Baseline measured in the same run.")] = "flat:default",
+    data_dir: DataDirOpt = None,
+    n_docs: Annotated[int, typer.Option(help="SciFact abstracts to encode and index.")] = 300,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+) -> None:
+    """Encode throughput per scale, FAISS query latency per dim, memory, checkpoint size, peak RSS."""
+    with user_errors():
+        from muses.evaluation.baselines import load_corpus_encoder
+        from muses.evaluation.efficiency import measure_efficiency
+        from muses.evaluation.hierarchy import scifact_documents
+
+        models = [load_corpus_encoder(model), load_corpus_encoder(baseline)]
+        result = measure_efficiency(models, scifact_documents(data_dir, n_docs))
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        console.print_json(json.dumps(result))
+
+
+@app.command()
+def train(
+    config: Annotated[Path, typer.Option("--config", "-c", help="YAML recipe, e.g. configs/default.yaml.")],
+    data_dir: DataDirOpt = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Override a setting: --set optim.lr=1e-5 (YAML value).")
+    ] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in output_dir.")] = False,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+) -> None:
+    """Train a MuSES model from a recipe; resumes from output_dir/checkpoint unless --fresh."""
+    with user_errors():
+        import yaml
+
+        from muses.training.config import load_config
+        from muses.training.data import load_training_data
+        from muses.training.trainer import Trainer
+
+        overrides: dict[str, object] = {}
+        for item in set_ or []:
+            key, sep, value = item.partition("=")
+            if not sep or not key:
+                raise InputError(f"--set {item!r} must look like key.path=value.")
+            overrides[key] = yaml.safe_load(value)
+        cfg = load_config(config, overrides)
+        data = load_training_data(cfg, data_dir)
+        console.print(f"training {cfg.name}: {data.sizes()} items, {cfg.steps} steps -> {cfg.output_dir}")
+        summary = Trainer(cfg, data, device=device).train(resume=not fresh)
+        console.print_json(json.dumps(summary))
+
+
 @app.command()
 def run(
     model: ModelOpt = "default",
     data_dir: DataDirOpt = None,
 ) -> None:
-    """The default job: encode the built-in sample at every scale, then evaluate STS-B (test) at every dim."""
+    """The default job: encode the built-in sample at every scale, then a short evaluation report."""
     with user_errors():
         import numpy as np
 
@@ -195,9 +350,29 @@ def run(
         from muses.data.paths import ENV_VAR
 
         if data_dir is None and not os.environ.get(ENV_VAR):
-            err_console.print(f"STS-B skipped: no --data-dir and no ${ENV_VAR}.")
+            err_console.print(f"evaluation skipped: no --data-dir and no ${ENV_VAR}.")
             return
-        eval_sts(model=model, data_dir=data_dir, split="test", hub=False, json_out=None)
+        eval_all(
+            model=model,
+            baseline=None,
+            out=Path("reports/quick"),
+            profile="quick",
+            tasks=None,
+            data_dir=data_dir,
+            cache_dir=None,
+            no_cache=False,
+        )
+        from muses.evaluation.report import HEADLINES, dim_table, load_results
+
+        results = load_results(Path("reports/quick"))
+        summary = Table(title="Short evaluation report (quick profile; full numbers: muses eval all)")
+        for col in ("task", "metric", "384d", "64d"):
+            summary.add_column(col)
+        for task, block in results["models"][0]["tasks"].items():
+            _, rows = dim_table(block["metrics"], HEADLINES.get(task, ()))
+            for name, by_dim in rows.items():
+                summary.add_row(task, name, *(f"{by_dim[d]:.4f}" if d in by_dim else "" for d in (384, 64)))
+        console.print(summary)
 
 
 def main() -> None:

@@ -135,7 +135,7 @@ class MultiScaleEncoder(nn.Module):
         path = default_base_path() if name == DEFAULT_BASE else Path(name)
         if path.is_dir() and (path / MUSES_META).is_file():
             return cls.load(path, device=device)
-        st = _load_sentence_transformer(str(path) if path.exists() else name, device)
+        st = load_sentence_transformer(str(path) if path.exists() else name, device)
         transformer, base_pooling = _split_base(st, name)
         for label, mode in (("sentence_pooling", sentence_pooling), ("document_pooling", document_pooling)):
             if mode is not None and mode not in POOLING_MODES:
@@ -463,7 +463,7 @@ def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
     raise ModelError("cannot locate the text between this tokenizer's special tokens; MuSES cannot window it.")
 
 
-def _load_sentence_transformer(name: str, device: str | None) -> SentenceTransformer:
+def load_sentence_transformer(name: str, device: str | None) -> SentenceTransformer:
     try:
         return SentenceTransformer(name, device=device)
     except Exception as e:  # the hub client, file system and config parsing all raise different types

@@ -29,8 +29,9 @@ def test_encode_jsonl_writes_linked_arrays_and_index(tmp_path: Path, encoder: Mu
         ],
     )
     out = tmp_path / "out"
-    result = runner.invoke(app, ["encode", str(src), "-o", str(out), "--scales", "document,sentence,token",
-                                 "--dim", "64"])
+    result = runner.invoke(
+        app, ["encode", str(src), "-o", str(out), "--scales", "document,sentence,token", "--dim", "64"]
+    )
     assert result.exit_code == 0, result.output
     doc, sent, tok = (np.load(out / f"{s}.npy") for s in ("document", "sentence", "token"))
     index = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]

@@ -1,0 +1,308 @@
+"""Multi-scale corpus vectors for evaluation, for MuSES models and flat sentence-transformers baselines alike.
+
+Every evaluation task talks to a :class:`CorpusEncoder`, so a MuSES model and a flat baseline do exactly the same
+work and are scored by the same code:
+
+- :class:`MusesCorpusEncoder`: one pass per document window; sentence vectors pooled in context (or standalone);
+  token vectors from the same pass.
+- :class:`FlatCorpusEncoder`: a plain sentence-transformers model, as people use one today: each document encoded
+  on its own (truncated at the model's max length, as ``encode`` does), each sentence encoded on its own, and its
+  token embeddings from the (truncated) document pass.
+
+Vectors are kept at full size ``D``, L2-normalised; tasks take Matryoshka prefixes with
+:func:`muses.evaluation.sts.prefix_normalize`. :class:`EmbeddingCache` stores them on disk keyed by model
+fingerprint, dataset, scale and settings, so re-running a report does not re-encode 50k sentences.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.numpy import load_file, save_file
+from sentence_transformers import SentenceTransformer
+
+from muses.encoder import MultiScaleEncoder
+from muses.types import Document
+
+
+@dataclass
+class CorpusVectors:
+    """Full-size, L2-normalised vectors of a corpus at every scale, linked by index arrays.
+
+    Attributes:
+        doc_ids: ``N`` document ids, in corpus order.
+        document: ``[N, D]`` float32.
+        sentence: ``[S, D]`` float32, all sentences of all documents, in document order.
+        sentence_doc: ``[S]`` int, the document row of each sentence.
+        sentence_pos: ``[S]`` int, the index of each sentence inside its document.
+        token: ``[T, D]`` float16 or None (token vectors are big: 1.5M tokens x 384 for SciFact).
+        token_doc: ``[T]`` int, the document row of each token (empty when ``token`` is None).
+    """
+
+    doc_ids: list[str]
+    document: np.ndarray
+    sentence: np.ndarray
+    sentence_doc: np.ndarray
+    sentence_pos: np.ndarray
+    token: np.ndarray | None = None
+    token_doc: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The arrays, for saving."""
+        out = {k: getattr(self, k) for k in ("document", "sentence", "sentence_doc", "sentence_pos", "token_doc")}
+        if self.token is not None:
+            out["token"] = self.token
+        return out
+
+
+class CorpusEncoder(Protocol):
+    """What every evaluation task needs from a model."""
+
+    name: str
+    dims: list[int]
+
+    def fingerprint(self) -> str:
+        """A hash of the weights and every setting that changes the vectors (cache key)."""
+        ...
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        """``[Q, D]`` full-size, L2-normalised query vectors."""
+        ...
+
+    def encode_sentences(self, sentences: Sequence[str], dim: int | None = None) -> np.ndarray:
+        """``[N, dim]`` standalone sentence vectors (STS)."""
+        ...
+
+    def encode_query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        """Per query, ``[t, D]`` L2-normalised token vectors (for token MaxSim)."""
+        ...
+
+    def encode_corpus(self, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
+        """All scales of a corpus."""
+        ...
+
+
+def _normalize(x: torch.Tensor) -> np.ndarray:
+    return torch.nn.functional.normalize(x.float(), dim=-1).cpu().numpy()
+
+
+def _link(docs: Sequence[Document], counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    doc = np.repeat(np.arange(len(docs)), counts)
+    pos = np.concatenate([np.arange(c) for c in counts]) if counts else np.zeros(0, dtype=np.int64)
+    return doc.astype(np.int64), pos.astype(np.int64)
+
+
+def weights_fingerprint(module: torch.nn.Module, extra: Mapping[str, object]) -> str:
+    """sha256 over every parameter and buffer (names, shapes, bytes) and the JSON of ``extra``."""
+    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
+    for name, t in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+class MusesCorpusEncoder:
+    """A :class:`MultiScaleEncoder` as a :class:`CorpusEncoder` (sentence vectors in context by default)."""
+
+    def __init__(
+        self, encoder: MultiScaleEncoder, name: str = "muses", context: str = "document", batch_size: int = 32
+    ) -> None:
+        self.encoder = encoder
+        self.name = name
+        self.context = context
+        self.batch_size = batch_size
+        self.dims = encoder.dims
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            extra = {
+                "kind": "muses",
+                "context": self.context,
+                "window": self.encoder.window,
+                "overlap": self.encoder.window_overlap,
+                "splitter": str(self.encoder.splitter),
+            }
+            self._fingerprint = weights_fingerprint(self.encoder, extra)
+        return self._fingerprint
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self.encoder.encode_queries(texts, batch_size=self.batch_size)
+
+    def encode_sentences(self, sentences: Sequence[str], dim: int | None = None) -> np.ndarray:
+        return self.encoder.encode_sentences(sentences, dim=dim, batch_size=self.batch_size)
+
+    def encode_query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        prompt = self.encoder.heads.query_prompt
+        with torch.inference_mode():
+            states = self.encoder.token_states([prompt + t for t in texts], self.batch_size)
+            return [_normalize(self.encoder.heads.heads["token"](s.content)) for s in states]
+
+    def encode_corpus(self, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
+        scales = ("document", "sentence", "token") if with_tokens else ("document", "sentence")
+        embs = self.encoder.encode_documents(
+            docs,
+            scales=scales,
+            context=self.context,  # type: ignore[arg-type]
+            batch_size=self.batch_size,
+        )
+        s_doc, s_pos = _link(docs, [len(e.sentences) for e in embs])
+        out = CorpusVectors(
+            doc_ids=[str(d.id) for d in docs],
+            document=np.stack([e.document for e in embs]),
+            sentence=np.concatenate([e.sentences for e in embs]),
+            sentence_doc=s_doc,
+            sentence_pos=s_pos,
+        )
+        if with_tokens:
+            toks = [e.tokens for e in embs if e.tokens is not None]
+            out.token = np.concatenate(toks).astype(np.float16)
+            out.token_doc = _link(docs, [len(t) for t in toks])[0]
+        return out
+
+
+class FlatCorpusEncoder:
+    """A plain sentence-transformers model as a :class:`CorpusEncoder`: every scale encoded on its own."""
+
+    def __init__(
+        self,
+        model: SentenceTransformer,
+        name: str = "flat",
+        dims: Sequence[int] | None = None,
+        batch_size: int = 32,
+        query_prompt: str = "",
+    ) -> None:
+        self.model = model
+        self.query_prompt = query_prompt
+        self.name = name
+        full = int(model.get_embedding_dimension() or 0)
+        self.dims = list(dims) if dims else [d for d in (32, 64, 128, 256) if d < full] + [full]
+        self.batch_size = batch_size
+        self._fingerprint: str | None = None
+
+    def fingerprint(self) -> str:
+        if self._fingerprint is None:
+            extra = {"kind": "flat", "max_seq_length": self.model.max_seq_length, "query_prompt": self.query_prompt}
+            self._fingerprint = weights_fingerprint(self.model, extra)
+        return self._fingerprint
+
+    def _encode(self, texts: Sequence[str]) -> np.ndarray:
+        return self.model.encode(
+            list(texts), batch_size=self.batch_size, normalize_embeddings=True, convert_to_numpy=True
+        )
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._encode([self.query_prompt + t for t in texts])
+
+    def encode_sentences(self, sentences: Sequence[str], dim: int | None = None) -> np.ndarray:
+        x = self._encode(sentences)
+        if dim is None:
+            return x
+        x = x[:, :dim]
+        return x / np.clip(np.linalg.norm(x, axis=1, keepdims=True), 1e-12, None)
+
+    def _token_vectors(self, texts: Sequence[str]) -> list[np.ndarray]:
+        out = self.model.encode(
+            list(texts), batch_size=self.batch_size, output_value="token_embeddings", convert_to_numpy=False
+        )
+        # drop the leading and trailing special tokens, as MuSES's token scale does
+        return [_normalize(t[1:-1]) for t in out]
+
+    def encode_query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        return self._token_vectors([self.query_prompt + t for t in texts])
+
+    def encode_corpus(self, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
+        sentences = [s for d in docs for s in d.sentence_texts()]
+        s_doc, s_pos = _link(docs, [len(d.sentences) for d in docs])
+        out = CorpusVectors(
+            doc_ids=[str(d.id) for d in docs],
+            document=self._encode([d.text for d in docs]),
+            sentence=self._encode(sentences),
+            sentence_doc=s_doc,
+            sentence_pos=s_pos,
+        )
+        if with_tokens:
+            toks = self._token_vectors([d.text for d in docs])
+            out.token = np.concatenate(toks).astype(np.float16)
+            out.token_doc = _link(docs, [len(t) for t in toks])[0]
+        return out
+
+
+def corpus_key(docs: Sequence[Document]) -> str:
+    """A hash of a corpus's ids, texts and sentence spans (changes when the segmentation changes)."""
+    h = hashlib.sha256()
+    for d in docs:
+        h.update(f"{d.id}\x00{d.text}\x00".encode())
+        h.update(np.asarray([(s.start, s.end) for s in d.sentences], dtype=np.int64).tobytes())
+    return h.hexdigest()[:16]
+
+
+class EmbeddingCache:
+    """On-disk cache of :class:`CorpusVectors` and query vectors, keyed by model fingerprint and data.
+
+    The key hashes the model's weights and settings (:meth:`CorpusEncoder.fingerprint`), so a changed model never
+    reads stale vectors. Files are written to a temporary name and renamed, so an interrupted run leaves no
+    half-written entry. ``root=None`` disables caching.
+    """
+
+    def __init__(self, root: str | os.PathLike[str] | None) -> None:
+        self.root = Path(root) if root is not None else None
+        self.hits = 0
+        self.misses = 0
+
+    def _path(self, model: CorpusEncoder, kind: str, key: str) -> Path | None:
+        if self.root is None:
+            return None
+        return self.root / model.fingerprint() / f"{kind}-{key}.safetensors"
+
+    def corpus(self, model: CorpusEncoder, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
+        """The corpus vectors, from the cache or freshly encoded (then stored).
+
+        An entry with token vectors also serves a request without them (only the needed arrays are read).
+        """
+        key = corpus_key(docs)
+        candidates = ["corpus-tok"] if with_tokens else ["corpus", "corpus-tok"]
+        for kind in candidates:
+            path = self._path(model, kind, key)
+            if path is not None and path.is_file():
+                self.hits += 1
+                with safe_open(str(path), framework="numpy") as f:
+                    names = [n for n in f.keys() if with_tokens or n != "token"]  # noqa: SIM118 - not a dict
+                    arrays = {n: f.get_tensor(n) for n in names}
+                return CorpusVectors(doc_ids=[str(d.id) for d in docs], **arrays)
+        self.misses += 1
+        vecs = model.encode_corpus(docs, with_tokens=with_tokens)
+        path = self._path(model, candidates[0], key)
+        if path is not None:
+            self._save(path, vecs.arrays())
+        return vecs
+
+    def queries(self, model: CorpusEncoder, texts: Sequence[str]) -> np.ndarray:
+        """Query vectors ``[Q, D]``, from the cache or freshly encoded."""
+        key = hashlib.sha256("\x00".join(texts).encode()).hexdigest()[:16]
+        path = self._path(model, "queries", key)
+        if path is not None and path.is_file():
+            self.hits += 1
+            return load_file(str(path))["queries"]
+        self.misses += 1
+        vecs = model.encode_queries(texts)
+        if path is not None:
+            self._save(path, {"queries": vecs})
+        return vecs
+
+    @staticmethod
+    def _save(path: Path, arrays: dict[str, np.ndarray]) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(tmp))
+        tmp.replace(path)

@@ -1,0 +1,340 @@
+"""Evaluation reports: run every task for one or more models, write ``results.json``, a markdown table and plots.
+
+Tasks (all through a :class:`~muses.evaluation.corpus.CorpusEncoder`, so MuSES and flat baselines do the same work):
+
+====================  ==========================================================================================
+``sts``               STS-B test Spearman at every dim
+``scifact``           SciFact (BEIR) retrieval: document, sentence max-sim, token MaxSim rerank, fusion fitted on train
+``evidence``          SciFact evidence sentences among all ~46k corpus sentences: flat and zoom
+``squad``             SQuAD dev answer sentences (ReQA-style), sentence vectors in context: flat and zoom
+``squad-standalone``  the same with standalone sentence vectors (MuSES models only)
+``hierarchy``         parent-document accuracy of sentences: 1000 held-out Wikipedia articles and SciFact abstracts
+``knn``               k-NN topic classification of Wikipedia articles, document and sentence scale
+``efficiency``        encode throughput, FAISS query latency per dim, memory, checkpoint size, peak RSS
+====================  ==========================================================================================
+
+Profiles: ``full`` runs every task at full size (the numbers in ``docs/results.md``); ``quick`` runs a short report
+(STS-B, SQuAD, hierarchy and k-NN on subsets) in a few minutes, for ``make run``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from muses.data.stsb import load_stsb
+from muses.data.wikipedia import load_wikipedia, stratified_split
+from muses.errors import InputError
+from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
+from muses.evaluation.evidence import evaluate_scifact_evidence, evaluate_squad_sentences
+from muses.evaluation.hierarchy import evaluate_hierarchy, scifact_documents, wikipedia_documents
+from muses.evaluation.knn import evaluate_knn
+from muses.evaluation.retrieval import evaluate_beir_retrieval
+from muses.evaluation.sts import evaluate_sts
+
+Metrics = dict[str, float]
+_DIM_KEY = re.compile(r"^(?P<name>.+)@(?P<dim>\d+)$")
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Size limits of a report run (None = full size)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    squad_docs: int | None = None
+    hierarchy_wiki_docs: int = 1000
+    hierarchy_scifact_docs: int | None = None
+    knn_articles: int | None = None
+    knn_scales: tuple[str, ...] = ("document", "sentence")
+    efficiency_docs: int = 300
+
+
+ALL_TASKS = ("sts", "scifact", "evidence", "squad", "squad-standalone", "hierarchy", "knn", "efficiency")
+PROFILES: dict[str, Profile] = {
+    "full": Profile("full", ALL_TASKS),
+    "quick": Profile(
+        "quick",
+        ("sts", "squad", "hierarchy", "knn"),
+        squad_docs=400,
+        hierarchy_wiki_docs=300,
+        hierarchy_scifact_docs=300,
+        knn_articles=2000,
+        knn_scales=("document",),
+    ),
+}
+
+# The rows shown in markdown and compare tables (results.json keeps every metric).
+HEADLINES: dict[str, tuple[str, ...]] = {
+    "sts": ("spearman",),
+    "scifact": (
+        "document/ndcg@10",
+        "sentence/ndcg@10",
+        "token-rerank/ndcg@10",
+        "fusion-wsum/ndcg@10",
+        "fusion-rrf/ndcg@10",
+        "document/recall@100",
+    ),
+    "evidence": ("flat/recall@1", "flat/recall@10", "flat/mrr@100", "zoom/recall@1", "zoom/recall@10", "zoom/mrr@100"),
+    "squad": (
+        "unambiguous/flat/recall@1",
+        "unambiguous/flat/mrr@100",
+        "unambiguous/zoom/recall@1",
+        "unambiguous/zoom/mrr@100",
+        "all/flat/recall@1",
+    ),
+    "hierarchy": (
+        "wikipedia/hierarchy/batch32",
+        "wikipedia/hierarchy/all",
+        "scifact/hierarchy/batch32",
+        "scifact/hierarchy/all",
+    ),
+    "knn": ("knn/document/accuracy", "knn/document/macro_f1", "knn/sentence/accuracy", "knn/sentence/macro_f1"),
+}
+HEADLINES["squad-standalone"] = HEADLINES["squad"]
+
+
+@dataclass
+class TaskContext:
+    """What tasks share: where the data is, the embedding cache and the profile."""
+
+    data_dir: str | os.PathLike[str] | None
+    cache: EmbeddingCache
+    profile: Profile
+    extra_models: Sequence[CorpusEncoder] = field(default_factory=list)
+
+
+def _task_sts(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    return evaluate_sts(model, load_stsb("test", ctx.data_dir), model.dims)
+
+
+def _task_scifact(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    return evaluate_beir_retrieval(model, "scifact", "test", cache=ctx.cache, data_dir=ctx.data_dir)
+
+
+def _task_evidence(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    return evaluate_scifact_evidence(model, cache=ctx.cache, data_dir=ctx.data_dir)
+
+
+def _task_squad(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    return evaluate_squad_sentences(model, cache=ctx.cache, max_docs=ctx.profile.squad_docs, data_dir=ctx.data_dir)
+
+
+def _task_squad_standalone(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    if not isinstance(model, MusesCorpusEncoder):
+        return {}  # a flat baseline's sentence vectors are standalone already: `squad` is that number
+    alone = MusesCorpusEncoder(
+        model.encoder, name=f"{model.name}/standalone", context="sentence", batch_size=model.batch_size
+    )
+    return _task_squad(alone, ctx)
+
+
+def _task_hierarchy(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
+    wiki = wikipedia_documents(held_out[: ctx.profile.hierarchy_wiki_docs])
+    out = {f"wikipedia/{k}": v for k, v in evaluate_hierarchy(model, wiki, cache=ctx.cache, seed=0).items()}
+    sci = scifact_documents(ctx.data_dir, ctx.profile.hierarchy_scifact_docs)
+    out.update({f"scifact/{k}": v for k, v in evaluate_hierarchy(model, sci, cache=ctx.cache, seed=0).items()})
+    return out
+
+
+def _task_knn(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    return evaluate_knn(
+        model,
+        load_wikipedia(),
+        cache=ctx.cache,
+        scales=ctx.profile.knn_scales,  # type: ignore[arg-type]
+        max_articles=ctx.profile.knn_articles,
+    )
+
+
+def _task_efficiency(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    from muses.evaluation.efficiency import measure_efficiency
+
+    docs = scifact_documents(ctx.data_dir, ctx.profile.efficiency_docs)
+    return measure_efficiency([model, *ctx.extra_models], docs)  # type: ignore[return-value]
+
+
+TASKS: dict[str, Callable[[CorpusEncoder, TaskContext], Metrics]] = {
+    "sts": _task_sts,
+    "scifact": _task_scifact,
+    "evidence": _task_evidence,
+    "squad": _task_squad,
+    "squad-standalone": _task_squad_standalone,
+    "hierarchy": _task_hierarchy,
+    "knn": _task_knn,
+    "efficiency": _task_efficiency,
+}
+
+
+def parse_tasks(tasks: str | Sequence[str] | None, profile: Profile) -> list[str]:
+    """Task names from a comma-separated string (or the profile's), checked against :data:`TASKS`."""
+    names = list(profile.tasks) if not tasks else tasks.split(",") if isinstance(tasks, str) else list(tasks)
+    names = [n.strip() for n in names if n.strip()]
+    unknown = [n for n in names if n not in TASKS]
+    if unknown:
+        raise InputError(f"unknown task(s) {unknown}; use any of {', '.join(TASKS)}.")
+    return names
+
+
+def get_profile(name: str) -> Profile:
+    """A profile by name, with an error listing the valid ones."""
+    if name not in PROFILES:
+        raise InputError(f"unknown profile {name!r}; use one of {', '.join(PROFILES)}.")
+    return PROFILES[name]
+
+
+def run_report(
+    model: CorpusEncoder,
+    tasks: Sequence[str],
+    ctx: TaskContext,
+    on_task: Callable[[str, Metrics, float], None] | None = None,
+    into: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Run ``tasks`` for ``model``; returns the ``results.json`` structure of one model.
+
+    With ``into``, the results are filled into that dict as each task ends, so a caller can save them from
+    ``on_task`` and an interrupted run keeps every finished task.
+    """
+    out: dict[str, Any] = into if into is not None else {}
+    out.update(
+        {
+            "model": model.name,
+            "fingerprint": model.fingerprint(),
+            "dims": list(model.dims),
+            "profile": ctx.profile.name,
+            "tasks": {},
+        }
+    )
+    for name in tasks:
+        t0 = time.perf_counter()
+        metrics = TASKS[name](model, ctx)
+        seconds = time.perf_counter() - t0
+        if metrics:
+            out["tasks"][name] = {"metrics": metrics, "seconds": seconds}
+        if on_task:
+            on_task(name, metrics, seconds)
+    return out
+
+
+def environment() -> dict[str, Any]:
+    """Machine, date and library versions for the report header."""
+    import sentence_transformers
+    import torch
+
+    return {
+        "date": date.today().isoformat(),
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPU cores, torch threads {torch.get_num_threads()}",
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none",
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+    }
+
+
+def dim_table(metrics: Mapping[str, float], headlines: Sequence[str]) -> tuple[list[int], dict[str, dict[int, float]]]:
+    """Rows ``{metric name: {dim: value}}`` for the headline metrics, and the sorted dims present."""
+    rows: dict[str, dict[int, float]] = {}
+    for key, value in metrics.items():
+        m = _DIM_KEY.match(key)
+        if m and m["name"] in headlines:
+            rows.setdefault(m["name"], {})[int(m["dim"])] = value
+    dims = sorted({d for r in rows.values() for d in r})
+    return dims, {h: rows[h] for h in headlines if h in rows}
+
+
+def render_markdown(results: Mapping[str, Any]) -> str:
+    """A markdown report: per task, headline metrics (rows) by dim (columns), one block per model."""
+    env = results["environment"]
+    lines = [
+        f"# MuSES evaluation report ({results['profile']} profile)",
+        "",
+        f"- Command: `{results['command']}`",
+        f"- Date: {env['date']}; machine: {env['machine']}; GPU: {env['gpu']}",
+        f"- torch {env['torch']}, sentence-transformers {env['sentence_transformers']}",
+        "",
+    ]
+    tasks = [t for t in ALL_TASKS if any(t in m["tasks"] for m in results["models"])]
+    for task in tasks:
+        lines += [f"## {task}", ""]
+        for model in results["models"]:
+            block = model["tasks"].get(task)
+            if not block:
+                continue
+            if task == "efficiency":
+                lines += [
+                    f"**{model['model']}** ({block['seconds']:.0f} s): see `results.json` for all "
+                    f"{len(block['metrics'])} numbers; speed-ups measured in the same run:",
+                    "",
+                ]
+                lines += [f"- {k}: {v:.2f}" for k, v in block["metrics"].items() if k.startswith("speedup/")]
+                lines.append("")
+                continue
+            dims, rows = dim_table(block["metrics"], HEADLINES.get(task, ()))
+            lines += [
+                f"**{model['model']}** ({block['seconds']:.0f} s)",
+                "",
+                "| metric | " + " | ".join(f"{d}d" for d in dims) + " |",
+                "|---|" + "---:|" * len(dims),
+            ]
+            for name, by_dim in rows.items():
+                cells = [f"{by_dim[d]:.4f}" if d in by_dim else "" for d in dims]
+                lines.append(f"| {name} | " + " | ".join(cells) + " |")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:
+    """Write ``results.json``, ``report.md`` and the plots into ``out_dir``; returns the folder."""
+    from muses.plots import plot_report
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / "results.json.tmp"
+    tmp.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    tmp.replace(out / "results.json")
+    (out / "report.md").write_text(render_markdown(results), encoding="utf-8")
+    plot_report(results, out)
+    return out
+
+
+def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a ``results.json`` (or the report folder holding one)."""
+    p = Path(path)
+    if p.is_dir():
+        p = p / "results.json"
+    if not p.is_file():
+        raise InputError(f"{p} does not exist; pass a results.json or a report folder written by `muses eval all`.")
+    try:
+        data: dict[str, Any] = json.loads(p.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"{p}: not valid JSON ({e.msg} at line {e.lineno}).") from None
+    if "models" not in data:
+        raise InputError(f"{p} is not a MuSES results.json (no 'models').")
+    return data
+
+
+def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, float | None, float | None]]:
+    """Side-by-side headline metrics of the first model of each results: ``(task, metric@dim, a, b)``."""
+    ma, mb = a["models"][0]["tasks"], b["models"][0]["tasks"]
+    rows: list[tuple[str, str, float | None, float | None]] = []
+    for task in ALL_TASKS:
+        if task not in ma and task not in mb:
+            continue
+        heads = HEADLINES.get(task, ())
+        da, ra = dim_table(ma.get(task, {}).get("metrics", {}), heads)
+        db, rb = dim_table(mb.get(task, {}).get("metrics", {}), heads)
+        for name in heads:
+            for d in sorted(set(da) | set(db)):
+                va, vb = ra.get(name, {}).get(d), rb.get(name, {}).get(d)
+                if va is not None or vb is not None:
+                    rows.append((task, f"{name}@{d}", va, vb))
+    return rows

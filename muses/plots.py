@@ -1,0 +1,110 @@
+"""Figures for evaluation reports (matplotlib, headless): dimension sweeps, scale vs fusion, latency vs quality."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from muses.evaluation.report import HEADLINES, dim_table
+
+SCORINGS = ("document", "sentence", "token-rerank", "fusion-wsum", "fusion-rrf")
+
+
+def plot_report(results: Mapping[str, Any], out: Path) -> list[Path]:
+    """Write the report's figures into ``out``; returns the files written (tasks missing are skipped)."""
+    written = [plot_dim_sweep(results, out / "dim_sweep.png")]
+    if any("scifact" in m["tasks"] for m in results["models"]):
+        written.append(plot_scale_vs_fusion(results, out / "scale_vs_fusion.png"))
+    if any("scifact" in m["tasks"] and "efficiency" in m["tasks"] for m in results["models"]):
+        written.append(plot_latency_vs_quality(results, out / "latency_vs_quality.png"))
+    return written
+
+
+def plot_dim_sweep(results: Mapping[str, Any], path: Path) -> Path:
+    """One panel per task: each headline metric against the Matryoshka dim, one line style per model."""
+    tasks = [t for t in HEADLINES if any(t in m["tasks"] for m in results["models"])]
+    cols = min(3, max(len(tasks), 1))
+    rows = -(-max(len(tasks), 1) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    styles = ["-", "--", ":", "-."]
+    for ax, task in zip(axes.flat, tasks, strict=False):
+        for i, model in enumerate(results["models"]):
+            block = model["tasks"].get(task)
+            if not block:
+                continue
+            dims, table = dim_table(block["metrics"], HEADLINES[task])
+            for name, by_dim in table.items():
+                ds = [d for d in dims if d in by_dim]
+                ax.plot(
+                    ds,
+                    [by_dim[d] for d in ds],
+                    styles[i % len(styles)],
+                    marker="o",
+                    markersize=3,
+                    label=f"{name} ({model['model']})" if len(results["models"]) > 1 else name,
+                )
+        ax.set_xscale("log", base=2)
+        ax.set_title(task)
+        ax.set_xlabel("dim")
+        ax.legend(fontsize=6)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(tasks) :]:
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_scale_vs_fusion(results: Mapping[str, Any], path: Path) -> Path:
+    """SciFact nDCG@10 at each model's full dim: document, sentence, token MaxSim and the fusions."""
+    models = [m for m in results["models"] if "scifact" in m["tasks"]]
+    fig, ax = plt.subplots(figsize=(7, 3.8))
+    width = 0.8 / max(len(models), 1)
+    for i, model in enumerate(models):
+        full = max(model["dims"])
+        metrics = model["tasks"]["scifact"]["metrics"]
+        values = [metrics.get(f"{s}/ndcg@10@{full}", 0.0) for s in SCORINGS]
+        xs = [j + i * width for j in range(len(SCORINGS))]
+        bars = ax.bar(xs, values, width=width, label=model["model"])
+        ax.bar_label(bars, fmt="%.3f", fontsize=6)
+    ax.set_xticks([j + width * (len(models) - 1) / 2 for j in range(len(SCORINGS))], SCORINGS)
+    ax.set_ylabel("SciFact nDCG@10")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_latency_vs_quality(results: Mapping[str, Any], path: Path) -> Path:
+    """Per dim: FAISS query latency (batch 1, document index) against SciFact document-scale nDCG@10."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for model in results["models"]:
+        if "scifact" not in model["tasks"] or "efficiency" not in model["tasks"]:
+            continue
+        eff, sci = model["tasks"]["efficiency"]["metrics"], model["tasks"]["scifact"]["metrics"]
+        pts = [
+            (eff[k], sci[f"document/ndcg@10@{d}"], d)
+            for d in model["dims"]
+            if (k := f"{model['model']}/search/document/batch1_ms@{d}") in eff and f"document/ndcg@10@{d}" in sci
+        ]
+        if not pts:
+            continue
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=model["model"])
+        for x, y, d in pts:
+            ax.annotate(f"{d}d", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("query latency, ms (batch 1, FAISS flat, document index)")
+    ax.set_ylabel("SciFact nDCG@10 (document scale)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,122 @@
+"""Training configuration: a YAML recipe validated by pydantic, with errors that name the field and the fix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from muses.errors import ConfigError
+from muses.heads import HeadKind
+from muses.losses.matryoshka import ScheduleKind
+from muses.pooling import PoolingMode
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Strict):
+    """The model to train: a base (see ``MultiScaleEncoder.from_base``) and its MuSES settings."""
+
+    base: str = "default"
+    dims: list[int] | None = None
+    head_kind: HeadKind = "residual-mlp"
+    sentence_pooling: PoolingMode | None = None
+    document_pooling: PoolingMode | None = None
+    freeze_base: bool = False
+
+
+class DataConfig(_Strict):
+    """Training data sources. Dev data for model selection never comes from a test split."""
+
+    wikipedia_articles: int = Field(2000, ge=0, description="training articles (train side of the seeded split)")
+    stsb: bool = True
+    scifact: bool = True
+    max_doc_tokens: int = Field(254, ge=16, description="documents are cut to this many tokens for training")
+    dev_stsb_pairs: int = Field(1500, ge=0)
+    dev_wikipedia_articles: int = Field(200, ge=0)
+
+
+class LossConfig(_Strict):
+    """Loss weights and settings."""
+
+    hierarchy_weight: float = Field(1.0, ge=0)
+    temperature: float = Field(0.05, gt=0)
+    alpha: float = Field(0.5, ge=0, le=1, description="weight of token->sentence vs sentence->document")
+    tokens_per_batch: int = Field(256, ge=1, description="tokens sampled per batch for token->sentence InfoNCE")
+    same_doc_negatives: bool = True
+    cosent_weight: float = Field(1.0, ge=0)
+    mnrl_weight: float = Field(1.0, ge=0)
+    retention: Literal["cosine", "mse", "kl", "none"] = "cosine"
+    retention_weight: float = Field(1.0, ge=0)
+    matryoshka: ScheduleKind | Literal["all"] = "curriculum"
+    consistency_weight: float = Field(0.1, ge=0)
+
+
+class OptimConfig(_Strict):
+    """AdamW with linear warmup and decay."""
+
+    lr: float = Field(2e-5, gt=0)
+    head_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup_ratio: float = Field(0.1, ge=0, le=1)
+    grad_clip: float = Field(1.0, gt=0)
+    grad_accum: int = Field(1, ge=1)
+    amp: bool = Field(True, description="bf16 autocast on CUDA; ignored on CPU")
+
+
+class TrainConfig(_Strict):
+    """A whole training recipe."""
+
+    name: str = "default"
+    seed: int = 0
+    steps: int = Field(300, ge=1)
+    docs_per_batch: int = Field(16, ge=2)
+    pairs_per_batch: int = Field(32, ge=2)
+    task_weights: dict[Literal["hierarchy", "stsb", "scifact"], float] = {"hierarchy": 1.0, "stsb": 1.0, "scifact": 1.0}
+    eval_every: int = Field(50, ge=1)
+    patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
+    checkpoint_every: int = Field(50, ge=1)
+    output_dir: str = "runs/default"
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    loss: LossConfig = LossConfig()
+    optim: OptimConfig = OptimConfig()
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainConfig:
+        if not any(w > 0 for w in self.task_weights.values()):
+            raise ValueError("task_weights: at least one task needs a positive weight")
+        return self
+
+
+def load_config(path: str | os.PathLike[str], overrides: dict[str, object] | None = None) -> TrainConfig:
+    """Read and validate a YAML recipe; ``overrides`` are dotted keys (``{"optim.lr": 1e-5}``).
+
+    Raises:
+        ConfigError: naming the file, each bad field and what was expected.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist.")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of settings, got {type(raw).__name__}.")
+    for key, value in (overrides or {}).items():
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{p}: invalid config: {problems}") from None

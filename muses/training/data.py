@@ -1,0 +1,143 @@
+"""Training data: hierarchy documents, supervised pairs, dev sets, and a resumable mixed-task sampler."""
+
+from __future__ import annotations
+
+import copy
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from muses.data.beir import load_beir
+from muses.data.stsb import load_stsb
+from muses.data.wikipedia import load_wikipedia, stratified_split
+from muses.errors import DataError
+from muses.text import make_document
+from muses.training.config import TrainConfig
+from muses.types import Document, Span
+
+TASKS = ("hierarchy", "stsb", "scifact")
+
+
+@dataclass
+class TrainingData:
+    """Everything a run trains and selects on (no test split anywhere).
+
+    Attributes:
+        documents: Wikipedia lead sections (train side of the seeded topic-stratified split) for the hierarchy.
+        stsb: STS-B train pairs ``(sentence1, sentence2, score 0-5)``.
+        scifact: SciFact train ``(claim, cited abstract)`` pairs.
+        dev_stsb: STS-B dev pairs, for model selection.
+        dev_documents: other train-side Wikipedia articles, held out from training, for hierarchy model selection.
+    """
+
+    documents: list[Document]
+    stsb: list[tuple[str, str, float]]
+    scifact: list[tuple[str, str]]
+    dev_stsb: list[tuple[str, str, float]]
+    dev_documents: list[Document]
+
+    def sizes(self) -> dict[str, int]:
+        """Items per training task."""
+        return {"hierarchy": len(self.documents), "stsb": len(self.stsb), "scifact": len(self.scifact)}
+
+
+def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | None = None) -> TrainingData:
+    """Load the sources a config asks for. Wikipedia comes from the PyPI package; the rest from ``data_dir``."""
+    d = config.data
+    documents: list[Document] = []
+    dev_documents: list[Document] = []
+    if d.wikipedia_articles or d.dev_wikipedia_articles:
+        train_side, _ = stratified_split(load_wikipedia(), 0.2, seed=0)  # the test side is the report's
+        rng = np.random.default_rng(config.seed)
+        order = rng.permutation(len(train_side))
+        picked = [train_side[i] for i in order[: d.wikipedia_articles + d.dev_wikipedia_articles]]
+        docs = [make_document(a.text, id=a.title, metadata={"topic": a.topic}) for a in picked]
+        documents, dev_documents = docs[: d.wikipedia_articles], docs[d.wikipedia_articles :]
+    stsb: list[tuple[str, str, float]] = []
+    dev_stsb: list[tuple[str, str, float]] = []
+    if d.stsb or d.dev_stsb_pairs:
+        if d.stsb:
+            p = load_stsb("train", data_dir)
+            stsb = list(zip(p.sentences1, p.sentences2, p.scores, strict=True))
+        dev = load_stsb("dev", data_dir)
+        dev_stsb = list(zip(dev.sentences1, dev.sentences2, dev.scores, strict=True))[: d.dev_stsb_pairs]
+    scifact: list[tuple[str, str]] = []
+    if d.scifact:
+        ds = load_beir("scifact", split="train", data_dir=data_dir)
+        for qid in sorted(ds.qrels):
+            for doc_id in sorted(ds.qrels[qid]):
+                doc = ds.corpus[doc_id]
+                scifact.append((ds.queries[qid], (doc["title"] + ". " + doc["text"]).strip()))
+    data = TrainingData(documents, stsb, scifact, dev_stsb, dev_documents)
+    active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
+    if active:
+        raise DataError(
+            f"task(s) {active} have a positive weight in task_weights but no data; enable their "
+            "data source or set their weight to 0."
+        )
+    return data
+
+
+class MixedTaskSampler:
+    """Draws (task, item indices) batches: a task by weight, then the next items of that task's shuffled epoch.
+
+    All state (the numpy generator, each task's permutation and position) is plain JSON, so a checkpoint resumes
+    the exact same sequence of batches.
+    """
+
+    def __init__(
+        self, sizes: dict[str, int], weights: dict[str, float], batch_sizes: dict[str, int], seed: int
+    ) -> None:
+        self.tasks = [t for t in sizes if sizes[t] > 0 and weights.get(t, 0) > 0]
+        total = sum(weights[t] for t in self.tasks)
+        self.probs = [weights[t] / total for t in self.tasks]
+        self.sizes = sizes
+        self.batch_sizes = batch_sizes
+        self.rng = np.random.default_rng(seed)
+        self.perm: dict[str, list[int]] = {t: self.rng.permutation(sizes[t]).tolist() for t in self.tasks}
+        self.pos: dict[str, int] = dict.fromkeys(self.tasks, 0)
+        self.epoch: dict[str, int] = dict.fromkeys(self.tasks, 0)
+
+    def next(self) -> tuple[str, list[int]]:
+        """The next batch: its task and the indices of its items."""
+        task = self.tasks[int(self.rng.choice(len(self.tasks), p=self.probs))]
+        n = min(self.batch_sizes[task], self.sizes[task])
+        if self.pos[task] + n > self.sizes[task]:
+            self.perm[task] = self.rng.permutation(self.sizes[task]).tolist()
+            self.pos[task] = 0
+            self.epoch[task] += 1
+        items = self.perm[task][self.pos[task] : self.pos[task] + n]
+        self.pos[task] += n
+        return task, items
+
+    def state_dict(self) -> dict[str, Any]:
+        """JSON-serialisable state."""
+        return copy.deepcopy(
+            {"rng": self.rng.bit_generator.state, "perm": self.perm, "pos": self.pos, "epoch": self.epoch}
+        )
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict`."""
+        self.rng.bit_generator.state = state["rng"]
+        state = copy.deepcopy(state)
+        self.perm, self.pos, self.epoch = state["perm"], state["pos"], state["epoch"]
+
+
+def truncate_document(doc: Document, offsets: Sequence[tuple[int, int]], max_tokens: int) -> Document:
+    """Keep the sentences that end within the first ``max_tokens`` tokens (at least the first sentence)."""
+    if len(offsets) <= max_tokens:
+        return doc
+    limit = offsets[max_tokens - 1][1]
+    keep = [i for i, s in enumerate(doc.sentences) if s.end <= limit] or [0]
+    end = doc.sentences[keep[-1]].end
+    return Document(
+        doc.text[:end],
+        [doc.sentences[i] for i in keep],
+        [Span(p.start, min(p.end, end)) for p in doc.paragraphs if p.start < end],
+        [doc.sentence_paragraph[i] for i in keep],
+        id=doc.id,
+        metadata=doc.metadata,
+    )

@@ -1,0 +1,51 @@
+"""Reports: `muses eval all` writes results.json, markdown and plots; `muses eval compare` lines them up."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from muses.cli import app
+from muses.evaluation.report import compare_rows, dim_table, load_results
+
+runner = CliRunner()
+
+
+@pytest.mark.slow
+def test_eval_all_and_compare(tmp_path: Path, data_dir: Path) -> None:
+    out_a = tmp_path / "a"
+    args = ["eval", "all", "--tasks", "sts", "--data-dir", str(data_dir), "--cache-dir", str(tmp_path / "cache")]
+    result = runner.invoke(app, [*args, "--out", str(out_a), "--baseline", "flat:default"])
+    assert result.exit_code == 0, result.output
+    results = load_results(out_a)
+    assert [m["model"] for m in results["models"]] == ["default", "flat:default"]
+    muses_sts = results["models"][0]["tasks"]["sts"]["metrics"]
+    flat_sts = results["models"][1]["tasks"]["sts"]["metrics"]
+    assert abs(muses_sts["spearman@384"] - 0.8203) < 5e-4
+    assert abs(muses_sts["spearman@384"] - flat_sts["spearman@384"]) < 1e-6  # untrained MuSES = its base
+    report = (out_a / "report.md").read_text()
+    assert "| spearman |" in report and "muses eval all" in report
+    assert (out_a / "dim_sweep.png").read_bytes()[:4] == b"\x89PNG"
+    dims, rows = dim_table(muses_sts, ("spearman",))
+    assert dims == [32, 64, 128, 256, 384] and rows["spearman"][64] == muses_sts["spearman@64"]
+
+    out_b = tmp_path / "b"
+    result = runner.invoke(app, [*args, "--out", str(out_b), "--model", "flat:default"])
+    assert result.exit_code == 0, result.output
+    rows_ab = compare_rows(results, load_results(out_b))
+    assert ("sts", "spearman@384", muses_sts["spearman@384"], flat_sts["spearman@384"]) in rows_ab
+    result = runner.invoke(app, ["eval", "compare", str(out_a), str(out_b / "results.json")])
+    assert result.exit_code == 0 and "spearman@384" in result.output
+
+
+def test_report_input_errors(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "all", "--tasks", "sts,nope", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown task(s) ['nope']" in result.output
+    result = runner.invoke(app, ["eval", "all", "--profile", "huge", "--out", str(tmp_path / "r")])
+    assert result.exit_code == 2 and "unknown profile 'huge'" in result.output
+    (tmp_path / "x.json").write_text(json.dumps({"no": "models"}))
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "x.json"), str(tmp_path / "missing.json")])
+    assert result.exit_code == 2 and "not a MuSES results.json" in result.output
