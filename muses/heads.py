@@ -6,6 +6,7 @@ training then moves it away from the identity only as far as the losses ask.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Literal, get_args
 
@@ -32,7 +33,9 @@ class ProjectionHead(nn.Module):
     features (``[I 0]`` at start), i.e. the mean part.
     """
 
-    def __init__(self, in_dim: int, out_dim: int, kind: HeadKind = "residual-mlp", hidden: int | None = None) -> None:
+    def __init__(
+        self, in_dim: int, out_dim: int, kind: HeadKind = "residual-mlp", hidden: int | None = None, init_seed: int = 0
+    ) -> None:
         super().__init__()
         if kind not in HEAD_KINDS:
             raise ValueError(f"unknown head kind {kind!r}; use one of {', '.join(HEAD_KINDS)}")
@@ -50,6 +53,11 @@ class ProjectionHead(nn.Module):
         if kind == "residual-mlp":
             self.fc1 = nn.Linear(out_dim, hidden or out_dim)
             self.fc2 = nn.Linear(hidden or out_dim, out_dim)
+            # seeded, so that a fresh model is the same in every process (determinism, cache fingerprints)
+            gen = torch.Generator().manual_seed(init_seed)
+            bound = 1.0 / math.sqrt(out_dim)
+            nn.init.uniform_(self.fc1.weight, -bound, bound, generator=gen)
+            nn.init.uniform_(self.fc1.bias, -bound, bound, generator=gen)
             nn.init.zeros_(self.fc2.weight)
             nn.init.zeros_(self.fc2.bias)
         elif kind == "linear":

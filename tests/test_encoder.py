@@ -175,3 +175,9 @@ def test_unknown_model_name_or_path(tmp_path: Path) -> None:
         MultiScaleEncoder.from_base(tmp_path)
     with pytest.raises(InputError, match="last Matryoshka dim"):
         MultiScaleEncoder.from_base(dims=[32, 64])
+
+
+def test_fresh_models_are_identical(encoder: MultiScaleEncoder) -> None:
+    again = MultiScaleEncoder.from_base()
+    a, b = encoder.state_dict(), again.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a), "a fresh MuSES must be deterministic (seeded head init)"
