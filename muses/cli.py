@@ -315,66 +315,126 @@ def train(
         console.print_json(json.dumps(summary))
 
 
+@app.command("plot-runs")
+def plot_runs(
+    runs: Annotated[list[Path], typer.Argument(help="Training output folders (each with a history.jsonl).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="PNG file.")] = Path("loss_curves.png"),
+) -> None:
+    """Loss curves and dev metrics of several training runs, on shared axes."""
+    with user_errors():
+        from muses.plots import plot_training
+
+        histories = {}
+        for folder in runs:
+            if not (folder / "history.jsonl").is_file():
+                raise InputError(f"{folder} has no history.jsonl: is it a `muses train` output_dir?")
+            histories[folder.name] = folder / "history.jsonl"
+        console.print(f"wrote {plot_training(histories, out)}")
+
+
 @app.command()
 def run(
-    model: ModelOpt = "default",
+    config: Annotated[Path, typer.Option("--config", "-c", help="Training recipe.")] = Path("configs/default.yaml"),
     data_dir: DataDirOpt = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/run"),
+    train_model: Annotated[bool, typer.Option("--train/--no-train", help="Train first (else: the base).")] = True,
 ) -> None:
-    """The default job: encode the built-in sample at every scale, then a short evaluation report."""
+    """The main job: train the recipe, show it on a built-in sample, and report it against the base model.
+
+    Training resumes from the recipe's output_dir if a checkpoint is there (a rerun finishes an interrupted run).
+    Without a data dir, it trains on the Wikipedia articles alone and skips the data-dir tasks of the report.
+    """
     with user_errors():
-        import numpy as np
-
-        from muses.encoder import MultiScaleEncoder
-        from muses.samples import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
-        from muses.text import make_document
-
-        enc = MultiScaleEncoder.from_base(model)
-        docs = [make_document(d["text"], id=d["id"]) for d in SAMPLE_DOCUMENTS]
-        embs = enc.encode_documents(docs, scales=("document", "sentence", "token"))
-        table = Table(title=f"Built-in sample, one pass per document ({model})")
-        for col in ("document", "sentences", "tokens", "windows"):
-            table.add_column(col)
-        for e in embs:
-            table.add_row(str(e.doc.id), str(len(e.sentences)), str(len(e.token_offsets)), str(e.n_windows))
-        console.print(table)
-        q = enc.encode_queries(SAMPLE_QUERIES)
-        zoom = Table(title="Queries: best document, then best sentence inside it")
-        for col in ("query", "document", "sentence", "cos"):
-            zoom.add_column(col)
-        doc_mat = np.stack([e.document for e in embs])
-        for query, qv in zip(SAMPLE_QUERIES, q, strict=True):
-            best = embs[int(np.argmax(doc_mat @ qv))]
-            s = int(np.argmax(best.sentences @ qv))
-            zoom.add_row(query, str(best.doc.id), best.doc.sentence_texts()[s], f"{float(best.sentences[s] @ qv):.3f}")
-        console.print(zoom)
         from muses.data.paths import ENV_VAR
 
-        if data_dir is None and not os.environ.get(ENV_VAR):
+        have_data = data_dir is not None or bool(os.environ.get(ENV_VAR))
+        model = "default"
+        if train_model:
+            overrides = (
+                []
+                if have_data
+                else [
+                    "data.stsb=false",
+                    "data.scifact=false",
+                    "data.dev_stsb_pairs=0",
+                    "data.dev_scifact_distractors=null",
+                    "data.dev_wikipedia_articles=100",
+                    "task_weights={hierarchy: 1.0, stsb: 0.0, scifact: 0.0}",
+                ]
+            )
+            if not have_data:
+                err_console.print(f"no --data-dir and no ${ENV_VAR}: training on the Wikipedia articles only.")
+            from muses.training.config import load_config
+
+            model = str(Path(load_config(config).output_dir) / "best")
+            train(config=config, data_dir=data_dir, set_=overrides, fresh=False, device=None)
+        _show_sample(model)
+        if not have_data:
             err_console.print(f"evaluation skipped: no --data-dir and no ${ENV_VAR}.")
             return
         eval_all(
             model=model,
-            baseline=None,
-            out=Path("reports/quick"),
+            baseline=["default"] if train_model else None,
+            out=out,
             profile="quick",
             tasks=None,
             data_dir=data_dir,
             cache_dir=None,
             no_cache=False,
         )
-        from muses.evaluation.report import HEADLINES, dim_table, load_results
+        _print_summary(out)
 
-        results = load_results(Path("reports/quick"))
-        summary = Table(title="Short evaluation report (quick profile; full numbers: muses eval all)")
-        for col in ("task", "metric", "384d", "64d"):
-            summary.add_column(col)
-        for task, block in results["models"][0]["tasks"].items():
-            _, rows = dim_table(block["metrics"], HEADLINES.get(task, ()))
+
+def _show_sample(model: str) -> None:
+    """Encode the built-in sample at every scale in one pass per document, and zoom a few queries into it."""
+    import numpy as np
+
+    from muses.encoder import MultiScaleEncoder
+    from muses.samples import SAMPLE_DOCUMENTS, SAMPLE_QUERIES
+    from muses.text import make_document
+
+    enc = MultiScaleEncoder.from_base(model)
+    docs = [make_document(d["text"], id=d["id"]) for d in SAMPLE_DOCUMENTS]
+    embs = enc.encode_documents(docs, scales=("document", "sentence", "token"))
+    table = Table(title=f"Built-in sample, one pass per document ({model})")
+    for col in ("document", "sentences", "tokens", "windows"):
+        table.add_column(col)
+    for e in embs:
+        table.add_row(str(e.doc.id), str(len(e.sentences)), str(len(e.token_offsets)), str(e.n_windows))
+    console.print(table)
+    q = enc.encode_queries(SAMPLE_QUERIES)
+    zoom = Table(title="Queries: best document, then best sentence inside it")
+    for col in ("query", "document", "sentence", "cos"):
+        zoom.add_column(col)
+    doc_mat = np.stack([e.document for e in embs])
+    for query, qv in zip(SAMPLE_QUERIES, q, strict=True):
+        best = embs[int(np.argmax(doc_mat @ qv))]
+        s = int(np.argmax(best.sentences @ qv))
+        zoom.add_row(query, str(best.doc.id), best.doc.sentence_texts()[s], f"{float(best.sentences[s] @ qv):.3f}")
+    console.print(zoom)
+
+
+def _print_summary(out: Path) -> None:
+    """Headline metrics of every model in a report, at 384 and 64 dims."""
+    from muses.evaluation.report import HEADLINES, dim_table, load_results
+
+    results = load_results(out)
+    summary = Table(title=f"Short evaluation report (quick profile; {out}/report.md; full numbers: muses eval all)")
+    for col in ("task", "metric", "model", "384d", "64d"):
+        summary.add_column(col)
+    for block in results["models"]:
+        for task, entry in block["tasks"].items():
+            _, rows = dim_table(entry["metrics"], HEADLINES.get(task, ()))
             for name, by_dim in rows.items():
-                summary.add_row(task, name, *(f"{by_dim[d]:.4f}" if d in by_dim else "" for d in (384, 64)))
-        console.print(summary)
+                cells = (f"{by_dim[d]:.4f}" if d in by_dim else "" for d in (384, 64))
+                summary.add_row(task, name, block["model"], *cells)
+    console.print(summary)
 
 
 def main() -> None:
     """Console entry point."""
     app()
+
+
+if __name__ == "__main__":
+    main()

@@ -16,18 +16,20 @@ from torch import nn
 
 from muses.errors import InputError
 
-HeadKind = Literal["residual-mlp", "linear", "identity"]
+HeadKind = Literal["residual-mlp", "linear", "identity", "random-linear"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
 SCALES: tuple[str, ...] = ("token", "sentence", "document")
 DEFAULT_DIMS: tuple[int, ...] = (32, 64, 128, 256, 384)
 
 
 class ProjectionHead(nn.Module):
-    """Map ``[..., in_dim]`` to ``[..., out_dim]``, starting as the identity.
+    """Map ``[..., in_dim]`` to ``[..., out_dim]``, starting as the identity (except ``random-linear``).
 
     - ``residual-mlp``: ``x + W2 gelu(W1 x + b1) + b2`` with ``W2, b2`` zero at start.
     - ``linear``: ``W x + b`` with ``W = I`` and ``b = 0`` at start.
     - ``identity``: no parameters.
+    - ``random-linear``: ``W x + b`` with PyTorch's default (seeded) random init: the original MuSES heads, which
+      do *not* start as the identity; kept for the ablation that shows why the others do.
 
     If ``in_dim > out_dim`` (mean-max pooling), a bias-free input projection first keeps the first ``out_dim``
     features (``[I 0]`` at start), i.e. the mean part.
@@ -65,6 +67,12 @@ class ProjectionHead(nn.Module):
             with torch.no_grad():
                 self.fc2.weight.copy_(torch.eye(out_dim))
                 self.fc2.bias.zero_()
+        elif kind == "random-linear":
+            self.fc2 = nn.Linear(out_dim, out_dim)
+            gen = torch.Generator().manual_seed(init_seed)
+            bound = 1.0 / math.sqrt(out_dim)  # nn.Linear's default init, from a seeded generator
+            nn.init.uniform_(self.fc2.weight, -bound, bound, generator=gen)
+            nn.init.uniform_(self.fc2.bias, -bound, bound, generator=gen)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[..., in_dim]`` -> ``[..., out_dim]``."""
@@ -73,7 +81,7 @@ class ProjectionHead(nn.Module):
         if self.kind == "residual-mlp":
             assert self.fc1 is not None and self.fc2 is not None
             return x + self.fc2(F.gelu(self.fc1(x)))
-        if self.kind == "linear":
+        if self.kind in ("linear", "random-linear"):
             assert self.fc2 is not None
             return self.fc2(x)
         return x

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -106,5 +108,44 @@ def plot_latency_vs_quality(results: Mapping[str, Any], path: Path) -> Path:
     ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
+def plot_training(histories: Mapping[str, Path], path: Path, smooth: int = 10) -> Path:
+    """Loss curves of one or more training runs (``name -> history.jsonl``): per-task loss (moving average over
+    ``smooth`` logged steps of that task) and the dev metrics, against the step."""
+    runs = {
+        name: [json.loads(ln) for ln in p.read_text(encoding="utf-8").splitlines() if ln]
+        for name, p in histories.items()
+    }
+    loss_keys = sorted({k for rows in runs.values() for r in rows for k in r if k.endswith("/loss")})
+    dev_keys = sorted(
+        {k for rows in runs.values() for r in rows for k in r if k.startswith("dev/") and k != "dev/score"}
+    )
+    panels = [*loss_keys, *dev_keys] or ["loss"]
+    cols = min(3, len(panels))
+    rows_n = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows_n, cols, figsize=(4.2 * cols, 3.0 * rows_n), squeeze=False)
+    for ax, key in zip(axes.flat, panels, strict=False):
+        for name, rows in runs.items():
+            pts = [(r["step"], r[key]) for r in rows if key in r]
+            if not pts:
+                continue
+            steps, values = zip(*pts, strict=True)
+            if key.endswith("/loss") and len(values) > smooth:
+                kernel = [1.0 / smooth] * smooth
+                values = tuple(np.convolve(values, kernel, mode="valid"))
+                steps = steps[smooth - 1 :]
+            ax.plot(steps, values, marker="" if key.endswith("/loss") else "o", label=name)
+        ax.set_title(key, fontsize=9)
+        ax.set_xlabel("step", fontsize=8)
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -83,6 +83,12 @@ def test_beir_scifact(data_dir: Path) -> None:
     train = load_beir("scifact", "train", data_dir=data_dir)
     assert (len(train.queries), sum(len(d) for d in train.qrels.values())) == (809, 919)
     assert not set(train.queries) & set(test.queries)
+    # no dev qrels ship with SciFact: "dev" is a fixed ~20% of train, "train-fit" the rest, disjoint
+    dev = load_beir("scifact", "dev", data_dir=data_dir)
+    fit = load_beir("scifact", "train-fit", data_dir=data_dir)
+    assert set(dev.qrels) | set(fit.qrels) == set(train.qrels) and not set(dev.qrels) & set(fit.qrels)
+    assert 0.15 < len(dev.queries) / len(train.queries) < 0.25
+    assert load_beir("scifact", "dev", data_dir=data_dir).qrels == dev.qrels  # stable across calls
 
 
 def test_scifact_original(data_dir: Path) -> None:

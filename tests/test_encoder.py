@@ -144,6 +144,14 @@ def test_fresh_heads_are_the_identity(kind: str) -> None:
     torch.testing.assert_close(ProjectionHead(64, 32, kind)(torch.cat([x, -x], 1)), x)  # type: ignore[arg-type]
 
 
+def test_random_linear_heads_are_seeded_and_not_the_identity() -> None:
+    x = torch.randn(5, 32)
+    a, b = ProjectionHead(32, 32, "random-linear", init_seed=1), ProjectionHead(32, 32, "random-linear", init_seed=1)
+    torch.testing.assert_close(a(x), b(x))
+    cos = torch.nn.functional.cosine_similarity(a(x), x, dim=-1)
+    assert cos.abs().max() < 0.6  # a random map: the base model's geometry is lost at step 0
+
+
 def test_query_prompt_is_prepended(encoder: MultiScaleEncoder) -> None:
     enc = MultiScaleEncoder.from_base(query_prompt="query: ")
     np.testing.assert_allclose(enc.encode_queries(["cats"]), encoder.encode_sentences(["query: cats"]), atol=1e-6)

@@ -227,20 +227,20 @@ def test_fusion_is_fitted_on_train_only(
 
     def fake_load_beir(name: str, split: str = "test", **_: Any) -> BeirDataset:
         loaded.append(split)
-        return {"test": slices[0], "train": slices[1]}[split]
+        return {"test": slices[0], "dev": slices[1]}[split]
 
     monkeypatch.setattr(retrieval, "load_beir", fake_load_beir)
     hits = cache.hits
     metrics = evaluate_beir_retrieval(muses, "scifact", cache=cache, dims=DIMS, rerank_k=RERANK_K)
-    assert loaded == ["test", "train"]
+    assert loaded == ["test", "dev"]
     assert cache.hits > hits  # the corpus vectors came from the cache: encoded once for both splits
-    # the recorded train nDCG@10 of the chosen weights is that of the train split, recomputed by evaluate_run
+    # the recorded nDCG@10 of the chosen weights is that of the dev split they were fitted on, recomputed
     train_scored = score_queries(muses, vecs, slices[1].queries, DIMS, cache, rerank_k=RERANK_K)
     for method in ("wsum", "rrf"):
         weights = {s: metrics[f"fusion-{method}/weight-{s}@384"] for s in (DOCUMENT, SENTENCE, TOKEN)}
         assert sum(weights.values()) == pytest.approx(1.0)
         run = pool_run(train_scored[384], fuse(train_scored[384].pooled, weights, method))
-        assert metrics[f"fusion-{method}/train-ndcg@10@384"] == pytest.approx(
+        assert metrics[f"fusion-{method}/fit-ndcg@10@384"] == pytest.approx(
             evaluate_run(slices[1].qrels, run, (10,))["ndcg@10"], abs=1e-9
         )
     for name in ("document", "sentence", TOKEN, "fusion-wsum", "fusion-rrf"):

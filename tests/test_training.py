@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
+from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError
 from muses.training.config import TrainConfig, load_config
 from muses.training.data import MixedTaskSampler, load_training_data
@@ -19,7 +27,13 @@ TINY = {
     "eval_every": 2,
     "checkpoint_every": 2,
     "seed": 3,
-    "data": {"wikipedia_articles": 12, "dev_wikipedia_articles": 6, "dev_stsb_pairs": 24, "max_doc_tokens": 64},
+    "data": {
+        "wikipedia_articles": 12,
+        "dev_wikipedia_articles": 6,
+        "dev_stsb_pairs": 24,
+        "dev_scifact_distractors": 20,
+        "max_doc_tokens": 64,
+    },
     "loss": {"tokens_per_batch": 32},
 }
 
@@ -29,25 +43,34 @@ def _config(tmp: Path, name: str) -> TrainConfig:
 
 
 @pytest.mark.slow
-def test_resume_after_interruption_gives_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
+def test_resume_after_sigkill_gives_the_same_weights(tmp_path: Path, data_dir: Path) -> None:
+    """Kill `muses train` with SIGKILL mid-run, rerun it: the final weights equal an uninterrupted run's."""
     cfg = _config(tmp_path, "straight")
-    data = load_training_data(cfg, data_dir)
-    straight = Trainer(cfg, data)
-    summary = straight.train(progress=False)
-    assert summary["steps"] == 4
+    straight = Trainer(cfg, load_training_data(cfg, data_dir))
+    assert straight.train(progress=False)["steps"] == TINY["steps"]
 
-    cfg2 = _config(tmp_path, "interrupted")
-    first = Trainer(cfg2, data)
-    first.train(stop_after=2, progress=False)  # interrupted after the step-2 checkpoint
-    resumed = Trainer(cfg2, data)  # a fresh process would build a fresh trainer
-    assert resumed.load_checkpoint() and resumed.step == 2
-    resumed.train(progress=False)
-    a, b = straight.encoder.state_dict(), resumed.encoder.state_dict()
-    assert all(torch.equal(a[k], b[k]) for k in a)
-    moved = Trainer(_config(tmp_path, "fresh"), data).encoder.state_dict()
-    assert any(not torch.equal(a[k], moved[k]) for k in a), "training must change the weights"
-    hist = (tmp_path / "interrupted" / "history.jsonl").read_text().splitlines()
-    assert len(hist) == 4
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text(yaml.safe_dump({**TINY, "output_dir": str(tmp_path / "killed")}))
+    cmd = [sys.executable, "-m", "muses.cli", "train", "--config", str(recipe), "--data-dir", str(data_dir)]
+    history = tmp_path / "killed" / "history.jsonl"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        while proc.poll() is None and not (history.exists() and len(history.read_text().splitlines()) >= 3):
+            time.sleep(0.05)  # step 3 is logged: the step-2 checkpoint is on disk, step 4 is not
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert json.loads((tmp_path / "killed" / "checkpoint" / "trainer_state.json").read_text())["step"] == 2
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    resumed = MultiScaleEncoder.load(tmp_path / "killed" / "checkpoint" / "model").state_dict()
+    final = straight.encoder.state_dict()
+    assert all(torch.equal(final[k], resumed[k]) for k in final)
+    fresh = Trainer(_config(tmp_path, "fresh"), straight.data).encoder.state_dict()
+    assert any(not torch.equal(final[k], fresh[k]) for k in final), "training must change the weights"
+    assert [json.loads(ln)["step"] for ln in history.read_text().splitlines()] == [1, 2, 3, 4]
 
 
 def test_sampler_state_round_trips() -> None:
@@ -82,6 +105,25 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
 
 
 def test_shipped_recipes_validate() -> None:
-    for path in sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml")):
-        cfg = load_config(path)
-        assert cfg.steps > 0, path
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    recipes = {p.stem: load_config(p) for p in sorted(configs.rglob("*.yaml"))}
+    default = recipes["default"]
+    assert {"default", "full", "a-original-alpha1", "b-no-retention", "c-no-curriculum", "d-ours"} <= set(recipes)
+    # an ablation changes only what it names; everything else is the default recipe's
+    ablation = recipes["b-no-retention"]
+    assert ablation.loss.retention == "none" and default.loss.retention != "none"
+    assert ablation.model_dump(exclude={"name", "output_dir", "loss"}) == default.model_dump(
+        exclude={"name", "output_dir", "loss"}
+    )
+    original = recipes["a-original-alpha05"]  # extends a-original-alpha1, which extends default
+    assert (original.loss.alpha, original.model.head_kind, original.steps) == (0.5, "random-linear", default.steps)
+
+
+def test_extends_errors(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        load_config(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
+    with pytest.raises(ConfigError, match=r"missing\.yaml does not exist"):
+        load_config(tmp_path / "c.yaml")

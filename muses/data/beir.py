@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from muses.data.paths import require_file, resolve_data_dir
 from muses.errors import DataError
 
 QRELS_HEADER = ("query-id", "corpus-id", "score")
+DEV_FRACTION = 0.2
+"""Share of train queries held out as ``dev`` when a dataset ships no dev qrels (SciFact ships train and test)."""
 
 
 @dataclass(frozen=True)
@@ -56,13 +59,39 @@ def load_beir(
     data_dir: str | os.PathLike[str] | None = None,
     hub: bool = False,
 ) -> BeirDataset:
-    """Load a BEIR dataset from ``<data_dir>/<name>/`` or, with ``hub=True``, from the Hugging Face hub."""
+    """Load a BEIR dataset from ``<data_dir>/<name>/`` or, with ``hub=True``, from the Hugging Face hub.
+
+    Splits are the qrels files, plus two derived ones when the dataset has no ``dev`` qrels: ``dev`` is a fixed
+    20% of the train queries (chosen by a hash of the query id, so it never changes), and ``train-fit`` is the
+    rest. Training uses ``train-fit``; fusion weights and model selection use ``dev``; ``test`` is only reported.
+    """
     if hub:
-        return _load_beir_hub(name, split)
+        return _derived_split(split, lambda s: _load_beir_hub(name, s))
     folder = resolve_data_dir(data_dir) / name
     if not folder.is_dir():
         raise DataError(f"BEIR dataset {name!r}: folder {folder} is missing. Check --data-dir / the dataset name.")
+    if split in ("dev", "train-fit") and not (folder / "qrels" / "dev.tsv").is_file():
+        return _derived_split(split, lambda s: read_beir_folder(folder, s, name=name))
     return read_beir_folder(folder, split, name=name)
+
+
+def is_heldout_dev(query_id: str, fraction: float = DEV_FRACTION) -> bool:
+    """Whether a train query belongs to the derived ``dev`` split (a stable hash of its id)."""
+    return zlib.crc32(query_id.encode("utf-8")) % 1000 < fraction * 1000
+
+
+def _derived_split(split: str, load: Callable[[str], BeirDataset]) -> BeirDataset:
+    if split not in ("dev", "train-fit"):
+        return load(split)
+    train = load("train")
+    keep = {q for q in train.qrels if is_heldout_dev(q) == (split == "dev")}
+    return BeirDataset(
+        train.corpus,
+        {q: t for q, t in train.queries.items() if q in keep},
+        {q: r for q, r in train.qrels.items() if q in keep},
+        name=train.name,
+        split=split,
+    )
 
 
 def read_beir_folder(folder: Path, split: str = "test", name: str | None = None) -> BeirDataset:

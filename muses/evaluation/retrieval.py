@@ -20,16 +20,17 @@ Scorings of a query against the corpus:
   recall is bounded by ``pool/recall``.
 - fusion, over the same pool: ``fusion-wsum`` is a weighted sum of per-query min-max-normalised scores,
   ``fusion-rrf`` a weighted reciprocal-rank fusion ``sum_s w_s / (60 + rank_s)``. Weights are fitted per dim by
-  :func:`fit_fusion` on the **train** qrels only (a simplex grid, step 0.1, maximising nDCG@10) and then applied
-  unchanged to the test split; :func:`fit_fusion` refuses a test split.
+  :func:`fit_fusion` on the **dev** qrels only (a simplex grid, step 0.1, maximising nDCG@10) and then applied
+  unchanged to the test split; :func:`fit_fusion` refuses a test split. SciFact ships no dev qrels, so ``dev`` is
+  a fixed 20% of its train queries that training never sees (:func:`~muses.data.beir.load_beir`).
 
 Metric names are flat: ``"<scoring>/<metric>@<k>@<dim>"``, e.g. ``"document/ndcg@10@384"``,
 ``"sentence/recall@100@64"``, ``"token-rerank/mrr@10@128"``, ``"fusion-rrf/ndcg@10@384"``, with the metrics of
 :func:`~muses.evaluation.metrics.evaluate_run` (ndcg, recall, precision, mrr, map) at ``ks = (1, 10, 100)``.
 Extra keys: ``"pool/recall@<dim>"`` (share of relevant docs inside the rerank pool, the ceiling of
 ``token-rerank`` and fusion recall), ``"pool/size@<dim>"`` (mean pool size), ``"pool/depth"`` (``rerank_k``),
-``"fusion-<method>/weight-<scoring>@<dim>"`` (the fitted weights) and ``"fusion-<method>/train-ndcg@10@<dim>"``
-(their nDCG@10 on the train split).
+``"fusion-<method>/weight-<scoring>@<dim>"`` (the fitted weights) and ``"fusion-<method>/fit-ndcg@10@<dim>"``
+(their nDCG@10 on the split they were fitted on).
 """
 
 from __future__ import annotations
@@ -400,19 +401,19 @@ def simplex_grid(n: int, step: float = 0.1) -> list[tuple[float, ...]]:
 
 @dataclass(frozen=True)
 class FusionWeights:
-    """Fusion weights fitted per dim on a train split.
+    """Fusion weights fitted per dim on a dev split.
 
     Attributes:
         method: ``"wsum"`` or ``"rrf"``.
         weights: dim -> scoring -> weight.
         fitted_on: ``"<dataset>/<split>"`` the weights were fitted on (never a test split).
-        train_ndcg: dim -> nDCG@k on the fitting split at the chosen weights.
+        fit_ndcg: dim -> nDCG@k on the fitting split at the chosen weights.
     """
 
     method: str
     weights: dict[int, dict[str, float]]
     fitted_on: str
-    train_ndcg: dict[int, float] = field(default_factory=dict)
+    fit_ndcg: dict[int, float] = field(default_factory=dict)
 
 
 class _PoolQrels:
@@ -464,8 +465,8 @@ def fit_fusion_weights(
     """Grid-search fusion weights per dim (simplex grid) maximising nDCG@k on ``qrels``.
 
     Args:
-        scored: dim -> scores of the **train** queries (:func:`score_queries`).
-        qrels: the train qrels.
+        scored: dim -> scores of the fitting (dev) queries (:func:`score_queries`).
+        qrels: their qrels.
         split: the qrels split; ``"test"`` is refused: fusion weights must never see the test set.
         method: ``"wsum"`` or ``"rrf"``.
         step: grid step (weights are multiples of it summing to 1).
@@ -542,7 +543,7 @@ def evaluate_scored(
             fused = fuse(sq.pooled, fw.weights[dim], fw.method)
             out.update(_named(f"fusion-{fw.method}", evaluate_run(qrels, pool_run(sq, fused), ks), dim))
             out.update({f"fusion-{fw.method}/weight-{s}@{dim}": w for s, w in fw.weights[dim].items()})
-            out[f"fusion-{fw.method}/train-ndcg@10@{dim}"] = fw.train_ndcg.get(dim, float("nan"))
+            out[f"fusion-{fw.method}/fit-ndcg@10@{dim}"] = fw.fit_ndcg.get(dim, float("nan"))
         out[f"pool/recall@{dim}"] = _pool_recall(sq, qrels)
         out[f"pool/size@{dim}"] = float(np.mean((sq.pool >= 0).sum(axis=1))) if len(sq.pool) else 0.0
     return out
@@ -556,7 +557,7 @@ def _load(name: str, split: str, max_docs: int | None, data_dir: str | os.PathLi
 def fit_fusion(
     model: CorpusEncoder,
     name: str = "scifact",
-    split: str = "train",
+    split: str = "dev",
     *,
     vecs: CorpusVectors | None = None,
     cache: EmbeddingCache | None = None,
@@ -580,12 +581,12 @@ def fit_fusion(
     if split == "test":
         raise InputError("fusion weights are fitted on a train/dev split only, never on 'test'.")
     cache = cache or EmbeddingCache(None)
-    train = _load(name, split, max_docs, data_dir)
+    fit = _load(name, split, max_docs, data_dir)
     if vecs is None:
-        vecs = cache.corpus(model, beir_documents(train.corpus, title_sep), with_tokens=with_tokens)
-    scored = score_queries(model, vecs, train.queries, dims or model.dims, cache, rerank_k, with_tokens)
+        vecs = cache.corpus(model, beir_documents(fit.corpus, title_sep), with_tokens=with_tokens)
+    scored = score_queries(model, vecs, fit.queries, dims or model.dims, cache, rerank_k, with_tokens)
     label = f"{name}/{split}"
-    return [fit_fusion_weights(scored, train.qrels, split, m, step, fitted_on=label) for m in FUSION_METHODS]
+    return [fit_fusion_weights(scored, fit.qrels, split, m, step, fitted_on=label) for m in FUSION_METHODS]
 
 
 def evaluate_beir_retrieval(
@@ -598,7 +599,7 @@ def evaluate_beir_retrieval(
     with_tokens: bool = True,
     rerank_k: int = 100,
     fusion: Sequence[FusionWeights] | str | None = "fit",
-    fusion_split: str = "train",
+    fusion_split: str = "dev",
     ks: Sequence[int] = DEFAULT_KS,
     max_docs: int | None = None,
     title_sep: str = TITLE_SEP,

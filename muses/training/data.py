@@ -14,8 +14,10 @@ from muses.data.beir import load_beir
 from muses.data.stsb import load_stsb
 from muses.data.wikipedia import load_wikipedia, stratified_split
 from muses.errors import DataError
+from muses.evaluation.retrieval import doc_text
 from muses.text import make_document
 from muses.training.config import TrainConfig
+from muses.training.dev import DevSet, scifact_dev_subset
 from muses.types import Document, Span
 
 TASKS = ("hierarchy", "stsb", "scifact")
@@ -28,16 +30,14 @@ class TrainingData:
     Attributes:
         documents: Wikipedia lead sections (train side of the seeded topic-stratified split) for the hierarchy.
         stsb: STS-B train pairs ``(sentence1, sentence2, score 0-5)``.
-        scifact: SciFact train ``(claim, cited abstract)`` pairs.
-        dev_stsb: STS-B dev pairs, for model selection.
-        dev_documents: other train-side Wikipedia articles, held out from training, for hierarchy model selection.
+        scifact: SciFact ``train-fit`` ``(claim, cited abstract)`` pairs (the ``dev`` claims are held out).
+        dev: dev data for model selection (:class:`~muses.training.dev.DevSet`).
     """
 
     documents: list[Document]
     stsb: list[tuple[str, str, float]]
     scifact: list[tuple[str, str]]
-    dev_stsb: list[tuple[str, str, float]]
-    dev_documents: list[Document]
+    dev: DevSet
 
     def sizes(self) -> dict[str, int]:
         """Items per training task."""
@@ -48,30 +48,32 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
     """Load the sources a config asks for. Wikipedia comes from the PyPI package; the rest from ``data_dir``."""
     d = config.data
     documents: list[Document] = []
-    dev_documents: list[Document] = []
+    dev = DevSet()
     if d.wikipedia_articles or d.dev_wikipedia_articles:
         train_side, _ = stratified_split(load_wikipedia(), 0.2, seed=0)  # the test side is the report's
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(train_side))
         picked = [train_side[i] for i in order[: d.wikipedia_articles + d.dev_wikipedia_articles]]
         docs = [make_document(a.text, id=a.title, metadata={"topic": a.topic}) for a in picked]
-        documents, dev_documents = docs[: d.wikipedia_articles], docs[d.wikipedia_articles :]
+        documents, dev.documents = docs[: d.wikipedia_articles], docs[d.wikipedia_articles :]
     stsb: list[tuple[str, str, float]] = []
-    dev_stsb: list[tuple[str, str, float]] = []
-    if d.stsb or d.dev_stsb_pairs:
-        if d.stsb:
-            p = load_stsb("train", data_dir)
-            stsb = list(zip(p.sentences1, p.sentences2, p.scores, strict=True))
-        dev = load_stsb("dev", data_dir)
-        dev_stsb = list(zip(dev.sentences1, dev.sentences2, dev.scores, strict=True))[: d.dev_stsb_pairs]
+    if d.stsb:
+        p = load_stsb("train", data_dir)
+        stsb = list(zip(p.sentences1, p.sentences2, p.scores, strict=True))
+    if d.dev_stsb_pairs:
+        sd = load_stsb("dev", data_dir)
+        dev.stsb = list(zip(sd.sentences1, sd.sentences2, sd.scores, strict=True))[: d.dev_stsb_pairs]
     scifact: list[tuple[str, str]] = []
     if d.scifact:
-        ds = load_beir("scifact", split="train", data_dir=data_dir)
+        ds = load_beir("scifact", split="train-fit", data_dir=data_dir)  # "dev" is held out
         for qid in sorted(ds.qrels):
             for doc_id in sorted(ds.qrels[qid]):
                 doc = ds.corpus[doc_id]
-                scifact.append((ds.queries[qid], (doc["title"] + ". " + doc["text"]).strip()))
-    data = TrainingData(documents, stsb, scifact, dev_stsb, dev_documents)
+                scifact.append((ds.queries[qid], doc_text(doc.get("title", ""), doc["text"])))
+    if d.dev_scifact_distractors is not None:
+        held_out = load_beir("scifact", split="dev", data_dir=data_dir)
+        dev.scifact = scifact_dev_subset(held_out, d.dev_scifact_distractors, seed=config.seed)
+    data = TrainingData(documents, stsb, scifact, dev)
     active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
     if active:
         raise DataError(
@@ -124,6 +126,11 @@ class MixedTaskSampler:
         self.rng.bit_generator.state = state["rng"]
         state = copy.deepcopy(state)
         self.perm, self.pos, self.epoch = state["perm"], state["pos"], state["epoch"]
+
+
+def truncate_text(text: str, offsets: Sequence[tuple[int, int]], max_tokens: int) -> str:
+    """``text`` cut after its ``max_tokens``-th token (given the tokenizer's character ``offsets``)."""
+    return text if len(offsets) <= max_tokens else text[: offsets[max_tokens - 1][1]]
 
 
 def truncate_document(doc: Document, offsets: Sequence[tuple[int, int]], max_tokens: int) -> Document:

@@ -41,8 +41,10 @@ from muses.losses import (
     RetentionLoss,
 )
 from muses.training.config import TrainConfig
-from muses.training.data import MixedTaskSampler, TrainingData, truncate_document
+from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
+from muses.training.dev import evaluate_dev
 
+PAD_GROUP = 16
 CKPT = "checkpoint"
 BEST = "best"
 
@@ -82,6 +84,8 @@ class Trainer:
         self._teacher_cache: dict[str, Tensor] = {}
         if m.freeze_base:
             self.encoder.transformer.requires_grad_(False)
+        if m.freeze_embeddings:
+            self.encoder.transformer.auto_model.get_input_embeddings().requires_grad_(False)
         lc = config.loss
         self.hier = HierarchicalInfoNCE(temperature=lc.temperature, alpha=lc.alpha)
         self.cosent = CoSENT()
@@ -125,7 +129,13 @@ class Trainer:
         return torch.stack([self._teacher_cache[t] for t in texts]).to(self.encoder.device)
 
     def _standalone(self, texts: Sequence[str]) -> Tensor:
-        return self.encoder.standalone_vectors(self.encoder.token_states(texts, batch_size=len(texts)))
+        # batches of 16 windows sorted by length: short claims are not padded to the length of abstracts
+        return self.encoder.standalone_vectors(self.encoder.token_states(texts, batch_size=PAD_GROUP))
+
+    def _short(self, text: str) -> str:
+        """A pair text cut to ``data.max_pair_tokens`` tokens."""
+        offsets = self.encoder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return truncate_text(text, offsets["offset_mapping"], self.config.data.max_pair_tokens)
 
     def _retain(self, student: Tensor, texts: Sequence[str]) -> Tensor:
         if self.retention is None or self.config.loss.retention_weight == 0:
@@ -143,7 +153,7 @@ class Trainer:
             [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )["offset_mapping"]
         docs = [truncate_document(d, o, self.config.data.max_doc_tokens) for d, o in zip(docs, offsets, strict=True)]
-        states = enc.token_states([d.text for d in docs], batch_size=len(docs))
+        states = enc.token_states([d.text for d in docs], batch_size=PAD_GROUP)
         tok, tok_sent, sent, sent_doc, doc_vecs = [], [], [], [], []
         n_sent = 0
         for i, (doc, st) in enumerate(zip(docs, states, strict=True)):
@@ -184,7 +194,7 @@ class Trainer:
             scores = torch.tensor([r[2] / 5.0 for r in rows], device=self.encoder.device)
         else:
             pairs = [self.data.scifact[i] for i in items]
-            texts = [p[0] for p in pairs] + [p[1] for p in pairs]
+            texts = [p[0] for p in pairs] + [self._short(p[1]) for p in pairs]
         emb = self._standalone(texts)
         a, b = emb[: len(items)], emb[len(items) :]
 
@@ -205,6 +215,7 @@ class Trainer:
         oc = self.config.optim
         log: dict[str, float] = {}
         use_amp = oc.amp and self.encoder.device.type == "cuda"
+        t0 = time.perf_counter()
         for _ in range(oc.grad_accum):
             task, items = self.sampler.next()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
@@ -220,42 +231,20 @@ class Trainer:
                     "loss": float(loss.detach()) * oc.grad_accum,
                 }
             )
-        log["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.encoder.parameters(), oc.grad_clip))
+        trainable = [p for p in self.encoder.parameters() if p.requires_grad]
+        log["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable, oc.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
+        log["seconds"] = time.perf_counter() - t0
         log["lr"] = self.scheduler.get_last_lr()[0]
         log["step"] = float(self.step)
         return log
 
     def evaluate(self) -> dict[str, float]:
-        """Dev metrics: STS-B dev Spearman (full dim and 64) and hierarchy accuracy on held-out dev articles."""
-        from muses.data.stsb import STSPairs
-        from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
-        from muses.evaluation.hierarchy import evaluate_hierarchy
-        from muses.evaluation.sts import evaluate_sts
-
-        self.encoder.eval()
-        full = self.encoder.embed_dim
-        dims = sorted({min(64, full), full})
-        out: dict[str, float] = {}
-        if self.data.dev_stsb:
-            pairs = STSPairs(
-                [r[0] for r in self.data.dev_stsb],
-                [r[1] for r in self.data.dev_stsb],
-                [r[2] for r in self.data.dev_stsb],
-                source="stsb dev",
-            )
-            sts = evaluate_sts(self.encoder, pairs, dims)
-            out.update({f"dev/stsb@{d}": sts[f"spearman@{d}"] for d in dims})
-        if self.data.dev_documents:
-            model = MusesCorpusEncoder(self.encoder, name="training")
-            h = evaluate_hierarchy(model, self.data.dev_documents, cache=EmbeddingCache(None), dims=dims, seed=0)
-            out.update({f"dev/hierarchy@{d}": h[f"hierarchy/batch32@{d}"] for d in dims})
-        scores = [v for k, v in out.items()]
-        out["dev/score"] = float(np.mean(scores)) if scores else 0.0
-        return out
+        """Dev metrics (:func:`~muses.training.dev.evaluate_dev`); ``"dev/score"`` selects the best checkpoint."""
+        return evaluate_dev(self.encoder, self.data.dev)
 
     def save_checkpoint(self) -> Path:
         """Write model, optimizer, scheduler, sampler and RNG state atomically to ``output_dir/checkpoint``."""
@@ -352,6 +341,9 @@ class Trainer:
         bar.close()
         if not (self.out / BEST).exists():
             self.encoder.save(self.out / BEST)
+        from muses.plots import plot_training
+
+        plot_training({cfg.name: self.out / "history.jsonl"}, self.out / "loss_curves.png")
         return {
             "steps": self.step,
             "best_dev_score": self.best_score,
@@ -359,6 +351,7 @@ class Trainer:
             "seconds": time.perf_counter() - t0,
             "best_model": str(self.out / BEST),
             "history": str(self.out / "history.jsonl"),
+            "loss_curves": str(self.out / "loss_curves.png"),
         }
 
 
@@ -377,8 +370,16 @@ def _np_rng_state() -> list[Any]:
 
 
 def _truncate_history(path: Path, step: int) -> None:
-    """Drop history lines written after the checkpoint's step (they are replayed on resume)."""
+    """Drop history lines written after the checkpoint's step (they are replayed on resume), and a line cut short
+    by a kill."""
     if not path.exists():
         return
-    lines = [ln for ln in path.read_text(encoding="utf-8").splitlines() if ln and json.loads(ln)["step"] <= step]
-    path.write_text("".join(ln + "\n" for ln in lines), encoding="utf-8")
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if entry["step"] <= step:
+            kept.append(line)
+    path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")

@@ -1,0 +1,78 @@
+"""Model selection during training: dev-split metrics only (never a test split).
+
+- STS-B dev Spearman at the full dim and at 64;
+- SciFact ``dev`` retrieval (the 20% of train claims that training never sees, :func:`~muses.data.beir.load_beir`)
+  against a small corpus: their cited abstracts plus seeded random distractors; nDCG@10 of document vectors and of
+  sentence max-sim at the full dim;
+- hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles.
+
+The dev score that picks the best checkpoint is the mean of these numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from muses.data.beir import BeirDataset
+from muses.encoder import MultiScaleEncoder
+from muses.types import Document
+
+
+@dataclass
+class DevSet:
+    """Dev data for model selection.
+
+    Attributes:
+        stsb: STS-B dev pairs ``(sentence1, sentence2, score 0-5)``.
+        documents: held-out Wikipedia articles for hierarchy consistency.
+        scifact: SciFact dev claims with a reduced corpus (cited abstracts + distractors), or None.
+    """
+
+    stsb: list[tuple[str, str, float]] = field(default_factory=list)
+    documents: list[Document] = field(default_factory=list)
+    scifact: BeirDataset | None = None
+
+
+def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int) -> BeirDataset:
+    """The dev claims' cited abstracts plus ``distractors`` other abstracts (seeded), in corpus order."""
+    cited = {d for rels in dev.qrels.values() for d, r in rels.items() if r > 0}
+    others = [d for d in dev.corpus if d not in cited]
+    rng = np.random.default_rng(seed)
+    picked = set(rng.choice(len(others), size=min(distractors, len(others)), replace=False).tolist())
+    keep = cited | {others[i] for i in picked}
+    corpus = {d: doc for d, doc in dev.corpus.items() if d in keep}
+    return BeirDataset(corpus, dev.queries, dev.qrels, name=dev.name, split=f"{dev.split}+{distractors}")
+
+
+def evaluate_dev(encoder: MultiScaleEncoder, dev: DevSet) -> dict[str, float]:
+    """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``) and their mean, ``"dev/score"``."""
+    from muses.data.stsb import STSPairs
+    from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
+    from muses.evaluation.hierarchy import evaluate_hierarchy
+    from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
+    from muses.evaluation.sts import evaluate_sts
+
+    was_training = encoder.training
+    encoder.eval()
+    full = encoder.embed_dim
+    dims = sorted({min(64, full), full})
+    out: dict[str, float] = {}
+    if dev.stsb:
+        pairs = STSPairs([r[0] for r in dev.stsb], [r[1] for r in dev.stsb], [r[2] for r in dev.stsb], "stsb dev")
+        sts = evaluate_sts(encoder, pairs, dims)
+        out.update({f"dev/stsb@{d}": sts[f"spearman@{d}"] for d in dims})
+    model = MusesCorpusEncoder(encoder, name="training")
+    no_cache = EmbeddingCache(None)
+    if dev.scifact is not None:
+        vecs = no_cache.corpus(model, beir_documents(dev.scifact.corpus))
+        scored = score_queries(model, vecs, dev.scifact.queries, [full], no_cache, with_tokens=False)
+        m = evaluate_scored(scored, dev.scifact.qrels, ks=(10,))
+        out.update({f"dev/scifact-{s}@{full}": m[f"{s}/ndcg@10@{full}"] for s in ("document", "sentence")})
+    if dev.documents:
+        h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)
+        out[f"dev/hierarchy@{full}"] = h[f"hierarchy/batch32@{full}"]
+    out["dev/score"] = float(np.mean(list(out.values()))) if out else 0.0
+    encoder.train(was_training)
+    return out
