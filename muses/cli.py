@@ -315,6 +315,24 @@ def train(
         console.print_json(json.dumps(summary))
 
 
+@app.command()
+def ablation(
+    configs: Annotated[list[Path], typer.Argument(help="Recipes, e.g. configs/ablation/*.yaml.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, ablation.md, plots.")] = Path(
+        "reports/ablation"
+    ),
+    base: Annotated[str, typer.Option(help="The base model evaluated beside the recipes.")] = "default",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheOpt = None,
+) -> None:
+    """Train each recipe (resuming), evaluate each and the base (ablation profile), and tabulate them."""
+    with user_errors():
+        from muses.training.ablation import run_ablation
+
+        folder = run_ablation(configs, out, data_dir, _cache(cache_dir, False), base=base, log=console.print)
+        console.print((folder / "ablation.md").read_text(encoding="utf-8"))
+
+
 @app.command("plot-runs")
 def plot_runs(
     runs: Annotated[list[Path], typer.Argument(help="Training output folders (each with a history.jsonl).")],

@@ -31,7 +31,8 @@ TINY = {
         "wikipedia_articles": 12,
         "dev_wikipedia_articles": 6,
         "dev_stsb_pairs": 24,
-        "dev_scifact_distractors": 20,
+        "dev_scifact_claims": 8,
+        "dev_scifact_distractors": 16,
         "max_doc_tokens": 64,
     },
     "loss": {"tokens_per_batch": 32},
@@ -55,8 +56,9 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path: Path, data_dir: P
     history = tmp_path / "killed" / "history.jsonl"
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        while proc.poll() is None and not (history.exists() and len(history.read_text().splitlines()) >= 3):
-            time.sleep(0.05)  # step 3 is logged: the step-2 checkpoint is on disk, step 4 is not
+        while proc.poll() is None and not (history.exists() and len(history.read_text().splitlines()) >= 4):
+            time.sleep(0.05)  # steps 0 (dev metrics before training) to 3 are logged: the step-2 checkpoint is
+            # on disk, step 4 is not
         assert proc.poll() is None, "the run ended before it could be killed"
         os.kill(proc.pid, signal.SIGKILL)
     finally:
@@ -70,7 +72,7 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path: Path, data_dir: P
     assert all(torch.equal(final[k], resumed[k]) for k in final)
     fresh = Trainer(_config(tmp_path, "fresh"), straight.data).encoder.state_dict()
     assert any(not torch.equal(final[k], fresh[k]) for k in final), "training must change the weights"
-    assert [json.loads(ln)["step"] for ln in history.read_text().splitlines()] == [1, 2, 3, 4]
+    assert [json.loads(ln)["step"] for ln in history.read_text().splitlines()] == [0, 1, 2, 3, 4]
 
 
 def test_sampler_state_round_trips() -> None:
@@ -127,3 +129,18 @@ def test_extends_errors(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml does not exist"):
         load_config(tmp_path / "c.yaml")
+
+
+def test_ablation_table_has_a_row_per_model_and_384_64_columns() -> None:
+    from muses.training.ablation import COLUMNS, render_table
+
+    results = {
+        "models": {
+            "base (default)": {"tasks": {"sts": {"metrics": {"spearman@384": 0.8203, "spearman@64": 0.7921}}}},
+            "d-ours": {"tasks": {"sts": {"metrics": {"spearman@384": 0.85}}}},
+        }
+    }
+    lines = render_table(results).splitlines()
+    assert len(lines) == 4 and lines[1].count("|") == lines[0].count("|") == 2 * len(COLUMNS) + 2
+    assert lines[2].startswith("| base (default) | 0.8203 | 0.7921 |")
+    assert lines[3].startswith("| d-ours | 0.8500 |  |")  # a missing number is left blank, not invented

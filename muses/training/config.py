@@ -45,6 +45,7 @@ class DataConfig(_Strict):
     )
     dev_stsb_pairs: int = Field(1500, ge=0)
     dev_wikipedia_articles: int = Field(0, ge=0, description="held-out articles for dev hierarchy consistency")
+    dev_scifact_claims: int | None = Field(None, ge=1, description="use only the first N SciFact dev claims")
     dev_scifact_distractors: int | None = Field(
         500, ge=0, description="distractor abstracts beside the SciFact dev claims' cited ones; null: no SciFact dev"
     )
@@ -89,6 +90,7 @@ class TrainConfig(_Strict):
     task_weights: dict[Literal["hierarchy", "stsb", "scifact"], float] = {"hierarchy": 1.0, "stsb": 1.0, "scifact": 1.0}
     eval_every: int = Field(50, ge=1)
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
+    eval_at_start: bool = Field(True, description="log the dev metrics of the untrained model as step 0")
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()

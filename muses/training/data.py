@@ -72,7 +72,9 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
                 scifact.append((ds.queries[qid], doc_text(doc.get("title", ""), doc["text"])))
     if d.dev_scifact_distractors is not None:
         held_out = load_beir("scifact", split="dev", data_dir=data_dir)
-        dev.scifact = scifact_dev_subset(held_out, d.dev_scifact_distractors, seed=config.seed)
+        dev.scifact = scifact_dev_subset(
+            held_out, d.dev_scifact_distractors, seed=config.seed, max_claims=d.dev_scifact_claims
+        )
     data = TrainingData(documents, stsb, scifact, dev)
     active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
     if active:

@@ -35,8 +35,16 @@ class DevSet:
     scifact: BeirDataset | None = None
 
 
-def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int) -> BeirDataset:
-    """The dev claims' cited abstracts plus ``distractors`` other abstracts (seeded), in corpus order."""
+def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int, max_claims: int | None = None) -> BeirDataset:
+    """The dev claims' cited abstracts plus ``distractors`` other abstracts (seeded), in corpus order.
+
+    ``max_claims`` keeps only the first claims (in id order), for quick runs and tests.
+    """
+    if max_claims is not None:
+        keep_q = sorted(dev.qrels)[:max_claims]
+        dev = BeirDataset(
+            dev.corpus, {q: dev.queries[q] for q in keep_q}, {q: dev.qrels[q] for q in keep_q}, dev.name, dev.split
+        )
     cited = {d for rels in dev.qrels.values() for d, r in rels.items() if r > 0}
     others = [d for d in dev.corpus if d not in cited]
     rng = np.random.default_rng(seed)

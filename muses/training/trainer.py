@@ -286,7 +286,8 @@ class Trainer:
         if not ckpt.is_dir():
             return False
         state = json.loads((ckpt / "trainer_state.json").read_text(encoding="utf-8"))
-        if state["config"] != self.config.model_dump():
+        # validated again, so that settings added since the checkpoint was written take their defaults
+        if TrainConfig.model_validate(state["config"]).model_dump() != self.config.model_dump():
             raise ConfigError(f"{ckpt} was written with another config; use a new output_dir or the same config.")
         loaded = MultiScaleEncoder.load(ckpt / "model", device=str(self.encoder.device))
         self.encoder.load_state_dict(loaded.state_dict())
@@ -320,6 +321,8 @@ class Trainer:
         start, t0 = self.step, time.perf_counter()
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.name}", disable=not progress)
         with (self.out / "history.jsonl").open("a", encoding="utf-8") as hist:
+            if self.step == 0 and cfg.eval_at_start:  # the base model's dev numbers, as the reference
+                hist.write(json.dumps({"step": 0.0, **self.evaluate()}) + "\n")
             while self.step < cfg.steps:
                 log = self.train_step()
                 if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
