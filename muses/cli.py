@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-from muses.errors import InputError, MusesError
+from muses.cli_common import DataDirOpt, ModelOpt, console, err_console, user_errors
+from muses.cli_index import index_app
+from muses.errors import InputError
 
 if TYPE_CHECKING:
     from muses.evaluation.corpus import EmbeddingCache
@@ -30,31 +29,7 @@ bench_app = typer.Typer(
 )
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
-console = Console()
-err_console = Console(stderr=True)
-
-ModelOpt = Annotated[
-    str,
-    typer.Option(
-        "--model",
-        "-m",
-        help="MuSES folder, sentence-transformers folder or hub name; 'default' = bundled all-MiniLM-L6-v2.",
-    ),
-]
-DataDirOpt = Annotated[
-    Path | None,
-    typer.Option("--data-dir", help="Data root (stsb/, scifact/, ...). Default: $MUSES_DATA_DIR."),
-]
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Print user errors (bad input, missing data, bad model) as one line, without a traceback; exit code 2."""
-    try:
-        yield
-    except MusesError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
-        raise typer.Exit(2) from None
+app.add_typer(index_app, name="index")
 
 
 def _parse_scales(scales: str) -> list[str]:

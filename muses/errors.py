@@ -25,3 +25,10 @@ class ModelError(MusesError):
 
 class ConfigError(MusesError, ValueError):
     """A configuration file or value is invalid."""
+
+
+class UnknownIdError(MusesError, KeyError):
+    """A document id is not in the store."""
+
+    def __str__(self) -> str:  # KeyError would quote the whole message
+        return str(self.args[0]) if self.args else ""

@@ -1,0 +1,179 @@
+"""``muses index``: build, search and inspect a multi-scale memory store from the command line."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from muses.cli_common import ModelOpt, console, user_errors
+from muses.errors import InputError
+
+if TYPE_CHECKING:
+    from muses.store import Hit, MemoryStore
+
+index_app = typer.Typer(
+    help="A persistent multi-scale memory store: add, search, zoom, stats, rm.", no_args_is_help=True
+)
+
+STORE_ENV = "MUSES_STORE"
+StoreOpt = Annotated[
+    Path | None,
+    typer.Option("--store", "-s", help=f"Store folder (default: ${STORE_ENV}, else ./muses-store)."),
+]
+
+
+def _store_path(store: Path | None) -> Path:
+    return store or Path(os.environ.get(STORE_ENV) or "muses-store")
+
+
+def _open(store: Path | None) -> MemoryStore:
+    from muses.store import MemoryStore
+
+    return MemoryStore.open(_store_path(store))
+
+
+def _read_inputs(paths: list[Path], one_document: bool) -> list[Any]:
+    """Documents from JSONL or text files, or every .jsonl/.txt file of a folder (sorted)."""
+    from muses.io import read_documents
+
+    files: list[Path] = []
+    for p in paths:
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix in (".jsonl", ".txt") and f.is_file())
+            if not found:
+                raise InputError(f"{p} holds no .jsonl or .txt files.")
+            files += found
+        elif p.is_file():
+            files.append(p)
+        else:
+            raise InputError(f"{p} does not exist.")
+    docs = []
+    for f in files:
+        for i, doc in enumerate(read_documents(f, one_document=one_document)):
+            if doc.id is None:  # stable ids for files without them: re-adding the file updates, not duplicates
+                doc.id = f"{f.stem}:{i}"
+            docs.append(doc)
+    return docs
+
+
+@index_app.command("add")
+def add(
+    paths: Annotated[list[Path], typer.Argument(help="JSONL / text files, or folders of them.")],
+    store: StoreOpt = None,
+    model: ModelOpt = "default",
+    dim: Annotated[int | None, typer.Option(help="Stored Matryoshka dim (new stores; default: full).")] = None,
+    index: Annotated[str, typer.Option(help="flat (exact), hnsw or ivfpq (new stores).")] = "flat",
+    token_pool: Annotated[int, typer.Option(help="Tokens pooled per stored token vector; 0: none.")] = 4,
+    upsert: Annotated[bool, typer.Option(help="Replace documents whose id is already stored.")] = False,
+    one_document: Annotated[bool, typer.Option(help="A text file is one document (not one per line).")] = False,
+) -> None:
+    """Add documents to a store (created on first use with --model, --dim, --index, --token-pool)."""
+    with user_errors():
+        from pydantic import ValidationError
+
+        from muses.encoder import MultiScaleEncoder
+        from muses.store import MemoryStore, StoreConfig
+
+        path = _store_path(store)
+        docs = _read_inputs(paths, one_document)
+        if (path / "store.sqlite").exists():
+            s = MemoryStore.open(path)
+        else:
+            try:
+                config = StoreConfig.model_validate({"dim": dim, "index": index, "token_pool": token_pool})
+            except ValidationError as e:
+                raise InputError(f"bad store settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
+            s = MemoryStore.create(path, MultiScaleEncoder.from_base(model), config, model=model)
+        ids = s.add(docs, upsert=upsert)
+        console.print(f"added {len(ids)} documents to {path} ({len(s)} in all)")
+
+
+def _highlighted(hit: Hit, doc_text: str) -> Text:
+    """The hit's sentence, with its highlighted character spans in bold yellow."""
+    if hit.span is None:
+        return Text(hit.text[:300] + ("..." if len(hit.text) > 300 else ""))
+    a, _ = hit.span
+    out = Text(hit.text)
+    for start, end in hit.highlights:
+        out.stylize("bold yellow", start - a, end - a)
+    return out
+
+
+@index_app.command("search")
+def search(
+    query: Annotated[str, typer.Argument(help="What to look for.")],
+    store: StoreOpt = None,
+    scale: Annotated[str, typer.Option(help="document, sentence, token or fusion.")] = "fusion",
+    k: Annotated[int, typer.Option("-k", help="Results.")] = 5,
+    dim: Annotated[int | None, typer.Option(help="Matryoshka prefix (at most the stored dim).")] = None,
+    zoom: Annotated[bool, typer.Option(help="Documents, then their best sentences, highlighted words.")] = False,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", help="Metadata filter key=value (JSON value), repeatable.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Search a store at one scale, or zoom from documents into sentences and words."""
+    with user_errors():
+        filters = {}
+        for item in filter_ or []:
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InputError(f"--filter {item!r} must look like key=value.")
+            try:
+                filters[key] = json.loads(value)
+            except json.JSONDecodeError:
+                filters[key] = value
+        s = _open(store)
+        if zoom:
+            results = s.zoom(query, k_docs=k, dim=dim, filters=filters or None)
+            if as_json:
+                console.print_json(json.dumps([r.to_dict() for r in results]))
+                return
+            table = Table(title=f"zoom: {query}")
+            for col in ("doc", "score", "sentence (matched words highlighted)", "cos"):
+                table.add_column(col)
+            for r in results:
+                for i, sent in enumerate(r.sentences):
+                    table.add_row(
+                        r.id if i == 0 else "",
+                        f"{r.score:.3f}" if i == 0 else "",
+                        _highlighted(sent, r.text),
+                        f"{sent.score:.3f}",
+                    )
+            console.print(table)
+            return
+        hits = s.search(query, scale=scale, k=k, dim=dim, filters=filters or None)  # type: ignore[arg-type]
+        if as_json:
+            console.print_json(json.dumps([h.to_dict() for h in hits]))
+            return
+        table = Table(title=f"{scale}: {query}")
+        for col in ("doc", "score", "text"):
+            table.add_column(col)
+        for h in hits:
+            table.add_row(h.id, f"{h.score:.3f}", _highlighted(h, h.text))
+        console.print(table)
+
+
+@index_app.command("stats")
+def stats(store: StoreOpt = None) -> None:
+    """What a store holds: counts, model, dim, indexes, sizes."""
+    with user_errors():
+        console.print_json(json.dumps(_open(store).stats()))
+
+
+@index_app.command("rm")
+def rm(
+    ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
+    store: StoreOpt = None,
+) -> None:
+    """Delete documents by id (all or nothing)."""
+    with user_errors():
+        s = _open(store)
+        n = s.delete(ids)
+        console.print(f"deleted {n} documents ({len(s)} left)")

@@ -1,0 +1,608 @@
+"""A persistent multi-scale memory: add documents once, search them at document, sentence or token scale, zoom.
+
+A store is a folder: ``store.sqlite`` (documents, spans, metadata, vectors, and which model and dim built it)
+and ``write.lock``. Vectors are kept at one Matryoshka dim ``D``; searches may use any smaller prefix.
+
+- Writes (add, update, delete) encode outside the lock, then take the folder's file lock and commit one SQLite
+  transaction: one writer at a time across processes, any number of readers (WAL), and a process killed mid-add
+  leaves every earlier commit intact and nothing half-written.
+- FAISS indexes (exact or approximate, :mod:`muses.store.index`) are built in memory from SQLite, and rebuilt when
+  another commit has happened since (a readers sees new documents at its next search).
+- The token scale stores pooled token vectors: the mean of ``token_pool`` consecutive tokens of one sentence, with
+  their character span, which bounds memory and still locates the words that match.
+
+Example::
+
+    store = MemoryStore.create("mem/", MultiScaleEncoder.from_base(), StoreConfig(dim=256))
+    store.add([{"id": "a", "text": "Leaves make oxygen. Roots take up water.", "metadata": {"topic": "bio"}}])
+    store.search("where is water absorbed?", scale="sentence", k=3)
+    store.zoom("where is water absorbed?")          # documents -> sentences -> highlighted words
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field
+
+from muses.encoder import MultiScaleEncoder
+from muses.errors import InputError, ModelError, UnknownIdError
+from muses.evaluation.corpus import MusesCorpusEncoder
+from muses.store import db
+from muses.store.index import IndexKind, VectorIndex
+from muses.text import as_documents
+from muses.types import Document, MultiScaleEmbedding
+
+Scale = Literal["document", "sentence", "token", "fusion"]
+SEARCH_SCALES: tuple[str, ...] = ("document", "sentence", "token", "fusion")
+DB_FILE = "store.sqlite"
+LOCK_FILE = "write.lock"
+
+
+class StoreConfig(BaseModel):
+    """How a store is built. Fixed at creation (recorded in the store)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int | None = Field(None, description="stored Matryoshka dim (default: the model's full dim)")
+    index: IndexKind = "flat"
+    token_pool: int = Field(4, ge=0, description="tokens pooled per stored token vector; 0: no token scale")
+    hnsw_m: int = Field(32, ge=4)
+    ef_search: int = Field(64, ge=1)
+    nlist: int = Field(64, ge=1)
+    pq_m: int = Field(16, ge=1)
+    nprobe: int = Field(8, ge=1)
+    max_chars: int = Field(1_000_000, ge=1, description="refuse documents longer than this")
+    fusion_weights: dict[str, float] = Field(
+        default_factory=lambda: {"document": 0.0, "sentence": 0.3, "token": 0.7},
+        description="min-max weighted-sum fusion (the evaluation suite's dev-fitted SciFact weights at 384d)",
+    )
+
+
+@dataclass
+class Hit:
+    """One search result; ``span`` and ``highlights`` are character ranges into the document's text."""
+
+    id: str
+    score: float
+    scale: str
+    text: str
+    span: tuple[int, int] | None = None
+    sentence: int | None = None
+    highlights: list[tuple[int, int]] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable."""
+        return asdict(self)
+
+
+@dataclass
+class ZoomResult:
+    """A document and its best sentences (with highlighted words), for one query."""
+
+    id: str
+    score: float
+    text: str
+    sentences: list[Hit]
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable."""
+        return {**asdict(self), "sentences": [s.to_dict() for s in self.sentences]}
+
+
+@dataclass
+class _Vectors:
+    """The store's vectors in memory, at the stored dim, with their SQLite rows and links."""
+
+    generation: int
+    doc_rows: np.ndarray  # [N]
+    doc_ids: list[str]
+    doc_vecs: np.ndarray  # [N, D]
+    sent_rows: np.ndarray  # [S]
+    sent_doc: np.ndarray  # [S] position in doc_rows
+    sent_pos: np.ndarray  # [S] index in its document
+    sent_span: np.ndarray  # [S, 2]
+    sent_vecs: np.ndarray  # [S, D]
+    tok_doc: np.ndarray  # [T]
+    tok_sent: np.ndarray  # [T] sentence index in its document
+    tok_span: np.ndarray  # [T, 2]
+    tok_vecs: np.ndarray  # [T, D]
+    indexes: dict[str, VectorIndex]
+
+
+def _prefix(x: np.ndarray, dim: int) -> np.ndarray:
+    y = x[..., :dim]
+    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
+
+
+def pool_tokens(emb: MultiScaleEmbedding, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Pool runs of ``size`` consecutive tokens of one sentence: ``([P, D] vectors, [P] sentence, [P, 2] spans)``."""
+    assert emb.tokens is not None
+    vecs, sents, spans = [], [], []
+    for s, (a, b) in enumerate(emb.sentence_token_ranges.tolist()):
+        for i in range(a, b, size):
+            j = min(i + size, b)
+            v = emb.tokens[i:j].mean(axis=0)
+            vecs.append(v / max(float(np.linalg.norm(v)), 1e-12))
+            sents.append(s)
+            spans.append((int(emb.token_offsets[i, 0]), int(emb.token_offsets[j - 1, 1])))
+    dim = emb.tokens.shape[1]
+    return (
+        np.asarray(vecs, dtype=np.float32).reshape(-1, dim),
+        np.asarray(sents, dtype=np.int64),
+        np.asarray(spans, dtype=np.int64).reshape(-1, 2),
+    )
+
+
+class MemoryStore:
+    """A multi-scale document memory in a folder. Build with :meth:`create`, reopen with :meth:`open`."""
+
+    def __init__(self, path: Path, encoder: MultiScaleEncoder, model_name: str) -> None:
+        self.path = path
+        self.encoder = encoder
+        self._corpus = MusesCorpusEncoder(encoder, name=model_name)
+        self._con = db.connect(path / DB_FILE)
+        meta = db.get_meta(self._con)
+        self.model_name: str = meta["model"]
+        self.config = StoreConfig.model_validate(meta["config"])
+        self.dim: int = meta["dim"]
+        self.fingerprint: str = meta["fingerprint"]
+        if self._corpus.fingerprint() != self.fingerprint:
+            raise ModelError(
+                f"store {path} was built with model {self.model_name!r} (fingerprint {self.fingerprint}); the model "
+                f"given, {model_name!r}, is another (fingerprint {self._corpus.fingerprint()}). Its vectors would "
+                "not be comparable: open the store with the model that built it, or build a new store."
+            )
+        self._lock = FileLock(str(path / LOCK_FILE))
+        self._vectors: _Vectors | None = None
+
+    # ------------------------------------------------------------------ create / open
+    @classmethod
+    def create(
+        cls,
+        path: str | os.PathLike[str],
+        encoder: MultiScaleEncoder,
+        config: StoreConfig | None = None,
+        model: str = "",
+    ) -> MemoryStore:
+        """A new, empty store in ``path`` (an empty or missing folder) for ``encoder``.
+
+        Args:
+            model: how to load the encoder again (a path or name for ``MultiScaleEncoder.from_base``); recorded
+                so that :meth:`open` can load it.
+        """
+        folder = Path(path)
+        if (folder / DB_FILE).exists():
+            raise InputError(f"{folder} already holds a store; open it with MemoryStore.open (or `muses index`).")
+        if folder.exists() and any(folder.iterdir()):
+            raise InputError(f"{folder} is not empty; give a new folder for the store.")
+        config = config or StoreConfig()
+        full = encoder.embed_dim
+        dim = config.dim or full
+        if dim not in encoder.dims:
+            raise InputError(f"store dim {dim} is not one of the model's Matryoshka dims {encoder.dims}.")
+        folder.mkdir(parents=True, exist_ok=True)
+        con = db.connect(folder / DB_FILE)
+        with FileLock(str(folder / LOCK_FILE)):
+            con.execute("BEGIN IMMEDIATE")
+            db.set_meta(
+                con,
+                model=model or encoder.base_name,
+                fingerprint=MusesCorpusEncoder(encoder).fingerprint(),
+                dim=dim,
+                config=config.model_dump(),
+                generation=0,
+            )
+            con.execute("COMMIT")
+        con.close()
+        return cls(folder, encoder, model or encoder.base_name)
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], encoder: MultiScaleEncoder | None = None) -> MemoryStore:
+        """Reopen a store; without ``encoder``, load the model recorded in it."""
+        folder = Path(path)
+        if not (folder / DB_FILE).is_file():
+            raise InputError(f"{folder} holds no MuSES store ({DB_FILE} is missing); create one first.")
+        meta = db.get_meta(db.connect(folder / DB_FILE, readonly=True))
+        if "model" not in meta:
+            raise InputError(f"{folder / DB_FILE} is not a MuSES store (no model recorded).")
+        return cls(folder, encoder or MultiScaleEncoder.from_base(meta["model"]), meta["model"])
+
+    def close(self) -> None:
+        """Close the database connection."""
+        self._con.close()
+
+    # ------------------------------------------------------------------ writes
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        with self._lock:
+            self._con.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._con
+                db.set_meta(self._con, generation=db.generation(self._con) + 1)
+                self._con.execute("COMMIT")
+            except BaseException:
+                self._con.execute("ROLLBACK")
+                raise
+
+    def _documents(self, items: Iterable[str | Document | Mapping[str, Any]]) -> list[Document]:
+        docs: list[Document] = []
+        raw: list[str | Document] = []
+        metas: list[tuple[str | None, dict[str, Any]]] = []
+        for i, item in enumerate(items):
+            if isinstance(item, Mapping):
+                text = item.get("text")
+                if not isinstance(text, str):
+                    raise InputError(f"item {i}: a document needs a 'text' string.")
+                meta = item.get("metadata") or {}
+                if not isinstance(meta, dict):
+                    raise InputError(f"item {i}: 'metadata' must be a JSON object.")
+                ident = item.get("id")
+                raw.append(text)
+                metas.append((None if ident is None else str(ident), meta))
+            else:
+                raw.append(item)
+                metas.append((item.id, item.metadata) if isinstance(item, Document) else (None, {}))
+        for i, doc in enumerate(as_documents(raw, self.encoder.splitter)):
+            if len(doc.text) > self.config.max_chars:
+                raise InputError(
+                    f"item {i} has {len(doc.text)} characters, over this store's limit of {self.config.max_chars}; "
+                    "split it, or create the store with a larger max_chars."
+                )
+            ident, meta = metas[i]
+            doc.id = ident or doc.id or uuid.uuid4().hex
+            doc.metadata = dict(meta)
+            docs.append(doc)
+        ids = [str(d.id) for d in docs]
+        dupes = sorted({x for x in ids if ids.count(x) > 1})
+        if dupes:
+            raise InputError(f"document id(s) {dupes[:5]} appear more than once in this batch.")
+        return docs
+
+    def add(
+        self, items: Iterable[str | Document | Mapping[str, Any]], upsert: bool = False, batch_size: int = 32
+    ) -> list[str]:
+        """Embed and store documents (strings, :class:`Document` objects, or ``{"id", "text", "metadata"}``).
+
+        An id already in the store is an error, unless ``upsert`` (then the document is replaced). Documents
+        without an id get a random one. Returns the ids, in order. The whole call is one commit.
+        """
+        docs = self._documents(items)
+        if not docs:
+            return []
+        scales = ("document", "sentence", "token") if self.config.token_pool else ("document", "sentence")
+        embs = self.encoder.encode_documents(docs, scales=scales, dim=self.dim, batch_size=batch_size)
+        with self._write() as con:
+            for doc, emb in zip(docs, embs, strict=True):
+                found = con.execute("SELECT row FROM documents WHERE id = ?", (doc.id,)).fetchone()
+                if found and not upsert:
+                    raise InputError(f"document id {doc.id!r} is already in the store; use update (or --upsert).")
+                if found:
+                    con.execute("DELETE FROM documents WHERE row = ?", (found[0],))
+                self._insert(con, doc, emb)
+        return [str(d.id) for d in docs]
+
+    def update(self, items: Iterable[str | Document | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
+        """Add or replace documents by id (one commit)."""
+        return self.add(items, upsert=True, batch_size=batch_size)
+
+    def _insert(self, con: Any, doc: Document, emb: MultiScaleEmbedding) -> None:
+        cur = con.execute(
+            "INSERT INTO documents(id, text, metadata, vector) VALUES (?, ?, ?, ?)",
+            (doc.id, doc.text, json.dumps(doc.metadata), db.to_blob(emb.document)),
+        )
+        row = cur.lastrowid
+        con.executemany(
+            "INSERT INTO sentences(doc, pos, start, end, vector) VALUES (?, ?, ?, ?, ?)",
+            [
+                (row, i, s.start, s.end, db.to_blob(v))
+                for i, (s, v) in enumerate(zip(doc.sentences, emb.sentences, strict=True))
+            ],
+        )
+        if self.config.token_pool and emb.tokens is not None:
+            vecs, sents, spans = pool_tokens(emb, self.config.token_pool)
+            con.executemany(
+                "INSERT INTO tokens(doc, sentence, start, end, vector) VALUES (?, ?, ?, ?, ?)",
+                [
+                    (row, int(s), int(a), int(b), db.to_blob(v))
+                    for v, s, (a, b) in zip(vecs, sents, spans.tolist(), strict=True)
+                ],
+            )
+
+    def delete(self, ids: Sequence[str]) -> int:
+        """Delete documents by id (one commit). Unknown ids are an error, and then nothing is deleted."""
+        with self._write() as con:
+            missing = [i for i in ids if not con.execute("SELECT 1 FROM documents WHERE id = ?", (i,)).fetchone()]
+            if missing:
+                raise UnknownIdError(f"unknown document id(s): {missing[:5]}; nothing was deleted.")
+            con.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in ids])
+        return len(ids)
+
+    # ------------------------------------------------------------------ reads
+    def __len__(self) -> int:
+        return int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+
+    def get(self, doc_id: str) -> dict[str, Any]:
+        """A stored document: id, text, metadata and sentence spans."""
+        row = self._con.execute("SELECT row, text, metadata FROM documents WHERE id = ?", (doc_id,)).fetchone()
+        if row is None:
+            raise UnknownIdError(f"unknown document id: {doc_id!r}")
+        spans = self._con.execute("SELECT start, end FROM sentences WHERE doc = ? ORDER BY pos", (row[0],)).fetchall()
+        return {"id": doc_id, "text": row[1], "metadata": json.loads(row[2]), "sentences": [list(s) for s in spans]}
+
+    def _load(self) -> _Vectors:
+        gen = db.generation(self._con)
+        if self._vectors is not None and self._vectors.generation == gen:
+            return self._vectors
+        con, d = self._con, self.dim
+        con.execute("BEGIN")  # one consistent snapshot of all three tables
+        try:
+            docs = con.execute("SELECT row, id, vector FROM documents ORDER BY row").fetchall()
+            sents = con.execute("SELECT doc, pos, start, end, vector FROM sentences ORDER BY doc, pos").fetchall()
+            toks = con.execute("SELECT doc, sentence, start, end, vector FROM tokens ORDER BY row").fetchall()
+            gen = db.generation(con)
+        finally:
+            con.execute("COMMIT")
+        doc_rows = np.asarray([r[0] for r in docs], dtype=np.int64)
+        where = {int(r): i for i, r in enumerate(doc_rows)}
+        vecs = _Vectors(
+            generation=gen,
+            doc_rows=doc_rows,
+            doc_ids=[r[1] for r in docs],
+            doc_vecs=db.from_blobs([r[2] for r in docs], d),
+            sent_rows=np.arange(len(sents)),
+            sent_doc=np.asarray([where[r[0]] for r in sents], dtype=np.int64),
+            sent_pos=np.asarray([r[1] for r in sents], dtype=np.int64),
+            sent_span=np.asarray([(r[2], r[3]) for r in sents], dtype=np.int64).reshape(-1, 2),
+            sent_vecs=db.from_blobs([r[4] for r in sents], d),
+            tok_doc=np.asarray([where[r[0]] for r in toks], dtype=np.int64),
+            tok_sent=np.asarray([r[1] for r in toks], dtype=np.int64),
+            tok_span=np.asarray([(r[2], r[3]) for r in toks], dtype=np.int64).reshape(-1, 2),
+            tok_vecs=db.from_blobs([r[4] for r in toks], d),
+            indexes={},
+        )
+        c = self.config
+        opts = {"hnsw_m": c.hnsw_m, "ef_search": c.ef_search, "nlist": c.nlist, "pq_m": c.pq_m, "nprobe": c.nprobe}
+        vecs.indexes = {
+            "document": VectorIndex(vecs.doc_vecs, c.index, **opts),
+            "sentence": VectorIndex(vecs.sent_vecs, c.index, **opts),
+            "token": VectorIndex(vecs.tok_vecs, c.index, **opts),
+        }
+        self._vectors = vecs
+        return vecs
+
+    def _allowed(self, vecs: _Vectors, filters: Mapping[str, Any] | None) -> np.ndarray | None:
+        """Document positions whose metadata matches every ``key: value`` of ``filters`` (None: no filter)."""
+        if not filters:
+            return None
+        clauses, params = [], []
+        for key, value in filters.items():
+            if not isinstance(key, str) or not key.replace("_", "").replace("-", "").isalnum():
+                raise InputError(f"filter key {key!r} must be a plain metadata field name (letters, digits, _ -).")
+            clauses.append(f"json_extract(metadata, '$.\"{key}\"') = ?")
+            params.append(json.dumps(value) if isinstance(value, (list, dict)) else value)
+        rows = {r[0] for r in self._con.execute(f"SELECT row FROM documents WHERE {' AND '.join(clauses)}", params)}
+        return np.asarray([i for i, r in enumerate(vecs.doc_rows.tolist()) if r in rows], dtype=np.int64)
+
+    def _query(self, query: str, dim: int | None) -> tuple[np.ndarray, int]:
+        d = self._check_dim(dim)
+        q = self.encoder.encode_queries([query])[0]
+        return _prefix(q, d), d
+
+    def _check_dim(self, dim: int | None) -> int:
+        if dim is None:
+            return self.dim
+        if dim not in self.encoder.dims or dim > self.dim:
+            usable = [x for x in self.encoder.dims if x <= self.dim]
+            raise InputError(f"dim {dim} is not available in this store; use one of {usable}.")
+        return dim
+
+    def _dense(
+        self, vecs: _Vectors, scale: str, q: np.ndarray, dim: int, k: int, allowed_docs: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Top ``k`` positions of ``scale`` (``document`` or ``sentence``) for one query: ``(scores, positions)``.
+
+        The FAISS index serves full-dim unfiltered searches; a filter or a smaller dim is scored exactly.
+        """
+        mat = vecs.doc_vecs if scale == "document" else vecs.sent_vecs
+        owner = np.arange(len(mat)) if scale == "document" else vecs.sent_doc
+        if allowed_docs is None and dim == self.dim:
+            scores, pos = vecs.indexes[scale].search(q[None], k)
+            keep = pos[0] >= 0
+            return scores[0][keep], pos[0][keep]
+        cand = np.arange(len(mat)) if allowed_docs is None else np.flatnonzero(np.isin(owner, allowed_docs))
+        s = _prefix(mat[cand], dim) @ q
+        top = np.argsort(-s, kind="stable")[:k]
+        return s[top], cand[top]
+
+    def search(
+        self,
+        query: str,
+        scale: Scale = "document",
+        k: int = 10,
+        dim: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        zoom_docs: int | None = None,
+    ) -> list[Hit]:
+        """Search one scale (or ``fusion`` of all), best first.
+
+        Args:
+            scale: ``document`` (document vectors), ``sentence`` (sentence vectors: each hit is a sentence),
+                ``token`` (ColBERT-style MaxSim of the query's tokens over the stored pooled token vectors, on
+                candidates from a token index search), or ``fusion`` (min-max weighted sum of the three
+                document scores, weights in the store's config).
+            k: results returned.
+            dim: a Matryoshka prefix, at most the stored dim (default: the stored dim).
+            filters: ``{metadata key: value}``, all must match.
+            zoom_docs: ``sentence`` scale only: search only the sentences of the top ``zoom_docs`` documents
+                (the evaluation suite's ``zoom`` ranking).
+        """
+        if scale not in SEARCH_SCALES:
+            raise InputError(f"unknown scale {scale!r}; use one of {', '.join(SEARCH_SCALES)}.")
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty; give some text to search for.")
+        if k < 1:
+            raise InputError(f"k must be at least 1, got {k}.")
+        vecs = self._load()
+        if not vecs.doc_ids:
+            return []
+        q, d = self._query(query, dim)
+        allowed = self._allowed(vecs, filters)
+        if scale == "sentence":
+            if zoom_docs:
+                _, top_docs = self._dense(vecs, "document", q, d, zoom_docs, allowed)
+                allowed = top_docs if allowed is None else np.intersect1d(top_docs, allowed)
+            scores, pos = self._dense(vecs, "sentence", q, d, k, allowed)
+            return [self._sentence_hit(vecs, int(p), float(s)) for s, p in zip(scores, pos, strict=True)]
+        if scale == "document":
+            scores, pos = self._dense(vecs, "document", q, d, k, allowed)
+            return [self._doc_hit(vecs, int(p), float(s), "document") for s, p in zip(scores, pos, strict=True)]
+        cand, per_scale = self._candidates(vecs, query, q, d, k, allowed)
+        if scale == "token":
+            if "token" not in per_scale:
+                raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
+            final = per_scale["token"]
+        else:
+            from muses.evaluation.retrieval import fuse
+
+            weights = {s: w for s, w in self.config.fusion_weights.items() if s in per_scale}
+            final = fuse({s: v[None] for s, v in per_scale.items()}, weights, "wsum")[0]
+        order = np.argsort(-final, kind="stable")[:k]
+        return [self._doc_hit(vecs, int(cand[i]), float(final[i]), scale) for i in order]
+
+    def _candidates(
+        self, vecs: _Vectors, query: str, q: np.ndarray, dim: int, k: int, allowed: np.ndarray | None, depth: int = 100
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The union of the top ``depth`` documents by document and by sentence max-sim (and, with tokens, by
+        token hits), with each scale's score for every candidate: ``(positions [C], {scale: [C] scores})``."""
+        n = len(vecs.doc_ids)
+        doc_all = _prefix(vecs.doc_vecs, dim) @ q
+        sent_all = np.full(n, -np.inf, dtype=np.float32)
+        np.maximum.at(sent_all, vecs.sent_doc, _prefix(vecs.sent_vecs, dim) @ q)
+        if allowed is not None:
+            mask = np.full(n, -np.inf, dtype=np.float32)
+            mask[allowed] = 0.0
+            doc_all, sent_all = doc_all + mask, sent_all + mask
+        top = max(depth, k)
+        cand = np.union1d(np.argsort(-doc_all)[:top], np.argsort(-sent_all)[:top])
+        cand = cand[np.isfinite(doc_all[cand])]
+        per_scale = {"document": doc_all[cand], "sentence": sent_all[cand]}
+        if len(vecs.tok_vecs):
+            qt = self._query_tokens(query, dim)
+            extra = np.zeros(0, dtype=np.int64)
+            if dim == self.dim:  # documents holding the nearest token groups of any query token
+                _, hits = vecs.indexes["token"].search(qt, 32)
+                extra = np.unique(vecs.tok_doc[hits[hits >= 0]])
+            if allowed is not None:
+                extra = np.intersect1d(extra, allowed)
+            cand = np.union1d(cand, extra)
+            per_scale = {"document": doc_all[cand], "sentence": sent_all[cand]}
+            per_scale["token"] = np.asarray([self._maxsim(vecs, qt, int(c), dim) for c in cand], dtype=np.float32)
+        return cand, per_scale
+
+    def _query_tokens(self, query: str, dim: int) -> np.ndarray:
+        """``[t, dim]`` normalised query token vectors."""
+        return _prefix(self._corpus.encode_query_tokens([query])[0], dim)
+
+    def _maxsim(self, vecs: _Vectors, qt: np.ndarray, doc: int, dim: int) -> float:
+        toks = vecs.tok_vecs[vecs.tok_doc == doc]
+        if not len(toks):
+            return 0.0
+        return float((qt @ _prefix(toks, dim).T).max(axis=1).sum())
+
+    def _doc_hit(self, vecs: _Vectors, pos: int, score: float, scale: str) -> Hit:
+        row = self._con.execute(
+            "SELECT id, text, metadata FROM documents WHERE row = ?", (int(vecs.doc_rows[pos]),)
+        ).fetchone()
+        return Hit(id=row[0], score=score, scale=scale, text=row[1], metadata=json.loads(row[2]))
+
+    def _sentence_hit(self, vecs: _Vectors, pos: int, score: float) -> Hit:
+        doc = int(vecs.sent_doc[pos])
+        row = self._con.execute(
+            "SELECT id, text, metadata FROM documents WHERE row = ?", (int(vecs.doc_rows[doc]),)
+        ).fetchone()
+        a, b = (int(x) for x in vecs.sent_span[pos])
+        return Hit(
+            id=row[0],
+            score=score,
+            scale="sentence",
+            text=row[1][a:b],
+            span=(a, b),
+            sentence=int(vecs.sent_pos[pos]),
+            metadata=json.loads(row[2]),
+        )
+
+    def zoom(
+        self,
+        query: str,
+        k_docs: int = 3,
+        k_sentences: int = 2,
+        dim: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        highlight: int = 3,
+    ) -> list[ZoomResult]:
+        """Top documents, then the best sentences inside each, then the words that match (character spans).
+
+        Highlights are the ``highlight`` stored token groups of each sentence that best match any query token
+        (token MaxSim); a store without token vectors returns sentences without highlights.
+        """
+        docs = self.search(query, "document", k_docs, dim, filters)
+        if not docs:
+            return []
+        vecs = self._load()
+        q, d = self._query(query, dim)
+        qt = self._query_tokens(query, d) if len(vecs.tok_vecs) else None
+        pos_of = {doc_id: i for i, doc_id in enumerate(vecs.doc_ids)}
+        out = []
+        for hit in docs:
+            p = pos_of[hit.id]
+            rows = np.flatnonzero(vecs.sent_doc == p)
+            scores = _prefix(vecs.sent_vecs[rows], d) @ q
+            best = rows[np.argsort(-scores, kind="stable")[:k_sentences]]
+            sentences = []
+            for r in best:
+                s = self._sentence_hit(vecs, int(r), float(_prefix(vecs.sent_vecs[r], d) @ q))
+                if qt is not None:
+                    s.highlights = self._highlights(vecs, qt, p, int(vecs.sent_pos[r]), d, highlight)
+                sentences.append(s)
+            out.append(ZoomResult(hit.id, hit.score, hit.text, sentences, hit.metadata))
+        return out
+
+    def _highlights(
+        self, vecs: _Vectors, qt: np.ndarray, doc: int, sentence: int, dim: int, n: int
+    ) -> list[tuple[int, int]]:
+        sel = np.flatnonzero((vecs.tok_doc == doc) & (vecs.tok_sent == sentence))
+        if not len(sel):
+            return []
+        match = (_prefix(vecs.tok_vecs[sel], dim) @ qt.T).max(axis=1)
+        best = sel[np.argsort(-match, kind="stable")[:n]]
+        return sorted((int(a), int(b)) for a, b in vecs.tok_span[best])
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, model, dim, index kinds and sizes."""
+        vecs = self._load()
+        size = sum(f.stat().st_size for f in self.path.iterdir() if f.name.startswith(DB_FILE))
+        return {
+            "path": str(self.path),
+            "model": self.model_name,
+            "fingerprint": self.fingerprint,
+            "dim": self.dim,
+            "documents": len(vecs.doc_ids),
+            "sentences": len(vecs.sent_vecs),
+            "token_vectors": len(vecs.tok_vecs),
+            "generation": vecs.generation,
+            "index": {s: {"kind": ix.kind, "bytes": ix.memory_bytes()} for s, ix in vecs.indexes.items()},
+            "database_bytes": size,
+            "config": self.config.model_dump(),
+        }
