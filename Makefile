@@ -17,7 +17,7 @@ HF_HUB_OFFLINE ?= 1
 export HF_HUB_OFFLINE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test test-fast lint bench browser clean
 
 install: $(STAMP)
 
@@ -34,8 +34,21 @@ lint: $(STAMP)
 	$(BIN)/ruff check muses tests benchmarks
 	$(BIN)/mypy
 
-test: lint
+test: lint browser
 	$(BIN)/pytest -q
+
+# The search page is tested in headless Chromium. Installed with apt-get where we are root; elsewhere that test
+# is skipped and says why.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "chromium: $$(command -v chromium)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		(DEBIAN_FRONTEND=noninteractive apt-get update -qq && \
+		 DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) \
+		|| echo "could not install chromium: the browser test will be skipped"; \
+	else \
+		echo "no chromium and not root: the browser test will be skipped"; \
+	fi
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -q -m "not slow" -x

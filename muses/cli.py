@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 
 from muses.cli_common import DataDirOpt, ModelOpt, console, err_console, user_errors
-from muses.cli_index import index_app
+from muses.cli_index import index_app, serve
 from muses.errors import InputError
 
 if TYPE_CHECKING:
@@ -30,6 +30,7 @@ bench_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(index_app, name="index")
+app.command()(serve)
 
 
 def _parse_scales(scales: str) -> list[str]:

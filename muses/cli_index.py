@@ -177,3 +177,27 @@ def rm(
         s = _open(store)
         n = s.delete(ids)
         console.print(f"deleted {n} documents ({len(s)} left)")
+
+
+def serve(
+    store: StoreOpt = None,
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+    api_key: Annotated[
+        str | None, typer.Option(help="Key required for writes (default: $MUSES_API_KEY; none: read-only).")
+    ] = None,
+    max_request_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 8.0,
+) -> None:
+    """Serve a store over HTTP: search, zoom, add, delete, stats; a search page at / and API docs at /docs."""
+    with user_errors():
+        import uvicorn
+
+        from muses.service import ServiceLimits, create_app
+
+        s = _open(store)
+        key = api_key or os.environ.get("MUSES_API_KEY") or None
+        app = create_app(s, key, ServiceLimits(max_request_bytes=int(max_request_mb * 1_000_000)))
+        console.print(
+            f"serving {s.path} ({len(s)} documents) on http://{host}:{port} (writes {'on' if key else 'off'})"
+        )
+        uvicorn.run(app, host=host, port=port, log_level="warning")

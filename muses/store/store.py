@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -102,6 +103,19 @@ class ZoomResult:
 
 
 @dataclass
+class EncodedQuery:
+    """A query's vectors at the model's full dim: ``vector`` ``[D]`` and, for token scoring, ``tokens`` ``[t, D]``.
+
+    Encode many at once with :meth:`MemoryStore.encode_queries` (a service batches concurrent queries this way),
+    then pass them to :meth:`MemoryStore.search` / :meth:`MemoryStore.zoom` in place of the text.
+    """
+
+    text: str
+    vector: np.ndarray
+    tokens: np.ndarray | None = None
+
+
+@dataclass
 class _Vectors:
     """The store's vectors in memory, at the stored dim, with their SQLite rows and links."""
 
@@ -164,7 +178,8 @@ class MemoryStore:
                 f"given, {model_name!r}, is another (fingerprint {self._corpus.fingerprint()}). Its vectors would "
                 "not be comparable: open the store with the model that built it, or build a new store."
             )
-        self._lock = FileLock(str(path / LOCK_FILE))
+        self._lock = FileLock(str(path / LOCK_FILE))  # one writer across processes
+        self._mutex = threading.RLock()  # one thread at a time on the connection and the in-memory vectors
         self._vectors: _Vectors | None = None
 
     # ------------------------------------------------------------------ create / open
@@ -226,7 +241,7 @@ class MemoryStore:
     # ------------------------------------------------------------------ writes
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self._lock:
+        with self._mutex, self._lock:
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 yield self._con
@@ -331,10 +346,15 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
-        return int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+        with self._mutex:
+            return int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
     def get(self, doc_id: str) -> dict[str, Any]:
         """A stored document: id, text, metadata and sentence spans."""
+        with self._mutex:
+            return self._get(doc_id)
+
+    def _get(self, doc_id: str) -> dict[str, Any]:
         row = self._con.execute("SELECT row, text, metadata FROM documents WHERE id = ?", (doc_id,)).fetchone()
         if row is None:
             raise UnknownIdError(f"unknown document id: {doc_id!r}")
@@ -395,10 +415,26 @@ class MemoryStore:
         rows = {r[0] for r in self._con.execute(f"SELECT row FROM documents WHERE {' AND '.join(clauses)}", params)}
         return np.asarray([i for i, r in enumerate(vecs.doc_rows.tolist()) if r in rows], dtype=np.int64)
 
-    def _query(self, query: str, dim: int | None) -> tuple[np.ndarray, int]:
+    def encode_queries(self, texts: Sequence[str], with_tokens: bool | None = None) -> list[EncodedQuery]:
+        """Encode queries in one batch (token vectors too when the store keeps them, or ``with_tokens``)."""
+        for i, t in enumerate(texts):
+            if not isinstance(t, str) or not t.strip():
+                raise InputError(f"query {i} is empty; give some text to search for.")
+        vecs = self.encoder.encode_queries(list(texts))
+        toks = with_tokens if with_tokens is not None else bool(self.config.token_pool)
+        tokens = self._corpus.encode_query_tokens(list(texts)) if toks else [None] * len(texts)
+        return [EncodedQuery(t, v, tk) for t, v, tk in zip(texts, vecs, tokens, strict=True)]
+
+    def _encoded(self, query: str | EncodedQuery) -> EncodedQuery:
+        if isinstance(query, EncodedQuery):
+            return query
+        if not isinstance(query, str) or not query.strip():
+            raise InputError("the query is empty; give some text to search for.")
+        return self.encode_queries([query])[0]
+
+    def _query(self, query: EncodedQuery, dim: int | None) -> tuple[np.ndarray, int]:
         d = self._check_dim(dim)
-        q = self.encoder.encode_queries([query])[0]
-        return _prefix(q, d), d
+        return _prefix(query.vector, d), d
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
@@ -428,7 +464,7 @@ class MemoryStore:
 
     def search(
         self,
-        query: str,
+        query: str | EncodedQuery,
         scale: Scale = "document",
         k: int = 10,
         dim: int | None = None,
@@ -450,10 +486,21 @@ class MemoryStore:
         """
         if scale not in SEARCH_SCALES:
             raise InputError(f"unknown scale {scale!r}; use one of {', '.join(SEARCH_SCALES)}.")
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("the query is empty; give some text to search for.")
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.")
+        query = self._encoded(query)  # the expensive part, outside the lock
+        with self._mutex:
+            return self._search(query, scale, k, dim, filters, zoom_docs)
+
+    def _search(
+        self,
+        query: EncodedQuery,
+        scale: str,
+        k: int,
+        dim: int | None,
+        filters: Mapping[str, Any] | None,
+        zoom_docs: int | None,
+    ) -> list[Hit]:
         vecs = self._load()
         if not vecs.doc_ids:
             return []
@@ -482,7 +529,14 @@ class MemoryStore:
         return [self._doc_hit(vecs, int(cand[i]), float(final[i]), scale) for i in order]
 
     def _candidates(
-        self, vecs: _Vectors, query: str, q: np.ndarray, dim: int, k: int, allowed: np.ndarray | None, depth: int = 100
+        self,
+        vecs: _Vectors,
+        query: EncodedQuery,
+        q: np.ndarray,
+        dim: int,
+        k: int,
+        allowed: np.ndarray | None,
+        depth: int = 100,
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The union of the top ``depth`` documents by document and by sentence max-sim (and, with tokens, by
         token hits), with each scale's score for every candidate: ``(positions [C], {scale: [C] scores})``."""
@@ -511,9 +565,11 @@ class MemoryStore:
             per_scale["token"] = np.asarray([self._maxsim(vecs, qt, int(c), dim) for c in cand], dtype=np.float32)
         return cand, per_scale
 
-    def _query_tokens(self, query: str, dim: int) -> np.ndarray:
+    def _query_tokens(self, query: EncodedQuery, dim: int) -> np.ndarray:
         """``[t, dim]`` normalised query token vectors."""
-        return _prefix(self._corpus.encode_query_tokens([query])[0], dim)
+        if query.tokens is None:
+            query.tokens = self._corpus.encode_query_tokens([query.text])[0]
+        return _prefix(query.tokens, dim)
 
     def _maxsim(self, vecs: _Vectors, qt: np.ndarray, doc: int, dim: int) -> float:
         toks = vecs.tok_vecs[vecs.tok_doc == doc]
@@ -545,7 +601,7 @@ class MemoryStore:
 
     def zoom(
         self,
-        query: str,
+        query: str | EncodedQuery,
         k_docs: int = 3,
         k_sentences: int = 2,
         dim: int | None = None,
@@ -557,7 +613,20 @@ class MemoryStore:
         Highlights are the ``highlight`` stored token groups of each sentence that best match any query token
         (token MaxSim); a store without token vectors returns sentences without highlights.
         """
-        docs = self.search(query, "document", k_docs, dim, filters)
+        query = self._encoded(query)
+        with self._mutex:
+            return self._zoom(query, k_docs, k_sentences, dim, filters, highlight)
+
+    def _zoom(
+        self,
+        query: EncodedQuery,
+        k_docs: int,
+        k_sentences: int,
+        dim: int | None,
+        filters: Mapping[str, Any] | None,
+        highlight: int,
+    ) -> list[ZoomResult]:
+        docs = self._search(query, "document", k_docs, dim, filters, None)
         if not docs:
             return []
         vecs = self._load()
@@ -591,7 +660,8 @@ class MemoryStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts, model, dim, index kinds and sizes."""
-        vecs = self._load()
+        with self._mutex:
+            vecs = self._load()
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.name.startswith(DB_FILE))
         return {
             "path": str(self.path),
