@@ -239,6 +239,29 @@ def bench_encode_cmd(
         console.print_json(json.dumps(result))
 
 
+@bench_app.command("search")
+def bench_search_cmd(
+    model: ModelOpt = "default",
+    data_dir: DataDirOpt = None,
+    cache_dir: CacheOpt = None,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+) -> None:
+    """Store index latency, memory and recall per dim (64, 384) and kind (flat, HNSW, IVF-PQ) on SciFact."""
+    with user_errors():
+        from muses.bench.search import bench_search
+        from muses.evaluation.baselines import load_corpus_encoder
+
+        result = bench_search(load_corpus_encoder(model), data_dir, cache=_cache(cache_dir, False))
+        if json_out:
+            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        table = Table(title=f"store search, {result['setup']['vectors']} SciFact sentences")
+        for col in result["rows"][0]:
+            table.add_column(col)
+        for row in result["rows"]:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+
+
 @bench_app.command("efficiency")
 def bench_efficiency(
     model: ModelOpt = "default",
