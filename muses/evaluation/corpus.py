@@ -181,9 +181,11 @@ class FlatCorpusEncoder:
         dims: Sequence[int] | None = None,
         batch_size: int = 32,
         query_prompt: str = "",
+        sentences: bool = True,
     ) -> None:
         self.model = model
         self.query_prompt = query_prompt
+        self.sentences = sentences  # False: documents only (sentence arrays empty), e.g. document-scale checks
         self.name = name
         full = int(model.get_embedding_dimension() or 0)
         self.dims = list(dims) if dims else [d for d in (32, 64, 128, 256) if d < full] + [full]
@@ -193,6 +195,8 @@ class FlatCorpusEncoder:
     def fingerprint(self) -> str:
         if self._fingerprint is None:
             extra = {"kind": "flat", "max_seq_length": self.model.max_seq_length, "query_prompt": self.query_prompt}
+            if not self.sentences:
+                extra["sentences"] = False
             self._fingerprint = weights_fingerprint(self.model, extra)
         return self._fingerprint
 
@@ -222,12 +226,14 @@ class FlatCorpusEncoder:
         return self._token_vectors([self.query_prompt + t for t in texts])
 
     def encode_corpus(self, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
-        sentences = [s for d in docs for s in d.sentence_texts()]
-        s_doc, s_pos = _link(docs, [len(d.sentences) for d in docs])
+        counts = [len(d.sentences) if self.sentences else 0 for d in docs]
+        sentences = [s for d in docs for s in d.sentence_texts()] if self.sentences else []
+        s_doc, s_pos = _link(docs, counts)
+        document = self._encode([d.text for d in docs])
         out = CorpusVectors(
             doc_ids=[str(d.id) for d in docs],
-            document=self._encode([d.text for d in docs]),
-            sentence=self._encode(sentences),
+            document=document,
+            sentence=self._encode(sentences) if sentences else np.zeros((0, document.shape[1]), dtype=np.float32),
             sentence_doc=s_doc,
             sentence_pos=s_pos,
         )

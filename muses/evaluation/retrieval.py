@@ -331,11 +331,10 @@ def score_queries(
     out: dict[int, ScoredQueries] = {}
     for d in dims:
         q = prefix_normalize(q_full, d)
-        dense = {
-            DOCUMENT: q @ prefix_normalize(vecs.document, d).T,
-            SENTENCE: sentence_maxsim(q, prefix_normalize(vecs.sentence, d), vecs.sentence_doc, n_docs),
-        }
-        pool = candidate_pool([dense[DOCUMENT], dense[SENTENCE]], rerank_k)
+        dense = {DOCUMENT: q @ prefix_normalize(vecs.document, d).T}
+        if len(vecs.sentence):  # a documents-only corpus (FlatCorpusEncoder(sentences=False)) has no sentence scale
+            dense[SENTENCE] = sentence_maxsim(q, prefix_normalize(vecs.sentence, d), vecs.sentence_doc, n_docs)
+        pool = candidate_pool(list(dense.values()), rerank_k)
         out[d] = ScoredQueries(qids, list(vecs.doc_ids), dense, pool, {n: _gather(s, pool) for n, s in dense.items()})
     if with_tokens and vecs.token is not None:
         token = token_maxsim_dims(q_tokens, vecs.token, vecs.token_doc, {d: sq.pool for d, sq in out.items()})
