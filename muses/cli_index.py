@@ -94,7 +94,7 @@ def add(
         console.print(f"added {len(ids)} documents to {path} ({len(s)} in all)")
 
 
-def _highlighted(hit: Hit, doc_text: str) -> Text:
+def _highlighted(hit: Hit) -> Text:
     """The hit's sentence, with its highlighted character spans in bold yellow."""
     if hit.span is None:
         return Text(hit.text[:300] + ("..." if len(hit.text) > 300 else ""))
@@ -143,7 +143,7 @@ def search(
                     table.add_row(
                         r.id if i == 0 else "",
                         f"{r.score:.3f}" if i == 0 else "",
-                        _highlighted(sent, r.text),
+                        _highlighted(sent),
                         f"{sent.score:.3f}",
                     )
             console.print(table)
@@ -156,7 +156,7 @@ def search(
         for col in ("doc", "score", "text"):
             table.add_column(col)
         for h in hits:
-            table.add_row(h.id, f"{h.score:.3f}", _highlighted(h, h.text))
+            table.add_row(h.id, f"{h.score:.3f}", _highlighted(h))
         console.print(table)
 
 

@@ -21,9 +21,9 @@ class SentenceEncoder(Protocol):
 
 
 def prefix_normalize(x: np.ndarray, dim: int) -> np.ndarray:
-    """``[N, D]`` -> ``[N, dim]``: the ``dim``-prefix of each row, L2-normalised."""
-    p = x[:, :dim]
-    return p / np.clip(np.linalg.norm(p, axis=1, keepdims=True), 1e-12, None)
+    """``[..., D]`` -> ``[..., dim]``: the ``dim``-prefix of each vector (each row of a matrix), L2-normalised."""
+    p = x[..., :dim]
+    return p / np.clip(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12, None)
 
 
 def evaluate_sts(model: SentenceEncoder, pairs: STSPairs, dims: Sequence[int]) -> dict[str, float]:

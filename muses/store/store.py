@@ -38,6 +38,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError, UnknownIdError
 from muses.evaluation.corpus import MusesCorpusEncoder
+from muses.evaluation.retrieval import candidate_pool, fuse, sentence_maxsim, token_maxsim
+from muses.evaluation.sts import prefix_normalize
 from muses.store import db
 from muses.store.index import IndexKind, VectorIndex
 from muses.text import as_documents
@@ -123,7 +125,6 @@ class _Vectors:
     doc_rows: np.ndarray  # [N]
     doc_ids: list[str]
     doc_vecs: np.ndarray  # [N, D]
-    sent_rows: np.ndarray  # [S]
     sent_doc: np.ndarray  # [S] position in doc_rows
     sent_pos: np.ndarray  # [S] index in its document
     sent_span: np.ndarray  # [S, 2]
@@ -133,11 +134,6 @@ class _Vectors:
     tok_span: np.ndarray  # [T, 2]
     tok_vecs: np.ndarray  # [T, D]
     indexes: dict[str, VectorIndex]
-
-
-def _prefix(x: np.ndarray, dim: int) -> np.ndarray:
-    y = x[..., :dim]
-    return y / np.maximum(np.linalg.norm(y, axis=-1, keepdims=True), 1e-12)
 
 
 def pool_tokens(emb: MultiScaleEmbedding, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -370,7 +366,8 @@ class MemoryStore:
         try:
             docs = con.execute("SELECT row, id, vector FROM documents ORDER BY row").fetchall()
             sents = con.execute("SELECT doc, pos, start, end, vector FROM sentences ORDER BY doc, pos").fetchall()
-            toks = con.execute("SELECT doc, sentence, start, end, vector FROM tokens ORDER BY row").fetchall()
+            # in document order: the token scoring of the evaluation suite needs each document's tokens contiguous
+            toks = con.execute("SELECT doc, sentence, start, end, vector FROM tokens ORDER BY doc, row").fetchall()
             gen = db.generation(con)
         finally:
             con.execute("COMMIT")
@@ -381,7 +378,6 @@ class MemoryStore:
             doc_rows=doc_rows,
             doc_ids=[r[1] for r in docs],
             doc_vecs=db.from_blobs([r[2] for r in docs], d),
-            sent_rows=np.arange(len(sents)),
             sent_doc=np.asarray([where[r[0]] for r in sents], dtype=np.int64),
             sent_pos=np.asarray([r[1] for r in sents], dtype=np.int64),
             sent_span=np.asarray([(r[2], r[3]) for r in sents], dtype=np.int64).reshape(-1, 2),
@@ -434,7 +430,7 @@ class MemoryStore:
 
     def _query(self, query: EncodedQuery, dim: int | None) -> tuple[np.ndarray, int]:
         d = self._check_dim(dim)
-        return _prefix(query.vector, d), d
+        return prefix_normalize(query.vector, d), d
 
     def _check_dim(self, dim: int | None) -> int:
         if dim is None:
@@ -458,7 +454,7 @@ class MemoryStore:
             keep = pos[0] >= 0
             return scores[0][keep], pos[0][keep]
         cand = np.arange(len(mat)) if allowed_docs is None else np.flatnonzero(np.isin(owner, allowed_docs))
-        s = _prefix(mat[cand], dim) @ q
+        s = prefix_normalize(mat[cand], dim) @ q
         top = np.argsort(-s, kind="stable")[:k]
         return s[top], cand[top]
 
@@ -521,8 +517,6 @@ class MemoryStore:
                 raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
             final = per_scale["token"]
         else:
-            from muses.evaluation.retrieval import fuse
-
             weights = {s: w for s, w in self.config.fusion_weights.items() if s in per_scale}
             final = fuse({s: v[None] for s, v in per_scale.items()}, weights, "wsum")[0]
         order = np.argsort(-final, kind="stable")[:k]
@@ -541,16 +535,14 @@ class MemoryStore:
         """The union of the top ``depth`` documents by document and by sentence max-sim (and, with tokens, by
         token hits), with each scale's score for every candidate: ``(positions [C], {scale: [C] scores})``."""
         n = len(vecs.doc_ids)
-        doc_all = _prefix(vecs.doc_vecs, dim) @ q
-        sent_all = np.full(n, -np.inf, dtype=np.float32)
-        np.maximum.at(sent_all, vecs.sent_doc, _prefix(vecs.sent_vecs, dim) @ q)
+        doc_all = prefix_normalize(vecs.doc_vecs, dim) @ q
+        sent_all = sentence_maxsim(q[None], prefix_normalize(vecs.sent_vecs, dim), vecs.sent_doc, n)[0]
         if allowed is not None:
             mask = np.full(n, -np.inf, dtype=np.float32)
             mask[allowed] = 0.0
             doc_all, sent_all = doc_all + mask, sent_all + mask
-        top = max(depth, k)
-        cand = np.union1d(np.argsort(-doc_all)[:top], np.argsort(-sent_all)[:top])
-        cand = cand[np.isfinite(doc_all[cand])]
+        cand = candidate_pool([doc_all[None], sent_all[None]], max(depth, k))[0]  # the evaluation suite's pool
+        cand = cand[(cand >= 0) & np.isfinite(doc_all[np.maximum(cand, 0)])]
         per_scale = {"document": doc_all[cand], "sentence": sent_all[cand]}
         if len(vecs.tok_vecs):
             qt = self._query_tokens(query, dim)
@@ -562,20 +554,15 @@ class MemoryStore:
                 extra = np.intersect1d(extra, allowed)
             cand = np.union1d(cand, extra)
             per_scale = {"document": doc_all[cand], "sentence": sent_all[cand]}
-            per_scale["token"] = np.asarray([self._maxsim(vecs, qt, int(c), dim) for c in cand], dtype=np.float32)
+            token = token_maxsim([qt], vecs.tok_vecs, vecs.tok_doc, cand[None], dim)[0]
+            per_scale["token"] = np.where(np.isfinite(token), token, 0.0).astype(np.float32)  # no tokens: 0
         return cand, per_scale
 
     def _query_tokens(self, query: EncodedQuery, dim: int) -> np.ndarray:
         """``[t, dim]`` normalised query token vectors."""
         if query.tokens is None:
             query.tokens = self._corpus.encode_query_tokens([query.text])[0]
-        return _prefix(query.tokens, dim)
-
-    def _maxsim(self, vecs: _Vectors, qt: np.ndarray, doc: int, dim: int) -> float:
-        toks = vecs.tok_vecs[vecs.tok_doc == doc]
-        if not len(toks):
-            return 0.0
-        return float((qt @ _prefix(toks, dim).T).max(axis=1).sum())
+        return prefix_normalize(query.tokens, dim)
 
     def _doc_hit(self, vecs: _Vectors, pos: int, score: float, scale: str) -> Hit:
         row = self._con.execute(
@@ -637,11 +624,11 @@ class MemoryStore:
         for hit in docs:
             p = pos_of[hit.id]
             rows = np.flatnonzero(vecs.sent_doc == p)
-            scores = _prefix(vecs.sent_vecs[rows], d) @ q
+            scores = prefix_normalize(vecs.sent_vecs[rows], d) @ q
             best = rows[np.argsort(-scores, kind="stable")[:k_sentences]]
             sentences = []
             for r in best:
-                s = self._sentence_hit(vecs, int(r), float(_prefix(vecs.sent_vecs[r], d) @ q))
+                s = self._sentence_hit(vecs, int(r), float(prefix_normalize(vecs.sent_vecs[r], d) @ q))
                 if qt is not None:
                     s.highlights = self._highlights(vecs, qt, p, int(vecs.sent_pos[r]), d, highlight)
                 sentences.append(s)
@@ -654,7 +641,7 @@ class MemoryStore:
         sel = np.flatnonzero((vecs.tok_doc == doc) & (vecs.tok_sent == sentence))
         if not len(sel):
             return []
-        match = (_prefix(vecs.tok_vecs[sel], dim) @ qt.T).max(axis=1)
+        match = (prefix_normalize(vecs.tok_vecs[sel], dim) @ qt.T).max(axis=1)
         best = sel[np.argsort(-match, kind="stable")[:n]]
         return sorted((int(a), int(b)) for a, b in vecs.tok_span[best])
 
