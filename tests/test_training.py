@@ -75,6 +75,37 @@ def test_resume_after_sigkill_gives_the_same_weights(tmp_path: Path, data_dir: P
     assert [json.loads(ln)["step"] for ln in history.read_text().splitlines()] == [0, 1, 2, 3, 4]
 
 
+def test_in_context_sentence_retention_starts_at_zero_and_per_task_weights_apply(tmp_path: Path) -> None:
+    """At init the student's in-context sentences equal the base model's (retention 0); moved ones are pulled back."""
+    cfg = TrainConfig.model_validate(
+        {
+            **TINY,
+            "output_dir": str(tmp_path / "r"),
+            "task_weights": {"hierarchy": 1.0, "stsb": 0.0, "scifact": 0.0},
+            "data": {
+                "wikipedia_articles": 3,
+                "stsb": False,
+                "scifact": False,
+                "dev_stsb_pairs": 0,
+                "dev_scifact_distractors": None,
+            },
+            "loss": {"retain_sentences": True, "retention_task_weights": {"stsb": 0.25, "scifact": 0.0}},
+        }
+    )
+    trainer = Trainer(cfg, load_training_data(cfg))
+    assert [trainer._retention_weight(t) for t in ("hierarchy", "stsb", "scifact")] == [1.0, 0.25, 0.0]
+    docs = trainer.data.documents[:2]
+    with torch.no_grad():
+        states = trainer.encoder.token_states([d.text for d in docs])
+        sent = torch.cat(
+            [trainer.encoder.document_vectors(d, s)["sentence"] for d, s in zip(docs, states, strict=True)]
+        )
+    assert float(trainer._retain_in_context(sent, docs)) < 1e-5
+    moved = sent + 0.5 * torch.randn(sent.shape, generator=torch.Generator().manual_seed(0))
+    assert float(trainer._retain_in_context(moved, docs)) > 0.05
+    assert float(trainer._retain(moved[:2], ["a", "b"], "scifact")) == 0.0
+
+
 def test_sampler_state_round_trips() -> None:
     s = MixedTaskSampler({"a": 10, "b": 7}, {"a": 1.0, "b": 2.0}, {"a": 3, "b": 2}, seed=0)
     for _ in range(5):

@@ -63,6 +63,12 @@ class LossConfig(_Strict):
     mnrl_weight: float = Field(1.0, ge=0)
     retention: Literal["cosine", "mse", "kl", "none"] = "cosine"
     retention_weight: float = Field(1.0, ge=0)
+    retention_task_weights: dict[Literal["hierarchy", "stsb", "scifact"], float] = Field(
+        {}, description="per-task multiplier of retention_weight (missing task: 1.0)"
+    )
+    retain_sentences: bool = Field(
+        False, description="hierarchy task: also distil in-context sentence vectors to the base model's"
+    )
     matryoshka: ScheduleKind | Literal["all"] = "curriculum"
     consistency_weight: float = Field(0.1, ge=0)
 
@@ -100,6 +106,9 @@ class TrainConfig(_Strict):
 
     @model_validator(mode="after")
     def _check(self) -> TrainConfig:
+        bad = {k: v for k, v in self.loss.retention_task_weights.items() if v < 0}
+        if bad:
+            raise ValueError(f"loss.retention_task_weights: weights must be >= 0, got {bad}")
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
         return self

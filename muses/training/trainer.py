@@ -43,6 +43,7 @@ from muses.losses import (
 from muses.training.config import TrainConfig
 from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
 from muses.training.dev import evaluate_dev
+from muses.types import Document
 
 PAD_GROUP = 16
 CKPT = "checkpoint"
@@ -137,10 +138,35 @@ class Trainer:
         offsets = self.encoder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         return truncate_text(text, offsets["offset_mapping"], self.config.data.max_pair_tokens)
 
-    def _retain(self, student: Tensor, texts: Sequence[str]) -> Tensor:
-        if self.retention is None or self.config.loss.retention_weight == 0:
+    def _retention_weight(self, task: str) -> float:
+        lc = self.config.loss
+        return (
+            0.0
+            if self.retention is None
+            else lc.retention_weight * {str(k): v for k, v in lc.retention_task_weights.items()}.get(task, 1.0)
+        )
+
+    def _retain(self, student: Tensor, texts: Sequence[str], task: str) -> Tensor:
+        """Retention of ``student`` ``[N, D]`` to the base model's standalone vectors of ``texts``."""
+        w = self._retention_weight(task)
+        if w == 0 or self.retention is None:
             return student.new_zeros(())
-        return self.config.loss.retention_weight * self.retention(student, self._teacher(texts))
+        return w * self.retention(student, self._teacher(texts))
+
+    def _retain_in_context(self, sentence: Tensor, docs: Sequence[Document]) -> Tensor:
+        """Retention of in-context sentence vectors ``[S, D]`` to the base model's, pooled from the same documents."""
+        w = self._retention_weight("hierarchy")
+        if w == 0 or self.retention is None:
+            return sentence.new_zeros(())
+        with torch.no_grad():
+            states = self.teacher.token_states([d.text for d in docs], batch_size=PAD_GROUP)
+            target = torch.cat(
+                [
+                    self.teacher.document_vectors(d, st, ("sentence",))["sentence"]
+                    for d, st in zip(docs, states, strict=True)
+                ]
+            )
+        return w * self.retention(sentence, torch.nn.functional.normalize(target, dim=-1).to(sentence.device))
 
     def _mat(self, loss_fn: Callable[[int], Tensor], embeddings: list[Tensor]) -> dict[str, Any]:
         progress = self.step / max(self.config.steps, 1)
@@ -183,7 +209,9 @@ class Trainer:
             return lc.hierarchy_weight * out["loss"]
 
         res = self._mat(loss_fn, [sentence, document])
-        res["retention"] = self._retain(document, [d.text for d in docs])
+        res["retention"] = self._retain(document, [d.text for d in docs], "hierarchy")
+        if lc.retain_sentences:
+            res["retention"] = res["retention"] + self._retain_in_context(sentence, docs)
         return res
 
     def _pair_loss(self, task: str, items: list[int]) -> dict[str, Any]:
@@ -205,7 +233,7 @@ class Trainer:
             return lc.mnrl_weight * self.mnrl(za, zb)
 
         res = self._mat(loss_fn, [emb])
-        res["retention"] = self._retain(emb, texts)
+        res["retention"] = self._retain(emb, texts, task)
         return res
 
     # ------------------------------------------------------------------ loop
