@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from rich.table import Table
 
+from muses.cli_adapters import adapters_app, bench_adapters_cmd
 from muses.cli_common import DataDirOpt, ModelOpt, console, err_console, user_errors
 from muses.cli_index import index_app, serve
 from muses.errors import InputError
@@ -30,6 +31,7 @@ bench_app = typer.Typer(
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(index_app, name="index")
+app.add_typer(adapters_app, name="adapters")
 app.command()(serve)
 
 
@@ -262,6 +264,9 @@ def bench_search_cmd(
         console.print(table)
 
 
+bench_app.command("adapters")(bench_adapters_cmd)
+
+
 @bench_app.command("efficiency")
 def bench_efficiency(
     model: ModelOpt = "default",
@@ -321,14 +326,19 @@ def ablation(
         "reports/ablation"
     ),
     base: Annotated[str, typer.Option(help="The base model evaluated beside the recipes.")] = "default",
+    profile: Annotated[
+        str, typer.Option(help="Report profile: ablation (subsets, for many recipes) or training (full size).")
+    ] = "ablation",
     data_dir: DataDirOpt = None,
     cache_dir: CacheOpt = None,
 ) -> None:
-    """Train each recipe (resuming), evaluate each and the base (ablation profile), and tabulate them."""
+    """Train each recipe (resuming), evaluate each and the base model, and tabulate them (at 64 and 384 dims)."""
     with user_errors():
         from muses.training.ablation import run_ablation
 
-        folder = run_ablation(configs, out, data_dir, _cache(cache_dir, False), base=base, log=console.print)
+        folder = run_ablation(
+            configs, out, data_dir, _cache(cache_dir, False), base=base, profile=profile, log=console.print
+        )
         console.print((folder / "ablation.md").read_text(encoding="utf-8"))
 
 

@@ -140,16 +140,23 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
 def test_shipped_recipes_validate() -> None:
     configs = Path(__file__).resolve().parents[1] / "configs"
     recipes = {p.stem: load_config(p) for p in sorted(configs.rglob("*.yaml"))}
-    default = recipes["default"]
+    default, budget = recipes["default"], recipes["ablation-budget"]
     assert {"default", "full", "a-original-alpha1", "b-no-retention", "c-no-curriculum", "d-ours"} <= set(recipes)
-    # an ablation changes only what it names; everything else is the default recipe's
+    # the ablation budget is the default recipe with fewer steps
+    assert budget.model_dump(exclude={"name", "output_dir", "steps", "eval_every"}) == default.model_dump(
+        exclude={"name", "output_dir", "steps", "eval_every"}
+    )
+    # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
-    assert ablation.model_dump(exclude={"name", "output_dir", "loss"}) == default.model_dump(
+    assert ablation.model_dump(exclude={"name", "output_dir", "loss"}) == budget.model_dump(
         exclude={"name", "output_dir", "loss"}
     )
-    original = recipes["a-original-alpha05"]  # extends a-original-alpha1, which extends default
-    assert (original.loss.alpha, original.model.head_kind, original.steps) == (0.5, "random-linear", default.steps)
+    original = recipes["a-original-alpha05"]  # extends a-original-alpha1, which extends the budget
+    assert (original.loss.alpha, original.model.head_kind, original.steps) == (0.5, "random-linear", budget.steps)
+    assert recipes["d-ours"].model_dump(exclude={"name", "output_dir"}) == budget.model_dump(
+        exclude={"name", "output_dir"}
+    )
 
 
 def test_extends_errors(tmp_path: Path) -> None:
@@ -163,15 +170,22 @@ def test_extends_errors(tmp_path: Path) -> None:
 
 
 def test_ablation_table_has_a_row_per_model_and_384_64_columns() -> None:
-    from muses.training.ablation import COLUMNS, render_table
+    from muses.training.ablation import render_table
 
     results = {
         "models": {
-            "base (default)": {"tasks": {"sts": {"metrics": {"spearman@384": 0.8203, "spearman@64": 0.7921}}}},
+            "base (default)": {
+                "tasks": {
+                    "sts": {"metrics": {"spearman@384": 0.8203, "spearman@64": 0.7921}},
+                    "squad": {"metrics": {"unambiguous/flat/recall@1@384": 0.5511}},
+                }
+            },
             "d-ours": {"tasks": {"sts": {"metrics": {"spearman@384": 0.85}}}},
         }
     }
     lines = render_table(results).splitlines()
-    assert len(lines) == 4 and lines[1].count("|") == lines[0].count("|") == 2 * len(COLUMNS) + 2
-    assert lines[2].startswith("| base (default) | 0.8203 | 0.7921 |")
-    assert lines[3].startswith("| d-ours | 0.8500 |  |")  # a missing number is left blank, not invented
+    # only columns some model has a number for: STS-B at 384 and 64, SQuAD R@1 at 384
+    assert lines[0] == "| model | STS-B test @384 | STS-B test @64 | SQuAD answer sentence R@1 @384 |"
+    assert len(lines) == 4 and lines[1].count("|") == lines[0].count("|") == 5
+    assert lines[2] == "| base (default) | 0.8203 | 0.7921 | 0.5511 |"
+    assert lines[3] == "| d-ours | 0.8500 |  |  |"  # a missing number is left blank, not invented

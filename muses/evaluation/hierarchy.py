@@ -18,6 +18,7 @@ an :class:`~muses.evaluation.corpus.EmbeddingCache`, so a MuSES model and a flat
 
 from __future__ import annotations
 
+import itertools
 import os
 from collections.abc import Sequence
 
@@ -26,6 +27,7 @@ import numpy as np
 from muses.data.beir import load_beir
 from muses.data.wikipedia import WikiArticle
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, EmbeddingCache
+from muses.evaluation.retrieval import beir_documents
 from muses.evaluation.sts import prefix_normalize
 from muses.text import make_document
 from muses.types import Document
@@ -42,15 +44,15 @@ def wikipedia_documents(articles: Sequence[WikiArticle]) -> list[Document]:
 
 
 def scifact_documents(data_dir: str | os.PathLike[str] | None = None, n_docs: int | None = None) -> list[Document]:
-    """SciFact abstracts as Documents, as :mod:`muses.bench.encode` builds them: ``title + ". " + text``, segmented.
+    """SciFact abstracts as Documents, built as the retrieval task builds them (:func:`beir_documents`), in corpus
+    order: the embedding cache then serves both tasks from one encoding.
 
     Args:
         data_dir: the data root (default ``$MUSES_DATA_DIR``).
-        n_docs: keep the first ``n_docs`` abstracts in sorted doc-id order (default: all 5,183).
+        n_docs: keep the first ``n_docs`` abstracts in corpus order, like :func:`subset_beir` (default: all 5,183).
     """
     corpus = load_beir("scifact", split="test", data_dir=data_dir).corpus
-    ids = sorted(corpus)[:n_docs]
-    return [make_document((corpus[i]["title"] + ". " + corpus[i]["text"]).strip(), id=i) for i in ids]
+    return beir_documents(dict(itertools.islice(corpus.items(), n_docs)))
 
 
 def select_documents(vectors: CorpusVectors, rows: Sequence[int] | np.ndarray) -> CorpusVectors:

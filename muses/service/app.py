@@ -1,6 +1,7 @@
 """``muses serve``: a MemoryStore over HTTP (FastAPI), with a small search page.
 
-Endpoints (OpenAPI docs at ``/docs``): ``GET /health``, ``GET /stats``, ``POST /search``, ``POST /zoom``,
+Endpoints (OpenAPI docs at ``/docs``): ``GET /health``, ``GET /stats`` (with the adapter cache's counters when the app
+is created with an :class:`~muses.adapters.AdapterCache`), ``POST /search``, ``POST /zoom``,
 ``GET /documents/{id}``, and, with the write key (header ``X-API-Key``), ``POST /documents`` and
 ``DELETE /documents/{id}``. Without a configured key, writes are refused. Concurrent queries are encoded in
 batches (:class:`~muses.service.batcher.QueryBatcher`). Requests over the size limits get a 413, bad input a
@@ -14,7 +15,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from importlib import resources
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse
@@ -24,6 +25,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from muses.errors import InputError, ModelError, UnknownIdError
 from muses.service.batcher import QueryBatcher
 from muses.store import EncodedQuery, MemoryStore
+
+if TYPE_CHECKING:
+    from muses.adapters import AdapterCache
 
 
 class ServiceLimits(BaseModel):
@@ -121,8 +125,14 @@ async def _no_receive() -> Message:
     return {"type": "http.disconnect"}
 
 
-def create_app(store: MemoryStore, api_key: str | None = None, limits: ServiceLimits | None = None) -> FastAPI:
-    """The HTTP service over ``store``. ``api_key`` guards writes (None: writes refused)."""
+def create_app(
+    store: MemoryStore,
+    api_key: str | None = None,
+    limits: ServiceLimits | None = None,
+    adapters: AdapterCache | None = None,
+) -> FastAPI:
+    """The HTTP service over ``store``. ``api_key`` guards writes (None: writes refused). With ``adapters``, the
+    adapter cache's counters (:meth:`~muses.adapters.AdapterCache.stats`) are part of ``GET /stats``."""
     limits = limits or ServiceLimits()
     batcher: QueryBatcher[EncodedQuery] = QueryBatcher(store.encode_queries)
     counters = {"requests": 0, "errors": 0}
@@ -185,7 +195,10 @@ def create_app(store: MemoryStore, api_key: str | None = None, limits: ServiceLi
 
     @app.get("/stats")
     def stats() -> dict[str, Any]:
-        return {"store": store.stats(), "service": {**counters, "query_batches": batcher.stats()}}
+        out = {"store": store.stats(), "service": {**counters, "query_batches": batcher.stats()}}
+        if adapters is not None:
+            out["adapters"] = adapters.stats()
+        return out
 
     @app.post("/search")
     def search(req: SearchRequest) -> dict[str, Any]:

@@ -1,10 +1,11 @@
 """The training ablation: train several recipes on the same data and budget, evaluate each, tabulate.
 
 ``muses ablation configs/ablation/*.yaml --out docs/reports/ablation`` trains every recipe (resuming any that
-was interrupted; a finished one is not retrained), evaluates it and the base model with the ``ablation`` report
-profile (STS-B, SciFact, evidence sentences, hierarchy; 64 and 384 dims), and writes ``results.json``,
-``ablation.md`` (the table for ``docs/results.md``) and ``loss_curves.png``. Results are saved after every
-task, and a rerun skips what is already done (unless the model changed).
+was interrupted; a finished one is not retrained), evaluates it and the base model with a report profile
+(``ablation``: STS-B, SQuAD answer sentences, SciFact and hierarchy on subsets; ``training``: the same and
+SciFact evidence sentences at full size; 64 and 384 dims), and writes ``results.json``, ``ablation.md`` (the
+table for ``docs/results.md``) and ``loss_curves.png``. Results are saved after every task, and a rerun skips
+what is already done (unless the model or the profile's settings changed).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.report import PROFILES, TaskContext, environment, run_report
 
@@ -23,6 +26,8 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("STS-B test", "sts", "spearman"),
     ("SciFact doc nDCG@10", "scifact", "document/ndcg@10"),
     ("SciFact fusion nDCG@10", "scifact", "fusion-wsum/ndcg@10"),
+    ("SQuAD answer sentence R@1", "squad", "unambiguous/flat/recall@1"),
+    ("SQuAD MRR", "squad", "unambiguous/flat/mrr@100"),
     ("evidence R@10 (flat)", "evidence", "flat/recall@10"),
     ("evidence MRR (zoom)", "evidence", "zoom/mrr@100"),
     ("hierarchy all (SciFact)", "hierarchy", "scifact/hierarchy/all"),
@@ -30,11 +35,15 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
 DIMS = (384, 64)
 
 
-def _load_results(path: Path) -> dict[str, Any]:
+def _load_results(path: Path, profile: str, log: Callable[[str], None]) -> dict[str, Any]:
+    """The saved results, if they were made with the same profile settings; else a fresh record."""
+    settings = json.loads(json.dumps(asdict(PROFILES[profile])))  # tuples -> lists, as saved
     if path.is_file():
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return data
-    return {"profile": "ablation", "environment": environment(), "models": {}}
+        if data.get("profile_settings") == settings:
+            return data
+        log(f"{path} was made with other profile settings: evaluating every model again")
+    return {"profile": profile, "profile_settings": settings, "environment": environment(), "models": {}}
 
 
 def _save(results: dict[str, Any], path: Path) -> None:
@@ -49,6 +58,7 @@ def run_ablation(
     data_dir: str | os.PathLike[str] | None = None,
     cache: EmbeddingCache | None = None,
     base: str = "default",
+    profile: str = "ablation",
     log: Callable[[str], None] = print,
 ) -> Path:
     """Train (or resume) each recipe, evaluate it and the base model, write the table; returns ``out``."""
@@ -62,9 +72,10 @@ def run_ablation(
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "results.json"
-    results = _load_results(path)
-    profile = PROFILES["ablation"]
-    ctx = TaskContext(data_dir, cache or EmbeddingCache(None), profile)
+    if profile not in PROFILES:
+        raise InputError(f"unknown profile {profile!r}; use one of {sorted(PROFILES)}.")
+    results = _load_results(path, profile, log)
+    ctx = TaskContext(data_dir, cache or EmbeddingCache(None), PROFILES[profile])
     recipes = [load_config(c) for c in configs]
 
     def evaluate(name: str, make: Callable[[], CorpusEncoder]) -> None:
@@ -72,7 +83,7 @@ def run_ablation(
         block = results["models"].setdefault(name, {"tasks": {}})
         if block.get("fingerprint") != model.fingerprint():  # a retrained model: its old numbers are stale
             block.update({"fingerprint": model.fingerprint(), "tasks": {}})
-        todo = [t for t in profile.tasks if t not in block["tasks"]]
+        todo = [t for t in ctx.profile.tasks if t not in block["tasks"]]
 
         def saved(task: str, metrics: dict[str, float], seconds: float) -> None:
             block["tasks"][task] = {"metrics": metrics, "seconds": seconds}
@@ -104,12 +115,20 @@ def run_ablation(
 
 def render_table(results: dict[str, Any]) -> str:
     """The markdown table: one row per model, each column metric at 384 and 64 dims."""
-    head = ["model"] + [f"{label} @{d}" for label, _, _ in COLUMNS for d in DIMS]
-    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * (len(head) - 1) + "|"]
-    for name, block in results["models"].items():
-        cells = [name]
-        for _, task, metric in COLUMNS:
-            metrics = block["tasks"].get(task, {}).get("metrics", {})
-            cells += [f"{metrics[f'{metric}@{d}']:.4f}" if f"{metric}@{d}" in metrics else "" for d in DIMS]
+    models = results["models"]
+
+    def value(block: dict[str, Any], task: str, key: str) -> float | None:
+        v = block["tasks"].get(task, {}).get("metrics", {}).get(key)
+        return None if v is None else float(v)
+
+    cols = [
+        (f"{label} @{d}", task, f"{metric}@{d}")
+        for label, task, metric in COLUMNS
+        for d in DIMS
+        if any(value(b, task, f"{metric}@{d}") is not None for b in models.values())
+    ]
+    lines = ["| model | " + " | ".join(c[0] for c in cols) + " |", "|---" + "|---:" * len(cols) + "|"]
+    for name, block in models.items():
+        cells = [name] + [f"{v:.4f}" if (v := value(block, task, key)) is not None else "" for _, task, key in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

@@ -9,6 +9,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from muses.adapters.config import AdapterConfig
 from muses.errors import ConfigError
 from muses.heads import HeadKind
 from muses.losses.matryoshka import ScheduleKind
@@ -31,12 +32,25 @@ class ModelConfig(_Strict):
     freeze_embeddings: bool = Field(
         True, description="keep the word-piece embedding table frozen (half the parameters; cheaper steps, less drift)"
     )
+    adapter: AdapterConfig | None = Field(
+        None,
+        description="train only a LoRA adapter (base and heads frozen; optim.lr is the adapter's learning rate); "
+        "the best checkpoint is saved as an adapter folder",
+    )
 
 
 class DataConfig(_Strict):
     """Training data sources. Dev data for model selection never comes from a test split."""
 
     wikipedia_articles: int = Field(2000, ge=0, description="training articles (train side of the seeded split)")
+    wikipedia_topics: list[str] | None = Field(
+        None, description="only articles of these topics (e.g. a domain adapter's); null: every topic"
+    )
+    ict: bool = Field(
+        False,
+        description="inverse-cloze pairs from the training articles for the 'ict' task: a held-out sentence -> "
+        "its article without it",
+    )
     stsb: bool = True
     scifact: bool = True
     max_doc_tokens: int = Field(254, ge=16, description="documents are cut to this many tokens for training")
@@ -63,7 +77,7 @@ class LossConfig(_Strict):
     mnrl_weight: float = Field(1.0, ge=0)
     retention: Literal["cosine", "mse", "kl", "none"] = "cosine"
     retention_weight: float = Field(1.0, ge=0)
-    retention_task_weights: dict[Literal["hierarchy", "stsb", "scifact"], float] = Field(
+    retention_task_weights: dict[Literal["hierarchy", "stsb", "scifact", "ict"], float] = Field(
         {}, description="per-task multiplier of retention_weight (missing task: 1.0)"
     )
     retain_sentences: bool = Field(
@@ -93,7 +107,11 @@ class TrainConfig(_Strict):
     steps: int = Field(300, ge=1)
     docs_per_batch: int = Field(16, ge=2)
     pairs_per_batch: int = Field(32, ge=2)
-    task_weights: dict[Literal["hierarchy", "stsb", "scifact"], float] = {"hierarchy": 1.0, "stsb": 1.0, "scifact": 1.0}
+    task_weights: dict[Literal["hierarchy", "stsb", "scifact", "ict"], float] = {
+        "hierarchy": 1.0,
+        "stsb": 1.0,
+        "scifact": 1.0,
+    }
     eval_every: int = Field(50, ge=1)
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     eval_at_start: bool = Field(True, description="log the dev metrics of the untrained model as step 0")

@@ -5,14 +5,14 @@ from __future__ import annotations
 import copy
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from muses.data.beir import load_beir
 from muses.data.stsb import load_stsb
-from muses.data.wikipedia import load_wikipedia, stratified_split
+from muses.data.wikipedia import WikiArticle, load_wikipedia, stratified_split
 from muses.errors import DataError
 from muses.evaluation.retrieval import doc_text
 from muses.text import make_document
@@ -20,7 +20,7 @@ from muses.training.config import TrainConfig
 from muses.training.dev import DevSet, scifact_dev_subset
 from muses.types import Document, Span
 
-TASKS = ("hierarchy", "stsb", "scifact")
+TASKS = ("hierarchy", "stsb", "scifact", "ict")
 
 
 @dataclass
@@ -32,16 +32,23 @@ class TrainingData:
         stsb: STS-B train pairs ``(sentence1, sentence2, score 0-5)``.
         scifact: SciFact ``train-fit`` ``(claim, cited abstract)`` pairs (the ``dev`` claims are held out).
         dev: dev data for model selection (:class:`~muses.training.dev.DevSet`).
+        ict: inverse-cloze pairs ``(sentence, its article without it)`` from ``documents`` (``data.ict``).
     """
 
     documents: list[Document]
     stsb: list[tuple[str, str, float]]
     scifact: list[tuple[str, str]]
     dev: DevSet
+    ict: list[tuple[str, str]] = field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
         """Items per training task."""
-        return {"hierarchy": len(self.documents), "stsb": len(self.stsb), "scifact": len(self.scifact)}
+        return {
+            "hierarchy": len(self.documents),
+            "stsb": len(self.stsb),
+            "scifact": len(self.scifact),
+            "ict": len(self.ict),
+        }
 
 
 def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | None = None) -> TrainingData:
@@ -51,6 +58,8 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
     dev = DevSet()
     if d.wikipedia_articles or d.dev_wikipedia_articles:
         train_side, _ = stratified_split(load_wikipedia(), 0.2, seed=0)  # the test side is the report's
+        if d.wikipedia_topics is not None:
+            train_side = _only_topics(train_side, d.wikipedia_topics)
         rng = np.random.default_rng(config.seed)
         order = rng.permutation(len(train_side))
         picked = [train_side[i] for i in order[: d.wikipedia_articles + d.dev_wikipedia_articles]]
@@ -75,7 +84,8 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
         dev.scifact = scifact_dev_subset(
             held_out, d.dev_scifact_distractors, seed=config.seed, max_claims=d.dev_scifact_claims
         )
-    data = TrainingData(documents, stsb, scifact, dev)
+    ict = inverse_cloze_pairs(documents, seed=config.seed) if d.ict else []
+    data = TrainingData(documents, stsb, scifact, dev, ict)
     active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
     if active:
         raise DataError(
@@ -83,6 +93,32 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
             "data source or set their weight to 0."
         )
     return data
+
+
+def held_out_sentence(doc: Document, rng: np.random.Generator, min_words: int = 6) -> tuple[str, str] | None:
+    """An inverse-cloze pair of a document: a random sentence (not the first, at least ``min_words`` words) and the
+    document's text without it; None for a document of fewer than 3 sentences or with no such sentence."""
+    texts = doc.sentence_texts()
+    picks = [j for j in range(1, len(texts)) if len(texts[j].split()) >= min_words]
+    if len(texts) < 3 or not picks:
+        return None
+    j = picks[int(rng.integers(len(picks)))]
+    span = doc.sentences[j]
+    return texts[j], f"{doc.text[: span.start].rstrip()} {doc.text[span.end :].lstrip()}".strip()
+
+
+def inverse_cloze_pairs(documents: Sequence[Document], seed: int) -> list[tuple[str, str]]:
+    """One :func:`held_out_sentence` pair per document that has one (seeded), in document order."""
+    rng = np.random.default_rng(seed)
+    return [p for p in (held_out_sentence(d, rng) for d in documents) if p is not None]
+
+
+def _only_topics(articles: list[WikiArticle], topics: Sequence[str]) -> list[WikiArticle]:
+    known = sorted({a.topic for a in articles})
+    unknown = sorted(set(topics) - set(known))
+    if unknown:
+        raise DataError(f"data.wikipedia_topics: unknown topic(s) {unknown}; the topics are: {', '.join(known)}.")
+    return [a for a in articles if a.topic in set(topics)]
 
 
 class MixedTaskSampler:

@@ -10,6 +10,13 @@ its texts, and sums:
 Evaluation on dev splits (STS-B dev at the full dim and 64, hierarchy on held-out train-side Wikipedia articles)
 selects the best checkpoint and stops early. Checkpoints hold model, optimizer, scheduler, sampler and RNG state
 and resume exactly.
+
+Adapter mode (``model.adapter`` set, see :class:`~muses.adapters.AdapterConfig`): the base model and the heads are
+frozen and a LoRA adapter is trained instead (``optim.lr`` is its learning rate). Checkpoints then hold the
+adapter's PEFT files (``checkpoint/adapter/``) instead of the whole model, and ``best/`` is an adapter folder
+(PEFT's ``adapter_config.json`` + ``adapter_model.safetensors``, and ``muses_adapter.json`` with the key, the base
+model's fingerprint and the routing centroid of the training texts), ready for an
+:class:`~muses.adapters.AdapterCache`.
 """
 
 from __future__ import annotations
@@ -28,6 +35,18 @@ from torch import Tensor
 from tqdm.auto import tqdm
 from transformers import get_linear_schedule_with_warmup
 
+from muses.adapters.config import check_key
+from muses.adapters.lora import (
+    adapter_weights,
+    attach_adapter,
+    base_fingerprint,
+    hf_model,
+    read_adapter,
+    save_adapter,
+    set_adapter_weights,
+    write_peft_files,
+)
+from muses.adapters.router import centroid
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError
 from muses.heads import matryoshka
@@ -48,6 +67,8 @@ from muses.types import Document
 PAD_GROUP = 16
 CKPT = "checkpoint"
 BEST = "best"
+ADAPTER_DIR = "adapter"
+CENTROID_TEXTS = 5000  # per data source, for an adapter's routing centroid
 
 
 def set_seed(seed: int) -> None:
@@ -87,6 +108,14 @@ class Trainer:
             self.encoder.transformer.requires_grad_(False)
         if m.freeze_embeddings:
             self.encoder.transformer.auto_model.get_input_embeddings().requires_grad_(False)
+        # adapter mode: only the LoRA weights train (they are the only parameters left requiring a gradient, so
+        # the optimizer below gets them as its first group and the frozen heads as an idle second group)
+        self.adapter_key: str | None = None
+        self._routing: tuple[np.ndarray | None, int, str] | None = None
+        if m.adapter is not None:
+            self.adapter_key = self._adapter_key()
+            self.encoder.requires_grad_(False)
+            attach_adapter(self.encoder, self.adapter_key, m.adapter, trainable=True)
         lc = config.loss
         self.hier = HierarchicalInfoNCE(temperature=lc.temperature, alpha=lc.alpha)
         self.cosent = CoSENT()
@@ -112,13 +141,64 @@ class Trainer:
         self.sampler = MixedTaskSampler(
             data.sizes(),
             {str(k): v for k, v in config.task_weights.items()},
-            {"hierarchy": config.docs_per_batch, "stsb": config.pairs_per_batch, "scifact": config.pairs_per_batch},
+            {
+                "hierarchy": config.docs_per_batch,
+                "stsb": config.pairs_per_batch,
+                "scifact": config.pairs_per_batch,
+                "ict": config.pairs_per_batch,
+            },
             seed=config.seed,
         )
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
         self.best_score = -float("inf")
         self.bad_evals = 0
+
+    # ------------------------------------------------------------------ adapter mode
+    def _adapter_key(self) -> str:
+        ad = self.config.model.adapter
+        key = (ad.key if ad is not None else None) or self.config.name
+        try:
+            return check_key(key)
+        except ValueError as e:
+            raise ConfigError(f"{e} Set model.adapter.key in the recipe.") from None
+
+    def _centroid_texts(self) -> list[str]:
+        """The texts of the tasks this recipe trains on (each source capped), for the adapter's routing centroid."""
+        w = self.config.task_weights
+        texts: list[str] = []
+        if w.get("hierarchy", 0) > 0:
+            texts += [d.text for d in self.data.documents[:CENTROID_TEXTS]]
+        if w.get("stsb", 0) > 0:
+            texts += [t for r in self.data.stsb[:CENTROID_TEXTS] for t in r[:2]]
+        if w.get("scifact", 0) > 0:
+            texts += [t for p in self.data.scifact[:CENTROID_TEXTS] for t in p]
+        if w.get("ict", 0) > 0:
+            texts += [t for p in self.data.ict[:CENTROID_TEXTS] for t in p]
+        return texts
+
+    def _save_best(self) -> None:
+        """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""
+        if self.adapter_key is None:
+            self.encoder.save(self.out / BEST)
+            return
+        if self._routing is None:
+            texts = self._centroid_texts()
+            self._routing = (
+                centroid(self.encoder, texts) if texts else None,
+                len(texts),
+                base_fingerprint(self.encoder),
+            )
+        cent, n_texts, fingerprint = self._routing
+        info = {
+            "recipe": self.config.name,
+            "step": self.step,
+            "best_dev_score": self.best_score,
+            "task_weights": {str(k): v for k, v in self.config.task_weights.items()},
+            "data": self.data.sizes(),
+            "adapter": self.config.model.adapter.model_dump() if self.config.model.adapter else {},
+        }
+        save_adapter(self.encoder, self.adapter_key, self.out / BEST, cent, n_texts, info, fingerprint)
 
     # ------------------------------------------------------------------ losses per task
     def _teacher(self, texts: Sequence[str]) -> Tensor:
@@ -221,7 +301,7 @@ class Trainer:
             texts = [r[0] for r in rows] + [r[1] for r in rows]
             scores = torch.tensor([r[2] / 5.0 for r in rows], device=self.encoder.device)
         else:
-            pairs = [self.data.scifact[i] for i in items]
+            pairs = [(self.data.scifact if task == "scifact" else self.data.ict)[i] for i in items]
             texts = [p[0] for p in pairs] + [self._short(p[1]) for p in pairs]
         emb = self._standalone(texts)
         a, b = emb[: len(items)], emb[len(items) :]
@@ -278,7 +358,13 @@ class Trainer:
         """Write model, optimizer, scheduler, sampler and RNG state atomically to ``output_dir/checkpoint``."""
         tmp = self.out / f"{CKPT}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
-        self.encoder.save(tmp / "model")
+        if self.adapter_key is None:
+            self.encoder.save(tmp / "model")
+        else:  # the base is frozen: the adapter's weights are the model state
+            key = self.adapter_key
+            write_peft_files(
+                tmp / ADAPTER_DIR, hf_model(self.encoder).peft_config[key], adapter_weights(self.encoder, key)
+            )
         torch.save(
             {
                 "optimizer": self.optimizer.state_dict(),
@@ -317,8 +403,12 @@ class Trainer:
         # validated again, so that settings added since the checkpoint was written take their defaults
         if TrainConfig.model_validate(state["config"]).model_dump() != self.config.model_dump():
             raise ConfigError(f"{ckpt} was written with another config; use a new output_dir or the same config.")
-        loaded = MultiScaleEncoder.load(ckpt / "model", device=str(self.encoder.device))
-        self.encoder.load_state_dict(loaded.state_dict())
+        if self.adapter_key is None:
+            loaded = MultiScaleEncoder.load(ckpt / "model", device=str(self.encoder.device))
+            self.encoder.load_state_dict(loaded.state_dict())
+        else:
+            files = read_adapter(ckpt / ADAPTER_DIR, device=self.encoder.device, require_meta=False)
+            set_adapter_weights(self.encoder, self.adapter_key, files.weights)
         tensors = torch.load(ckpt / "trainer_state.pt", weights_only=True)
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
@@ -357,7 +447,7 @@ class Trainer:
                     log.update(self.evaluate())
                     if log["dev/score"] > self.best_score:
                         self.best_score, self.bad_evals = log["dev/score"], 0
-                        self.encoder.save(self.out / BEST)
+                        self._save_best()
                     else:
                         self.bad_evals += 1
                     stopped_early = self.bad_evals >= cfg.patience
@@ -371,7 +461,7 @@ class Trainer:
                     break
         bar.close()
         if not (self.out / BEST).exists():
-            self.encoder.save(self.out / BEST)
+            self._save_best()
         from muses.plots import plot_training
 
         plot_training({cfg.name: self.out / "history.jsonl"}, self.out / "loss_curves.png")

@@ -1,0 +1,766 @@
+"""The domain-shift experiment behind ``muses bench adapters``: domain LoRA adapters served from an AdapterCache.
+
+Domains: four Wikipedia topics (the package's topic labels) and SciFact as a scientific domain.
+
+1. **Adapters.** One LoRA adapter per domain, trained with the project's trainer in adapter mode (base and heads
+   frozen): Wikipedia domains on the hierarchy task (token -> sentence -> document InfoNCE) over their topic's
+   train-side articles; SciFact on its ``train-fit`` claim -> abstract pairs (MNRL). No dev selection: the adapter
+   after the last step is the one used. Two merged adapters (PEFT ``add_weighted_adapter``, ``cat``: the sum of
+   the domain updates, weighted ``1/n`` ("mean") or 1 ("sum")) are the one-adapter-for-all alternative.
+2. **Evaluation data** (test sides only, for reporting; nothing is tuned on them):
+
+   - Wikipedia domain: ``test_articles`` articles of the topic from the test side of the seeded topic-stratified
+     split. Retrieval: one held-out sentence of each article (seeded, not the first, at least 6 words) is the query;
+     its article without that sentence is the relevant document, among the domain's other test articles; nDCG@10
+     as :mod:`muses.evaluation.retrieval` defines it (``document`` scoring and ``sentence`` max-sim).
+     k-NN topic accuracy as :mod:`muses.evaluation.knn` defines it (document scale, ``k = 10``, votes weighted by
+     cosine): index = ``knn_index_articles`` train-side articles per Wikipedia domain, labelled with their topic;
+     queries = the test articles (without the held-out sentence); the domain's number is the accuracy on its own
+     test articles.
+   - SciFact: the BEIR ``test`` claims against their cited abstracts plus ``scifact_distractors`` random other
+     abstracts (a reduced corpus: numbers are not comparable with the full-corpus nDCG of ``muses eval``).
+
+3. **Conditions.** ``none``: the base model. ``dedicated``: every text under its own domain's adapter.
+   ``merged``: every text under one merged adapter. ``cache K``: the corpus side (retrieval corpora and the k-NN
+   index) is indexed under its domain's key through the cache (an index knows its domain), and the query side
+   (queries, claims, the articles to classify) arrives as **traffic**, phases of one domain each in the order
+   ``sequence`` (A -> B -> C -> A -> D -> E -> A), in requests of ``request_size`` texts, either with an explicit
+   key or routed per text by the centroid router. Retention = cached quality / dedicated quality.
+4. **Costs** from the same run: the cache's hit rate, loads, evictions, miss latency (ms), memory per adapter
+   (KB), and switch overhead = time loading, evicting and activating adapters as a % of encode time; plus the
+   forward overhead of an active (unmerged) LoRA adapter against the base model on the same requests.
+
+Everything is written to ``<out>/results.json`` and ``<out>/adapters.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from muses.adapters import AdapterCache
+from muses.adapters.lora import (
+    AdapterMeta,
+    base_fingerprint,
+    list_adapters,
+    read_meta,
+    write_adapter_folder,
+)
+from muses.encoder import MultiScaleEncoder
+from muses.errors import InputError
+from muses.evaluation.corpus import CorpusVectors, EmbeddingCache, MusesCorpusEncoder
+from muses.evaluation.knn import accuracy_macro_f1, knn_votes, predict
+from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
+from muses.evaluation.sts import prefix_normalize
+from muses.text import make_document
+from muses.types import Document
+
+WIKI_DOMAINS = {
+    "wiki-people": "People",
+    "wiki-biology": "Biology and health sciences",
+    "wiki-geography": "Geography",
+    "wiki-technology": "Technology",
+}
+SCIFACT = "scifact"
+MERGED = ("merged-mean", "merged-sum")
+Log = Callable[[str], None]
+
+
+class BenchSettings(BaseModel):
+    """Sizes and settings of the experiment (the defaults are the docs' run)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    wiki_domains: dict[str, str] = Field(default_factory=lambda: dict(WIKI_DOMAINS))
+    sequence: list[str] = Field(
+        default_factory=lambda: [
+            "wiki-people",
+            "wiki-biology",
+            "wiki-geography",
+            "wiki-people",
+            "wiki-technology",
+            SCIFACT,
+            "wiki-people",
+        ]
+    )
+    capacities: list[int] = Field(default_factory=lambda: [0, 2, 4])
+    steps: int = 60
+    train_articles: int = 240
+    docs_per_batch: int = 8
+    pairs_per_batch: int = 16
+    max_doc_tokens: int = 254
+    lr: float = 5e-4
+    retention_weight: float = 0.1
+    rank: int = 8
+    alpha: int = 16
+    test_articles: int = 60
+    dev_articles: int = 40
+    wiki_objective: Literal["hierarchy", "ict"] = "ict"
+    knn_index_articles: int = 100
+    scifact_distractors: int = 200
+    scifact_claims: int | None = None
+    request_size: int = 8
+    dims: list[int] = Field(default_factory=lambda: [64, 384])
+    timing_repeats: int = 3
+    seed: int = 0
+
+    @classmethod
+    def quick(cls) -> BenchSettings:
+        """A smoke run of a few minutes (numbers meaningless)."""
+        return cls(
+            steps=3,
+            train_articles=6,
+            docs_per_batch=3,
+            pairs_per_batch=4,
+            max_doc_tokens=64,
+            test_articles=6,
+            dev_articles=4,
+            knn_index_articles=6,
+            scifact_distractors=10,
+            scifact_claims=8,
+            request_size=4,
+            timing_repeats=1,
+        )
+
+    @property
+    def domains(self) -> list[str]:
+        return [*self.wiki_domains, SCIFACT]
+
+
+# ---------------------------------------------------------------------------------------------- data
+
+
+@dataclass
+class DomainData:
+    """One domain's evaluation data: retrieval queries, qrels and corpus; for Wikipedia also the k-NN index.
+
+    The query side (traffic) is ``queries`` and, for Wikipedia, ``corpus`` again as articles to classify.
+    """
+
+    key: str
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+    corpus: list[Document]
+    topic: str | None = None
+    index: list[Document] = field(default_factory=list)
+
+    @property
+    def classify(self) -> bool:
+        """Whether its articles are also classified by k-NN (test data of a Wikipedia domain)."""
+        return bool(self.index)
+
+
+def held_out_retrieval(
+    key: str, topic: str, articles: Sequence[Any], n: int, rng: np.random.Generator
+) -> tuple[dict[str, str], dict[str, dict[str, int]], list[Document]]:
+    """Up to ``n`` articles (in ``rng`` order) as held-out-sentence retrieval: queries, qrels and the corpus of the
+    articles without their query sentence (:func:`~muses.training.data.held_out_sentence`)."""
+    from muses.training.data import held_out_sentence
+
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    corpus: list[Document] = []
+    for i in rng.permutation(len(articles)):
+        art = articles[int(i)]
+        pair = held_out_sentence(make_document(art.text, id=art.title), rng)
+        if pair is None:
+            continue
+        corpus.append(make_document(pair[1], id=art.title, metadata={"topic": topic}))
+        qid = f"{key}/{len(queries)}"
+        queries[qid], qrels[qid] = pair[0], {art.title: 1}
+        if len(corpus) == n:
+            break
+    return queries, qrels, corpus
+
+
+def wiki_domain(
+    key: str, topic: str, train_side: Sequence[Any], test_side: Sequence[Any], s: BenchSettings
+) -> DomainData:
+    """Held-out-sentence retrieval (test side) and k-NN data of one topic (see the module docstring)."""
+    test = [a for a in test_side if a.topic == topic]
+    queries, qrels, corpus = held_out_retrieval(key, topic, test, s.test_articles, np.random.default_rng(s.seed))
+    train = [a for a in train_side if a.topic == topic]
+    picked = np.random.default_rng(s.seed + 1).permutation(len(train))[: s.knn_index_articles]
+    index = [make_document(train[int(i)].text, id=train[int(i)].title, metadata={"topic": topic}) for i in picked]
+    return DomainData(key, queries, qrels, corpus, topic, index)
+
+
+def wiki_dev_domain(key: str, topic: str, train_side: Sequence[Any], s: BenchSettings) -> DomainData:
+    """Held-out-sentence retrieval on train-side articles of the topic that the adapter did not train on (dev)."""
+    train = [a for a in train_side if a.topic == topic]
+    unused = np.random.default_rng(s.seed).permutation(len(train))[s.train_articles :]  # as load_training_data
+    rest = [train[int(i)] for i in sorted(unused)]
+    queries, qrels, corpus = held_out_retrieval(key, topic, rest, s.dev_articles, np.random.default_rng(s.seed + 2))
+    return DomainData(key, queries, qrels, corpus, topic)
+
+
+def scifact_domain(s: BenchSettings, data_dir: str | os.PathLike[str] | None) -> DomainData:
+    """SciFact test claims against their cited abstracts plus seeded distractors."""
+    from muses.data.beir import load_beir
+    from muses.training.dev import scifact_dev_subset
+
+    test = scifact_dev_subset(
+        load_beir("scifact", "test", data_dir), s.scifact_distractors, seed=s.seed, max_claims=s.scifact_claims
+    )
+    return DomainData(SCIFACT, dict(test.queries), dict(test.qrels), beir_documents(test.corpus))
+
+
+def load_domains(
+    s: BenchSettings, data_dir: str | os.PathLike[str] | None
+) -> tuple[dict[str, DomainData], dict[str, DomainData]]:
+    """Test data of every domain, and dev data of the Wikipedia domains."""
+    from muses.data.wikipedia import load_wikipedia, stratified_split
+
+    train_side, test_side = stratified_split(load_wikipedia(), 0.2, seed=0)  # the split training and k-NN use
+    out = {k: wiki_domain(k, t, train_side, test_side, s) for k, t in s.wiki_domains.items()}
+    out[SCIFACT] = scifact_domain(s, data_dir)
+    dev = {k: wiki_dev_domain(k, t, train_side, s) for k, t in s.wiki_domains.items()}
+    return out, dev
+
+
+# ---------------------------------------------------------------------------------------------- adapters
+
+
+def adapter_recipe(key: str, s: BenchSettings, work: Path) -> dict[str, Any]:
+    """The training recipe (a :class:`~muses.training.config.TrainConfig` mapping) of one domain's adapter."""
+    recipe: dict[str, Any] = {
+        "name": key,
+        "seed": s.seed,
+        "steps": s.steps,
+        "docs_per_batch": s.docs_per_batch,
+        "pairs_per_batch": s.pairs_per_batch,
+        "eval_every": s.steps,
+        "eval_at_start": False,
+        "checkpoint_every": max(s.steps // 2, 1),
+        "output_dir": str(work / key),
+        "model": {"adapter": {"key": key, "rank": s.rank, "alpha": s.alpha}},
+        "optim": {"lr": s.lr},
+        "loss": {"retention_weight": s.retention_weight},
+        "data": {
+            "stsb": False,
+            "dev_stsb_pairs": 0,
+            "dev_scifact_distractors": None,
+            "max_doc_tokens": s.max_doc_tokens,
+        },
+    }
+    if key == SCIFACT:
+        recipe["task_weights"] = {"hierarchy": 0.0, "stsb": 0.0, "scifact": 1.0}
+        recipe["data"].update({"wikipedia_articles": 0, "scifact": True})
+    else:
+        recipe["task_weights"] = {"hierarchy": 0.0, "stsb": 0.0, "scifact": 0.0, "ict": 0.0} | {s.wiki_objective: 1.0}
+        recipe["data"].update(
+            {"wikipedia_articles": s.train_articles, "wikipedia_topics": [s.wiki_domains[key]], "scifact": False}
+        )
+        if s.wiki_objective == "ict":
+            recipe["data"]["ict"] = True
+    return recipe
+
+
+def train_adapters(
+    s: BenchSettings, work: Path, data_dir: str | os.PathLike[str] | None, log: Log
+) -> dict[str, dict[str, Any]]:
+    """Train (or resume, or reuse) every domain's adapter; returns key -> training summary."""
+    from muses.training.config import TrainConfig
+    from muses.training.data import load_training_data
+    from muses.training.trainer import BEST, Trainer
+
+    out: dict[str, dict[str, Any]] = {}
+    for key in s.domains:
+        recipe = adapter_recipe(key, s, work)
+        (work / "recipes").mkdir(parents=True, exist_ok=True)
+        (work / "recipes" / f"{key}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
+        cfg = TrainConfig.model_validate(recipe)
+        data = load_training_data(cfg, data_dir)
+        t = time.perf_counter()
+        summary = Trainer(cfg, data).train(progress=False)
+        seconds = time.perf_counter() - t
+        meta = read_meta(Path(cfg.output_dir) / BEST)
+        history = [json.loads(ln) for ln in Path(summary["history"]).read_text(encoding="utf-8").splitlines()]
+        step_s = [h["seconds"] for h in history if "seconds" in h]
+        out[key] = {
+            "steps": summary["steps"],
+            "train_items": data.sizes(),
+            "seconds_this_run": round(seconds, 1),
+            "seconds_per_step": round(float(np.mean(step_s)), 2) if step_s else None,
+            "folder": str(Path(cfg.output_dir) / BEST),
+            "centroid_texts": meta.n_texts,
+        }
+        log(f"adapter {key}: {summary['steps']} steps, {seconds:.0f}s this run")
+    return out
+
+
+def merge_adapters(folders: dict[str, Path], work: Path, log: Log) -> dict[str, Path]:
+    """The merged adapters (PEFT ``add_weighted_adapter``, ``cat``) with weights ``1/n`` and 1, as folders."""
+    from peft import PeftModel, get_peft_model_state_dict
+
+    host = MultiScaleEncoder.from_base()
+    fingerprint = base_fingerprint(host)
+    names = list(folders)
+    peft_model = PeftModel.from_pretrained(host.transformer.auto_model, str(folders[names[0]]), adapter_name=names[0])
+    for name in names[1:]:
+        peft_model.load_adapter(str(folders[name]), adapter_name=name)
+    metas = [read_meta(folders[n]) for n in names]
+    cents = [m.centroid for m in metas if m.centroid is not None]
+    out: dict[str, Path] = {}
+    for key, w in zip(MERGED, (1.0 / len(names), 1.0), strict=True):
+        peft_model.add_weighted_adapter(names, [w] * len(names), key, combination_type="cat")
+        weights = {
+            k: v.detach().cpu().contiguous() for k, v in get_peft_model_state_dict(peft_model, adapter_name=key).items()
+        }
+        meta = AdapterMeta(
+            key=key,
+            base_model=host.base_name,
+            base_fingerprint=fingerprint,
+            centroid=np.mean(cents, axis=0).tolist() if cents else None,
+            info={"merged": names, "weight": w, "combination_type": "cat"},
+        )
+        out[key] = write_adapter_folder(work / key, peft_model.peft_config[key], weights, meta)
+        log(f"merged adapter {key}: rank {getattr(peft_model.peft_config[key], 'r', '?')}")
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- encoding
+
+
+@dataclass
+class QuerySide:
+    """Vectors of a domain's traffic: queries ``[Q, D]`` and, for Wikipedia, the articles to classify ``[N, D]``."""
+
+    queries: np.ndarray
+    articles: np.ndarray | None = None
+
+
+@dataclass
+class CorpusSide:
+    """A domain's indexed vectors: its retrieval corpus, and for Wikipedia its k-NN index documents ``[M, D]``."""
+
+    corpus: CorpusVectors
+    index: np.ndarray | None = None
+
+
+def _chunks(n: int, size: int) -> list[list[int]]:
+    return [list(range(i, min(i + size, n))) for i in range(0, n, size)]
+
+
+def _doc_vectors(embs: Sequence[Any]) -> np.ndarray:
+    return np.stack([e.document for e in embs]).astype(np.float32)
+
+
+def encode_corpus_side(cache: AdapterCache, d: DomainData, key: str) -> CorpusSide:
+    """The domain's corpus (document + in-context sentence vectors) and k-NN index under ``key``."""
+    model = MusesCorpusEncoder(cast(MultiScaleEncoder, cache.view(key)), name=key)
+    corpus = model.encode_corpus(d.corpus)
+    index = _doc_vectors(cache.encode_documents(d.index, key=key, scales=("document",))) if d.index else None
+    return CorpusSide(corpus, index)
+
+
+@dataclass
+class Request:
+    """One traffic request: ``size`` texts of one domain, queries or articles (documents)."""
+
+    domain: str
+    kind: str  # "queries" or "articles"
+    rows: list[int]
+
+
+def domain_requests(d: DomainData, size: int) -> list[Request]:
+    """A domain's traffic in requests of ``size``: its queries, then (Wikipedia) its articles to classify."""
+    reqs = [Request(d.key, "queries", rows) for rows in _chunks(len(d.queries), size)]
+    if d.classify:
+        reqs += [Request(d.key, "articles", rows) for rows in _chunks(len(d.corpus), size)]
+    return reqs
+
+
+def serve(cache: AdapterCache, d: DomainData, req: Request, key: str | None) -> np.ndarray:
+    """Encode one request through the cache (``key`` None: routed) -> ``[n, D]`` full-dim vectors."""
+    if req.kind == "queries":
+        texts = list(d.queries.values())
+        return cache.encode_queries([texts[i] for i in req.rows], key=key)
+    return _doc_vectors(cache.encode_documents([d.corpus[i] for i in req.rows], key=key, scales=("document",)))
+
+
+def _assemble(d: DomainData, parts: dict[tuple[str, int], np.ndarray], size: int) -> QuerySide:
+    width = next(iter(parts.values())).shape[1]
+    q = np.zeros((len(d.queries), width), dtype=np.float32)
+    a = np.zeros((len(d.corpus), width), dtype=np.float32) if d.classify else None
+    for req in domain_requests(d, size):
+        v = parts[(req.kind, req.rows[0])]
+        if req.kind == "queries":
+            q[req.rows] = v
+        elif a is not None:
+            a[req.rows] = v
+    return QuerySide(q, a)
+
+
+def encode_query_side(cache: AdapterCache, d: DomainData, key: str, size: int) -> QuerySide:
+    """The domain's traffic encoded under ``key``, request by request (same batches as the traffic run)."""
+    parts = {(r.kind, r.rows[0]): serve(cache, d, r, key) for r in domain_requests(d, size)}
+    return _assemble(d, parts, size)
+
+
+def run_traffic(
+    cache: AdapterCache, domains: dict[str, DomainData], s: BenchSettings, routed: bool
+) -> tuple[dict[str, QuerySide], dict[str, Any]]:
+    """Send every domain's traffic through ``cache`` in phases following ``s.sequence``.
+
+    A domain's requests are split into contiguous parts, one per visit of the domain in the sequence. Returns the
+    vectors per domain and the cache's stats (overall and per phase).
+    """
+    visits = {k: s.sequence.count(k) for k in domains}
+    plans = {
+        k: np.array_split(np.arange(len(domain_requests(d, s.request_size))), visits[k]) for k, d in domains.items()
+    }
+    reqs = {k: domain_requests(d, s.request_size) for k, d in domains.items()}
+    seen = dict.fromkeys(domains, 0)
+    parts: dict[str, dict[tuple[str, int], np.ndarray]] = {k: {} for k in domains}
+    phases = []
+    cache.reset_stats()
+    t0 = time.perf_counter()
+    for key in s.sequence:
+        before = cache.stats()
+        for i in plans[key][seen[key]]:
+            r = reqs[key][int(i)]
+            parts[key][(r.kind, r.rows[0])] = serve(cache, domains[key], r, None if routed else key)
+        seen[key] += 1
+        after = cache.stats()
+        phases.append(
+            {
+                "domain": key,
+                "requests": after["requests"] - before["requests"],
+                "hits": after["hits"] - before["hits"],
+                "misses": after["misses"] - before["misses"],
+                "loads": after["loads"] - before["loads"],
+                "evictions": after["evictions"] - before["evictions"],
+                "resident_after": after["resident"],
+            }
+        )
+    stats = {**cache.stats(), "wall_ms": round(1000 * (time.perf_counter() - t0), 1), "phases": phases}
+    return {k: _assemble(d, parts[k], s.request_size) for k, d in domains.items()}, stats
+
+
+# ---------------------------------------------------------------------------------------------- metrics
+
+
+class _Fixed:
+    """A :class:`~muses.evaluation.corpus.CorpusEncoder` answering queries from vectors computed already."""
+
+    def __init__(self, texts: Sequence[str], vectors: np.ndarray, dims: list[int]) -> None:
+        self.name = "fixed"
+        self.dims = dims
+        self._rows = {t: i for i, t in enumerate(texts)}
+        self._vectors = vectors
+
+    def fingerprint(self) -> str:
+        return "fixed"
+
+    def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
+        return self._vectors[[self._rows[t] for t in texts]]
+
+    def encode_sentences(self, sentences: Sequence[str], dim: int | None = None) -> np.ndarray:
+        raise NotImplementedError("query vectors only")
+
+    def encode_query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
+        raise NotImplementedError("query vectors only")
+
+    def encode_corpus(self, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
+        raise NotImplementedError("query vectors only")
+
+
+def quality(
+    domains: dict[str, DomainData],
+    corpus: dict[str, CorpusSide],
+    queries: dict[str, QuerySide],
+    dims: list[int],
+    k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Per domain: retrieval nDCG@10 (document, sentence) and, for Wikipedia, k-NN topic accuracy, at every dim."""
+    out: dict[str, dict[str, float]] = {}
+    for key, d in domains.items():
+        model = _Fixed(list(d.queries.values()), queries[key].queries, dims)
+        scored = score_queries(model, corpus[key].corpus, d.queries, dims, EmbeddingCache(None), with_tokens=False)
+        m = evaluate_scored(scored, d.qrels, ks=(10,))
+        out[key] = {f"{s}/ndcg@10@{dim}": m[f"{s}/ndcg@10@{dim}"] for s in ("document", "sentence") for dim in dims}
+    wiki = [key for key, d in domains.items() if d.classify]
+    if wiki:
+        labels = np.concatenate([np.full(len(domains[w].index), i) for i, w in enumerate(wiki)])
+        truth = np.concatenate([np.full(len(domains[w].corpus), i) for i, w in enumerate(wiki)])
+        index = np.concatenate([cast(np.ndarray, corpus[w].index) for w in wiki])
+        tests = np.concatenate([cast(np.ndarray, queries[w].articles) for w in wiki])
+        for dim in dims:
+            votes = knn_votes(prefix_normalize(index, dim), labels, prefix_normalize(tests, dim), len(wiki), k)
+            pred = predict(votes)
+            for i, w in enumerate(wiki):
+                out[w][f"knn/accuracy@{dim}"] = float(np.mean(pred[truth == i] == i))
+            acc, f1 = accuracy_macro_f1(truth, pred)
+            out.setdefault("all-wiki", {}).update({f"knn/accuracy@{dim}": acc, f"knn/macro_f1@{dim}": f1})
+    return out
+
+
+def retention(
+    cached: dict[str, dict[str, float]], dedicated: dict[str, dict[str, float]]
+) -> dict[str, dict[str, float]]:
+    """100 x cached / dedicated, per domain and metric."""
+    return {
+        d: {m: 100.0 * v / dedicated[d][m] if dedicated[d][m] else float("nan") for m, v in metrics.items()}
+        for d, metrics in cached.items()
+    }
+
+
+def router_accuracy(cache: AdapterCache, domains: dict[str, DomainData], size: int) -> dict[str, dict[str, float]]:
+    """Share of each domain's traffic the router sends to the domain's own adapter: per query text, per request
+    (all its texts together, ``routing="request"``) and per article to classify."""
+    out: dict[str, dict[str, float]] = {}
+    for key, d in domains.items():
+        texts = list(d.queries.values())
+        routes = cache.route(texts)
+        out[key] = {"queries": float(np.mean([r == key for r in routes]))}
+        out[key]["requests"] = float(
+            np.mean([cache.router.route_group([texts[i] for i in r.rows]) == key for r in domain_requests(d, size)])
+        )
+        if d.classify:
+            out[key]["articles"] = float(np.mean([r == key for r in cache.route([x.text for x in d.corpus])]))
+    return out
+
+
+def forward_overhead(
+    cache: AdapterCache, d: DomainData, keys: Sequence[str], size: int, repeats: int
+) -> dict[str, float]:
+    """Encode time of the domain's traffic with each adapter already active, as a % over the base model's.
+
+    The adapters are loaded first; base and adapter runs are interleaved and the fastest of ``repeats`` is kept.
+    """
+    reqs = domain_requests(d, size)
+    best: dict[str, float] = {}
+    for k in ["base", *keys]:
+        with cache.use(k):  # loaded before timing
+            pass
+    for _ in range(repeats):
+        for k in ["base", *keys]:
+            with cache.use(k):
+                t = time.perf_counter()
+                for r in reqs:
+                    serve(cache, d, r, k)
+                best[k] = min(best.get(k, float("inf")), time.perf_counter() - t)
+    return {k: round(100.0 * (best[k] / best["base"] - 1.0), 2) for k in keys} | {
+        "base_ms": round(1000 * best["base"], 1)
+    }
+
+
+# ---------------------------------------------------------------------------------------------- the run
+
+
+def run_adapter_bench(
+    s: BenchSettings,
+    out: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    work_dir: str | os.PathLike[str] | None = None,
+    log: Log = print,
+) -> Path:
+    """Run the whole experiment; writes ``results.json`` and ``adapters.md`` into ``out`` and returns it."""
+    missing = [k for k in s.domains if k not in s.sequence]
+    if missing:
+        raise InputError(f"the traffic sequence never visits {missing}; every domain needs at least one phase.")
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    work = Path(work_dir) if work_dir is not None else folder / "adapters"
+    t_start = time.perf_counter()
+    training = train_adapters(s, work, data_dir, log)
+    folders = {k: Path(v["folder"]) for k, v in training.items()}
+    merged = merge_adapters(folders, work, log)
+    domains, dev_domains = load_domains(s, data_dir)
+    log(f"domains: {', '.join(f'{k} ({len(d.queries)} queries, {len(d.corpus)} docs)' for k, d in domains.items())}")
+
+    enc = MultiScaleEncoder.from_base()
+    every = AdapterCache(enc, {**folders, **merged}, capacity=len(folders) + len(merged))
+    conditions = {"none": {k: "base" for k in domains}, "dedicated": {k: k for k in domains}}
+    conditions |= {m: dict.fromkeys(domains, m) for m in MERGED}
+    corpus_side: dict[str, dict[str, CorpusSide]] = {}
+    query_side: dict[str, dict[str, QuerySide]] = {}
+    for name, keys in conditions.items():
+        t = time.perf_counter()
+        corpus_side[name] = {k: encode_corpus_side(every, d, keys[k]) for k, d in domains.items()}
+        query_side[name] = {k: encode_query_side(every, d, keys[k], s.request_size) for k, d in domains.items()}
+        log(f"encoded condition {name} in {time.perf_counter() - t:.0f}s")
+    dev = {
+        name: quality(
+            dev_domains,
+            {k: encode_corpus_side(every, d, keys[k]) for k, d in dev_domains.items()},
+            {k: encode_query_side(every, d, keys[k], s.request_size) for k, d in dev_domains.items()},
+            s.dims,
+        )
+        for name, keys in conditions.items()
+        if name in ("none", "dedicated")
+    }
+    timing = forward_overhead(
+        every, domains[s.sequence[0]], [s.sequence[0], MERGED[0]], s.request_size, s.timing_repeats
+    )
+    routing = router_accuracy(every, domains, s.request_size)
+    every.clear()
+
+    results: dict[str, Any] = {"quality": {}, "retention": {}, "traffic": {}}
+    for name in conditions:
+        results["quality"][name] = quality(domains, corpus_side[name], query_side[name], s.dims)
+    dedicated = results["quality"]["dedicated"]
+    for name in ("none", *MERGED):
+        results["retention"][name] = retention(results["quality"][name], dedicated)
+    serving = MultiScaleEncoder.from_base()
+    for capacity in s.capacities:
+        corpus_name = "none" if capacity == 0 else "dedicated"
+        for mode in ("explicit key", "routed per text", "routed per request"):
+            granularity = "request" if mode == "routed per request" else "text"
+            cache = AdapterCache(serving, folders, capacity=capacity, routing=granularity)
+            vecs, stats = run_traffic(cache, domains, s, routed=mode != "explicit key")
+            check = _same_as(cache, domains, corpus_side[corpus_name], s.request_size)
+            cache.clear()
+            name = f"cache K={capacity} {mode}"
+            q = quality(domains, corpus_side[corpus_name], vecs, s.dims)
+            results["quality"][name] = q
+            results["retention"][name] = retention(q, dedicated)
+            results["traffic"][name] = {**stats, "corpus_side_max_abs_diff": check}
+            log(f"{name}: hit rate {stats['hit_rate']}, switch overhead {stats['switch_overhead_pct']}%")
+    results.update(
+        {
+            "settings": s.model_dump(),
+            "training": training,
+            "merged": {k: str(v) for k, v in merged.items()},
+            "adapters": [{**i.__dict__, "path": str(i.path)} for i in list_adapters(work)],
+            "data": {
+                k: {"queries": len(d.queries), "corpus": len(d.corpus), "knn_index": len(d.index)}
+                for k, d in domains.items()
+            },
+            "router_accuracy": routing,
+            "dev": dev,
+            "lora_forward_overhead_pct": timing,
+            "machine": {"platform": platform.platform(), "torch_threads": _threads()},
+            "seconds": round(time.perf_counter() - t_start, 1),
+        }
+    )
+    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
+    (folder / "adapters.md").write_text(render(results), encoding="utf-8")
+    return folder
+
+
+def _threads() -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+def _same_as(cache: AdapterCache, domains: dict[str, DomainData], want: dict[str, CorpusSide], size: int) -> float:
+    """Max abs difference between a sample of corpus vectors re-encoded through ``cache`` under each domain's key
+    and the corpus-side vectors used for it (0.0: the cache serves exactly the vectors the index holds)."""
+    worst = 0.0
+    for key, d in domains.items():
+        k = key if cache.capacity > 0 else "base"
+        got = MusesCorpusEncoder(cast(MultiScaleEncoder, cache.view(k))).encode_corpus(d.corpus[:size])
+        worst = max(worst, float(np.abs(got.document - want[key].corpus.document[:size]).max()))
+    return worst
+
+
+# ---------------------------------------------------------------------------------------------- report
+
+_METRICS = (("document/ndcg@10", "nDCG@10 doc"), ("sentence/ndcg@10", "nDCG@10 sent"), ("knn/accuracy", "k-NN acc"))
+
+
+def render(results: dict[str, Any]) -> str:
+    """The markdown report: quality and retention per domain, cache behaviour, costs."""
+    s = results["settings"]
+    full = max(s["dims"])
+    quality_cols = ["none", "dedicated", *[c for c in results["quality"] if c.startswith("cache")], *MERGED]
+    cache_cols = [c for c in results["traffic"]]
+    lines = [
+        "# Domain adapters served from an LRU AdapterCache",
+        "",
+        "Made by `muses bench adapters` (muses/bench/adapters.py, whose docstring defines every number). "
+        f"Wikipedia domains: {', '.join(f'{k} ({v})' for k, v in s['wiki_domains'].items())}; and SciFact. "
+        f"LoRA rank {s['rank']}, alpha {s['alpha']}, {s['steps']} steps per adapter. "
+        f"Traffic: {' -> '.join(s['sequence'])}, requests of {s['request_size']} texts.",
+        "",
+        f"## Quality per domain at {full} dims, and retention (% of the dedicated adapter's number)",
+        "",
+        "| domain | metric | " + " | ".join(quality_cols) + " |",
+        "|---|---|" + "---:|" * len(quality_cols),
+    ]
+    domains = [d for d in results["quality"]["dedicated"] if d != "all-wiki"]
+    for d in domains:
+        for m, label in _METRICS:
+            key = f"{m}@{full}"
+            if key not in results["quality"]["dedicated"][d]:
+                continue
+            cells = []
+            for c in quality_cols:
+                v = results["quality"][c][d][key]
+                r = results["retention"].get(c, {}).get(d, {}).get(key)
+                cells.append(f"{v:.4f}" + (f" ({r:.1f}%)" if r is not None else ""))
+            lines.append(f"| {d} | {label} | " + " | ".join(cells) + " |")
+    mean_ret = {
+        c: float(np.mean([v for d in domains for k, v in results["retention"][c][d].items() if k.endswith(f"@{full}")]))
+        for c in results["retention"]
+    }
+    lines += [
+        "| **mean retention** | | "
+        + " | ".join(f"{mean_ret[c]:.2f}%" if c in mean_ret else "" for c in quality_cols)
+        + " |",
+        "",
+        "## Cache behaviour on the traffic (one row per capacity K and keying)",
+        "",
+        "| run | requests | hits | misses | hit rate | loads | evictions | miss latency ms (mean / p50 / max) "
+        "| KB per adapter | switch ms | encode ms | switch overhead |",
+        "|---|" + "---:|" * 11,
+    ]
+    for c in cache_cols:
+        t = results["traffic"][c]
+        lat = t["miss_latency_ms"]
+        kb = max(t["memory_kb"].values()) if t["memory_kb"] else 0.0
+        lines.append(
+            f"| {c} | {t['requests']} | {t['hits']} | {t['misses']} | {t['hit_rate']:.3f} | {t['loads']} | "
+            f"{t['evictions']} | {lat['mean']:.1f} / {lat['p50']:.1f} / {lat['max']:.1f} | {kb:.0f} | "
+            f"{t['switch_ms_total']:.0f} | {t['encode_ms_total']:.0f} | {t['switch_overhead_pct']:.2f}% |"
+        )
+    routing = results["router_accuracy"]
+    timing = results["lora_forward_overhead_pct"]
+    lines += [
+        "",
+        "Phase by phase (misses per visit, explicit keys): "
+        + "; ".join(
+            f"K={c.split('K=')[1].split()[0]}: "
+            + " ".join(f"{p['domain']}:{p['misses']}" for p in results["traffic"][c]["phases"])
+            for c in cache_cols
+            if c.endswith("explicit key")
+        )
+        + ".",
+        "",
+        "## Routing and compute",
+        "",
+        "Router accuracy (share of a domain's traffic sent to its own adapter; per query text, per request of "
+        f"{s['request_size']} queries routed together, per article): "
+        + "; ".join(
+            f"{d}: queries {v['queries']:.2f}, requests {v['requests']:.2f}"
+            + (f", articles {v['articles']:.2f}" if "articles" in v else "")
+            for d, v in routing.items()
+        )
+        + ".",
+        "",
+        "Forward overhead of an active, unmerged LoRA adapter over the base model on the same requests (no switching): "
+        + ", ".join(f"{k} +{v:.1f}%" for k, v in timing.items() if k != "base_ms")
+        + f" (base: {timing['base_ms']:.0f} ms for the traffic of {s['sequence'][0]}).",
+        "",
+        f"Corpus-side check: vectors served by the cache under a domain's key differ from the indexed ones by at most "
+        f"{max(t['corpus_side_max_abs_diff'] for t in results['traffic'].values()):.1e}.",
+        "",
+        "Training: "
+        + "; ".join(f"{k}: {v['steps']} steps, {v['seconds_per_step']} s/step" for k, v in results["training"].items())
+        + f". Whole run: {results['seconds'] / 60:.1f} min on {results['machine']['torch_threads']} CPU thread(s).",
+        "",
+    ]
+    return "\n".join(lines)
