@@ -751,6 +751,15 @@ def render(results: dict[str, Any]) -> str:
         )
         + ".",
         "",
+        f"Dev check (held-out-sentence retrieval on {s['dev_articles']} train-side articles per topic that the "
+        f"adapters did not train on; nDCG@10 doc at {full} dims, none -> dedicated): "
+        + "; ".join(
+            f"{d}: {results['dev']['none'][d][f'document/ndcg@10@{full}']:.4f} -> "
+            f"{results['dev']['dedicated'][d][f'document/ndcg@10@{full}']:.4f}"
+            for d in results["dev"]["dedicated"]
+        )
+        + ".",
+        "",
         "Forward overhead of an active, unmerged LoRA adapter over the base model on the same requests (no switching): "
         + ", ".join(f"{k} +{v:.1f}%" for k, v in timing.items() if k != "base_ms")
         + f" (base: {timing['base_ms']:.0f} ms for the traffic of {s['sequence'][0]}).",
