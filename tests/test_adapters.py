@@ -141,7 +141,9 @@ def test_lru_order_eviction_and_lazy_load(
     assert s["miss_latency_ms"]["max"] >= s["miss_latency_ms"]["p50"] > 0 and s["switch_overhead_pct"] > 0
 
 
-def test_evicted_slot_reused_in_place_gives_the_adapter_outputs(root: Path, clean: MultiScaleEncoder) -> None:
+def test_evicted_slot_reused_in_place_gives_the_adapter_outputs(
+    root: Path, clean: MultiScaleEncoder, encoder: MultiScaleEncoder
+) -> None:
     """A full cache overwrites the least recently used slot in place (PEFT hotswap): the outputs are exactly those
     of the adapter loaded on its own, whichever adapter the slot held before."""
     alone = {}
@@ -155,6 +157,15 @@ def test_evicted_slot_reused_in_place_gives_the_adapter_outputs(root: Path, clea
         if key != "base":
             assert np.array_equal(got, alone[key]), key
     assert cache.stats()["hotswaps"] == 4 and len(loaded_adapters(clean)) == 1
+    cache.clear()
+    # slots reserved up front: every load is a copy into a spare slot; the base model is untouched meanwhile
+    reserved = AdapterCache(clean, root, capacity=2)
+    assert reserved.reserve() > 0 and len(loaded_adapters(clean)) == 2 and reserved.resident == []
+    assert np.array_equal(reserved.encode_queries(QUERIES, key="base"), encoder.encode_queries(QUERIES))
+    for key in ["geo", "bio", "tech", "geo"]:
+        assert np.array_equal(reserved.encode_queries(QUERIES, key=key), alone[key]), key
+    s = reserved.stats()
+    assert (s["loads"], s["hotswaps"], s["spare_slots"], len(loaded_adapters(clean))) == (4, 4, 0, 2)
 
 
 def test_saved_adapter_reloaded_gives_identical_outputs(tmp_path: Path, clean: MultiScaleEncoder) -> None:

@@ -116,6 +116,7 @@ class AdapterCache:
         self.router = CentroidRouter(encoder, min_similarity=min_similarity)
         self._paths: dict[str, Path] = {}
         self._resident: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
+        self._spare: list[_Slot] = []  # slots attached by reserve() that hold no adapter yet
         self._active: str | None = None  # key of the adapter in use; None: the base model
         self._enabled = False  # whether the model's adapters are enabled (PEFT)
         self._lock = threading.RLock()
@@ -196,10 +197,12 @@ class AdapterCache:
             s = dict(self._stats)
             lat = np.asarray(self._miss_ms, dtype=np.float64)
             memory = {k: round(slot.nbytes / 1024, 1) for k, slot in self._resident.items()}
+            spare = len(self._spare)
         asked = s["hits"] + s["misses"]
         return {
             "capacity": self.capacity,
             "registered": len(self._paths),
+            "spare_slots": spare,
             "resident": list(memory),
             "requests": s["requests"],
             "base_requests": s["base_requests"],
@@ -242,8 +245,18 @@ class AdapterCache:
             self._active, self._enabled = None, False
 
     def _load(self, key: str, files: AdapterFiles) -> None:
-        """Bring ``files`` into memory as ``key`` (lock held). When full, the least recently used adapter's slot is
-        overwritten in place (PEFT hotswap) if the two are compatible, else it is evicted and a slot injected."""
+        """Bring ``files`` into memory as ``key`` (lock held): into a spare slot (:meth:`reserve`), or when full into
+        the least recently used adapter's slot, overwritten in place (PEFT hotswap) if the two are compatible; else
+        a slot is injected (after evicting the least recently used adapter when full)."""
+        if (
+            self._spare
+            and len(self._resident) < self.capacity
+            and hotswap_adapter(self.encoder, self._spare[-1].name, files)
+        ):
+            self._resident[key] = self._spare.pop()
+            self._stats["loads"] += 1
+            self._stats["hotswaps"] += 1
+            return
         if self._resident and len(self._resident) >= self.capacity:
             victim, slot = next(iter(self._resident.items()))
             if hotswap_adapter(self.encoder, slot.name, files):
@@ -269,7 +282,7 @@ class AdapterCache:
             return
         model = hf_model(self.encoder)
         if key is None:
-            if self._enabled and self._resident:
+            if self._enabled and (self._resident or self._spare):
                 model.disable_adapters()
             self._enabled = False
         else:
@@ -338,11 +351,32 @@ class AdapterCache:
                 self._evict(key)
 
     def clear(self) -> None:
-        """Drop every adapter from memory; the base model is active."""
+        """Drop every adapter (and spare slot) from memory; the base model is active."""
         with self._lock:
             for key in list(self._resident):
                 self._evict(key)
+            while self._spare:
+                remove_adapter(self.encoder, self._spare.pop().name)
             self._activate(None)
+
+    def reserve(self, like: str | None = None) -> float:
+        """Attach all ``capacity`` slots now, shaped like adapter ``like`` (default: the first registered one), so
+        that later misses only copy weights into them (PEFT hotswap) instead of injecting layers; returns the
+        seconds it took. A startup cost, paid once (it also covers the process's first, slowest injection)."""
+        t = time.perf_counter()
+        with self._lock:
+            if self.capacity == 0 or not self._paths:
+                return 0.0
+            key = like or self.keys[0]
+            self._check(key)
+            files = read_adapter(self._paths[key], device=self.encoder.device)
+            while len(self._resident) + len(self._spare) < self.capacity:
+                name = self._free_slot()
+                inject_adapter(self.encoder, name, files)  # active: the base model is restored below
+                self._spare.append(_Slot(name, adapter_nbytes(self.encoder, name)))
+                self._active, self._enabled = _STALE, True
+            self._activate(None)
+        return time.perf_counter() - t
 
     # ------------------------------------------------------------------ routing and encoding
     def route(self, texts: Sequence[str]) -> list[str | None]:
@@ -463,6 +497,8 @@ class AdapterCache:
                 else:
                     files = read_adapter(self._paths[source], device=self.encoder.device)
                     start = (files.peft_config, files.weights)
+            if self._spare:  # the new adapter takes a spare slot's memory
+                remove_adapter(self.encoder, self._spare.pop().name)
             while self._resident and len(self._resident) >= max(self.capacity, 1):
                 self._evict(next(iter(self._resident)))
             slot = self._free_slot()
