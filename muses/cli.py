@@ -11,7 +11,17 @@ import typer
 from rich.table import Table
 
 from muses.cli_adapters import adapters_app, bench_adapters_cmd
-from muses.cli_common import DataDirOpt, ModelOpt, console, err_console, user_errors
+from muses.cli_common import (
+    DataDirOpt,
+    DeviceOpt,
+    FreshOpt,
+    ModelOpt,
+    console,
+    err_console,
+    load_recipe,
+    run_training,
+    user_errors,
+)
 from muses.cli_index import index_app, serve
 from muses.errors import InputError
 
@@ -295,28 +305,13 @@ def train(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: --set optim.lr=1e-5 (YAML value).")
     ] = None,
-    fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in output_dir.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    fresh: FreshOpt = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Train a MuSES model from a recipe; resumes from output_dir/checkpoint unless --fresh."""
     with user_errors():
-        import yaml
-
-        from muses.training.config import load_config
-        from muses.training.data import load_training_data
-        from muses.training.trainer import Trainer
-
-        overrides: dict[str, object] = {}
-        for item in set_ or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise InputError(f"--set {item!r} must look like key.path=value.")
-            overrides[key] = yaml.safe_load(value)
-        cfg = load_config(config, overrides)
-        data = load_training_data(cfg, data_dir)
-        console.print(f"training {cfg.name}: {data.sizes()} items, {cfg.steps} steps -> {cfg.output_dir}")
-        summary = Trainer(cfg, data, device=device).train(resume=not fresh)
-        console.print_json(json.dumps(summary))
+        cfg = load_recipe(config, set_)
+        run_training(cfg, data_dir, fresh, device, cfg.name)
 
 
 @app.command()

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from muses.cli_common import DataDirOpt, ModelOpt, console, user_errors
+from muses.cli_common import DataDirOpt, DeviceOpt, FreshOpt, ModelOpt, console, load_recipe, run_training, user_errors
 from muses.errors import InputError
 
 adapters_app = typer.Typer(
@@ -17,6 +17,7 @@ adapters_app = typer.Typer(
 )
 
 RootArg = Annotated[Path, typer.Argument(help="Folder holding adapter folders (searched recursively).")]
+InputOpt = Annotated[Path | None, typer.Option("--input", help="A text file, one text a line.")]
 
 
 def _texts(texts: list[str] | None, input_file: Path | None) -> list[str]:
@@ -37,34 +38,20 @@ def train_adapter(
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Override a setting: --set model.adapter.rank=4 (YAML value).")
     ] = None,
-    fresh: Annotated[bool, typer.Option(help="Ignore an existing checkpoint in output_dir.")] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")] = None,
+    fresh: FreshOpt = False,
+    device: DeviceOpt = None,
 ) -> None:
     """Train one adapter with the project's trainer (base and heads frozen); best/ is the adapter folder."""
     with user_errors():
-        import yaml
-
         from muses.errors import ConfigError
-        from muses.training.config import load_config
-        from muses.training.data import load_training_data
-        from muses.training.trainer import Trainer
 
-        overrides: dict[str, object] = {}
-        for item in set_ or []:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                raise InputError(f"--set {item!r} must look like key.path=value.")
-            overrides[key] = yaml.safe_load(value)
-        cfg = load_config(config, overrides)
+        cfg = load_recipe(config, set_)
         if cfg.model.adapter is None:
             raise ConfigError(
                 f"{config} trains the whole model (no model.adapter); add e.g. 'model: {{adapter: {{rank: 8}}}}' or "
                 "use `muses train`."
             )
-        data = load_training_data(cfg, data_dir)
-        console.print(f"training adapter of {cfg.name}: {data.sizes()} items, {cfg.steps} steps -> {cfg.output_dir}")
-        summary = Trainer(cfg, data, device=device).train(resume=not fresh)
-        console.print_json(json.dumps(summary))
+        run_training(cfg, data_dir, fresh, device, f"adapter of {cfg.name}")
 
 
 @adapters_app.command("list")
@@ -95,7 +82,7 @@ def list_cmd(
 def route_cmd(
     root: RootArg,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to route.")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="A text file, one text a line.")] = None,
+    input_file: InputOpt = None,
     model: ModelOpt = "default",
     min_similarity: Annotated[float | None, typer.Option(help="Below this cosine: the base model.")] = None,
 ) -> None:
@@ -122,7 +109,7 @@ def route_cmd(
 def encode_cmd(
     root: RootArg,
     texts: Annotated[list[str] | None, typer.Argument(help="Texts to embed (as queries).")] = None,
-    input_file: Annotated[Path | None, typer.Option("--input", help="A text file, one text a line.")] = None,
+    input_file: InputOpt = None,
     key: Annotated[str | None, typer.Option(help="Adapter key, or 'base'; default: routed per text.")] = None,
     capacity: Annotated[int, typer.Option(help="Adapters kept in memory (0: always the base model).")] = 2,
     dim: Annotated[int | None, typer.Option(help="Matryoshka dim (default: full).")] = None,

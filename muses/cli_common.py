@@ -5,12 +5,15 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
 
-from muses.errors import MusesError
+from muses.errors import InputError, MusesError
+
+if TYPE_CHECKING:
+    from muses.training.config import TrainConfig
 
 console = Console()
 err_console = Console(stderr=True)
@@ -27,6 +30,36 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Data root (stsb/, scifact/, ...). Default: $MUSES_DATA_DIR."),
 ]
+FreshOpt = Annotated[bool, typer.Option(help="Ignore an existing checkpoint in output_dir.")]
+DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")]
+
+
+def load_recipe(config: Path, overrides: list[str] | None) -> TrainConfig:
+    """A YAML recipe with ``--set key.path=value`` overrides (values parsed as YAML), validated."""
+    import yaml
+
+    from muses.training.config import load_config
+
+    parsed: dict[str, object] = {}
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"--set {item!r} must look like key.path=value.")
+        parsed[key] = yaml.safe_load(value)
+    return load_config(config, parsed)
+
+
+def run_training(cfg: TrainConfig, data_dir: Path | None, fresh: bool, device: str | None, what: str) -> None:
+    """Load the recipe's data, train (resuming unless ``fresh``) and print the summary as JSON."""
+    import json
+
+    from muses.training.data import load_training_data
+    from muses.training.trainer import Trainer
+
+    data = load_training_data(cfg, data_dir)
+    console.print(f"training {what}: {data.sizes()} items, {cfg.steps} steps -> {cfg.output_dir}")
+    summary = Trainer(cfg, data, device=device).train(resume=not fresh)
+    console.print_json(json.dumps(summary))
 
 
 @contextmanager

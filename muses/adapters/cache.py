@@ -417,25 +417,25 @@ class AdapterCache:
                 out[i] = r
         return out  # type: ignore[return-value]  # every index is filled
 
+    def _encode_texts(
+        self, texts: Sequence[str], key: str | None, encode: Callable[..., np.ndarray], dim: int | None, batch_size: int
+    ) -> np.ndarray:
+        """``encode(texts, dim, batch_size)`` (an encoder method) run per adapter group -> ``[N, dim]``."""
+        items = list(texts)
+        rows = self._grouped(items, key, lambda idx: list(encode([items[i] for i in idx], dim, batch_size)))
+        return np.stack(rows) if rows else np.zeros((0, dim or self.encoder.embed_dim), dtype=np.float32)
+
     def encode_sentences(
         self, sentences: Sequence[str], key: str | None = None, dim: int | None = None, batch_size: int = 32
     ) -> np.ndarray:
         """:meth:`MultiScaleEncoder.encode_sentences` under adapter ``key`` (None: routed per text) -> ``[N, dim]``."""
-        texts = list(sentences)
-        rows = self._grouped(
-            texts, key, lambda idx: list(self.encoder.encode_sentences([texts[i] for i in idx], dim, batch_size))
-        )
-        return np.stack(rows) if rows else np.zeros((0, dim or self.encoder.embed_dim), dtype=np.float32)
+        return self._encode_texts(sentences, key, self.encoder.encode_sentences, dim, batch_size)
 
     def encode_queries(
         self, queries: Sequence[str], key: str | None = None, dim: int | None = None, batch_size: int = 32
     ) -> np.ndarray:
         """:meth:`MultiScaleEncoder.encode_queries` under adapter ``key`` (None: routed per query) -> ``[N, dim]``."""
-        texts = list(queries)
-        rows = self._grouped(
-            texts, key, lambda idx: list(self.encoder.encode_queries([texts[i] for i in idx], dim, batch_size))
-        )
-        return np.stack(rows) if rows else np.zeros((0, dim or self.encoder.embed_dim), dtype=np.float32)
+        return self._encode_texts(queries, key, self.encoder.encode_queries, dim, batch_size)
 
     def encode_documents(
         self, documents: Iterable[str | Document], key: str | None = None, **kwargs: Any

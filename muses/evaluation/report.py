@@ -77,7 +77,6 @@ PROFILES: dict[str, Profile] = {
         knn_articles=2000,
         knn_scales=("document",),
     ),
-    # The training ablation: what issue 4 asks for, at 384 and 64 only, at full size.
     # A trained recipe's report (`muses ablation configs/full.yaml --profile training`): the tasks training can
     # move, at full size, 64 and 384 dims; hierarchy on 200 held-out articles (1,000 cost more than all the rest)
     # and on the SciFact corpus the retrieval task has encoded already.
