@@ -23,6 +23,7 @@ from muses.cli_common import (
     user_errors,
 )
 from muses.cli_index import index_app, serve
+from muses.cli_moe import moe_app
 from muses.errors import InputError
 
 if TYPE_CHECKING:
@@ -42,6 +43,7 @@ app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
 app.add_typer(index_app, name="index")
 app.add_typer(adapters_app, name="adapters")
+app.add_typer(moe_app, name="moe")
 app.command()(serve)
 
 

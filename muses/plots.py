@@ -149,3 +149,40 @@ def plot_training(histories: Mapping[str, Path], path: Path, smooth: int = 10) -
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_routing(metrics: Mapping[str, float], title: str, path: Path) -> Path | None:
+    """Expert load per MoE layer (bars) and, per layer, the expert-by-topic routing heatmap.
+
+    ``metrics`` are the ``routing`` task's (``layerL/load/eK``, ``layerL/topic/<topic>/eK``); returns None when
+    the model has no MoE layer.
+    """
+    layers = sorted({int(k.split("/")[0][5:]) for k in metrics if k.startswith("layer") and "/load/" in k})
+    if not layers:
+        return None
+    n_experts = 1 + max(int(k.rsplit("/e", 1)[1]) for k in metrics if "/load/e" in k)
+    topics = sorted({k.split("/")[2] for k in metrics if k.startswith(f"layer{layers[0]}/topic/")})
+    fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4.2 * (1 + len(layers)), 4.2), squeeze=False)
+    load_ax = axes[0, 0]
+    width = 0.8 / len(layers)
+    for i, layer in enumerate(layers):
+        load = [metrics[f"layer{layer}/load/e{e}"] for e in range(n_experts)]
+        load_ax.bar(np.arange(n_experts) + i * width, load, width, label=f"layer {layer}")
+    load_ax.axhline(1 / n_experts, color="k", lw=0.8, ls=":", label="uniform")
+    load_ax.set(xlabel="expert", ylabel="share of assignments", title="expert load per layer")
+    load_ax.set_xticks(np.arange(n_experts) + width * (len(layers) - 1) / 2, [str(e) for e in range(n_experts)])
+    load_ax.legend(fontsize=7)
+    for ax, layer in zip(axes[0, 1:], layers, strict=True):
+        grid = np.array([[metrics[f"layer{layer}/topic/{t}/e{e}"] for e in range(n_experts)] for t in topics])
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        ax.set_xticks(range(n_experts), [str(e) for e in range(n_experts)])
+        ax.set_yticks(range(len(topics)), [t[:22] for t in topics], fontsize=7)
+        spec = metrics.get(f"layer{layer}/specialisation", 0.0)
+        ax.set(xlabel="expert", title=f"layer {layer}: topic -> expert (spec. {spec:.3f})")
+    fig.colorbar(im, ax=axes[0, -1], fraction=0.05)
+    fig.suptitle(title)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

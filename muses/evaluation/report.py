@@ -11,6 +11,7 @@ Tasks (all through a :class:`~muses.evaluation.corpus.CorpusEncoder`, so MuSES a
 ``hierarchy``         parent-document accuracy of sentences: 1000 held-out Wikipedia articles and SciFact abstracts
 ``knn``               k-NN topic classification of Wikipedia articles, document and sentence scale
 ``efficiency``        encode throughput, FAISS query latency per dim, memory, checkpoint size, peak RSS
+``routing``           tokens/s on held-out Wikipedia articles; for MoE models expert load, balance, topic routing
 ====================  ==========================================================================================
 
 Profiles: ``full`` runs every task at full size (the numbers in ``docs/results.md``); ``quick`` runs a short report
@@ -58,6 +59,7 @@ class Profile:
     knn_scales: tuple[str, ...] = ("document", "sentence")
     efficiency_docs: int = 300
     scifact_docs: int | None = None  # SciFact retrieval on the first N corpus docs (subset_beir)
+    routing_articles: int = 600  # held-out Wikipedia articles for the routing task
     dims: tuple[int, ...] | None = None  # None: every dim of the model
 
     def dims_for(self, model: CorpusEncoder) -> list[int]:
@@ -65,7 +67,7 @@ class Profile:
         return [d for d in self.dims if d in model.dims] if self.dims else list(model.dims)
 
 
-ALL_TASKS = ("sts", "scifact", "evidence", "squad", "squad-standalone", "hierarchy", "knn", "efficiency")
+ALL_TASKS = ("sts", "scifact", "evidence", "squad", "squad-standalone", "hierarchy", "knn", "efficiency", "routing")
 PROFILES: dict[str, Profile] = {
     "full": Profile("full", ALL_TASKS),
     "quick": Profile(
@@ -92,6 +94,19 @@ PROFILES: dict[str, Profile] = {
         hierarchy_wiki_docs=100,
         hierarchy_scifact_docs=1500,
         scifact_docs=1500,
+        dims=(64, 384),
+    ),
+    # Mixture-of-Experts (issue 7). "moe": small from-scratch encoders (256 dims) on STS-B, k-NN topics and routing.
+    # "upcycle": the ablation's tasks plus k-NN and routing, for an upcycled MiniLM against the dense one.
+    "moe": Profile("moe", ("sts", "knn", "routing"), knn_articles=2000, knn_scales=("document",), dims=(64, 256)),
+    "upcycle": Profile(
+        "upcycle",
+        ("sts", "squad", "scifact", "hierarchy", "knn", "routing"),
+        hierarchy_wiki_docs=100,
+        hierarchy_scifact_docs=1500,
+        scifact_docs=1500,
+        knn_articles=2000,
+        knn_scales=("document",),
         dims=(64, 384),
     ),
 }
@@ -122,6 +137,7 @@ HEADLINES: dict[str, tuple[str, ...]] = {
         "scifact/hierarchy/all",
     ),
     "knn": ("knn/document/accuracy", "knn/document/macro_f1", "knn/sentence/accuracy", "knn/sentence/macro_f1"),
+    "routing": ("tokens_per_s", "moe/balance", "moe/max_balance", "moe/drop_rate", "moe/specialisation"),
 }
 HEADLINES["squad-standalone"] = HEADLINES["squad"]
 
@@ -194,6 +210,13 @@ def _task_knn(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
     )
 
 
+def _task_routing(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+    from muses.evaluation.routing import evaluate_routing
+
+    _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
+    return evaluate_routing(model, held_out[: ctx.profile.routing_articles])
+
+
 def _task_efficiency(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
     from muses.evaluation.efficiency import measure_efficiency
 
@@ -210,6 +233,7 @@ TASKS: dict[str, Callable[[CorpusEncoder, TaskContext], Metrics]] = {
     "hierarchy": _task_hierarchy,
     "knn": _task_knn,
     "efficiency": _task_efficiency,
+    "routing": _task_routing,
 }
 
 

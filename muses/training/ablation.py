@@ -31,6 +31,14 @@ COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("evidence R@10 (flat)", "evidence", "flat/recall@10"),
     ("evidence MRR (zoom)", "evidence", "zoom/mrr@100"),
     ("hierarchy all (SciFact)", "hierarchy", "scifact/hierarchy/all"),
+    ("k-NN topic accuracy", "knn", "knn/document/accuracy"),
+)
+# Columns without a dim: throughput and MoE routing (the `routing` task).
+PLAIN_COLUMNS: tuple[tuple[str, str, str], ...] = (
+    ("tokens/s", "routing", "tokens_per_s"),
+    ("MoE balance (max/mean load)", "routing", "moe/balance"),
+    ("MoE drop rate", "routing", "moe/drop_rate"),
+    ("MoE topic specialisation", "routing", "moe/specialisation"),
 )
 DIMS = (384, 64)
 
@@ -64,7 +72,7 @@ def run_ablation(
     """Train (or resume) each recipe, evaluate it and the base model, write the table; returns ``out``."""
     from muses.encoder import MultiScaleEncoder
     from muses.evaluation.baselines import load_corpus_encoder
-    from muses.plots import plot_training
+    from muses.plots import plot_routing, plot_training
     from muses.training.config import load_config
     from muses.training.data import load_training_data
     from muses.training.trainer import BEST, Trainer
@@ -109,13 +117,25 @@ def run_ablation(
     evaluate(base_name, lambda: load_corpus_encoder(base))
     _save(results, path)
     plot_training(histories, folder / "loss_curves.png")
+    for name, block in results["models"].items():
+        routing = block["tasks"].get("routing", {}).get("metrics", {})
+        plot_routing(routing, name, folder / f"routing_{_slug(name)}.png")
     (folder / "ablation.md").write_text(render_table(results), encoding="utf-8")
     return folder
 
 
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "-" for c in name).strip("-")
+
+
+def _cell(v: float | None) -> str:
+    return "" if v is None else f"{v:.0f}" if abs(v) >= 100 else f"{v:.4f}"
+
+
 def render_table(results: dict[str, Any]) -> str:
-    """The markdown table: one row per model, each column metric at 384 and 64 dims."""
+    """The markdown table: one row per model, each column metric at the profile's dims (largest first)."""
     models = results["models"]
+    dims = sorted(results.get("profile_settings", {}).get("dims") or DIMS, reverse=True)
 
     def value(block: dict[str, Any], task: str, key: str) -> float | None:
         v = block["tasks"].get(task, {}).get("metrics", {}).get(key)
@@ -124,11 +144,11 @@ def render_table(results: dict[str, Any]) -> str:
     cols = [
         (f"{label} @{d}", task, f"{metric}@{d}")
         for label, task, metric in COLUMNS
-        for d in DIMS
+        for d in dims
         if any(value(b, task, f"{metric}@{d}") is not None for b in models.values())
-    ]
+    ] + [c for c in PLAIN_COLUMNS if any(value(b, c[1], c[2]) is not None for b in models.values())]
     lines = ["| model | " + " | ".join(c[0] for c in cols) + " |", "|---" + "|---:" * len(cols) + "|"]
     for name, block in models.items():
-        cells = [name] + [f"{v:.4f}" if (v := value(block, task, key)) is not None else "" for _, task, key in cols]
+        cells = [name] + [_cell(value(block, task, key)) for _, task, key in cols]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

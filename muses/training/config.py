@@ -20,8 +20,43 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class MoESettings(_Strict):
+    """Mixture-of-Experts feed-forward settings (see :class:`muses.scratch.moe.MoEConfig`)."""
+
+    n_experts: int = Field(4, ge=1)
+    top_k: Literal[1, 2] = Field(2, description="1: Switch (raw gate); 2: GShard/ST-MoE (gates renormalised)")
+    capacity_factor_train: float | None = Field(1.25, gt=0, description="null: no token is ever dropped")
+    capacity_factor_eval: float | None = Field(2.0, gt=0)
+    balance_weight: float = Field(1e-2, ge=0, description="load-balancing loss weight")
+    z_loss_weight: float = Field(1e-3, ge=0, description="router z-loss weight")
+    expert_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the experts' hidden activations")
+    layers: list[int] | None = Field(None, description="the layers made MoE (null: all for upcycling)")
+
+    def moe_config(self) -> dict[str, Any]:
+        """The :class:`~muses.scratch.moe.MoEConfig` fields, as a dict."""
+        return self.model_dump(exclude={"layers"})
+
+
+class ScratchSettings(_Strict):
+    """A from-scratch encoder (:class:`muses.scratch.model.ScratchConfig`) and its WordPiece tokenizer, trained on
+    the recipe's training texts."""
+
+    vocab_size: int = Field(8000, ge=100)
+    hidden_size: int = Field(256, ge=8)
+    num_layers: int = Field(4, ge=1)
+    num_heads: int = Field(4, ge=1)
+    ffn_size: int = Field(1024, ge=8)
+    max_position: int = Field(256, ge=16, description="longest input in tokens, specials included")
+    dropout: float = Field(0.1, ge=0, lt=1)
+    moe: MoESettings | None = Field(None, description="MoE feed-forward in moe.layers (e.g. [1, 3])")
+
+
 class ModelConfig(_Strict):
-    """The model to train: a base (see ``MultiScaleEncoder.from_base``) and its MuSES settings."""
+    """The model to train: a base (see ``MultiScaleEncoder.from_base``) and its MuSES settings.
+
+    ``scratch`` trains a from-scratch encoder instead of loading ``base``; ``upcycle`` turns the base's
+    feed-forward layers into Mixture-of-Experts layers whose experts start as copies of them.
+    """
 
     base: str = "default"
     dims: list[int] | None = None
@@ -37,6 +72,20 @@ class ModelConfig(_Strict):
         description="train only a LoRA adapter (base and heads frozen; optim.lr is the adapter's learning rate); "
         "the best checkpoint is saved as an adapter folder",
     )
+    scratch: ScratchSettings | None = Field(None, description="train a from-scratch encoder, not `base`")
+    upcycle: MoESettings | None = Field(None, description="upcycle the base's feed-forward layers into experts")
+
+    @model_validator(mode="after")
+    def _check_kind(self) -> ModelConfig:
+        if self.scratch is not None:
+            if self.upcycle is not None or self.adapter is not None:
+                raise ValueError("model.scratch cannot be combined with model.upcycle or model.adapter")
+            if self.freeze_embeddings or self.freeze_base:
+                raise ValueError("a from-scratch model must train its embeddings: set model.freeze_embeddings: false")
+            moe = self.scratch.moe
+            if moe is not None and not moe.layers:
+                raise ValueError("model.scratch.moe.layers: list the layers to make MoE, e.g. [1, 3]")
+        return self
 
 
 class DataConfig(_Strict):
@@ -127,6 +176,8 @@ class TrainConfig(_Strict):
         bad = {k: v for k, v in self.loss.retention_task_weights.items() if v < 0}
         if bad:
             raise ValueError(f"loss.retention_task_weights: weights must be >= 0, got {bad}")
+        if self.model.scratch is not None and self.loss.retention != "none":
+            raise ValueError("a from-scratch model has no base model to retain: set loss.retention: none")
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
         return self

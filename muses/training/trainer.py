@@ -59,6 +59,9 @@ from muses.losses import (
     MultipleNegativesRanking,
     RetentionLoss,
 )
+from muses.scratch.model import pop_aux_loss
+from muses.scratch.moe import MoEConfig
+from muses.scratch.upcycle import upcycle_encoder
 from muses.training.config import TrainConfig
 from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
 from muses.training.dev import evaluate_dev
@@ -68,6 +71,7 @@ PAD_GROUP = 16
 CKPT = "checkpoint"
 BEST = "best"
 ADAPTER_DIR = "adapter"
+SCRATCH_BASE = "scratch-base"
 CENTROID_TEXTS = 5000  # per data source, for an adapter's routing centroid
 
 
@@ -94,15 +98,19 @@ class Trainer:
         set_seed(config.seed)
         m = config.model
         self.encoder = encoder or MultiScaleEncoder.from_base(
-            m.base,
+            self._scratch_base() if m.scratch is not None else m.base,
             dims=m.dims,
             head_kind=m.head_kind,
             sentence_pooling=m.sentence_pooling,
             document_pooling=m.document_pooling,
             device=device,
         )
-        self.teacher = MultiScaleEncoder.from_base(m.base, dims=m.dims, device=device)  # frozen = the base model
-        self.teacher.eval()
+        if m.upcycle is not None and encoder is None:
+            upcycle_encoder(self.encoder, MoEConfig.from_dict(m.upcycle.moe_config()), m.upcycle.layers)
+        self.teacher: MultiScaleEncoder | None = None  # the frozen base model, for retention
+        if config.loss.retention != "none":
+            self.teacher = MultiScaleEncoder.from_base(m.base, dims=m.dims, device=device)
+            self.teacher.eval()
         self._teacher_cache: dict[str, Tensor] = {}
         if m.freeze_base:
             self.encoder.transformer.requires_grad_(False)
@@ -128,7 +136,9 @@ class Trainer:
             else CurriculumMatryoshkaLoss(dims, DimSchedule(dims, lc.matryoshka), lc.consistency_weight)
         )
         oc = config.optim
-        head_params = list(self.encoder.heads.parameters())
+        # new parameters learn at head_lr: the heads, and the routers of MoE layers (upcycled or from scratch)
+        routers = [p for n, p in self.encoder.named_parameters() if ".router." in n and p.requires_grad]
+        head_params = list(self.encoder.heads.parameters()) + routers
         head_ids = {id(p) for p in head_params}
         base_params = [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in head_ids]
         self.optimizer = torch.optim.AdamW(
@@ -153,6 +163,16 @@ class Trainer:
         self.step = 0
         self.best_score = -float("inf")
         self.bad_evals = 0
+
+    def _scratch_base(self) -> str:
+        """A from-scratch base model folder (``output_dir/scratch-base``): a WordPiece tokenizer trained on the
+        recipe's training texts and a seeded fresh encoder. Made once; a resumed run reuses it."""
+        from muses.scratch.base import scratch_base
+
+        spec = self.config.model.scratch
+        assert spec is not None
+        texts = [d.text for d in self.data.documents] + [t for a, b, _ in self.data.stsb for t in (a, b)]
+        return str(scratch_base(spec.model_dump(), texts, self.out / SCRATCH_BASE, self.config.seed))
 
     # ------------------------------------------------------------------ adapter mode
     def _adapter_key(self) -> str:
@@ -205,6 +225,7 @@ class Trainer:
         """Frozen base-model sentence vectors ``[N, D]`` (full dim, normalised), computed once per text."""
         missing = sorted({t for t in texts if t not in self._teacher_cache})
         if missing:
+            assert self.teacher is not None, "retention without a teacher"
             vecs = self.teacher.encode_sentences(missing, batch_size=64)
             self._teacher_cache.update(zip(missing, torch.from_numpy(vecs), strict=True))
         return torch.stack([self._teacher_cache[t] for t in texts]).to(self.encoder.device)
@@ -239,6 +260,7 @@ class Trainer:
         if w == 0 or self.retention is None:
             return sentence.new_zeros(())
         with torch.no_grad():
+            assert self.teacher is not None, "retention without a teacher"
             states = self.teacher.token_states([d.text for d in docs], batch_size=PAD_GROUP)
             target = torch.cat(
                 [
@@ -328,8 +350,11 @@ class Trainer:
             task, items = self.sampler.next()
             with torch.autocast("cuda", dtype=torch.bfloat16, enabled=use_amp):
                 res = self._hierarchy_loss(items) if task == "hierarchy" else self._pair_loss(task, items)
-                loss = (res["loss"] + res["retention"]) / oc.grad_accum
+                aux = pop_aux_loss(self.encoder)  # MoE balance and z-losses of this micro-step's forwards
+                loss = (res["loss"] + res["retention"] + (aux if aux is not None else 0.0)) / oc.grad_accum
             loss.backward()
+            if aux is not None:
+                log["moe/aux"] = float(aux.detach())
             log.update(
                 {
                     f"{task}/loss": float(res["task"].detach()),
