@@ -279,6 +279,33 @@ def bench_search_cmd(
 bench_app.command("adapters")(bench_adapters_cmd)
 
 
+@bench_app.command("moe")
+def bench_moe_cmd(
+    models: Annotated[list[str], typer.Argument(help="Models to compare; the first is the baseline.")],
+    articles: Annotated[int, typer.Option(help="Held-out Wikipedia articles to encode.")] = 200,
+    repeats: Annotated[int, typer.Option(help="Timed repeats per model, taking turns (best is kept).")] = 3,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+) -> None:
+    """Dense vs MoE encoders: tokens/s (as a ratio to the first model) and total and active parameters."""
+    with user_errors():
+        from muses.bench.moe import bench_moe
+        from muses.encoder import MultiScaleEncoder
+
+        result = bench_moe({m: MultiScaleEncoder.from_base(m) for m in models}, articles, repeats)
+        table = Table("model", "tokens/s", "speed vs first", "params total", "params active")
+        for name, r in result["models"].items():
+            table.add_row(
+                name,
+                f"{r['tokens_per_s']:.0f}",
+                f"{r['speed_vs_baseline']:.2f}x",
+                f"{r['params_total']:,}",
+                f"{r['params_active']:,}",
+            )
+        console.print(table)
+        if json_out is not None:
+            json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
 @bench_app.command("efficiency")
 def bench_efficiency(
     model: ModelOpt = "default",
