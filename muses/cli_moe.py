@@ -58,15 +58,13 @@ def routing(
 ) -> None:
     """Tokens/s, and per MoE layer the expert load, balance, drop rate and topic specialisation."""
     with user_errors():
-        from muses.data.wikipedia import load_wikipedia, stratified_split
         from muses.evaluation.baselines import load_corpus_encoder
-        from muses.evaluation.routing import evaluate_routing
+        from muses.evaluation.routing import evaluate_routing, routing_articles
         from muses.plots import plot_routing
 
         if articles < 1:
             raise InputError("--articles must be at least 1.")
-        _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
-        metrics = evaluate_routing(load_corpus_encoder(model), held_out[:articles])
+        metrics = evaluate_routing(load_corpus_encoder(model), routing_articles(articles))
         console.print(f"tokens/s: {metrics.get('tokens_per_s', 0.0):.0f}")
         layers = sorted({k.split("/")[0] for k in metrics if k.endswith("/balance") and k.startswith("layer")})
         if not layers:

@@ -162,8 +162,13 @@ def plot_routing(metrics: Mapping[str, float], title: str, path: Path) -> Path |
         return None
     n_experts = 1 + max(int(k.rsplit("/e", 1)[1]) for k in metrics if "/load/e" in k)
     topics = sorted({k.split("/")[2] for k in metrics if k.startswith(f"layer{layers[0]}/topic/")})
-    fig, axes = plt.subplots(1, 1 + len(layers), figsize=(4.2 * (1 + len(layers)), 4.2), squeeze=False)
-    load_ax = axes[0, 0]
+    cols = min(4, 1 + len(layers))
+    rows = -(-(1 + len(layers)) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.6 * cols, 4.2 * rows), squeeze=False)
+    panels = list(axes.flat)
+    for ax in panels[1 + len(layers) :]:
+        ax.axis("off")
+    load_ax = panels[0]
     width = 0.8 / len(layers)
     for i, layer in enumerate(layers):
         load = [metrics[f"layer{layer}/load/e{e}"] for e in range(n_experts)]
@@ -172,14 +177,14 @@ def plot_routing(metrics: Mapping[str, float], title: str, path: Path) -> Path |
     load_ax.set(xlabel="expert", ylabel="share of assignments", title="expert load per layer")
     load_ax.set_xticks(np.arange(n_experts) + width * (len(layers) - 1) / 2, [str(e) for e in range(n_experts)])
     load_ax.legend(fontsize=7)
-    for ax, layer in zip(axes[0, 1:], layers, strict=True):
+    for ax, layer in zip(panels[1 : 1 + len(layers)], layers, strict=True):
         grid = np.array([[metrics[f"layer{layer}/topic/{t}/e{e}"] for e in range(n_experts)] for t in topics])
         im = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
         ax.set_xticks(range(n_experts), [str(e) for e in range(n_experts)])
         ax.set_yticks(range(len(topics)), [t[:22] for t in topics], fontsize=7)
         spec = metrics.get(f"layer{layer}/specialisation", 0.0)
         ax.set(xlabel="expert", title=f"layer {layer}: topic -> expert (spec. {spec:.3f})")
-    fig.colorbar(im, ax=axes[0, -1], fraction=0.05)
+    fig.colorbar(im, ax=panels[len(layers)], fraction=0.05)
     fig.suptitle(title)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -13,9 +13,9 @@ from typing import Any
 
 import torch
 
-from muses.data.wikipedia import load_wikipedia, stratified_split
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError
+from muses.evaluation.routing import routing_articles
 from muses.scratch.model import count_parameters
 
 
@@ -30,8 +30,7 @@ def bench_moe(
     """
     if not models:
         raise InputError("bench moe needs at least one model (the first is the baseline).")
-    _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
-    texts = [a.text for a in held_out[:n_articles]]
+    texts = [a.text for a in routing_articles(n_articles)]
     best = dict.fromkeys(models, float("inf"))
     tokens = 0
     for enc in models.values():

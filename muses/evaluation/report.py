@@ -211,10 +211,9 @@ def _task_knn(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
 
 
 def _task_routing(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
-    from muses.evaluation.routing import evaluate_routing
+    from muses.evaluation.routing import evaluate_routing, routing_articles
 
-    _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
-    return evaluate_routing(model, held_out[: ctx.profile.routing_articles])
+    return evaluate_routing(model, routing_articles(ctx.profile.routing_articles))
 
 
 def _task_efficiency(model: CorpusEncoder, ctx: TaskContext) -> Metrics:

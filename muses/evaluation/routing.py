@@ -21,12 +21,20 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from muses.data.wikipedia import WikiArticle
+from muses.data.wikipedia import WikiArticle, load_wikipedia, stratified_split
 from muses.evaluation.corpus import CorpusEncoder, MusesCorpusEncoder
 from muses.scratch.moe import RoutingStats, moe_layers, record_routing, set_domain
 
 Metrics = dict[str, float]
-_LAYER = re.compile(r"layers?\.(\d+)")
+_LAYER = re.compile(r"\.(\d+)\.")  # the layer's index: the last number in model.0.auto_model.blocks.3.ffn
+
+
+def routing_articles(n: int, seed: int = 0) -> list[WikiArticle]:
+    """``n`` held-out Wikipedia articles (the test side of the training split), every topic in its share."""
+    _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
+    if n >= len(held_out):
+        return held_out
+    return stratified_split(held_out, test_fraction=n / len(held_out), seed=seed)[1]
 
 
 def routing_matrix(stats: RoutingStats, topics: Sequence[str]) -> np.ndarray:
@@ -73,8 +81,8 @@ def evaluate_routing(model: CorpusEncoder, articles: Sequence[WikiArticle], batc
         return out
     balances, drops, specs = [], [], []
     for i, (name, layer_stats) in enumerate(stats.items()):
-        found = _LAYER.search(name)
-        key = f"layer{found.group(1) if found else i}"
+        numbers = _LAYER.findall(f".{name.replace('.', '..')}.")
+        key = f"layer{numbers[-1] if numbers else i}"
         load = layer_stats.load().cpu().numpy()
         out.update({f"{key}/load/e{e}": float(v) for e, v in enumerate(load)})
         out[f"{key}/balance"] = layer_stats.balance()
