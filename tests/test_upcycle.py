@@ -150,3 +150,14 @@ def test_bench_moe_counts_active_parameters(upcycled: MultiScaleEncoder, encoder
     assert moe["params_active"] - dense["params_active"] == 6 * (ffn + 384 * 4)
     assert moe["params_total"] - dense["params_total"] == 6 * (3 * ffn + 384 * 4)
     assert dense["speed_vs_baseline"] == 1.0 and moe["tokens_per_s"] > 0 and result["tokens"] > 0
+
+
+def test_routing_articles_cover_every_topic_of_the_held_out_side() -> None:
+    from muses.data.wikipedia import load_wikipedia, stratified_split
+    from muses.evaluation.routing import routing_articles
+
+    articles = routing_articles(120)
+    _, held_out = stratified_split(load_wikipedia(), 0.2, seed=0)
+    assert 115 <= len(articles) <= 125
+    assert {a.topic for a in articles} == {a.topic for a in held_out}
+    assert {a.title for a in articles} <= {a.title for a in held_out}
