@@ -72,7 +72,8 @@ def routing(
             return
         table = Table("layer", "load per expert", "balance", "drop rate", "specialisation")
         for layer in layers:
-            loads = [v for k, v in sorted(metrics.items()) if k.startswith(f"{layer}/load/")]
+            n_experts = sum(1 for k in metrics if k.startswith(f"{layer}/load/e"))
+            loads = [metrics[f"{layer}/load/e{e}"] for e in range(n_experts)]
             table.add_row(
                 layer,
                 " ".join(f"{v:.2f}" for v in loads),

@@ -21,7 +21,7 @@ from sentence_transformers.base.modules import Transformer
 from torch import nn
 from tqdm.auto import tqdm
 
-import muses.scratch.model
+import muses.scratch.model  # registers "muses-scratch", the from-scratch encoder, with the Auto classes
 import muses.scratch.upcycle  # noqa: F401  (registers "muses-moe-bert", the upcycled BERT)
 from muses.errors import InputError, ModelError
 from muses.heads import SCALES, HeadKind, matryoshka, resolve_dim

@@ -135,6 +135,12 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     bad.write_text("task_weights: {hierarchy: 0, stsb: 0, scifact: 0}\n")
     with pytest.raises(ConfigError, match="at least one task"):
         load_config(bad)
+    bad.write_text("model: {upcycle: {n_experts: 1, top_k: 2}}\n")
+    with pytest.raises(ConfigError, match=r"model\.upcycle.*top_k 2 is more than n_experts 1"):
+        load_config(bad)
+    bad.write_text("model: {scratch: {}}\nloss: {retention: none}\n")
+    with pytest.raises(ConfigError, match="freeze_embeddings: false"):
+        load_config(bad)
 
 
 def test_shipped_recipes_validate() -> None:

@@ -150,6 +150,7 @@ def test_bench_moe_counts_active_parameters(upcycled: MultiScaleEncoder, encoder
     assert moe["params_active"] - dense["params_active"] == 6 * (ffn + 384 * 4)
     assert moe["params_total"] - dense["params_total"] == 6 * (3 * ffn + 384 * 4)
     assert dense["speed_vs_baseline"] == 1.0 and moe["tokens_per_s"] > 0 and result["tokens"] > 0
+    assert moe["tokens"] == dense["tokens"] == result["tokens"]  # one tokenizer: the same texts, the same tokens
 
 
 def test_routing_articles_cover_every_topic_of_the_held_out_side() -> None:

@@ -25,14 +25,15 @@ def bench_moe(
     """Tokens/s of each model on ``n_articles`` held-out articles, and total and active parameters.
 
     Returns:
-        ``{"articles", "tokens", "threads", "models": {name: {"seconds", "tokens_per_s", "speed_vs_baseline",
-        "params_total", "params_active"}}}``; the baseline is the first model.
+        ``{"articles", "tokens" (the baseline's), "threads", "models": {name: {"seconds", "tokens", "tokens_per_s",
+        "speed_vs_baseline", "params_total", "params_active"}}}``; the baseline is the first model, and the speed
+        ratio compares the time to encode the same texts.
     """
     if not models:
         raise InputError("bench moe needs at least one model (the first is the baseline).")
     texts = [a.text for a in routing_articles(n_articles)]
     best = dict.fromkeys(models, float("inf"))
-    tokens = 0
+    tokens = dict.fromkeys(models, 0)  # per model: the models need not share a tokenizer
     for enc in models.values():
         enc.eval()
     with torch.inference_mode():
@@ -43,14 +44,20 @@ def bench_moe(
                 t0 = time.perf_counter()
                 states = enc.token_states(texts, batch_size=batch_size)
                 best[name] = min(best[name], time.perf_counter() - t0)
-                tokens = sum(int(s.content.shape[0]) for s in states)
+                tokens[name] = sum(int(s.content.shape[0]) for s in states)
     first = next(iter(models))
-    out: dict[str, Any] = {"articles": len(texts), "tokens": tokens, "threads": torch.get_num_threads(), "models": {}}
+    out: dict[str, Any] = {
+        "articles": len(texts),
+        "tokens": tokens[first],
+        "threads": torch.get_num_threads(),
+        "models": {},
+    }
     for name, enc in models.items():
         params = count_parameters(enc.transformer.auto_model)
         out["models"][name] = {
             "seconds": best[name],
-            "tokens_per_s": tokens / best[name],
+            "tokens": tokens[name],
+            "tokens_per_s": tokens[name] / best[name],
             "speed_vs_baseline": best[first] / best[name],
             "params_total": params["total"],
             "params_active": params["active"],

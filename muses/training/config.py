@@ -32,6 +32,14 @@ class MoESettings(_Strict):
     expert_dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the experts' hidden activations")
     layers: list[int] | None = Field(None, description="the layers made MoE (null: all for upcycling)")
 
+    @model_validator(mode="after")
+    def _check_top_k(self) -> MoESettings:
+        if self.top_k > self.n_experts:
+            raise ValueError(
+                f"top_k {self.top_k} is more than n_experts {self.n_experts}: raise n_experts or use top_k 1"
+            )
+        return self
+
     def moe_config(self) -> dict[str, Any]:
         """The :class:`~muses.scratch.moe.MoEConfig` fields, as a dict."""
         return self.model_dump(exclude={"layers"})
@@ -81,7 +89,10 @@ class ModelConfig(_Strict):
             if self.upcycle is not None or self.adapter is not None:
                 raise ValueError("model.scratch cannot be combined with model.upcycle or model.adapter")
             if self.freeze_embeddings or self.freeze_base:
-                raise ValueError("a from-scratch model must train its embeddings: set model.freeze_embeddings: false")
+                raise ValueError(
+                    "a from-scratch model must train all its weights: set model.freeze_embeddings: false and "
+                    "model.freeze_base: false"
+                )
             moe = self.scratch.moe
             if moe is not None and not moe.layers:
                 raise ValueError("model.scratch.moe.layers: list the layers to make MoE, e.g. [1, 3]")

@@ -60,7 +60,7 @@ from muses.losses import (
     RetentionLoss,
 )
 from muses.scratch.model import pop_aux_loss
-from muses.scratch.moe import MoEConfig
+from muses.scratch.moe import MoEConfig, moe_layers
 from muses.scratch.upcycle import upcycle_encoder
 from muses.training.config import TrainConfig
 from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
@@ -137,7 +137,7 @@ class Trainer:
         )
         oc = config.optim
         # new parameters learn at head_lr: the heads, and the routers of MoE layers (upcycled or from scratch)
-        routers = [p for n, p in self.encoder.named_parameters() if ".router." in n and p.requires_grad]
+        routers = [p for _, layer in moe_layers(self.encoder) for p in layer.router.parameters() if p.requires_grad]
         head_params = list(self.encoder.heads.parameters()) + routers
         head_ids = {id(p) for p in head_params}
         base_params = [p for p in self.encoder.parameters() if p.requires_grad and id(p) not in head_ids]
