@@ -15,6 +15,7 @@ import numpy as np
 
 from muses.errors import InputError
 from muses.types import Document, Span
+from muses.validation import check_utf8
 
 Splitter = Callable[[str], list[tuple[int, int]]]
 """A function from a text to sentence character spans ``[(start, end), ...]``."""
@@ -176,6 +177,7 @@ def _check_text(text: object, what: str) -> None:
             f"{what} is empty or whitespace-only. MuSES has nothing to embed there: drop it or replace it "
             "with text before encoding."
         )
+    check_utf8(text, what)
 
 
 def as_documents(items: Iterable[str | Document], splitter: str | Splitter = DEFAULT_SPLITTER) -> list[Document]:
