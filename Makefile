@@ -1,5 +1,7 @@
 # MuSES: `make run` (the main job) and `make test` (the whole suite) work on a fresh machine.
-# Both create .venv and install torch first, pinned (CPU build here), then muses with its dev extras.
+# Both create .venv, install torch first, pinned (CPU build here), then exactly the versions in requirements/lock.txt
+# (every runtime, dev and optional dependency), then muses itself without dependencies, and check with `pip check`.
+# `make lock` refreshes the lock deliberately (then run `make test` and say what moved).
 # GPU users: make run TORCH_SPEC="torch==2.13.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
 
 PYTHON ?= python3
@@ -8,6 +10,8 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-muses
+LOCK := requirements/lock.txt
+PIP_TOOLS_SPEC ?= pip-tools==7.6.2
 
 # Data root: ../shared/data beside the checkout unless MUSES_DATA_DIR is set.
 MUSES_DATA_DIR ?= $(abspath ../shared/data)
@@ -17,15 +21,26 @@ HF_HUB_OFFLINE ?= 1
 export HF_HUB_OFFLINE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install run test test-fast lint bench browser clean
+.PHONY: install lock run test test-fast lint bench browser clean
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL)) "$(TORCH_SPEC)"
-	$(BIN)/pip install -e '.[dev]'
+	$(BIN)/pip install --no-deps -r $(LOCK)
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
+	$(BIN)/pip check
 	touch $@
+
+# Resolve every dependency of pyproject.toml (all extras) against the pinned torch, in a throw-away venv.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q "$(PIP_TOOLS_SPEC)"
+	.lock-venv/bin/pip-compile --upgrade --all-extras --strip-extras --unsafe-package torch \
+		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host \
+		-o $(LOCK) pyproject.toml requirements/torch.in
+	rm -rf .lock-venv
 
 run: $(STAMP)
 	$(BIN)/muses run
