@@ -25,7 +25,7 @@ from muses.evaluation.evidence import (
     squad_qrels,
     zoom_scores,
 )
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 
 DIMS = [32, 384]
 N_PARAGRAPHS = 30

@@ -38,7 +38,7 @@ from muses.evaluation.retrieval import (
     segment_max,
     simplex_grid,
 )
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 
 DIMS = [32, 384]
 RERANK_K = 6

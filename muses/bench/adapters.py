@@ -65,7 +65,7 @@ from muses.errors import InputError
 from muses.evaluation.corpus import CorpusVectors, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.knn import accuracy_macro_f1, knn_votes, predict
 from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 from muses.text import make_document
 from muses.types import Document
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 from muses.store.index import INDEX_KINDS, VectorIndex
 
 

@@ -10,7 +10,7 @@ work and are scored by the same code:
   token embeddings from the (truncated) document pass.
 
 Vectors are kept at full size ``D``, L2-normalised; tasks take Matryoshka prefixes with
-:func:`muses.evaluation.sts.prefix_normalize`. :class:`EmbeddingCache` stores them on disk keyed by model
+:func:`muses.scoring.prefix_normalize`. :class:`EmbeddingCache` stores them on disk keyed by model
 fingerprint, dataset, scale and settings, so re-running a report does not re-encode 50k sentences.
 """
 

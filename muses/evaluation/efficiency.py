@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, FlatCorpusEncoder, MusesCorpusEncoder
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 from muses.types import Document
 
 MB = 1e6

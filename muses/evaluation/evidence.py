@@ -38,7 +38,7 @@ from muses.data.squad import SquadAnswer, SquadDataset, load_squad
 from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, EmbeddingCache
 from muses.evaluation.metrics import evaluate_run, run_from_scores
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 from muses.text import document_from_sentences, make_document
 from muses.types import Document
 

@@ -28,7 +28,7 @@ from muses.data.beir import load_beir
 from muses.data.wikipedia import WikiArticle
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, EmbeddingCache
 from muses.evaluation.retrieval import beir_documents
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 from muses.text import make_document
 from muses.types import Document
 

@@ -29,7 +29,7 @@ import numpy as np
 from muses.data.wikipedia import WikiArticle, stratified_split
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, EmbeddingCache
 from muses.evaluation.hierarchy import wikipedia_documents
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import prefix_normalize
 
 UNCATEGORIZED = "Uncategorized"
 Weighting = Literal["similarity", "uniform"]

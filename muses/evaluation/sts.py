@@ -12,18 +12,13 @@ import numpy as np
 from scipy.stats import pearsonr, spearmanr
 
 from muses.data.stsb import STSPairs
+from muses.scoring import prefix_normalize
 
 
 class SentenceEncoder(Protocol):
     """Anything that embeds standalone sentences: ``encode_sentences(texts, dim) -> [N, dim]`` (L2-normalised)."""
 
     def encode_sentences(self, sentences: Sequence[str], dim: int | None = None) -> np.ndarray: ...
-
-
-def prefix_normalize(x: np.ndarray, dim: int) -> np.ndarray:
-    """``[..., D]`` -> ``[..., dim]``: the ``dim``-prefix of each vector (each row of a matrix), L2-normalised."""
-    p = x[..., :dim]
-    return p / np.clip(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12, None)
 
 
 def evaluate_sts(model: SentenceEncoder, pairs: STSPairs, dims: Sequence[int]) -> dict[str, float]:
