@@ -25,6 +25,7 @@ from muses.cli_common import (
 from muses.cli_index import index_app, serve
 from muses.cli_moe import moe_app
 from muses.errors import InputError
+from muses.io import DEFAULT_MAX_CHARS
 
 if TYPE_CHECKING:
     from muses.evaluation.corpus import EmbeddingCache
@@ -65,37 +66,51 @@ def encode(
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")],
     model: ModelOpt = "default",
     scales: Annotated[str, typer.Option(help="Comma-separated: document,sentence,token.")] = "document,sentence",
-    dim: Annotated[int | None, typer.Option(help="Matryoshka dim (default: full).")] = None,
+    dim: Annotated[int | None, typer.Option(help="One of the model's Matryoshka dims (default: full).")] = None,
     context: Annotated[str, typer.Option(help="Sentence vectors: 'document' (in context) or 'sentence'.")] = "document",
     fmt: Annotated[str, typer.Option("--format", help="npy or safetensors.")] = "npy",
     text_field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
     one_document: Annotated[bool, typer.Option(help="Treat a whole text file as one document.")] = False,
     batch_size: Annotated[int, typer.Option(help="Windows per transformer batch.")] = 32,
-    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    max_chars: Annotated[
+        int, typer.Option(min=1, help="Refuse documents longer than this many characters (checked while reading).")
+    ] = DEFAULT_MAX_CHARS,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace an existing output folder, if `muses encode` wrote it (nothing else).")
+    ] = False,
 ) -> None:
     """Embed documents at several scales; write arrays plus a JSONL index of documents, spans and tokens."""
     with user_errors():
         from muses.encoder import MultiScaleEncoder
-        from muses.io import read_documents, write_embeddings
+        from muses.io import check_format, read_documents, write_embedding_files
+        from muses.output_folder import OutputFolder
 
         scale_list = _parse_scales(scales)
-        if out.exists() and not overwrite:
-            raise InputError(f"output {out} already exists; choose another path or pass --overwrite.")
-        docs = list(read_documents(input, text_field=text_field, one_document=one_document))
-        if not docs:
-            raise InputError(f"{input} holds no documents (every line is empty).")
-        enc = MultiScaleEncoder.from_base(model)
-        embs = enc.encode_documents(
-            docs,
-            scales=scale_list,
-            dim=dim,
-            context=context,  # type: ignore[arg-type]
-            batch_size=batch_size,
-            show_progress_bar=True,
-        )
-        meta = {"model": model, "input": str(input), "context": context, "n_documents": len(docs)}
-        path = write_embeddings(out, embs, scale_list, meta, fmt=fmt, overwrite=overwrite)  # type: ignore[arg-type]
+        array_format = check_format(fmt)
+        with OutputFolder(out, overwrite=overwrite) as output:  # checked before the (slow) encoding
+            docs = list(read_documents(input, text_field=text_field, one_document=one_document, max_chars=max_chars))
+            if not docs:
+                raise InputError(f"{input} holds no documents (every line is empty).")
+            enc = MultiScaleEncoder.from_base(model)
+            _check_dim(dim, enc.dims)
+            embs = enc.encode_documents(
+                docs,
+                scales=scale_list,
+                dim=dim,
+                context=context,  # type: ignore[arg-type]
+                batch_size=batch_size,
+                show_progress_bar=True,
+            )
+            meta = {"model": model, "input": str(input), "context": context, "n_documents": len(docs)}
+            write_embedding_files(output.staging, embs, scale_list, meta, fmt=array_format)
+            path = output.commit()
         console.print(f"wrote {len(embs)} documents, {sum(len(e.doc.sentences) for e in embs)} sentences to {path}")
+
+
+def _check_dim(dim: int | None, dims: list[int]) -> None:
+    """Refuse a ``--dim`` that is not one of the model's Matryoshka dims (as ``muses index add`` does)."""
+    if dim is not None and dim not in dims:
+        raise InputError(f"dim {dim} is not available: this model's Matryoshka dims are {dims}; pass one with --dim.")
 
 
 @eval_app.command("sts")
@@ -467,7 +482,8 @@ def _show_sample(model: str) -> None:
 
 def _print_summary(out: Path) -> None:
     """Headline metrics of every model in a report, at 384 and 64 dims."""
-    from muses.evaluation.report import HEADLINES, dim_table, load_results
+    from muses.evaluation.report import load_results
+    from muses.evaluation.tables import HEADLINES, dim_table
 
     results = load_results(out)
     summary = Table(title=f"Short evaluation report (quick profile; {out}/report.md; full numbers: muses eval all)")

@@ -174,21 +174,29 @@ class MultiScaleEncoder(nn.Module):
         meta_path = folder / MUSES_META
         if not meta_path.is_file():
             raise ModelError(f"{folder} is not a saved MuSES model (no {MUSES_META}); use from_base for a base model.")
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+        meta = _read_json(meta_path)
+        if not isinstance(meta, dict):
+            raise ModelError(f"{meta_path} is not a JSON object; restore the file or save the model again.")
         if meta.get("format_version", 0) > FORMAT_VERSION:
             raise ModelError(f"{folder} was saved by a newer MuSES (format {meta['format_version']}); upgrade muses.")
-        modules = json.loads((folder / "modules.json").read_text(encoding="utf-8"))
-        paths = [m["path"] for m in modules]
+        paths = _module_paths(folder)
         if len(paths) != 2 or paths[1] != HEADS_FOLDER:
             raise ModelError(f"{folder}/modules.json does not list [Transformer, {HEADS_FOLDER}].")
-        if any((folder / p / "pytorch_model.bin").exists() for p in paths):
-            raise ModelError(f"{folder} holds pickled weights (pytorch_model.bin); MuSES loads only safetensors.")
-        transformer = Transformer.load(str(folder), subfolder=paths[0], local_files_only=True)
+        for p in paths:
+            check_safetensors(folder / p, _MUSES_FIX, strict=True)
+        try:
+            transformer = Transformer.load(
+                str(folder), subfolder=paths[0], local_files_only=True, model_kwargs={"use_safetensors": True}
+            )
+        except Exception as e:  # transformers raises OSError, ValueError, KeyError... for a damaged folder
+            raise ModelError(
+                f"could not load the transformer of {folder}: {type(e).__name__}: {str(e)[:300]}; {_MUSES_FIX}."
+            ) from e
         heads = MultiScaleHeads.load(str(folder), subfolder=HEADS_FOLDER)
         model = SentenceTransformer(modules=[transformer, heads], device=device)
         return cls(
             model,
-            window_overlap=int(meta["window_overlap"]),
+            window_overlap=int(meta.get("window_overlap", 64)),
             splitter=meta.get("splitter", DEFAULT_SPLITTER),
             base_name=str(meta.get("base_model", "")),
         )
@@ -466,15 +474,104 @@ def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
 
 
 def load_sentence_transformer(name: str, device: str | None) -> SentenceTransformer:
+    """A sentence-transformers model from a local folder or the hub, reading only safetensors weights.
+
+    A local folder is checked before anything opens it (see :func:`check_base_folder`); every model, hub ones
+    included, is loaded with ``use_safetensors=True``, so a pickle (``pytorch_model.bin``) is never read.
+    """
+    if Path(name).is_dir():
+        try:
+            check_base_folder(Path(name))
+        except ModelError as e:
+            raise ModelError(f"could not load model {name!r} as a local folder: {e}") from None
     try:
-        return SentenceTransformer(name, device=device)
+        return SentenceTransformer(name, device=device, model_kwargs={"use_safetensors": True})
     except Exception as e:  # the hub client, file system and config parsing all raise different types
         where = "local folder" if Path(name).exists() else "Hugging Face hub name"
         raise ModelError(
             f"could not load model {name!r} as a {where}: {type(e).__name__}: {str(e)[:300]}. Pass an existing "
-            "sentence-transformers folder, a hub name reachable from this machine, or 'default' for the bundled "
-            "all-MiniLM-L6-v2."
+            "sentence-transformers folder with safetensors weights, a hub name reachable from this machine, or "
+            "'default' for the bundled all-MiniLM-L6-v2."
         ) from e
+
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+"""Weight files that torch or transformers would unpickle; MuSES never opens them."""
+SAFETENSORS_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+_BASE_FIX = (
+    "convert it once where you trust it: load it and save it with "
+    "model.save_pretrained(folder, safe_serialization=True), or safetensors.torch.save_file(state_dict, "
+    "'model.safetensors')"
+)
+_MUSES_FIX = "a MuSES folder holds only JSON and safetensors: restore its files from a copy, or save the model again"
+_BASE_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def check_safetensors(folder: Path, fix: str = _BASE_FIX, strict: bool = False) -> None:
+    """Refuse a module folder whose weights are missing or pickles: it must hold ``model.safetensors``.
+
+    Only file names are looked at; no weight file is opened. With ``strict`` (MuSES folders, which never hold a
+    pickle) a pickle beside the safetensors is refused too; otherwise it is ignored (only safetensors are read).
+
+    Raises:
+        ModelError: naming the folder, the file and ``fix``.
+    """
+    names = sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    pickled = [n for n in names if n.endswith(PICKLE_SUFFIXES)]
+    has_safetensors = any(n in names for n in SAFETENSORS_WEIGHTS)
+    if pickled and (strict or not has_safetensors):
+        raise ModelError(
+            f"{folder} holds pickled weights ({pickled[0]}), and MuSES never unpickles: it loads only "
+            f"model.safetensors; {fix}."
+        )
+    if not has_safetensors:
+        raise ModelError(f"{folder} has no model.safetensors (its weights); {fix}.")
+
+
+def check_base_folder(folder: Path) -> None:
+    """Check a local sentence-transformers (or transformers) folder before loading it: only Transformer, Pooling
+    and Normalize modules, and the Transformer's weights in safetensors. Raises :class:`ModelError`."""
+    if not (folder / "modules.json").is_file():
+        check_safetensors(folder)  # a plain transformers folder: weights at its root
+        return
+    for path, kind in _module_kinds(folder):
+        if kind not in _BASE_MODULES:
+            raise ModelError(
+                f"model {str(folder)!r} has a {kind} module; MuSES supports Transformer -> Pooling -> Normalize."
+            )
+        if kind == "Transformer":
+            check_safetensors(folder / path)
+
+
+def _read_json(path: Path) -> Any:
+    """Parse a model's JSON file, or raise a ModelError naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ModelError(f"{path} is missing; restore it, or save the model again.") from None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise ModelError(
+            f"{path} is not readable JSON ({type(e).__name__}); restore it, or save the model again."
+        ) from None
+
+
+def _module_kinds(folder: Path) -> list[tuple[str, str]]:
+    """``(path, class name)`` of each module listed in ``folder/modules.json``."""
+    modules = _read_json(folder / "modules.json")
+    ok = isinstance(modules, list) and all(
+        isinstance(m, dict) and isinstance(m.get("path", ""), str) and isinstance(m.get("type"), str) for m in modules
+    )
+    if not ok:
+        raise ModelError(f"{folder}/modules.json is not a list of modules; restore it, or save the model again.")
+    for m in modules:
+        if Path(m.get("path", "")).is_absolute() or ".." in Path(m.get("path", "")).parts:
+            raise ModelError(f"{folder}/modules.json lists a module outside the folder ({m['path']!r}); fix the file.")
+    return [(m.get("path", ""), m["type"].rsplit(".", 1)[-1]) for m in modules]
+
+
+def _module_paths(folder: Path) -> list[str]:
+    """The module folders listed in ``folder/modules.json``, in order."""
+    return [path for path, _ in _module_kinds(folder)]
 
 
 def _split_base(st: SentenceTransformer, name: str) -> tuple[Transformer, PoolingMode]:

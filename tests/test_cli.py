@@ -105,3 +105,112 @@ def test_user_errors_are_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "o"), "--dim", "999"])
     assert result.exit_code == 2 and "dim 999 is not available" in result.output
     assert "Traceback" not in result.output
+
+
+def _no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make any encoding fail the test: the error must come before the slow part."""
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("encoded before the input, output and options were checked")
+
+    monkeypatch.setattr(MultiScaleEncoder, "encode_documents", fail)
+
+
+def _one_line_error(result: object, message: str) -> None:
+    output = result.output  # type: ignore[attr-defined]
+    assert result.exit_code == 2, output  # type: ignore[attr-defined]
+    lines = [line for line in output.splitlines() if "Loading weights" not in line and line.strip()]
+    assert "Traceback" not in output and len(lines) == 1 and lines[0].startswith("error: "), output
+    assert message in lines[0], output
+
+
+def test_overwrite_never_deletes_a_folder_muses_did_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _write_jsonl(tmp_path / "docs.jsonl", [{"text": "Precious input."}])
+    (tmp_path / "notes.txt").write_text("mine")
+    monkeypatch.chdir(tmp_path)
+    _no_encoding(monkeypatch)
+    result = runner.invoke(app, ["encode", "docs.jsonl", "-o", ".", "--overwrite"])
+    _one_line_error(result, "was not written by muses encode (it has no meta.json), so --overwrite will not replace it")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "notes.txt"]
+
+
+def test_overwrite_swaps_in_a_new_output(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    for text in ("First run.", "Second run."):
+        src = _write_jsonl(tmp_path / "d.jsonl", [{"id": text, "text": text}])
+        result = runner.invoke(app, ["encode", str(src), "-o", str(out), "--overwrite", "--dim", "32"])
+        assert result.exit_code == 0, result.output
+    assert json.loads((out / "index.jsonl").read_text())["id"] == "Second run."
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl", "out"], "no staging or old folder is left"
+
+
+def test_overwrite_onto_a_file_and_output_under_a_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text."}])
+    _no_encoding(monkeypatch)
+    result = runner.invoke(app, ["encode", str(src), "-o", str(src), "--overwrite"])
+    _one_line_error(result, "is a file, not a folder; --overwrite replaces only a folder written by muses encode")
+    result = runner.invoke(app, ["encode", str(src), "-o", str(src / "out")])
+    _one_line_error(result, "d.jsonl is a file, not a folder; choose an output path inside a folder")
+    assert json.loads(src.read_text()) == {"text": "Some text."}
+
+
+def test_unwritable_output_is_refused_before_encoding(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text."}])
+    real_mkdir = Path.mkdir
+
+    def deny(self: Path, *args: object, **kwargs: object) -> None:
+        if self.parent.name == "ro":
+            raise PermissionError(13, "Permission denied")
+        real_mkdir(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Path, "mkdir", deny)
+    _no_encoding(monkeypatch)
+    (tmp_path / "ro").mkdir()
+    result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "ro" / "out")])
+    _one_line_error(result, "(Permission denied); choose a writable output folder")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b'{"text": "caf\xe9"}\n', "d.jsonl:1: not UTF-8"),
+        (b'{"text": "x", "metadata": "bio"}\n', "d.jsonl:1: metadata must be a JSON object"),
+        (b'{"text": "x", "metadata": [1]}\n', "d.jsonl:1: metadata must be a JSON object"),
+        (b'{"text": ' + b"[" * 5000 + b"]" * 5000 + b"}\n", "d.jsonl:1: JSON nested too deeply"),
+        (b'{"text": "lone \\ud800 surrogate"}\n', "lone surrogate"),
+        (b'{"id": "", "text": "x"}\n', "d.jsonl:1: id is empty"),
+        (b'{"id": "big", "text": "' + b"long " * 20 + b'"}\n', "document 'big' has 100 characters, over the limit"),
+    ],
+)
+def test_bad_input_is_one_line_before_encoding(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: bytes, message: str
+) -> None:
+    src = tmp_path / "d.jsonl"
+    src.write_bytes(content)
+    _no_encoding(monkeypatch)
+    result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "out"), "--max-chars", "99"])
+    _one_line_error(result, message)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"], "nothing is left behind"
+
+
+def test_input_directory_says_it_is_one(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["encode", str(tmp_path), "-o", str(tmp_path / "out")])
+    _one_line_error(result, "is a directory; pass one .jsonl or text file inside it")
+
+
+def test_dim_must_be_one_of_the_models_dims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text."}])
+    _no_encoding(monkeypatch)
+    result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "out"), "--dim", "100"])
+    _one_line_error(result, "dim 100 is not available: this model's Matryoshka dims are [32, 64, 128, 256, 384]")
+    assert not (tmp_path / "out").exists()
+
+
+def test_model_without_safetensors_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text."}])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    (model / "pytorch_model.bin").write_bytes(b"never opened")
+    result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "out"), "--model", str(model)])
+    _one_line_error(result, "holds pickled weights (pytorch_model.bin), and MuSES never unpickles")

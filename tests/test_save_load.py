@@ -88,3 +88,76 @@ def test_refuses_pickles_and_foreign_folders(trained_like: tuple[MultiScaleEncod
     (bad / "muses.json").write_text(json.dumps({**meta, "format_version": 99}))
     with pytest.raises(ModelError, match="newer MuSES"):
         MultiScaleEncoder.load(bad)
+
+
+def _tiny_base_folder(folder: Path, transformer_path: str = "") -> Path:
+    """A tiny sentence-transformers folder (BERT, hidden 16, one layer; the bundled model's tokenizer) whose
+    transformer weights are only a pickle, ``pytorch_model.bin``, as older sentence-transformers folders are."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from muses.encoder import default_base_path
+
+    src = default_base_path()
+    weights = folder / transformer_path
+    weights.mkdir(parents=True)
+    for name in ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(src / name, weights / name)
+    (weights / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 256}))
+    config = BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    config.save_pretrained(weights)
+    torch.manual_seed(0)
+    torch.save(BertModel(config).state_dict(), weights / "pytorch_model.bin")
+    (folder / "1_Pooling").mkdir()
+    (folder / "1_Pooling" / "config.json").write_text(
+        json.dumps({"word_embedding_dimension": 16, "pooling_mode_mean_tokens": True})
+    )
+    modules = [
+        {"idx": 0, "name": "0", "path": transformer_path, "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+    ]
+    (folder / "modules.json").write_text(json.dumps(modules))
+    return folder
+
+
+@pytest.mark.parametrize("transformer_path", ["", "0_Transformer"])
+def test_base_folder_with_pickled_weights_is_refused_unopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, transformer_path: str
+) -> None:
+    folder = _tiny_base_folder(tmp_path / "pickled-base", transformer_path)
+
+    def no_unpickling(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load was called: MuSES must never open a pickle")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(ModelError, match=r"pickled weights \(pytorch_model\.bin\).*safe_serialization=True"):
+        MultiScaleEncoder.from_base(folder)
+    from muses.encoder import load_sentence_transformer
+
+    with pytest.raises(ModelError, match="never unpickles"):
+        load_sentence_transformer(str(folder), "cpu")
+
+
+def test_base_folder_converted_to_safetensors_loads(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    folder = _tiny_base_folder(tmp_path / "base")
+    state = torch.load(folder / "pytorch_model.bin", weights_only=True)  # the test's own trusted file
+    save_file(state, str(folder / "model.safetensors"))
+    (folder / "pytorch_model.bin").unlink()
+    enc = MultiScaleEncoder.from_base(folder, dims=[8, 16])
+    assert enc.encode_sentences(["converted once, loaded safely"]).shape == (1, 16)
+
+
+def test_muses_folder_without_model_safetensors(trained_like: tuple[MultiScaleEncoder, Path], tmp_path: Path) -> None:
+    import shutil
+
+    _, path = trained_like
+    broken = Path(shutil.copytree(path, tmp_path / "broken"))
+    (broken / "model.safetensors").unlink()
+    with pytest.raises(ModelError, match=r"no model\.safetensors.*save the model again"):
+        MultiScaleEncoder.load(broken)
+    (broken / "modules.json").write_text("{not json")
+    with pytest.raises(ModelError, match=r"modules\.json is not readable JSON"):
+        MultiScaleEncoder.load(broken)
