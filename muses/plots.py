@@ -13,7 +13,7 @@ import numpy as np
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
-from muses.evaluation.report import HEADLINES, dim_table
+from muses.evaluation.tables import HEADLINES, dim_table
 
 SCORINGS = ("document", "sentence", "token-rerank", "fusion-wsum", "fusion-rrf")
 

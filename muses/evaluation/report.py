@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import re
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -41,9 +40,9 @@ from muses.evaluation.hierarchy import evaluate_hierarchy, scifact_documents, wi
 from muses.evaluation.knn import evaluate_knn
 from muses.evaluation.retrieval import evaluate_beir_retrieval
 from muses.evaluation.sts import evaluate_sts
+from muses.evaluation.tables import HEADLINES, dim_table
 
 Metrics = dict[str, float]
-_DIM_KEY = re.compile(r"^(?P<name>.+)@(?P<dim>\d+)$")
 
 
 @dataclass(frozen=True)
@@ -110,36 +109,6 @@ PROFILES: dict[str, Profile] = {
         dims=(64, 384),
     ),
 }
-
-# The rows shown in markdown and compare tables (results.json keeps every metric).
-HEADLINES: dict[str, tuple[str, ...]] = {
-    "sts": ("spearman",),
-    "scifact": (
-        "document/ndcg@10",
-        "sentence/ndcg@10",
-        "token-rerank/ndcg@10",
-        "fusion-wsum/ndcg@10",
-        "fusion-rrf/ndcg@10",
-        "document/recall@100",
-    ),
-    "evidence": ("flat/recall@1", "flat/recall@10", "flat/mrr@100", "zoom/recall@1", "zoom/recall@10", "zoom/mrr@100"),
-    "squad": (
-        "unambiguous/flat/recall@1",
-        "unambiguous/flat/mrr@100",
-        "unambiguous/zoom/recall@1",
-        "unambiguous/zoom/mrr@100",
-        "all/flat/recall@1",
-    ),
-    "hierarchy": (
-        "wikipedia/hierarchy/batch32",
-        "wikipedia/hierarchy/all",
-        "scifact/hierarchy/batch32",
-        "scifact/hierarchy/all",
-    ),
-    "knn": ("knn/document/accuracy", "knn/document/macro_f1", "knn/sentence/accuracy", "knn/sentence/macro_f1"),
-    "routing": ("tokens_per_s", "moe/balance", "moe/max_balance", "moe/drop_rate", "moe/specialisation"),
-}
-HEADLINES["squad-standalone"] = HEADLINES["squad"]
 
 
 @dataclass
@@ -299,17 +268,6 @@ def environment() -> dict[str, Any]:
         "torch": torch.__version__,
         "sentence_transformers": sentence_transformers.__version__,
     }
-
-
-def dim_table(metrics: Mapping[str, float], headlines: Sequence[str]) -> tuple[list[int], dict[str, dict[int, float]]]:
-    """Rows ``{metric name: {dim: value}}`` for the headline metrics, and the sorted dims present."""
-    rows: dict[str, dict[int, float]] = {}
-    for key, value in metrics.items():
-        m = _DIM_KEY.match(key)
-        if m and m["name"] in headlines:
-            rows.setdefault(m["name"], {})[int(m["dim"])] = value
-    dims = sorted({d for r in rows.values() for d in r})
-    return dims, {h: rows[h] for h in headlines if h in rows}
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
