@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 import muses.scratch.model  # registers "muses-scratch", the from-scratch encoder, with the Auto classes
 import muses.scratch.upcycle  # noqa: F401  (registers "muses-moe-bert", the upcycled BERT)
 from muses.errors import InputError, ModelError
+from muses.fingerprint import weights_fingerprint
 from muses.heads import SCALES, HeadKind, matryoshka, resolve_dim
 from muses.pooling import POOLING_MODES, PoolingMode
 from muses.st_module import MultiScaleHeads
@@ -447,6 +448,29 @@ class MultiScaleEncoder(nn.Module):
         return self.encode_sentences(
             [prompt + q for q in texts] if prompt else texts, dim, batch_size, show_progress_bar
         )
+
+    def encode_query_tokens(self, queries: Sequence[str], batch_size: int = 32) -> list[np.ndarray]:
+        """Token vectors of search queries (query prompt prepended): one ``[t_q, D]`` L2-normalised array each,
+        for ColBERT-style MaxSim (:func:`muses.scoring.token_maxsim`)."""
+        texts = check_texts(queries, "query")
+        prompt = self.heads.query_prompt
+        with torch.inference_mode():
+            states = self.token_states([prompt + t for t in texts], batch_size)
+            head = self.heads.heads["token"]
+            return [nn.functional.normalize(head(s.content).float(), dim=-1).cpu().numpy() for s in states]
+
+    def fingerprint(self, context: str = "document") -> str:
+        """A 16-hex-digit hash of the weights and of everything else that shapes the vectors (window, overlap,
+        splitter, sentence ``context``): equal fingerprints, comparable vectors. Stores record it. Computed afresh on
+        each call (the weights may have trained since): keep the value where it is needed more than once."""
+        extra = {
+            "kind": "muses",
+            "context": context,
+            "window": self.window,
+            "overlap": self.window_overlap,
+            "splitter": str(self.splitter),
+        }
+        return weights_fingerprint(self, extra)
 
     def iter_encode_documents(
         self, documents: Iterable[str | Document], chunk_size: int = 256, **kwargs: Any

@@ -17,9 +17,8 @@ fingerprint, dataset, scale and settings, so re-running a report does not re-enc
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -31,6 +30,7 @@ from safetensors.numpy import load_file, save_file
 from sentence_transformers import SentenceTransformer
 
 from muses.encoder import MultiScaleEncoder
+from muses.fingerprint import weights_fingerprint
 from muses.types import Document
 
 
@@ -101,16 +101,6 @@ def _link(docs: Sequence[Document], counts: Sequence[int]) -> tuple[np.ndarray, 
     return doc.astype(np.int64), pos.astype(np.int64)
 
 
-def weights_fingerprint(module: torch.nn.Module, extra: Mapping[str, object]) -> str:
-    """sha256 over every parameter and buffer (names, shapes, bytes) and the JSON of ``extra``."""
-    h = hashlib.sha256(json.dumps(extra, sort_keys=True, default=str).encode())
-    for name, t in sorted(module.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(tuple(t.shape)).encode())
-        h.update(t.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
 class MusesCorpusEncoder:
     """A :class:`MultiScaleEncoder` as a :class:`CorpusEncoder` (sentence vectors in context by default)."""
 
@@ -126,14 +116,7 @@ class MusesCorpusEncoder:
 
     def fingerprint(self) -> str:
         if self._fingerprint is None:
-            extra = {
-                "kind": "muses",
-                "context": self.context,
-                "window": self.encoder.window,
-                "overlap": self.encoder.window_overlap,
-                "splitter": str(self.encoder.splitter),
-            }
-            self._fingerprint = weights_fingerprint(self.encoder, extra)
+            self._fingerprint = self.encoder.fingerprint(self.context)
         return self._fingerprint
 
     def encode_queries(self, texts: Sequence[str]) -> np.ndarray:
@@ -143,10 +126,7 @@ class MusesCorpusEncoder:
         return self.encoder.encode_sentences(sentences, dim=dim, batch_size=self.batch_size)
 
     def encode_query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
-        prompt = self.encoder.heads.query_prompt
-        with torch.inference_mode():
-            states = self.encoder.token_states([prompt + t for t in texts], self.batch_size)
-            return [_normalize(self.encoder.heads.heads["token"](s.content)) for s in states]
+        return self.encoder.encode_query_tokens(texts, self.batch_size)
 
     def encode_corpus(self, docs: Sequence[Document], with_tokens: bool = False) -> CorpusVectors:
         scales = ("document", "sentence", "token") if with_tokens else ("document", "sentence")
