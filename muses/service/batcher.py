@@ -34,7 +34,8 @@ class QueryBatcher(Generic[T]):
         self._worker.start()
 
     def encode(self, text: str) -> T:
-        """Encode one query (batched with any concurrent ones); exceptions of the batch are raised here."""
+        """Encode one query (batched with any concurrent ones); the error of encoding this query, if any, is
+        raised here (another query's error in the same batch is not)."""
         future: Future[T] = Future()
         with self._cond:
             if self._closed:
@@ -54,15 +55,27 @@ class QueryBatcher(Generic[T]):
                 while len(self._queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
                     self._cond.wait(left)
                 batch, self._queue = self._queue[: self.max_batch], self._queue[self.max_batch :]
-            try:
-                results = self._encode([text for text, _ in batch])
-                for (_, future), result in zip(batch, results, strict=True):
-                    future.set_result(result)
-            except BaseException as e:  # hand the error to every waiting caller
-                for _, future in batch:
-                    future.set_exception(e)
+            self._run_batch(batch)
             self.batches += 1
             self.queries += len(batch)
+
+    def _run_batch(self, batch: list[tuple[str, Future[T]]]) -> None:
+        """Encode ``batch`` in one call; if that fails, encode its queries one by one, so that a bad query's
+        error reaches only its own caller and every other query still gets its result."""
+        try:
+            results = self._encode([text for text, _ in batch])
+            if len(results) != len(batch):
+                raise RuntimeError(f"the query encoder returned {len(results)} results for {len(batch)} queries")
+        except BaseException as e:
+            if len(batch) == 1 or not isinstance(e, Exception):  # no retry of KeyboardInterrupt and the like
+                for _, future in batch:
+                    future.set_exception(e)
+            else:
+                for item in batch:
+                    self._run_batch([item])
+            return
+        for (_, future), result in zip(batch, results, strict=True):
+            future.set_result(result)
 
     def close(self) -> None:
         """Finish queued work and stop the worker."""
