@@ -11,11 +11,11 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from muses.cli_common import ModelOpt, console, user_errors
+from muses.cli_common import console, user_errors
 from muses.errors import InputError
 
 if TYPE_CHECKING:
-    from muses.store import Hit, MemoryStore
+    from muses.store import Hit, MemoryStore, StoreConfig
 
 index_app = typer.Typer(
     help="A persistent multi-scale memory store: add, search, zoom, stats, rm.", no_args_is_help=True
@@ -62,36 +62,76 @@ def _read_inputs(paths: list[Path], one_document: bool) -> list[Any]:
     return docs
 
 
+NewModelOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="MuSES folder, sentence-transformers folder or hub name (new stores; default: 'default' = bundled "
+        "all-MiniLM-L6-v2). An existing store loads the model it records.",
+    ),
+]
+
+
 @index_app.command("add")
 def add(
     paths: Annotated[list[Path], typer.Argument(help="JSONL / text files, or folders of them.")],
     store: StoreOpt = None,
-    model: ModelOpt = "default",
+    model: NewModelOpt = None,
     dim: Annotated[int | None, typer.Option(help="Stored Matryoshka dim (new stores; default: full).")] = None,
-    index: Annotated[str, typer.Option(help="flat (exact), hnsw or ivfpq (new stores).")] = "flat",
-    token_pool: Annotated[int, typer.Option(help="Tokens pooled per stored token vector; 0: none.")] = 4,
+    index: Annotated[str | None, typer.Option(help="flat (exact), hnsw or ivfpq (new stores; default: flat).")] = None,
+    token_pool: Annotated[
+        int | None, typer.Option(help="Tokens pooled per stored token vector; 0: none (new stores; default: 4).")
+    ] = None,
+    durable: Annotated[
+        bool, typer.Option("--durable", help="Fsync every commit, so commits survive a power loss (new stores).")
+    ] = False,
     upsert: Annotated[bool, typer.Option(help="Replace documents whose id is already stored.")] = False,
     one_document: Annotated[bool, typer.Option(help="A text file is one document (not one per line).")] = False,
 ) -> None:
-    """Add documents to a store (created on first use with --model, --dim, --index, --token-pool)."""
+    """Add documents to a store (created on first use with --model, --dim, --index, --token-pool, --durable).
+
+    On an existing store, leave those options out: one that differs from the store's is refused.
+    """
     with user_errors():
-        from pydantic import ValidationError
-
-        from muses.encoder import MultiScaleEncoder
-        from muses.store import MemoryStore, StoreConfig
-
         path = _store_path(store)
         docs = _read_inputs(paths, one_document)
-        if (path / "store.sqlite").exists():
-            s = MemoryStore.open(path)
-        else:
-            try:
-                config = StoreConfig.model_validate({"dim": dim, "index": index, "token_pool": token_pool})
-            except ValidationError as e:
-                raise InputError(f"bad store settings: {e.errors()[0]['loc'][0]}: {e.errors()[0]['msg']}") from None
-            s = MemoryStore.create(path, MultiScaleEncoder.from_base(model), config, model=model)
+        given = {"dim": dim, "index": index, "token_pool": token_pool, "durable": durable or None}
+        s = _open_or_create(path, model, {k: v for k, v in given.items() if v is not None})
         ids = s.add(docs, upsert=upsert)
         console.print(f"added {len(ids)} documents to {path} ({len(s)} in all)")
+
+
+def _store_config(settings: dict[str, Any]) -> StoreConfig:
+    """``settings`` (StoreConfig fields) validated, the others at their defaults."""
+    from pydantic import ValidationError
+
+    from muses.store import StoreConfig
+
+    try:
+        return StoreConfig.model_validate(settings)
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise InputError(f"bad store setting --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}.") from None
+
+
+def _open_or_create(path: Path, model: str | None, settings: dict[str, Any]) -> MemoryStore:
+    """The store in ``path``, created with ``model`` and ``settings`` when there is none yet (or only an unfinished
+    one). An existing store, even one that a concurrent ``index add`` created a moment ago, is used if the model
+    and settings given (only those given) agree with its own, and refused with the differences otherwise."""
+    from muses.encoder import DEFAULT_BASE, MultiScaleEncoder
+    from muses.store import MemoryStore, StoreExistsError
+
+    config = _store_config(settings)  # a bad value is an error for an existing store too
+    if not MemoryStore.exists(path):
+        name = model or DEFAULT_BASE
+        try:
+            return MemoryStore.create(path, MultiScaleEncoder.from_base(name), config, model=name)
+        except StoreExistsError:
+            pass  # another process created it while the model loaded: use theirs, if the settings agree
+    s = MemoryStore.open(path)
+    s.check_settings(model=model, **settings)
+    return s
 
 
 def _highlighted(hit: Hit) -> Text:
@@ -176,15 +216,19 @@ def rm(
     with user_errors():
         s = _open(store)
         n = s.delete(ids)
-        console.print(f"deleted {n} documents ({len(s)} left)")
+        console.print(f"deleted {n} document{'' if n == 1 else 's'} ({len(s)} left)")
 
 
 def serve(
     store: StoreOpt = None,
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port.")] = 8765,
-    api_key: Annotated[
-        str | None, typer.Option(help="Key required for writes (default: $MUSES_API_KEY; none: read-only).")
+    api_key_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File holding the key required for writes (read once, stripped). Default: $MUSES_API_KEY; "
+            "neither: read-only. The key is never taken on the command line, where the process list shows it."
+        ),
     ] = None,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 8.0,
 ) -> None:
@@ -192,10 +236,10 @@ def serve(
     with user_errors():
         import uvicorn
 
-        from muses.service import ServiceLimits, create_app
+        from muses.service import ServiceLimits, create_app, load_api_key
 
+        key = load_api_key(api_key_file)  # before opening the store: a bad key file fails fast
         s = _open(store)
-        key = api_key or os.environ.get("MUSES_API_KEY") or None
         app = create_app(s, key, ServiceLimits(max_request_bytes=int(max_request_mb * 1_000_000)))
         console.print(
             f"serving {s.path} ({len(s)} documents) on http://{host}:{port} (writes {'on' if key else 'off'})"

@@ -10,7 +10,9 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -18,11 +20,13 @@ import pytest
 import torch
 
 from muses.data.squad import load_squad
-from muses.encoder import MultiScaleEncoder
+from muses.encoder import MultiScaleEncoder, default_base_path
 from muses.errors import InputError, ModelError
 from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.evidence import sentence_runs, squad_documents, squad_qrels
-from muses.store import MemoryStore, StoreConfig
+from muses.store import MemoryStore, StoreConfig, StoreExistsError
+from muses.store import db as store_db
+from muses.text import make_document
 from muses.types import Document
 
 N_DOCS = 24
@@ -230,3 +234,189 @@ def test_index_cli_add_search_stats_rm(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "does not exist" in result.output
     result = runner.invoke(app, ["index", "search", "x", "--store", str(tmp_path / "none")])
     assert result.exit_code == 2 and "holds no MuSES store" in result.output
+
+
+# ---------------------------------------------------------------------- hostile input (issue 13)
+TINY = [
+    {"id": "bee", "text": "Bees make honey. They live in hives.", "metadata": {"topic": "bio", "n": 1}},
+    {"id": "tax", "text": "Income tax is due in April.", "metadata": {"topic": "money", "n": 2}},
+    {"id": "a/b", "text": "Ids may hold slashes.", "metadata": {}},
+]
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory: pytest.TempPathFactory, encoder: MultiScaleEncoder) -> MemoryStore:
+    """Three short documents, token vectors kept (every scale works)."""
+    s = MemoryStore.create(tmp_path_factory.mktemp("tiny") / "m", encoder, StoreConfig(dim=32, token_pool=2))
+    s.add(TINY)
+    return s
+
+
+def test_a_filter_matching_nothing_gives_no_hits_at_every_scale(tiny: MemoryStore) -> None:
+    q = tiny.encode_queries(["bees"])[0]
+    for scale in ("document", "sentence", "token", "fusion"):
+        assert tiny.search(q, scale=scale, filters={"topic": "zzz"}) == [], scale  # fusion: zero-size array
+        assert tiny.search(q, scale=scale, filters={"topic": "bio"})[0].id == "bee", scale
+    assert tiny.zoom(q, filters={"topic": "zzz"}) == []
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [{"t": "\ud800"}, {"\udfff": 1}, {"deep": json.loads("[" * 900 + "]" * 900)}, {"x": float("nan")}, "bio", [1]],
+    ids=["surrogate-value", "surrogate-key", "nested-900", "nan", "string", "list"],
+)
+def test_metadata_that_cannot_be_read_back_is_refused(tmp_path: Path, encoder: MultiScaleEncoder, metadata) -> None:
+    s = MemoryStore.create(tmp_path / "m", encoder, StoreConfig(dim=32, token_pool=0))
+    with pytest.raises(InputError, match="item 0: metadata"):
+        s.add([{"id": "x", "text": "Some text.", "metadata": metadata}])
+    doc = make_document("Some text.", id="x")
+    doc.metadata = metadata
+    with pytest.raises(InputError, match="item 0: metadata"):
+        s.add([doc])
+    assert len(s) == 0
+
+
+def test_ids_are_checked_on_every_path(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    s = MemoryStore.create(tmp_path / "m", encoder, StoreConfig(dim=32, token_pool=0))
+    for bad, why in [("", "is empty"), ("x" * 513, "over the limit"), ("a\x00b", "control character"), (7, "str")]:
+        with pytest.raises(InputError, match=why):
+            s.add([{"id": bad, "text": "Some text."}])
+        with pytest.raises(InputError, match=why):
+            s.add([make_document("Some text.", id=bad)])  # type: ignore[arg-type]
+        with pytest.raises(InputError, match=why):
+            s.delete([bad])  # type: ignore[list-item]
+        with pytest.raises(InputError, match=why):
+            s.get(bad)  # type: ignore[arg-type]
+    assert len(s) == 0  # an empty id is not replaced by a random one
+    random_id, _ = s.add([{"id": None, "text": "No id given."}, {"id": "../etc/passwd", "text": "Slash."}])
+    assert len(random_id) == 32 and s.get("../etc/passwd")["text"] == "Slash."
+    with pytest.raises(InputError, match="wrap it in a list"):
+        s.delete("../etc/passwd")
+
+
+def test_delete_counts_an_id_given_twice_once(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    s = MemoryStore.create(tmp_path / "m", encoder, StoreConfig(dim=32, token_pool=0))
+    s.add([{"id": "a", "text": "One."}, {"id": "b", "text": "Two."}])
+    assert s.delete(["a", "a"]) == 1 and len(s) == 1
+
+
+@pytest.mark.parametrize(
+    "filters,why",
+    [
+        ({f"k{i}": i for i in range(5000)}, "over the limit"),
+        ({"n": 2**70}, "64-bit"),
+        ({"n": [2**64]}, "64-bit"),
+        ({"a b": 1}, "plain metadata field name"),
+        ({"n": float("inf")}, "finite"),
+        ({"t": "\ud800"}, "surrogate"),
+        (["topic"], "must be an object"),
+    ],
+)
+def test_bad_filters_are_refused(tiny: MemoryStore, filters, why: str) -> None:
+    with pytest.raises(InputError, match=why):
+        tiny.search("bees", filters=filters)
+    with pytest.raises(InputError, match=why):
+        tiny.zoom("bees", filters=filters)
+
+
+def test_corrupt_truncated_or_foreign_files_are_one_line_errors(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    good = tmp_path / "good"
+    s = MemoryStore.create(good, encoder, StoreConfig(dim=32, token_pool=0))
+    s.add([{"id": f"d{i}", "text": f"Document {i} is about bees. It has two sentences."} for i in range(30)])
+    s.close()
+    size = (good / "store.sqlite").stat().st_size
+    cases = {
+        "garbage": (b"this is not SQLite at all\n" * 100, "not a readable SQLite database"),
+        "truncated": ((good / "store.sqlite").read_bytes()[: size // 2], "not a readable SQLite database"),
+        "zero-byte": (b"", "creation was interrupted"),
+    }
+    for name, (content, why) in cases.items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "store.sqlite").write_bytes(content)
+        with pytest.raises(InputError, match=why) as e:
+            MemoryStore.open(tmp_path / name, encoder).search("bees")
+        assert str(tmp_path / name / "store.sqlite") in str(e.value) and "\n" not in str(e.value)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    sqlite3.connect(foreign / "store.sqlite").execute("CREATE TABLE people (name TEXT)").connection.close()
+    with pytest.raises(InputError, match="not a MuSES store"):
+        MemoryStore.open(foreign, encoder)
+
+
+def test_a_creation_killed_before_its_first_commit_is_taken_over(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    path = tmp_path / "m"
+    path.mkdir()
+    con = sqlite3.connect(path / "store.sqlite")  # what a creation killed before its commit leaves
+    con.executescript(store_db.SCHEMA)
+    con.close()
+    (path / "write.lock").touch()
+    with pytest.raises(InputError, match=r"creation was interrupted.*Create the store again"):
+        MemoryStore.open(path, encoder)
+    assert not MemoryStore.exists(path)
+    s = MemoryStore.create(path, encoder, StoreConfig(dim=32, token_pool=0))
+    s.add(["It works again."])
+    assert len(MemoryStore.open(path, encoder)) == 1
+    with pytest.raises(StoreExistsError, match="already holds a store"):
+        MemoryStore.create(path, encoder)
+
+
+def test_durable_stores_fsync_every_commit(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    normal = MemoryStore.create(tmp_path / "n", encoder, StoreConfig(dim=32, token_pool=0))
+    durable = MemoryStore.create(tmp_path / "d", encoder, StoreConfig(dim=32, token_pool=0, durable=True))
+    synchronous = "PRAGMA synchronous"  # 1 = NORMAL, 2 = FULL
+    assert normal._con.execute(synchronous).fetchone()[0] == 1
+    assert durable._con.execute(synchronous).fetchone()[0] == 2
+    assert MemoryStore.open(tmp_path / "d", encoder)._con.execute(synchronous).fetchone()[0] == 2
+
+
+def test_a_relative_model_path_is_recorded_absolute(
+    tmp_path: Path, encoder: MultiScaleEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    relative = os.path.relpath(default_base_path())
+    s = MemoryStore.create("m", encoder, StoreConfig(dim=32, token_pool=0), model=relative)
+    assert s.model_name == str(default_base_path().resolve())
+    s.check_settings(model=relative)  # the same model, however it is spelled
+    s.check_settings(model="default")
+    with pytest.raises(InputError, match="other settings: you asked for model 'elsewhere'"):
+        s.check_settings(model="elsewhere")
+    with pytest.raises(InputError, match=r"dim 64 \(the store has 32\); token_pool 4 \(the store has 0\)"):
+        s.check_settings(dim=64, token_pool=4)
+    monkeypatch.chdir(tmp_path.parent)
+    assert MemoryStore.open(tmp_path / "m").model_name == s.model_name  # loads the recorded model from elsewhere
+
+
+def test_concurrent_creators_share_one_store(
+    tmp_path: Path, encoder: MultiScaleEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two threads create the same store at once (the connect made slow to widen the race): with the same settings
+    both get the store; with another dim, the second gets the conflict, and the first store's settings stay."""
+    slow_connect = store_db.connect
+
+    def connect(*args, **kwargs):
+        time.sleep(0.2)
+        return slow_connect(*args, **kwargs)
+
+    monkeypatch.setattr(store_db, "connect", connect)
+
+    def race(path: Path, dims: tuple[int, int]) -> list[object]:
+        barrier = threading.Barrier(2)
+
+        def create(dim: int) -> object:
+            barrier.wait()
+            try:
+                return MemoryStore.create(path, encoder, StoreConfig(dim=dim, token_pool=0), exist_ok=True)
+            except InputError as e:
+                return e
+
+        with ThreadPoolExecutor(2) as pool:
+            return list(pool.map(create, dims))
+
+    first, second = race(tmp_path / "same", (32, 32))
+    assert isinstance(first, MemoryStore) and isinstance(second, MemoryStore), (first, second)
+    first.add([{"id": "a", "text": "Written by one."}])
+    assert second.get("a")["text"] == "Written by one."
+    other = race(tmp_path / "other", (32, 64))
+    errors = [r for r in other if isinstance(r, InputError)]
+    assert len(errors) == 1 and "other settings" in str(errors[0]), other
+    assert MemoryStore.open(tmp_path / "other", encoder).dim == (32 if isinstance(other[0], MemoryStore) else 64)

@@ -5,9 +5,10 @@ and ``write.lock``. Vectors are kept at one Matryoshka dim ``D``; searches may u
 
 - Writes (add, update, delete) encode outside the lock, then take the folder's file lock and commit one SQLite
   transaction: one writer at a time across processes, any number of readers (WAL), and a process killed mid-add
-  leaves every earlier commit intact and nothing half-written.
+  leaves every earlier commit intact and nothing half-written. A power loss may lose the last commits (the file
+  stays consistent) unless the store is ``durable`` (``StoreConfig(durable=True)``: every commit fsynced).
 - FAISS indexes (exact or approximate, :mod:`muses.store.index`) are built in memory from SQLite, and rebuilt when
-  another commit has happened since (a readers sees new documents at its next search).
+  another commit has happened since (a reader sees new documents at its next search).
 - The token scale stores pooled token vectors: the mean of ``token_pool`` consecutive tokens of one sentence, with
   their character span, which bounds memory and still locates the words that match.
 
@@ -25,6 +26,7 @@ import json
 import os
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -35,20 +37,20 @@ import numpy as np
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
-from muses.encoder import MultiScaleEncoder
+from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, default_base_path
 from muses.errors import InputError, ModelError, UnknownIdError
-from muses.evaluation.corpus import MusesCorpusEncoder
-from muses.evaluation.retrieval import candidate_pool, fuse, sentence_maxsim, token_maxsim
-from muses.evaluation.sts import prefix_normalize
+from muses.scoring import candidate_pool, fuse, prefix_normalize, sentence_maxsim, token_maxsim
 from muses.store import db
 from muses.store.index import IndexKind, VectorIndex
 from muses.text import as_documents
 from muses.types import Document, MultiScaleEmbedding
+from muses.validation import check_filters, check_id, check_metadata, check_utf8
 
 Scale = Literal["document", "sentence", "token", "fusion"]
 SEARCH_SCALES: tuple[str, ...] = ("document", "sentence", "token", "fusion")
 DB_FILE = "store.sqlite"
 LOCK_FILE = "write.lock"
+_STORE_FILES = frozenset({DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE})
 
 
 class StoreConfig(BaseModel):
@@ -65,6 +67,11 @@ class StoreConfig(BaseModel):
     pq_m: int = Field(16, ge=1)
     nprobe: int = Field(8, ge=1)
     max_chars: int = Field(1_000_000, ge=1, description="refuse documents longer than this")
+    durable: bool = Field(
+        False,
+        description="fsync every commit (SQLite synchronous=FULL): commits survive a power loss, writes are slower; "
+        "default NORMAL: commits survive a killed process, a power loss may lose the last ones",
+    )
     fusion_weights: dict[str, float] = Field(
         default_factory=lambda: {"document": 0.0, "sentence": 0.3, "token": 0.7},
         description="min-max weighted-sum fusion (the evaluation suite's dev-fitted SciFact weights at 384d)",
@@ -155,23 +162,110 @@ def pool_tokens(emb: MultiScaleEmbedding, size: int) -> tuple[np.ndarray, np.nda
     )
 
 
+class StoreExistsError(InputError):
+    """:meth:`MemoryStore.create` found a finished store in the folder (e.g. another process created it first)."""
+
+
+def resolve_model(model: str) -> str:
+    """How to record ``model`` in a store: a local folder as an absolute path, so that the store opens from any
+    working directory; ``default``, hub names and ``""`` as given."""
+    if not model or model == DEFAULT_BASE:
+        return model
+    path = Path(model)
+    return str(path.resolve()) if path.exists() else model
+
+
+def same_model(a: str, b: str) -> bool:
+    """Whether two model names or paths name the same model (``default`` is the bundled folder)."""
+
+    def canonical(name: str) -> str:
+        name = resolve_model(name) or DEFAULT_BASE
+        if name == DEFAULT_BASE:
+            try:
+                return str(default_base_path().resolve())
+            except ModelError:
+                return name
+        return name
+
+    return canonical(a) == canonical(b)
+
+
+def _recorded(folder: Path) -> dict[str, Any] | None:
+    """The settings recorded in the store in ``folder``, or None when there is none yet: no database, or an
+    unfinished creation (a database without settings and without documents, left by a creation that was killed
+    before its first commit; :meth:`MemoryStore.create` takes it over).
+
+    Raises:
+        InputError: the file is not a readable SQLite database, or not a MuSES store.
+    """
+    file = folder / DB_FILE
+    if not file.exists():
+        return None
+    if not file.is_file():
+        raise InputError(f"{file} is not a file; move it away, or give another folder for the store.")
+    con = db.connect(file, readonly=True)
+    try:
+        with db.readable(file):
+            found = db.tables(con)
+            foreign = sorted(found - db.TABLES)
+            if foreign:
+                raise InputError(
+                    f"{file} is not a MuSES store (it holds the tables {foreign[:5]}); give another folder for the "
+                    "store, or move the file away."
+                )
+            meta = db.get_meta(con) if "meta" in found else {}
+            if "model" in meta:
+                return meta
+            has_docs = "documents" in found and con.execute("SELECT 1 FROM documents LIMIT 1").fetchone()
+    finally:
+        con.close()
+    if has_docs:
+        raise InputError(
+            f"{file} holds documents but no recorded model, so it is damaged; restore it from a backup, or move it "
+            "away and build the store again."
+        )
+    return None
+
+
+def _check_settings(folder: Path, meta: Mapping[str, Any], model: str | None, settings: Mapping[str, Any]) -> None:
+    """Refuse ``model`` and ``settings`` (``dim`` and :class:`StoreConfig` fields) that differ from ``meta``'s."""
+    recorded = StoreConfig.model_validate(meta["config"]).model_dump()
+    recorded["dim"] = meta["dim"]
+    conflicts = []
+    if model is not None and not same_model(model, meta["model"]):
+        conflicts.append(f"model {resolve_model(model)!r} (the store has {meta['model']!r})")
+    for key, value in settings.items():
+        if key not in recorded:
+            raise InputError(f"unknown store setting {key!r}; use one of {', '.join(sorted(recorded))}.")
+        if value != recorded[key]:
+            conflicts.append(f"{key} {value!r} (the store has {recorded[key]!r})")
+    if conflicts:
+        raise InputError(
+            f"{folder} already holds a store built with other settings: you asked for {'; '.join(conflicts)}. "
+            "Leave these settings out (or match the store's) to use this store, or give another folder for a new "
+            "store."
+        )
+
+
 class MemoryStore:
     """A multi-scale document memory in a folder. Build with :meth:`create`, reopen with :meth:`open`."""
 
     def __init__(self, path: Path, encoder: MultiScaleEncoder, model_name: str) -> None:
         self.path = path
         self.encoder = encoder
-        self._corpus = MusesCorpusEncoder(encoder, name=model_name)
         self._con = db.connect(path / DB_FILE)
-        meta = db.get_meta(self._con)
+        with db.readable(path / DB_FILE):
+            meta = db.get_meta(self._con)
         self.model_name: str = meta["model"]
         self.config = StoreConfig.model_validate(meta["config"])
+        db.set_durable(self._con, self.config.durable)
         self.dim: int = meta["dim"]
         self.fingerprint: str = meta["fingerprint"]
-        if self._corpus.fingerprint() != self.fingerprint:
+        given = encoder.fingerprint()
+        if given != self.fingerprint:
             raise ModelError(
                 f"store {path} was built with model {self.model_name!r} (fingerprint {self.fingerprint}); the model "
-                f"given, {model_name!r}, is another (fingerprint {self._corpus.fingerprint()}). Its vectors would "
+                f"given, {model_name!r}, is another (fingerprint {given}). Its vectors would "
                 "not be comparable: open the store with the model that built it, or build a new store."
             )
         self._lock = FileLock(str(path / LOCK_FILE))  # one writer across processes
@@ -186,49 +280,101 @@ class MemoryStore:
         encoder: MultiScaleEncoder,
         config: StoreConfig | None = None,
         model: str = "",
+        exist_ok: bool = False,
     ) -> MemoryStore:
         """A new, empty store in ``path`` (an empty or missing folder) for ``encoder``.
 
+        Checking the folder and creating the store happen under the folder's file lock, so concurrent creators
+        are safe: one creates the store, the others find it. A database left by a creation that was killed
+        before its first commit (no settings, no documents) is taken over.
+
         Args:
             model: how to load the encoder again (a path or name for ``MultiScaleEncoder.from_base``); recorded
-                so that :meth:`open` can load it.
+                so that :meth:`open` can load it, a local folder as an absolute path.
+            exist_ok: if ``path`` already holds a store (another process may have created it first), open it,
+                provided it has the same model, dim and config; otherwise an :class:`InputError` names the
+                differences. Without ``exist_ok``, an existing store raises :class:`StoreExistsError`.
         """
         folder = Path(path)
-        if (folder / DB_FILE).exists():
-            raise InputError(f"{folder} already holds a store; open it with MemoryStore.open (or `muses index`).")
-        if folder.exists() and any(folder.iterdir()):
-            raise InputError(f"{folder} is not empty; give a new folder for the store.")
         config = config or StoreConfig()
-        full = encoder.embed_dim
-        dim = config.dim or full
+        dim = config.dim or encoder.embed_dim
         if dim not in encoder.dims:
             raise InputError(f"store dim {dim} is not one of the model's Matryoshka dims {encoder.dims}.")
+        model = resolve_model(model or encoder.base_name)
+        cls._check_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        con = db.connect(folder / DB_FILE)
-        with FileLock(str(folder / LOCK_FILE)):
-            con.execute("BEGIN IMMEDIATE")
-            db.set_meta(
-                con,
-                model=model or encoder.base_name,
-                fingerprint=MusesCorpusEncoder(encoder).fingerprint(),
-                dim=dim,
-                config=config.model_dump(),
-                generation=0,
-            )
-            con.execute("COMMIT")
-        con.close()
-        return cls(folder, encoder, model or encoder.base_name)
+        with FileLock(str(folder / LOCK_FILE)):  # check-and-create in one step: concurrent creators queue here
+            meta = _recorded(folder)
+            if meta is None:
+                cls._initialise(folder, encoder, config, model, dim)
+        if meta is None:
+            return cls(folder, encoder, model)
+        if not exist_ok:
+            raise StoreExistsError(f"{folder} already holds a store; open it with MemoryStore.open (or `muses index`).")
+        _check_settings(folder, meta, None, {**config.model_dump(exclude={"dim"}), "dim": dim})
+        return cls(folder, encoder, meta["model"])  # a model with another fingerprint is refused there
+
+    @staticmethod
+    def _check_folder(folder: Path) -> None:
+        """Refuse a file, or a folder holding anything but a store's own files."""
+        if folder.exists() and not folder.is_dir():
+            raise InputError(f"{folder} is a file; give a new or empty folder for the store.")
+        others = sorted(f.name for f in folder.iterdir() if f.name not in _STORE_FILES) if folder.exists() else []
+        if others:
+            raise InputError(f"{folder} is not empty (it holds {others[:3]}); give a new folder for the store.")
+
+    @staticmethod
+    def _initialise(folder: Path, encoder: MultiScaleEncoder, config: StoreConfig, model: str, dim: int) -> None:
+        """Write the store's schema and settings in one commit (the caller holds the folder's lock)."""
+        file = folder / DB_FILE
+        con = db.connect(file, durable=config.durable)
+        try:
+            with db.readable(file):
+                con.execute("BEGIN IMMEDIATE")
+                db.set_meta(
+                    con,
+                    model=model,
+                    fingerprint=encoder.fingerprint(),
+                    dim=dim,
+                    config=config.model_dump(),
+                    generation=0,
+                )
+                con.execute("COMMIT")
+        finally:
+            con.close()
+
+    @classmethod
+    def exists(cls, path: str | os.PathLike[str]) -> bool:
+        """Whether ``path`` holds a finished store (False for a missing folder or an unfinished creation).
+
+        Raises:
+            InputError: ``path`` holds a database that is corrupt or not a MuSES store.
+        """
+        return _recorded(Path(path)) is not None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str], encoder: MultiScaleEncoder | None = None) -> MemoryStore:
         """Reopen a store; without ``encoder``, load the model recorded in it."""
         folder = Path(path)
-        if not (folder / DB_FILE).is_file():
+        if not (folder / DB_FILE).exists():
             raise InputError(f"{folder} holds no MuSES store ({DB_FILE} is missing); create one first.")
-        meta = db.get_meta(db.connect(folder / DB_FILE, readonly=True))
-        if "model" not in meta:
-            raise InputError(f"{folder / DB_FILE} is not a MuSES store (no model recorded).")
+        meta = _recorded(folder)
+        if meta is None:
+            raise InputError(
+                f"{folder / DB_FILE} holds no finished store: its creation was interrupted before the first commit. "
+                f"Create the store again in {folder} (muses index add, or MemoryStore.create): it takes the file over."
+            )
         return cls(folder, encoder or MultiScaleEncoder.from_base(meta["model"]), meta["model"])
+
+    def check_settings(self, model: str | None = None, **settings: Any) -> None:
+        """Refuse settings that differ from this store's: ``model`` (a name or path), ``dim``, and any
+        :class:`StoreConfig` field. Only the settings given are compared.
+
+        Raises:
+            InputError: naming every conflict, and the fix.
+        """
+        meta = {"model": self.model_name, "dim": self.dim, "config": self.config.model_dump()}
+        _check_settings(self.path, meta, model, settings)
 
     def close(self) -> None:
         """Close the database connection."""
@@ -237,7 +383,7 @@ class MemoryStore:
     # ------------------------------------------------------------------ writes
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self._mutex, self._lock:
+        with self._mutex, self._lock, db.readable(self.path / DB_FILE):
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 yield self._con
@@ -247,36 +393,39 @@ class MemoryStore:
                 self._con.execute("ROLLBACK")
                 raise
 
+    @staticmethod
+    def _parts(i: int, item: object) -> tuple[Any, str | None, dict[str, Any]]:
+        """Item ``i``'s text (or Document), id (None: give it a random one) and metadata, id and metadata checked."""
+        ident: object = None
+        meta: object = None
+        body: object = item
+        if isinstance(item, Mapping):
+            body, ident, meta = item.get("text"), item.get("id"), item.get("metadata")
+            if not isinstance(body, str):
+                raise InputError(f"item {i}: a document needs a 'text' string.")
+        elif isinstance(item, Document):
+            ident, meta = item.id, item.metadata
+            check_utf8(item.text, f"item {i}: text")
+        if ident is not None:
+            ident = check_id(ident, f"item {i}: document id")
+        return body, ident, dict(check_metadata(meta, f"item {i}: metadata"))
+
     def _documents(self, items: Iterable[str | Document | Mapping[str, Any]]) -> list[Document]:
-        docs: list[Document] = []
-        raw: list[str | Document] = []
-        metas: list[tuple[str | None, dict[str, Any]]] = []
-        for i, item in enumerate(items):
-            if isinstance(item, Mapping):
-                text = item.get("text")
-                if not isinstance(text, str):
-                    raise InputError(f"item {i}: a document needs a 'text' string.")
-                meta = item.get("metadata") or {}
-                if not isinstance(meta, dict):
-                    raise InputError(f"item {i}: 'metadata' must be a JSON object.")
-                ident = item.get("id")
-                raw.append(text)
-                metas.append((None if ident is None else str(ident), meta))
-            else:
-                raw.append(item)
-                metas.append((item.id, item.metadata) if isinstance(item, Document) else (None, {}))
-        for i, doc in enumerate(as_documents(raw, self.encoder.splitter)):
+        """Validated Documents, with ids (random where none was given) and metadata; nothing is encoded yet."""
+        if isinstance(items, (str, Document, Mapping)):
+            raise InputError("pass a list of documents, not a single one; wrap it in a list.")
+        parts = [self._parts(i, item) for i, item in enumerate(items)]
+        docs = as_documents([body for body, _, _ in parts], self.encoder.splitter)
+        for i, (doc, (_, ident, meta)) in enumerate(zip(docs, parts, strict=True)):
             if len(doc.text) > self.config.max_chars:
                 raise InputError(
                     f"item {i} has {len(doc.text)} characters, over this store's limit of {self.config.max_chars}; "
                     "split it, or create the store with a larger max_chars."
                 )
-            ident, meta = metas[i]
-            doc.id = ident or doc.id or uuid.uuid4().hex
-            doc.metadata = dict(meta)
-            docs.append(doc)
-        ids = [str(d.id) for d in docs]
-        dupes = sorted({x for x in ids if ids.count(x) > 1})
+            doc.id = ident if ident is not None else uuid.uuid4().hex
+            doc.metadata = meta
+        counts = Counter(str(d.id) for d in docs)
+        dupes = sorted(x for x, n in counts.items() if n > 1)
         if dupes:
             raise InputError(f"document id(s) {dupes[:5]} appear more than once in this batch.")
         return docs
@@ -332,13 +481,17 @@ class MemoryStore:
             )
 
     def delete(self, ids: Sequence[str]) -> int:
-        """Delete documents by id (one commit). Unknown ids are an error, and then nothing is deleted."""
+        """Delete documents by id (one commit); returns how many were deleted (an id given twice counts once).
+        Unknown ids are an error, and then nothing is deleted."""
+        if isinstance(ids, str):
+            raise InputError(f"pass a list of ids, not one string; wrap it in a list: [{ids[:30]!r}].")
+        unique = list(dict.fromkeys(check_id(i) for i in ids))
         with self._write() as con:
-            missing = [i for i in ids if not con.execute("SELECT 1 FROM documents WHERE id = ?", (i,)).fetchone()]
+            missing = [i for i in unique if not con.execute("SELECT 1 FROM documents WHERE id = ?", (i,)).fetchone()]
             if missing:
                 raise UnknownIdError(f"unknown document id(s): {missing[:5]}; nothing was deleted.")
-            con.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in ids])
-        return len(ids)
+            con.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in unique])
+        return len(unique)
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
@@ -347,6 +500,7 @@ class MemoryStore:
 
     def get(self, doc_id: str) -> dict[str, Any]:
         """A stored document: id, text, metadata and sentence spans."""
+        check_id(doc_id)
         with self._mutex:
             return self._get(doc_id)
 
@@ -362,15 +516,16 @@ class MemoryStore:
         if self._vectors is not None and self._vectors.generation == gen:
             return self._vectors
         con, d = self._con, self.dim
-        con.execute("BEGIN")  # one consistent snapshot of all three tables
-        try:
-            docs = con.execute("SELECT row, id, vector FROM documents ORDER BY row").fetchall()
-            sents = con.execute("SELECT doc, pos, start, end, vector FROM sentences ORDER BY doc, pos").fetchall()
-            # in document order: the token scoring of the evaluation suite needs each document's tokens contiguous
-            toks = con.execute("SELECT doc, sentence, start, end, vector FROM tokens ORDER BY doc, row").fetchall()
-            gen = db.generation(con)
-        finally:
-            con.execute("COMMIT")
+        with db.readable(self.path / DB_FILE):
+            con.execute("BEGIN")  # one consistent snapshot of all three tables
+            try:
+                docs = con.execute("SELECT row, id, vector FROM documents ORDER BY row").fetchall()
+                sents = con.execute("SELECT doc, pos, start, end, vector FROM sentences ORDER BY doc, pos").fetchall()
+                # in document order: the evaluation suite's token scoring needs each document's tokens contiguous
+                toks = con.execute("SELECT doc, sentence, start, end, vector FROM tokens ORDER BY doc, row").fetchall()
+                gen = db.generation(con)
+            finally:
+                con.execute("COMMIT")
         doc_rows = np.asarray([r[0] for r in docs], dtype=np.int64)
         where = {int(r): i for i, r in enumerate(doc_rows)}
         vecs = _Vectors(
@@ -399,13 +554,13 @@ class MemoryStore:
         return vecs
 
     def _allowed(self, vecs: _Vectors, filters: Mapping[str, Any] | None) -> np.ndarray | None:
-        """Document positions whose metadata matches every ``key: value`` of ``filters`` (None: no filter)."""
+        """Document positions whose metadata matches every ``key: value`` of ``filters`` (None: no filter).
+
+        ``filters`` were checked by :func:`~muses.validation.check_filters`: plain keys, values SQLite can bind."""
         if not filters:
             return None
         clauses, params = [], []
         for key, value in filters.items():
-            if not isinstance(key, str) or not key.replace("_", "").replace("-", "").isalnum():
-                raise InputError(f"filter key {key!r} must be a plain metadata field name (letters, digits, _ -).")
             clauses.append(f"json_extract(metadata, '$.\"{key}\"') = ?")
             params.append(json.dumps(value) if isinstance(value, (list, dict)) else value)
         rows = {r[0] for r in self._con.execute(f"SELECT row FROM documents WHERE {' AND '.join(clauses)}", params)}
@@ -418,8 +573,13 @@ class MemoryStore:
                 raise InputError(f"query {i} is empty; give some text to search for.")
         vecs = self.encoder.encode_queries(list(texts))
         toks = with_tokens if with_tokens is not None else bool(self.config.token_pool)
-        tokens = self._corpus.encode_query_tokens(list(texts)) if toks else [None] * len(texts)
+        tokens = self.encoder.encode_query_tokens(list(texts)) if toks else [None] * len(texts)
         return [EncodedQuery(t, v, tk) for t, v, tk in zip(texts, vecs, tokens, strict=True)]
+
+    @staticmethod
+    def _filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:
+        """``filters`` checked (:func:`~muses.validation.check_filters`), as a dict; ``{}`` for none."""
+        return check_filters(dict(filters) if isinstance(filters, Mapping) else filters)
 
     def _encoded(self, query: str | EncodedQuery) -> EncodedQuery:
         if isinstance(query, EncodedQuery):
@@ -484,6 +644,7 @@ class MemoryStore:
             raise InputError(f"unknown scale {scale!r}; use one of {', '.join(SEARCH_SCALES)}.")
         if k < 1:
             raise InputError(f"k must be at least 1, got {k}.")
+        filters = self._filters(filters)
         query = self._encoded(query)  # the expensive part, outside the lock
         with self._mutex:
             return self._search(query, scale, k, dim, filters, zoom_docs)
@@ -502,6 +663,8 @@ class MemoryStore:
             return []
         q, d = self._query(query, dim)
         allowed = self._allowed(vecs, filters)
+        if allowed is not None and not len(allowed):
+            return []  # the filter matches no document
         if scale == "sentence":
             if zoom_docs:
                 _, top_docs = self._dense(vecs, "document", q, d, zoom_docs, allowed)
@@ -512,6 +675,8 @@ class MemoryStore:
             scores, pos = self._dense(vecs, "document", q, d, k, allowed)
             return [self._doc_hit(vecs, int(p), float(s), "document") for s, p in zip(scores, pos, strict=True)]
         cand, per_scale = self._candidates(vecs, query, q, d, k, allowed)
+        if not len(cand):
+            return []
         if scale == "token":
             if "token" not in per_scale:
                 raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
@@ -561,7 +726,7 @@ class MemoryStore:
     def _query_tokens(self, query: EncodedQuery, dim: int) -> np.ndarray:
         """``[t, dim]`` normalised query token vectors."""
         if query.tokens is None:
-            query.tokens = self._corpus.encode_query_tokens([query.text])[0]
+            query.tokens = self.encoder.encode_query_tokens([query.text])[0]
         return prefix_normalize(query.tokens, dim)
 
     def _doc_hit(self, vecs: _Vectors, pos: int, score: float, scale: str) -> Hit:
@@ -600,6 +765,7 @@ class MemoryStore:
         Highlights are the ``highlight`` stored token groups of each sentence that best match any query token
         (token MaxSim); a store without token vectors returns sentences without highlights.
         """
+        filters = self._filters(filters)
         query = self._encoded(query)
         with self._mutex:
             return self._zoom(query, k_docs, k_sentences, dim, filters, highlight)
