@@ -2,6 +2,15 @@
 
 A fresh head maps the pooled base vector to itself, so an untrained MuSES reproduces its base model exactly;
 training then moves it away from the identity only as far as the losses ask.
+
+Example::
+
+    >>> head = ProjectionHead(4, 4, "residual-mlp")
+    >>> x = torch.tensor([[3.0, 4.0, 0.0, 0.0]])
+    >>> torch.equal(head(x), x)          # a fresh head is the identity
+    True
+    >>> matryoshka(torch.tensor([[3.0, 4.0, 12.0]]), 2)   # the 2-prefix, renormalised
+    tensor([[0.6000, 0.8000]])
 """
 
 from __future__ import annotations

@@ -2,6 +2,16 @@
 
 Sentences are found by a real splitter library (blingfire by default, pysbd or sentencex on request; see
 ``docs/splitters.md`` for the measurement behind the default). Callers may also pass their own sentences.
+
+Example::
+
+    >>> doc = make_document("Roots anchor a plant. They absorb water.\\n\\nLeaves make sugar.")
+    >>> doc.sentence_texts()
+    ['Roots anchor a plant.', 'They absorb water.', 'Leaves make sugar.']
+    >>> doc.sentences[1], doc.sentence_paragraph
+    (Span(start=22, end=40), [0, 0, 1])
+    >>> document_from_sentences(["Cats purr.", "Dogs bark."]).text
+    'Cats purr. Dogs bark.'
 """
 
 from __future__ import annotations

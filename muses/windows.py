@@ -3,6 +3,15 @@
 A document of ``T`` content tokens that does not fit in the model's window (``W`` content tokens, specials aside)
 is cut into windows that overlap by ``overlap`` tokens. Each token keeps the state from the window in which it is
 furthest from an edge: the cut between two windows lies in the middle of their overlap. No token is dropped.
+
+Example::
+
+    >>> plan_windows(300, width=254, overlap=64)
+    [(0, 182), (118, 300)]
+    >>> states = [torch.full((182, 1), 0.0), torch.full((182, 1), 1.0)]
+    >>> stitched = stitch(states, [(0, 182), (118, 300)])
+    >>> stitched.shape, int(stitched[149]), int(stitched[150])   # the cut is the middle of the overlap [118, 182)
+    (torch.Size([300, 1]), 0, 1)
 """
 
 from __future__ import annotations

@@ -18,6 +18,13 @@ They are computed exactly as trec_eval (and so pytrec_eval and BEIR) computes th
 Scores are averaged over the queries of ``qrels`` that have at least one relevant doc. A query missing from
 the run scores 0 (as ``trec_eval -c``); pass ``include_missing=False`` to skip it instead, as BEIR does
 (pytrec_eval only returns the queries present in the run).
+
+Example (one query, its relevant doc ranked second of three)::
+
+    >>> qrels = {"q": {"b": 1}}
+    >>> run = {"q": {"a": 0.9, "b": 0.8, "c": 0.1}}
+    >>> round(ndcg_at_k(qrels, run, 10), 4), mrr_at_k(qrels, run, 10), recall_at_k(qrels, run, 1)
+    (0.6309, 0.5, 0.0)
 """
 
 from __future__ import annotations
