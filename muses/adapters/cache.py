@@ -1,22 +1,20 @@
 """AdapterCache: one MuSES encoder serving many domain adapters, at most ``capacity`` of them in memory.
 
-- **Keys.** A request names its adapter (``key="scifact"``), asks for the base model (``key="base"``), or is routed
-  (``key=None``): each text goes to the adapter of the nearest routing centroid
-  (:class:`~muses.adapters.router.CentroidRouter`), and texts routed to different adapters are encoded in groups.
-- **LRU.** Resident adapters are kept in least-recently-used order, each in a *slot* (a PEFT adapter named
-  ``slot000``, ``slot001``... inside the model). A miss loads the adapter lazily from its folder; when the cache is
-  full, the least recently used adapter is evicted: its slot's weights are overwritten in place with the new ones
-  (PEFT hotswap, a tensor copy) when both adapters have the same rank, alpha and target layers, else the slot is
-  deleted (PEFT ``delete_adapter``) and a new one injected. Capacity 0 keeps no adapter: every request is served by
-  the bare base model.
-- **Threads.** One re-entrant lock guards the model: injecting, evicting, activating an adapter and the encode that
-  uses it all happen under it, so an encode never sees a half-loaded adapter or another request's adapter. The
-  slow part of a miss, reading the safetensors file, happens outside the lock.
-- **Instruments.** :meth:`AdapterCache.stats`: requests, hits, misses, hit rate, loads, evictions, switches, miss
-  latency (ms: mean, p50, max), memory per resident adapter (KB), time spent switching (loading, evicting,
-  activating) against time spent encoding.
-- **Warm-up.** :meth:`AdapterCache.warm_up` makes an adapter for an unseen domain from a handful of examples in
-  at most 10 steps (:mod:`muses.adapters.warmup`), starting from the nearest adapter or from zero.
+The public facade over three parts, each with one job:
+
+- **Registry and routing** (here): adapter key -> folder; a request names its adapter (``key="scifact"``), asks
+  for the base model (``key="base"``), or is routed (``key=None``): each text goes to the adapter of the nearest
+  routing centroid (:class:`~muses.adapters.router.CentroidRouter`), and texts routed to different adapters are
+  encoded in groups. A miss loads the adapter lazily from its folder; capacity 0 keeps no adapter (every request
+  is served by the bare base model).
+- **Slots** (:class:`~muses.adapters.slots.SlotPool`): LRU order, PEFT hot-swap, and the lock whose invariant
+  makes the cache thread safe (stated in :mod:`muses.adapters.slots`). The slow part of a miss, reading the
+  safetensors file, happens outside the lock.
+- **Instruments** (:class:`~muses.adapters.stats.CacheStats`): :meth:`AdapterCache.stats` gives requests, hits,
+  misses, hit rate, loads, evictions, switches, miss latency (ms: mean, p50, max), memory per resident adapter
+  (KB), time spent switching (loading, evicting, activating) against time spent encoding.
+- **Warm-up** (:mod:`muses.adapters.warmup`): :meth:`AdapterCache.warm_up` makes an adapter for an unseen domain
+  from a handful of examples in at most 10 steps, starting from the nearest adapter or from zero.
 
 Encode through the cache while it serves an encoder: a direct ``encoder.encode_*`` call takes no lock and runs
 with whichever adapter happens to be active.
@@ -25,12 +23,9 @@ with whichever adapter happens to be active.
 from __future__ import annotations
 
 import os
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -39,21 +34,17 @@ import numpy as np
 from muses.adapters.config import RESERVED_KEYS, AdapterConfig
 from muses.adapters.lora import (
     AdapterFiles,
-    adapter_nbytes,
     adapter_weights,
     base_fingerprint,
     hf_model,
-    hotswap_adapter,
-    inject_adapter,
     list_adapters,
-    loaded_adapters,
     read_adapter,
     read_meta,
-    remove_adapter,
-    save_adapter,
 )
-from muses.adapters.router import CentroidRouter, centroid
-from muses.adapters.warmup import Example, WarmupResult, check_examples, warm_up_adapter
+from muses.adapters.router import CentroidRouter
+from muses.adapters.slots import SlotPool
+from muses.adapters.stats import CacheStats
+from muses.adapters.warmup import Example, WarmupResult, example_texts, warm_up_domain
 from muses.errors import InputError, ModelError
 from muses.text import as_documents
 from muses.types import Document, MultiScaleEmbedding
@@ -64,15 +55,6 @@ if TYPE_CHECKING:
 BASE = RESERVED_KEYS[0]
 """The key that asks for the base model, no adapter."""
 T = TypeVar("T")
-_STALE = "-stale-"  # never a key: forces the next activation
-
-
-@dataclass
-class _Slot:
-    """Where a resident adapter lives: its name in the model (PEFT adapter name) and its bytes."""
-
-    name: str
-    nbytes: int
 
 
 class AdapterCache:
@@ -115,13 +97,9 @@ class AdapterCache:
         self.root = Path(adapters) if isinstance(adapters, str | os.PathLike) else None
         self.router = CentroidRouter(encoder, min_similarity=min_similarity)
         self._paths: dict[str, Path] = {}
-        self._resident: OrderedDict[str, _Slot] = OrderedDict()  # least recently used first
-        self._spare: list[_Slot] = []  # slots attached by reserve() that hold no adapter yet
-        self._active: str | None = None  # key of the adapter in use; None: the base model
-        self._enabled = False  # whether the model's adapters are enabled (PEFT)
-        self._lock = threading.RLock()
+        self._stats = CacheStats()
+        self._pool = SlotPool(encoder, capacity, self._stats)
         self._fingerprint: str | None = None
-        self.reset_stats()
         if self.root is not None:
             for info in list_adapters(self.root):
                 self.register(info.key, info.path)
@@ -138,8 +116,8 @@ class AdapterCache:
     @property
     def resident(self) -> list[str]:
         """Keys of the adapters in memory, least recently used first."""
-        with self._lock:
-            return list(self._resident)
+        with self._pool.lock:
+            return list(self._pool.resident)
 
     def fingerprint(self) -> str:
         """The base model's fingerprint (:func:`~muses.adapters.lora.base_fingerprint`), computed once."""
@@ -158,147 +136,46 @@ class AdapterCache:
                 f" this one {self.fingerprint()}, base {meta.base_model!r}); serve it on its own base model, or pass "
                 "check_base=False to use it anyway."
             )
-        with self._lock:
-            if key in self._resident:
-                self._evict(key)
+        with self._pool.lock:
+            if key in self._pool.resident:
+                self._pool.evict(key)
             self._paths[key] = Path(folder)
             if meta.centroid is not None:
                 self.router.add(key, meta.centroid)
             else:
                 self.router.remove(key)
 
-    # ------------------------------------------------------------------ stats
-    def reset_stats(self) -> None:
-        """Zero every counter and timer."""
-        self._stats: dict[str, Any] = {
-            "requests": 0,
-            "base_requests": 0,
-            "hits": 0,
-            "misses": 0,
-            "loads": 0,
-            "hotswaps": 0,
-            "evictions": 0,
-            "switches": 0,
-            "switch_s": 0.0,
-            "encode_s": 0.0,
-            "texts": 0,
-        }
-        self._miss_ms: list[float] = []
-
-    def stats(self) -> dict[str, Any]:
-        """Counters and timings since creation (or :meth:`reset_stats`), as JSON-ready numbers.
-
-        ``hit_rate`` is hits / adapter requests (a request is one group of texts served by one adapter; requests
-        for the base model are counted apart). ``miss_latency_ms`` covers a load (file read + injection +
-        evictions it needed). ``switch_overhead_pct`` is the time spent loading, evicting and activating adapters
-        as a percentage of the time spent encoding.
-        """
-        with self._lock:
-            s = dict(self._stats)
-            lat = np.asarray(self._miss_ms, dtype=np.float64)
-            memory = {k: round(slot.nbytes / 1024, 1) for k, slot in self._resident.items()}
-            spare = len(self._spare)
-        asked = s["hits"] + s["misses"]
-        return {
-            "capacity": self.capacity,
-            "registered": len(self._paths),
-            "spare_slots": spare,
-            "resident": list(memory),
-            "requests": s["requests"],
-            "base_requests": s["base_requests"],
-            "hits": s["hits"],
-            "misses": s["misses"],
-            "hit_rate": round(s["hits"] / asked, 4) if asked else 0.0,
-            "loads": s["loads"],
-            "hotswaps": s["hotswaps"],
-            "evictions": s["evictions"],
-            "switches": s["switches"],
-            "miss_latency_ms": {
-                "mean": round(float(lat.mean()), 3) if len(lat) else 0.0,
-                "p50": round(float(np.median(lat)), 3) if len(lat) else 0.0,
-                "max": round(float(lat.max()), 3) if len(lat) else 0.0,
-            },
-            "memory_kb": memory,
-            "memory_kb_total": round(sum(memory.values()), 1),
-            "switch_ms_total": round(1000 * s["switch_s"], 3),
-            "encode_ms_total": round(1000 * s["encode_s"], 3),
-            "switch_overhead_pct": round(100 * s["switch_s"] / s["encode_s"], 4) if s["encode_s"] else 0.0,
-            "texts": s["texts"],
-        }
-
-    # ------------------------------------------------------------------ loading, eviction, activation
     def _check(self, key: str) -> None:
         if key != BASE and key not in self._paths:
             raise InputError(f"no adapter {key!r}; known: {', '.join(self.keys) or 'none'} (or {BASE!r}).")
 
-    def _free_slot(self) -> str:
-        """A slot name not in use (fixed width: no slot name is a substring of another, as PEFT's hotswap needs)."""
-        used = {slot.name for slot in self._resident.values()} | set(loaded_adapters(self.encoder))
-        return next(f"slot{i:03d}" for i in range(len(used) + 1) if f"slot{i:03d}" not in used)
+    def _read(self, key: str) -> AdapterFiles:
+        """Read ``key``'s adapter files (no lock needed: touches no shared state)."""
+        return read_adapter(self._paths[key], device=self.encoder.device)
 
-    def _evict(self, key: str) -> None:
-        """Drop ``key`` from memory: its slot is detached (lock held)."""
-        slot = self._resident.pop(key)
-        remove_adapter(self.encoder, slot.name)  # the base model is active if it was
-        self._stats["evictions"] += 1
-        if self._active == key:
-            self._active, self._enabled = None, False
+    # ------------------------------------------------------------------ stats
+    def reset_stats(self) -> None:
+        """Zero every counter and timer."""
+        with self._pool.lock:
+            self._stats.reset()
 
-    def _load(self, key: str, files: AdapterFiles) -> None:
-        """Bring ``files`` into memory as ``key`` (lock held): into a spare slot (:meth:`reserve`), or when full into
-        the least recently used adapter's slot, overwritten in place (PEFT hotswap) if the two are compatible; else
-        a slot is injected (after evicting the least recently used adapter when full)."""
-        if (
-            self._spare
-            and len(self._resident) < self.capacity
-            and hotswap_adapter(self.encoder, self._spare[-1].name, files)
-        ):
-            self._resident[key] = self._spare.pop()
-            self._stats["loads"] += 1
-            self._stats["hotswaps"] += 1
-            return
-        if self._resident and len(self._resident) >= self.capacity:
-            victim, slot = next(iter(self._resident.items()))
-            if hotswap_adapter(self.encoder, slot.name, files):
-                del self._resident[victim]
-                self._resident[key] = _Slot(slot.name, slot.nbytes)
-                self._stats["evictions"] += 1
-                self._stats["loads"] += 1
-                self._stats["hotswaps"] += 1
-                if self._active == victim:
-                    self._active = _STALE  # the slot is active but holds another adapter now
-                return
-        while self._resident and len(self._resident) >= self.capacity:
-            self._evict(next(iter(self._resident)))
-        name = self._free_slot()
-        inject_adapter(self.encoder, name, files)  # attached active, adapters enabled
-        self._resident[key] = _Slot(name, adapter_nbytes(self.encoder, name))
-        self._active, self._enabled = key, True
-        self._stats["loads"] += 1
+    def stats(self) -> dict[str, Any]:
+        """Counters and timings since creation (or :meth:`reset_stats`), as JSON-ready numbers
+        (:meth:`CacheStats.summary <muses.adapters.stats.CacheStats.summary>` defines them)."""
+        with self._pool.lock:
+            memory = {k: slot.nbytes for k, slot in self._pool.resident.items()}
+            return self._stats.summary(self.capacity, len(self._paths), memory, len(self._pool.spare))
 
-    def _activate(self, key: str | None) -> None:
-        """Make ``key`` (None: the base) the active adapter (lock held)."""
-        if key == self._active:
-            return
-        model = hf_model(self.encoder)
-        if key is None:
-            if self._enabled and (self._resident or self._spare):
-                model.disable_adapters()
-            self._enabled = False
-        else:
-            if not self._enabled:
-                model.enable_adapters()
-                self._enabled = True
-            model.set_adapter(self._resident[key].name)
-        self._active = key
-        self._stats["switches"] += 1
-
+    # ------------------------------------------------------------------ slots
     def _count_unserved(self, keys: Iterable[str | None]) -> None:
         """Count requests served by the base model: asked for it, or (capacity 0) for an adapter (a miss)."""
-        with self._lock:
+        with self._pool.lock:
             for key in keys:
-                self._stats["requests"] += 1
-                self._stats["base_requests" if key is None or key == BASE else "misses"] += 1
+                self._stats.requests += 1
+                if key is None or key == BASE:
+                    self._stats.base_requests += 1
+                else:
+                    self._stats.misses += 1
 
     @contextmanager
     def use(self, key: str | None, count: bool = True) -> Iterator[str | None]:
@@ -308,80 +185,72 @@ class AdapterCache:
         recently used adapter's slot when full). Encode inside the ``with`` block; other threads wait for it. With
         capacity 0 every key gets the base model. ``count=False``: not counted in the request stats.
         """
+        pool, stats = self._pool, self._stats
         if key is None or key == BASE or self.capacity == 0:
             if key is not None and key != BASE:
                 self._check(key)
             if count:
                 self._count_unserved([key])
-            with self._lock:
+            with pool.lock:
                 t = time.perf_counter()
-                self._activate(None)
-                self._stats["switch_s"] += time.perf_counter() - t
+                pool.activate(None)
+                stats.switch_s += time.perf_counter() - t
                 yield None
             return
         self._check(key)
-        with self._lock:
-            hit = key in self._resident
+        with pool.lock:
+            hit = key in pool.resident
         files: AdapterFiles | None = None
         read_s = 0.0
         if not hit:
             t = time.perf_counter()
-            files = read_adapter(self._paths[key], device=self.encoder.device)
+            files = self._read(key)
             read_s = time.perf_counter() - t
-        with self._lock:
+        with pool.lock:
             t = time.perf_counter()
-            self._stats["requests"] += int(count)
-            if key in self._resident:
-                self._resident.move_to_end(key)
-                self._stats["hits" if hit else "misses"] += int(count)
+            stats.requests += int(count)
+            if key in pool.resident:
+                pool.resident.move_to_end(key)
+                if hit:
+                    stats.hits += int(count)
+                else:
+                    stats.misses += int(count)
             else:  # a miss, or evicted by another thread since the check
-                self._stats["misses"] += int(count)
-                if files is None:
-                    files = read_adapter(self._paths[key], device=self.encoder.device)
-                self._load(key, files)
-                self._miss_ms.append(1000 * (read_s + time.perf_counter() - t))
-            self._activate(key)
-            self._stats["switch_s"] += read_s + time.perf_counter() - t
+                stats.misses += int(count)
+                pool.load(key, files if files is not None else self._read(key))
+                stats.miss_ms.append(1000 * (read_s + time.perf_counter() - t))
+            pool.activate(key)
+            stats.switch_s += read_s + time.perf_counter() - t
             yield key
 
     def evict(self, key: str) -> None:
         """Drop ``key`` from memory now (it stays registered and reloads on its next use)."""
-        with self._lock:
-            if key in self._resident:
-                self._evict(key)
+        with self._pool.lock:
+            if key in self._pool.resident:
+                self._pool.evict(key)
 
     def clear(self) -> None:
         """Drop every adapter (and spare slot) from memory; the base model is active."""
-        with self._lock:
-            for key in list(self._resident):
-                self._evict(key)
-            while self._spare:
-                remove_adapter(self.encoder, self._spare.pop().name)
-            self._activate(None)
+        with self._pool.lock:
+            self._pool.clear()
 
     def reserve(self, like: str | None = None) -> float:
         """Attach all ``capacity`` slots now, shaped like adapter ``like`` (default: the first registered one), so
         that later misses only copy weights into them (PEFT hotswap) instead of injecting layers; returns the
         seconds it took. A startup cost, paid once (it also covers the process's first, slowest injection)."""
         t = time.perf_counter()
-        with self._lock:
+        with self._pool.lock:
             if self.capacity == 0 or not self._paths:
                 return 0.0
             key = like or self.keys[0]
             self._check(key)
-            files = read_adapter(self._paths[key], device=self.encoder.device)
-            while len(self._resident) + len(self._spare) < self.capacity:
-                name = self._free_slot()
-                inject_adapter(self.encoder, name, files)  # active: the base model is restored below
-                self._spare.append(_Slot(name, adapter_nbytes(self.encoder, name)))
-                self._active, self._enabled = _STALE, True
-            self._activate(None)
+            self._pool.reserve(self._read(key))
         return time.perf_counter() - t
 
     # ------------------------------------------------------------------ routing and encoding
     def route(self, texts: Sequence[str]) -> list[str | None]:
         """The adapter key each text of a request would be served by (None: the base model), without encoding."""
-        with self._lock:
+        with self._pool.lock:
             if self.routing == "request":
                 return [self.router.route_group(texts)] * len(texts)
             return self.router.route(texts)
@@ -411,8 +280,8 @@ class AdapterCache:
             with self.use(k, count=self.capacity > 0):
                 t = time.perf_counter()
                 results = run(idx)
-                self._stats["encode_s"] += time.perf_counter() - t
-                self._stats["texts"] += len(idx)
+                self._stats.encode_s += time.perf_counter() - t
+                self._stats.texts += len(idx)
             for i, r in zip(idx, results, strict=True):
                 out[i] = r
         return out  # type: ignore[return-value]  # every index is filled
@@ -482,50 +351,30 @@ class AdapterCache:
             raise InputError(f"adapter {key!r} exists already (or is reserved); choose a new key.")
         if init not in ("nearest", "zero"):
             raise InputError(f"init must be 'nearest' or 'zero', got {init!r}.")
-        kind = check_examples(examples)
-        texts = [str(e) for e in examples] if kind == "documents" else [t for e in examples for t in e]
+        texts = example_texts(examples)
         if folder is None and self.root is None:
             raise InputError("warm_up needs a folder to save the adapter in (the cache was not built from a folder).")
         out = Path(folder) if folder is not None else Path(self.root or ".") / key
         source = self.router.nearest(texts) if init == "nearest" else None
-        start: tuple[Any, dict[str, Any]] | None = None
-        with self._lock:
-            if source is not None:
-                if source in self._resident:
-                    name = self._resident[source].name
-                    start = (hf_model(self.encoder).peft_config[name], adapter_weights(self.encoder, name))
-                else:
-                    files = read_adapter(self._paths[source], device=self.encoder.device)
-                    start = (files.peft_config, files.weights)
-            if self._spare:  # the new adapter takes a spare slot's memory
-                remove_adapter(self.encoder, self._spare.pop().name)
-            while self._resident and len(self._resident) >= max(self.capacity, 1):
-                self._evict(next(iter(self._resident)))
-            slot = self._free_slot()
-            result = warm_up_adapter(
-                self.encoder, slot, examples, config, init=start, init_from=source, steps=steps, lr=lr, seed=seed
-            )
-            result.key = key
-            self._active, self._enabled = key, True
-            domain_centroid = centroid(self.encoder, texts)
-            save_adapter(
-                self.encoder,
-                key,
-                out,
-                centroid=domain_centroid,
-                n_texts=len(texts),
-                info={"warm_up": result.to_json()},
-                fingerprint=self.fingerprint(),
-                attached_as=slot,
+        with self._pool.lock:
+            start = self._weights_of(source) if source is not None else None
+            slot = self._pool.make_room()
+            result, domain_centroid = warm_up_domain(
+                self.encoder, key, slot, examples, out, self.fingerprint(), config, start, source, steps, lr, seed
             )
             self._paths[key] = out
             self.router.add(key, domain_centroid)
-            if self.capacity == 0:
-                remove_adapter(self.encoder, slot)
-                self._active, self._enabled = None, False
-            else:
-                self._resident[key] = _Slot(slot, adapter_nbytes(self.encoder, slot))
+            self._pool.adopt(key, slot)
         return result
+
+    def _weights_of(self, key: str) -> tuple[Any, dict[str, Any]]:
+        """``(peft_config, weights)`` of adapter ``key``: from its slot when resident, else from its folder (lock
+        held)."""
+        if key in self._pool.resident:
+            name = self._pool.resident[key].name
+            return hf_model(self.encoder).peft_config[name], adapter_weights(self.encoder, name)
+        files = self._read(key)
+        return files.peft_config, files.weights
 
 
 class KeyedEncoder:

@@ -7,7 +7,7 @@ cosine between its feature and the centroids, both taken relative to the mean of
 English text shares would otherwise dominate the cosine). With ``min_similarity`` set, a text whose best cosine is
 below it goes to the base model (no adapter).
 
-The cost is one tokenisation (which encoding does anyway) and an ``embedding_bag``: well under 1% of an encode.
+The cost is one tokenisation (which encoding does anyway) and an ``embedding_bag``: no transformer layer runs.
 """
 
 from __future__ import annotations

@@ -10,19 +10,24 @@ losses on every example at each step:
 
 Only the new adapter's LoRA weights change; the base and the heads are untouched. Dropout stays off (the model is
 kept in eval mode), so a warm-up is deterministic for a seed.
+
+:func:`warm_up_domain` is the whole job for a new domain: warm up, compute its routing centroid, save the folder.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from muses.adapters.config import AdapterConfig
-from muses.adapters.lora import attach_adapter, set_adapter_weights
+from muses.adapters.lora import attach_adapter, save_adapter, set_adapter_weights
+from muses.adapters.router import centroid
 from muses.errors import InputError
 from muses.losses import HierarchicalInfoNCE, MultipleNegativesRanking
 
@@ -88,6 +93,13 @@ def check_examples(examples: Sequence[Example]) -> str:
     return "pairs"
 
 
+def example_texts(examples: Sequence[Example]) -> list[str]:
+    """The texts of the examples (checked): the documents, or both sides of every pair."""
+    if check_examples(examples) == "documents":
+        return [str(e) for e in examples]
+    return [str(t) for e in examples for t in e]
+
+
 def warm_up_adapter(
     encoder: MultiScaleEncoder,
     key: str,
@@ -139,3 +151,41 @@ def warm_up_adapter(
         encoder.train(was_training)
     result.seconds = time.perf_counter() - t0
     return result
+
+
+def warm_up_domain(
+    encoder: MultiScaleEncoder,
+    key: str,
+    slot: str,
+    examples: Sequence[Example],
+    folder: str | os.PathLike[str],
+    fingerprint: str,
+    config: AdapterConfig | None = None,
+    init: tuple[Any, dict[str, torch.Tensor]] | None = None,
+    init_from: str | None = None,
+    steps: int = MAX_WARMUP_STEPS,
+    lr: float = 1e-3,
+    seed: int = 0,
+) -> tuple[WarmupResult, np.ndarray]:
+    """:func:`warm_up_adapter` into the adapter named ``slot``, then save it as ``key`` in ``folder`` with its routing
+    centroid (:func:`~muses.adapters.router.centroid` of the examples' texts) and the warm-up's record.
+
+    Returns the result (its ``key`` set) and the ``[H]`` centroid. The adapter stays attached as ``slot``, active.
+    """
+    result = warm_up_adapter(
+        encoder, slot, examples, config, init=init, init_from=init_from, steps=steps, lr=lr, seed=seed
+    )
+    result.key = key
+    texts = example_texts(examples)
+    domain_centroid = centroid(encoder, texts)
+    save_adapter(
+        encoder,
+        key,
+        folder,
+        centroid=domain_centroid,
+        n_texts=len(texts),
+        info={"warm_up": result.to_json()},
+        fingerprint=fingerprint,
+        attached_as=slot,
+    )
+    return result, domain_centroid

@@ -1,14 +1,21 @@
-"""The domain-shift experiment behind ``muses bench adapters``: domain LoRA adapters served from an AdapterCache.
+"""Measurement functions of the domain-shift experiment: domain LoRA adapters served from an AdapterCache.
 
-Domains: four Wikipedia topics (the package's topic labels) and SciFact as a scientific domain.
+The run's inputs are YAML (:func:`load_bench_settings`, :func:`load_recipes`): a profile of sizes
+(``configs/adapters/bench/*.yaml``, :class:`BenchSettings`) and one training recipe per domain
+(``configs/adapters/<domain>.yaml``). :func:`run_adapter_bench` runs the whole measurement and returns its results
+as one JSON-ready dict; ``benchmarks/adapters.py`` is the driver that writes them with their report, and
+``muses bench adapters`` a thin command over the same functions.
+
+Domains: one per recipe. A recipe with one ``data.wikipedia_topics`` topic is a Wikipedia domain (its topic among
+the package's topic labels); a recipe that trains on SciFact is the scientific domain.
 
 1. **Adapters.** One LoRA adapter per domain, trained with the project's trainer in adapter mode (base and heads
-   frozen). Wikipedia domains: the inverse-cloze task (``ict``: a held-out sentence -> its article without it,
-   MNRL) on their topic's train-side articles (``wiki_objective``; the hierarchy task is the other choice, which
-   lost on dev, see docs/adapters.md). SciFact: its ``train-fit`` claim -> abstract pairs (MNRL). No checkpoint
-   selection: the adapter after the last step is used. Two merged adapters (PEFT ``add_weighted_adapter``,
-   ``cat``: the sum of the domain updates, weighted ``1/n`` ("mean") or 1 ("sum")) are the one-adapter-for-all
-   alternative.
+   frozen) as its recipe says. The shipped Wikipedia recipes train the inverse-cloze task (``ict``: a held-out
+   sentence -> its article without it, MNRL) on their topic's train-side articles (the hierarchy task is the other
+   choice, which lost on dev, see docs/adapters.md); SciFact's trains its ``train-fit`` claim -> abstract pairs
+   (MNRL). No checkpoint selection: the adapter after the last step is used. Two merged adapters (PEFT
+   ``add_weighted_adapter``, ``cat``: the sum of the domain updates, weighted ``1/n`` ("mean") or 1 ("sum")) are
+   the one-adapter-for-all alternative.
 2. **Evaluation data** (test sides only, for reporting; nothing is tuned on them):
 
    - Wikipedia domain: ``test_articles`` articles of the topic from the test side of the seeded topic-stratified
@@ -18,7 +25,7 @@ Domains: four Wikipedia topics (the package's topic labels) and SciFact as a sci
      k-NN topic accuracy as :mod:`muses.evaluation.knn` defines it (document scale, ``k = 10``, votes weighted by
      cosine): index = ``knn_index_articles`` train-side articles per Wikipedia domain, labelled with their topic;
      queries = the test articles (without the held-out sentence); the domain's number is the accuracy on its own
-     test articles.
+     test articles. Dev: the same retrieval on ``dev_articles`` train-side articles the adapter did not train on.
    - SciFact: the BEIR ``test`` claims against their cited abstracts plus ``scifact_distractors`` random other
      abstracts (a reduced corpus: numbers are not comparable with the full-corpus nDCG of ``muses eval``).
 
@@ -26,15 +33,13 @@ Domains: four Wikipedia topics (the package's topic labels) and SciFact as a sci
    ``merged``: every text under one merged adapter. ``cache K``: the corpus side (retrieval corpora and the k-NN
    index) is indexed under its domain's key through the cache (an index knows its domain), and the query side
    (queries, claims, the articles to classify) arrives as **traffic**, phases of one domain each in the order
-   ``sequence`` (A -> B -> C -> A -> D -> E -> A), in requests of ``request_size`` texts, either with an explicit
-   key or routed by the centroid router, per text or per request. Each cache reserves its ``K`` slots at startup
-   (:meth:`~muses.adapters.AdapterCache.reserve`, timed apart), so that a miss copies weights into a slot.
+   ``sequence`` (e.g. A -> B -> C -> A -> D -> E -> A), in requests of ``request_size`` texts, either with an
+   explicit key or routed by the centroid router, per text or per request. Each cache reserves its ``K`` slots at
+   startup (:meth:`~muses.adapters.AdapterCache.reserve`, timed apart), so that a miss copies weights into a slot.
    Retention = cached quality / dedicated quality.
 4. **Costs** from the same run: the cache's hit rate, loads, evictions, miss latency (ms), memory per adapter
    (KB), and switch overhead = time loading, evicting and activating adapters as a % of encode time; plus the
    forward overhead of an active (unmerged) LoRA adapter against the base model on the same requests.
-
-Everything is written to ``<out>/results.json`` and ``<out>/adapters.md``.
 """
 
 from __future__ import annotations
@@ -45,12 +50,13 @@ import platform
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import yaml
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from muses.adapters import AdapterCache
 from muses.adapters.lora import (
@@ -61,7 +67,7 @@ from muses.adapters.lora import (
     write_adapter_folder,
 )
 from muses.encoder import MultiScaleEncoder
-from muses.errors import InputError
+from muses.errors import ConfigError, InputError
 from muses.evaluation.corpus import CorpusVectors, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.knn import accuracy_macro_f1, knn_votes, predict
 from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
@@ -69,76 +75,114 @@ from muses.scoring import prefix_normalize
 from muses.text import make_document
 from muses.types import Document
 
-WIKI_DOMAINS = {
-    "wiki-people": "People",
-    "wiki-biology": "Biology and health sciences",
-    "wiki-geography": "Geography",
-    "wiki-technology": "Technology",
-}
-SCIFACT = "scifact"
+if TYPE_CHECKING:
+    from muses.training.config import TrainConfig
+
 MERGED = ("merged-mean", "merged-sum")
+ALL_WIKI = "all-wiki"  # quality's key for the k-NN numbers over every Wikipedia domain
 Log = Callable[[str], None]
 
 
 class BenchSettings(BaseModel):
-    """Sizes and settings of the experiment (the defaults are the docs' run)."""
+    """The run's sizes (a YAML profile, ``configs/adapters/bench/*.yaml``); the adapters' training is in their recipes.
+
+    ``domains``: recipe names (``<recipes>/<name>.yaml``), in the run's order (None: every recipe of the folder,
+    by name). ``train_overrides``: recipe-name pattern (``fnmatch``) -> dotted settings laid over the matching
+    recipes (e.g. a smoke run's fewer steps).
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    wiki_domains: dict[str, str] = Field(default_factory=lambda: dict(WIKI_DOMAINS))
-    sequence: list[str] = Field(
-        default_factory=lambda: [
-            "wiki-people",
-            "wiki-biology",
-            "wiki-geography",
-            "wiki-people",
-            "wiki-technology",
-            SCIFACT,
-            "wiki-people",
-        ]
-    )
-    capacities: list[int] = Field(default_factory=lambda: [0, 2, 4])
-    steps: int = 60
-    train_articles: int = 240
-    docs_per_batch: int = 8
-    pairs_per_batch: int = 16
-    max_doc_tokens: int = 254
-    lr: float = 5e-4
-    retention_weight: float = 0.1
-    rank: int = 8
-    alpha: int = 16
-    test_articles: int = 60
-    dev_articles: int = 40
-    wiki_objective: Literal["hierarchy", "ict"] = "ict"
-    knn_index_articles: int = 100
-    scifact_distractors: int = 200
+    domains: list[str] | None = None
+    sequence: list[str] = Field(min_length=1)
+    capacities: list[int] = Field(min_length=1)
+    request_size: int = Field(ge=1)
+    test_articles: int = Field(ge=1)
+    dev_articles: int = Field(ge=1)
+    knn_index_articles: int = Field(ge=1)
+    scifact_distractors: int = Field(ge=0)
     scifact_claims: int | None = None
-    request_size: int = 8
-    dims: list[int] = Field(default_factory=lambda: [64, 384])
-    timing_repeats: int = 3
+    dims: list[int] = Field(min_length=1)
+    timing_repeats: int = Field(1, ge=1)
     seed: int = 0
+    train_overrides: dict[str, dict[str, Any]] = Field(default_factory=dict)
 
-    @classmethod
-    def quick(cls) -> BenchSettings:
-        """A smoke run of a few minutes (numbers meaningless)."""
-        return cls(
-            steps=3,
-            train_articles=6,
-            docs_per_batch=3,
-            pairs_per_batch=4,
-            max_doc_tokens=64,
-            test_articles=6,
-            dev_articles=4,
-            knn_index_articles=6,
-            scifact_distractors=10,
-            scifact_claims=8,
-            request_size=4,
-            timing_repeats=1,
-        )
 
-    @property
-    def domains(self) -> list[str]:
-        return [*self.wiki_domains, SCIFACT]
+def load_bench_settings(path: str | os.PathLike[str]) -> BenchSettings:
+    """Read and validate a bench profile (YAML).
+
+    Raises:
+        ConfigError: naming the file and each bad field.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"bench profile {p} does not exist (the shipped ones are in configs/adapters/bench/).")
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        return BenchSettings.model_validate(raw)
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    except ValidationError as e:
+        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{p}: invalid bench profile: {problems}") from None
+
+
+def load_recipes(
+    folder: str | os.PathLike[str],
+    s: BenchSettings,
+    work: str | os.PathLike[str] | None = None,
+    overrides: dict[str, object] | None = None,
+) -> dict[str, TrainConfig]:
+    """The adapter recipes of the run, domain key -> validated recipe, in ``s.domains`` order.
+
+    Each is ``<folder>/<name>.yaml`` with ``s.train_overrides`` for its name laid over it, then ``overrides`` (every
+    recipe); ``work`` (when given) replaces each ``output_dir`` with ``<work>/<name>``. The domain key is the
+    recipe's ``model.adapter.key`` (default: its name).
+
+    Raises:
+        InputError: a missing folder or recipe, a recipe without ``model.adapter``, two recipes with one key.
+        ConfigError: a recipe that does not validate.
+    """
+    from muses.training.config import load_config
+
+    root = Path(folder)
+    if not root.is_dir():
+        raise InputError(f"recipe folder {root} does not exist (the shipped recipes are in configs/adapters/).")
+    names = s.domains if s.domains is not None else sorted(p.stem for p in root.glob("*.yaml"))
+    missing = [n for n in names if not (root / f"{n}.yaml").is_file()]
+    if missing or not names:
+        raise InputError(f"no recipe {', '.join(f'{n}.yaml' for n in missing) or '*.yaml'} in {root}.")
+    out: dict[str, TrainConfig] = {}
+    for name in names:
+        laid = {k: v for pattern, o in s.train_overrides.items() if fnmatch(name, pattern) for k, v in o.items()}
+        laid |= overrides or {}
+        if work is not None:
+            laid["output_dir"] = str(Path(work) / name)
+        cfg = load_config(root / f"{name}.yaml", laid)
+        if cfg.model.adapter is None:
+            raise InputError(f"{root / name}.yaml trains the whole model: an adapter recipe sets model.adapter.")
+        key = cfg.model.adapter.key or cfg.name
+        if key in out:
+            raise InputError(f"two recipes in {root} train the adapter {key!r}; give each domain its own key.")
+        out[key] = cfg
+    return out
+
+
+def domain_topic(cfg: TrainConfig) -> str | None:
+    """The Wikipedia topic a recipe's domain is (one ``data.wikipedia_topics`` topic), or None for SciFact.
+
+    Raises:
+        InputError: a recipe that is neither.
+    """
+    topics = cfg.data.wikipedia_topics or []
+    if cfg.data.wikipedia_articles and len(topics) == 1:
+        return topics[0]
+    if cfg.data.scifact and not cfg.data.wikipedia_articles:
+        return None
+    raise InputError(
+        f"recipe {cfg.name!r}: a bench domain trains on one Wikipedia topic (data.wikipedia_topics: [TOPIC]) or on "
+        "SciFact (data.scifact: true, data.wikipedia_articles: 0)."
+    )
 
 
 # ---------------------------------------------------------------------------------------------- data
@@ -199,16 +243,17 @@ def wiki_domain(
     return DomainData(key, queries, qrels, corpus, topic, index)
 
 
-def wiki_dev_domain(key: str, topic: str, train_side: Sequence[Any], s: BenchSettings) -> DomainData:
-    """Held-out-sentence retrieval on train-side articles of the topic that the adapter did not train on (dev)."""
+def wiki_dev_domain(key: str, topic: str, train_side: Sequence[Any], cfg: TrainConfig, s: BenchSettings) -> DomainData:
+    """Held-out-sentence retrieval on train-side articles of the topic that the adapter (recipe ``cfg``) did not
+    train on (dev)."""
     train = [a for a in train_side if a.topic == topic]
-    unused = np.random.default_rng(s.seed).permutation(len(train))[s.train_articles :]  # as load_training_data
+    unused = np.random.default_rng(cfg.seed).permutation(len(train))[cfg.data.wikipedia_articles :]  # as training
     rest = [train[int(i)] for i in sorted(unused)]
     queries, qrels, corpus = held_out_retrieval(key, topic, rest, s.dev_articles, np.random.default_rng(s.seed + 2))
     return DomainData(key, queries, qrels, corpus, topic)
 
 
-def scifact_domain(s: BenchSettings, data_dir: str | os.PathLike[str] | None) -> DomainData:
+def scifact_domain(key: str, s: BenchSettings, data_dir: str | os.PathLike[str] | None) -> DomainData:
     """SciFact test claims against their cited abstracts plus seeded distractors."""
     from muses.data.beir import load_beir
     from muses.training.dev import scifact_dev_subset
@@ -216,74 +261,41 @@ def scifact_domain(s: BenchSettings, data_dir: str | os.PathLike[str] | None) ->
     test = scifact_dev_subset(
         load_beir("scifact", "test", data_dir), s.scifact_distractors, seed=s.seed, max_claims=s.scifact_claims
     )
-    return DomainData(SCIFACT, dict(test.queries), dict(test.qrels), beir_documents(test.corpus))
+    return DomainData(key, dict(test.queries), dict(test.qrels), beir_documents(test.corpus))
 
 
 def load_domains(
-    s: BenchSettings, data_dir: str | os.PathLike[str] | None
+    recipes: dict[str, TrainConfig], s: BenchSettings, data_dir: str | os.PathLike[str] | None
 ) -> tuple[dict[str, DomainData], dict[str, DomainData]]:
-    """Test data of every domain, and dev data of the Wikipedia domains."""
+    """Test data of every domain (in ``recipes`` order), and dev data of the Wikipedia domains."""
     from muses.data.wikipedia import load_wikipedia, stratified_split
 
-    train_side, test_side = stratified_split(load_wikipedia(), 0.2, seed=0)  # the split training and k-NN use
-    out = {k: wiki_domain(k, t, train_side, test_side, s) for k, t in s.wiki_domains.items()}
-    out[SCIFACT] = scifact_domain(s, data_dir)
-    dev = {k: wiki_dev_domain(k, t, train_side, s) for k, t in s.wiki_domains.items()}
+    topics = {k: domain_topic(cfg) for k, cfg in recipes.items()}
+    out: dict[str, DomainData] = {}
+    dev: dict[str, DomainData] = {}
+    if any(t is not None for t in topics.values()):
+        train_side, test_side = stratified_split(load_wikipedia(), 0.2, seed=0)  # the split training and k-NN use
+    for key, topic in topics.items():
+        if topic is None:
+            out[key] = scifact_domain(key, s, data_dir)
+        else:
+            out[key] = wiki_domain(key, topic, train_side, test_side, s)
+            dev[key] = wiki_dev_domain(key, topic, train_side, recipes[key], s)
     return out, dev
 
 
 # ---------------------------------------------------------------------------------------------- adapters
 
 
-def adapter_recipe(key: str, s: BenchSettings, work: Path) -> dict[str, Any]:
-    """The training recipe (a :class:`~muses.training.config.TrainConfig` mapping) of one domain's adapter."""
-    recipe: dict[str, Any] = {
-        "name": key,
-        "seed": s.seed,
-        "steps": s.steps,
-        "docs_per_batch": s.docs_per_batch,
-        "pairs_per_batch": s.pairs_per_batch,
-        "eval_every": s.steps,
-        "eval_at_start": False,
-        "checkpoint_every": max(s.steps // 2, 1),
-        "output_dir": str(work / key),
-        "model": {"adapter": {"key": key, "rank": s.rank, "alpha": s.alpha}},
-        "optim": {"lr": s.lr},
-        "loss": {"retention_weight": s.retention_weight},
-        "data": {
-            "stsb": False,
-            "dev_stsb_pairs": 0,
-            "dev_scifact_distractors": None,
-            "max_doc_tokens": s.max_doc_tokens,
-        },
-    }
-    if key == SCIFACT:
-        recipe["task_weights"] = {"hierarchy": 0.0, "stsb": 0.0, "scifact": 1.0}
-        recipe["data"].update({"wikipedia_articles": 0, "scifact": True})
-    else:
-        recipe["task_weights"] = {"hierarchy": 0.0, "stsb": 0.0, "scifact": 0.0, "ict": 0.0} | {s.wiki_objective: 1.0}
-        recipe["data"].update(
-            {"wikipedia_articles": s.train_articles, "wikipedia_topics": [s.wiki_domains[key]], "scifact": False}
-        )
-        if s.wiki_objective == "ict":
-            recipe["data"]["ict"] = True
-    return recipe
-
-
 def train_adapters(
-    s: BenchSettings, work: Path, data_dir: str | os.PathLike[str] | None, log: Log
+    recipes: dict[str, TrainConfig], data_dir: str | os.PathLike[str] | None, log: Log
 ) -> dict[str, dict[str, Any]]:
-    """Train (or resume, or reuse) every domain's adapter; returns key -> training summary."""
-    from muses.training.config import TrainConfig
+    """Train (or resume, or reuse) every domain's adapter as its recipe says; returns key -> training summary."""
     from muses.training.data import load_training_data
     from muses.training.trainer import BEST, Trainer
 
     out: dict[str, dict[str, Any]] = {}
-    for key in s.domains:
-        recipe = adapter_recipe(key, s, work)
-        (work / "recipes").mkdir(parents=True, exist_ok=True)
-        (work / "recipes" / f"{key}.yaml").write_text(yaml.safe_dump(recipe, sort_keys=False), encoding="utf-8")
-        cfg = TrainConfig.model_validate(recipe)
+    for key, cfg in recipes.items():
         data = load_training_data(cfg, data_dir)
         t = time.perf_counter()
         summary = Trainer(cfg, data).train(progress=False)
@@ -506,7 +518,7 @@ def quality(
             for i, w in enumerate(wiki):
                 out[w][f"knn/accuracy@{dim}"] = float(np.mean(pred[truth == i] == i))
             acc, f1 = accuracy_macro_f1(truth, pred)
-            out.setdefault("all-wiki", {}).update({f"knn/accuracy@{dim}": acc, f"knn/macro_f1@{dim}": f1})
+            out.setdefault(ALL_WIKI, {}).update({f"knn/accuracy@{dim}": acc, f"knn/macro_f1@{dim}": f1})
     return out
 
 
@@ -565,23 +577,32 @@ def forward_overhead(
 
 def run_adapter_bench(
     s: BenchSettings,
-    out: str | os.PathLike[str],
+    recipes: dict[str, TrainConfig],
+    work: str | os.PathLike[str],
     data_dir: str | os.PathLike[str] | None = None,
-    work_dir: str | os.PathLike[str] | None = None,
     log: Log = print,
-) -> Path:
-    """Run the whole experiment; writes ``results.json`` and ``adapters.md`` into ``out`` and returns it."""
-    missing = [k for k in s.domains if k not in s.sequence]
+) -> dict[str, Any]:
+    """Run the whole measurement (see the module docstring) and return its results, JSON-ready.
+
+    Args:
+        s: the run's sizes (:func:`load_bench_settings`).
+        recipes: domain key -> adapter recipe (:func:`load_recipes`); adapters already trained in their
+            ``output_dir`` are reused, interrupted ones resumed.
+        work: where the merged adapters are written (beside the trained ones, usually).
+    """
+    missing = [k for k in recipes if k not in s.sequence]
     if missing:
         raise InputError(f"the traffic sequence never visits {missing}; every domain needs at least one phase.")
-    folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
-    work = Path(work_dir) if work_dir is not None else folder / "adapters"
+    unknown = sorted(set(s.sequence) - set(recipes))
+    if unknown:
+        raise InputError(f"the traffic sequence names {unknown}, which no recipe trains; domains: {list(recipes)}.")
+    work = Path(work)
     t_start = time.perf_counter()
-    training = train_adapters(s, work, data_dir, log)
+    wiki_domains = {k: topic for k, cfg in recipes.items() if (topic := domain_topic(cfg)) is not None}
+    training = train_adapters(recipes, data_dir, log)
     folders = {k: Path(v["folder"]) for k, v in training.items()}
     merged = merge_adapters(folders, work, log)
-    domains, dev_domains = load_domains(s, data_dir)
+    domains, dev_domains = load_domains(recipes, s, data_dir)
     log(f"domains: {', '.join(f'{k} ({len(d.queries)} queries, {len(d.corpus)} docs)' for k, d in domains.items())}")
 
     enc = MultiScaleEncoder.from_base()
@@ -637,6 +658,8 @@ def run_adapter_bench(
     results.update(
         {
             "settings": s.model_dump(),
+            "wiki_domains": wiki_domains,
+            "recipes": {k: cfg.model_dump(mode="json") for k, cfg in recipes.items()},
             "training": training,
             "merged": {k: str(v) for k, v in merged.items()},
             "adapters": [{**i.__dict__, "path": str(i.path)} for i in list_adapters(work)],
@@ -651,9 +674,35 @@ def run_adapter_bench(
             "seconds": round(time.perf_counter() - t_start, 1),
         }
     )
-    (folder / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    (folder / "adapters.md").write_text(render(results), encoding="utf-8")
-    return folder
+    return results
+
+
+def run_configured(
+    config: str | os.PathLike[str],
+    recipes: str | os.PathLike[str],
+    work: str | os.PathLike[str],
+    data_dir: str | os.PathLike[str] | None = None,
+    overrides: dict[str, object] | None = None,
+    log: Log = print,
+) -> dict[str, Any]:
+    """:func:`run_adapter_bench` from YAML: the profile ``config``, the recipes in folder ``recipes`` (their
+    ``output_dir`` moved under ``work``), ``overrides`` (dotted keys) laid over every recipe."""
+    s = load_bench_settings(config)
+    return run_adapter_bench(s, load_recipes(recipes, s, work, overrides), work, data_dir, log)
+
+
+def mean_retention(results: dict[str, Any]) -> dict[str, float]:
+    """Per condition: retention (%) averaged over every (domain, metric) cell at the full dim (the all-Wikipedia
+    k-NN numbers left out: they are not one domain's)."""
+    full = max(results["settings"]["dims"])
+    return {
+        c: float(
+            np.mean(
+                [v for d, per in by_domain.items() if d != ALL_WIKI for k, v in per.items() if k.endswith(f"@{full}")]
+            )
+        )
+        for c, by_domain in results["retention"].items()
+    }
 
 
 def _threads() -> int:
@@ -671,112 +720,3 @@ def _same_as(cache: AdapterCache, domains: dict[str, DomainData], want: dict[str
         got = MusesCorpusEncoder(cast(MultiScaleEncoder, cache.view(k))).encode_corpus(d.corpus[:size])
         worst = max(worst, float(np.abs(got.document - want[key].corpus.document[:size]).max()))
     return worst
-
-
-# ---------------------------------------------------------------------------------------------- report
-
-_METRICS = (("document/ndcg@10", "nDCG@10 doc"), ("sentence/ndcg@10", "nDCG@10 sent"), ("knn/accuracy", "k-NN acc"))
-
-
-def render(results: dict[str, Any]) -> str:
-    """The markdown report: quality and retention per domain, cache behaviour, costs."""
-    s = results["settings"]
-    full = max(s["dims"])
-    quality_cols = ["none", "dedicated", *[c for c in results["quality"] if c.startswith("cache")], *MERGED]
-    cache_cols = [c for c in results["traffic"]]
-    lines = [
-        "# Domain adapters served from an LRU AdapterCache",
-        "",
-        "Made by `muses bench adapters` (muses/bench/adapters.py, whose docstring defines every number). "
-        f"Wikipedia domains: {', '.join(f'{k} ({v})' for k, v in s['wiki_domains'].items())}; and SciFact. "
-        f"LoRA rank {s['rank']}, alpha {s['alpha']}, {s['steps']} steps per adapter. "
-        f"Traffic: {' -> '.join(s['sequence'])}, requests of {s['request_size']} texts.",
-        "",
-        f"## Quality per domain at {full} dims, and retention (% of the dedicated adapter's number)",
-        "",
-        "| domain | metric | " + " | ".join(quality_cols) + " |",
-        "|---|---|" + "---:|" * len(quality_cols),
-    ]
-    domains = [d for d in results["quality"]["dedicated"] if d != "all-wiki"]
-    for d in domains:
-        for m, label in _METRICS:
-            key = f"{m}@{full}"
-            if key not in results["quality"]["dedicated"][d]:
-                continue
-            cells = []
-            for c in quality_cols:
-                v = results["quality"][c][d][key]
-                r = results["retention"].get(c, {}).get(d, {}).get(key)
-                cells.append(f"{v:.4f}" + (f" ({r:.1f}%)" if r is not None else ""))
-            lines.append(f"| {d} | {label} | " + " | ".join(cells) + " |")
-    mean_ret = {
-        c: float(np.mean([v for d in domains for k, v in results["retention"][c][d].items() if k.endswith(f"@{full}")]))
-        for c in results["retention"]
-    }
-    lines += [
-        "| **mean retention** | | "
-        + " | ".join(f"{mean_ret[c]:.2f}%" if c in mean_ret else "" for c in quality_cols)
-        + " |",
-        "",
-        "## Cache behaviour on the traffic (one row per capacity K and keying)",
-        "",
-        "| run | requests | hits | misses | hit rate | loads | evictions | miss latency ms (mean / p50 / max) "
-        "| KB per adapter | switch ms | encode ms | switch overhead | startup ms |",
-        "|---|" + "---:|" * 12,
-    ]
-    for c in cache_cols:
-        t = results["traffic"][c]
-        lat = t["miss_latency_ms"]
-        kb = max(t["memory_kb"].values()) if t["memory_kb"] else 0.0
-        lines.append(
-            f"| {c} | {t['requests']} | {t['hits']} | {t['misses']} | {t['hit_rate']:.3f} | {t['loads']} | "
-            f"{t['evictions']} | {lat['mean']:.1f} / {lat['p50']:.1f} / {lat['max']:.1f} | {kb:.0f} | "
-            f"{t['switch_ms_total']:.0f} | {t['encode_ms_total']:.0f} | {t['switch_overhead_pct']:.2f}% | "
-            f"{t.get('startup_reserve_ms', 0):.0f} |"
-        )
-    routing = results["router_accuracy"]
-    timing = results["lora_forward_overhead_pct"]
-    lines += [
-        "",
-        "Phase by phase (misses per visit, explicit keys): "
-        + "; ".join(
-            f"K={c.split('K=')[1].split()[0]}: "
-            + " ".join(f"{p['domain']}:{p['misses']}" for p in results["traffic"][c]["phases"])
-            for c in cache_cols
-            if c.endswith("explicit key")
-        )
-        + ".",
-        "",
-        "## Routing and compute",
-        "",
-        "Router accuracy (share of a domain's traffic sent to its own adapter; per query text, per request of "
-        f"{s['request_size']} queries routed together, per article): "
-        + "; ".join(
-            f"{d}: queries {v['queries']:.2f}, requests {v['requests']:.2f}"
-            + (f", articles {v['articles']:.2f}" if "articles" in v else "")
-            for d, v in routing.items()
-        )
-        + ".",
-        "",
-        f"Dev check (held-out-sentence retrieval on {s['dev_articles']} train-side articles per topic that the "
-        f"adapters did not train on; nDCG@10 doc at {full} dims, none -> dedicated): "
-        + "; ".join(
-            f"{d}: {results['dev']['none'][d][f'document/ndcg@10@{full}']:.4f} -> "
-            f"{results['dev']['dedicated'][d][f'document/ndcg@10@{full}']:.4f}"
-            for d in results["dev"]["dedicated"]
-        )
-        + ".",
-        "",
-        "Forward overhead of an active, unmerged LoRA adapter over the base model on the same requests (no switching): "
-        + ", ".join(f"{k} +{v:.1f}%" for k, v in timing.items() if k != "base_ms")
-        + f" (base: {timing['base_ms']:.0f} ms for the traffic of {s['sequence'][0]}).",
-        "",
-        f"Corpus-side check: vectors served by the cache under a domain's key differ from the indexed ones by at most "
-        f"{max(t['corpus_side_max_abs_diff'] for t in results['traffic'].values()):.1e}.",
-        "",
-        "Training: "
-        + "; ".join(f"{k}: {v['steps']} steps, {v['seconds_per_step']} s/step" for k, v in results["training"].items())
-        + f". Whole run: {results['seconds'] / 60:.1f} min on {results['machine']['torch_threads']} CPU thread(s).",
-        "",
-    ]
-    return "\n".join(lines)
