@@ -1,0 +1,305 @@
+"""Training tasks: each turns a batch of item indices into a loss dict, from one forward pass of the model.
+
+- :class:`HierarchyTask`: hierarchical InfoNCE over the tokens, sentences and documents of Wikipedia articles;
+- :class:`STSTask`: CoSENT on STS-B pairs and their gold scores;
+- :class:`ContrastivePairTask`: MultipleNegativesRanking on (query, passage) pairs (SciFact claim-abstract,
+  inverse-cloze sentence-article);
+- :class:`Retention`: the retention terms, distilling the student's vectors to the frozen base model's.
+
+Every task's loss goes through one Matryoshka wrapper (:class:`~muses.losses.CurriculumMatryoshkaLoss` or
+:class:`~muses.losses.MatryoshkaAll`), so a task dict holds ``loss`` (task loss + consistency, weighted), ``task``,
+``consistency``, ``dim`` (the drawn dim, curriculum only) and ``retention`` (a 0-d tensor, 0 when off).
+:func:`make_tasks` builds the recipe's tasks by name and :func:`make_sampler` the sampler that picks them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor
+
+from muses.encoder import MultiScaleEncoder
+from muses.heads import matryoshka
+from muses.losses import (
+    CoSENT,
+    CurriculumMatryoshkaLoss,
+    DimSchedule,
+    HierarchicalInfoNCE,
+    MatryoshkaAll,
+    MultipleNegativesRanking,
+    RetentionLoss,
+)
+from muses.training.config import LossConfig, TrainConfig
+from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
+from muses.types import Document
+
+PAD_GROUP = 16  # windows per forward batch, sorted by length: short texts are not padded to long ones
+
+MatryoshkaWrapper = CurriculumMatryoshkaLoss | MatryoshkaAll
+
+
+class Task(Protocol):
+    """A training task: ``task(items, progress)`` -> loss dict (see the module docstring)."""
+
+    def __call__(self, items: list[int], progress: float) -> dict[str, Any]: ...
+
+
+class Retention:
+    """Retention: distillation of the student's vectors to the frozen base model's (``loss.retention``).
+
+    Args:
+        teacher: the frozen base model, or None (retention off: every term is 0).
+        loss: the loss config (``retention``, ``retention_weight``, ``retention_task_weights``).
+        device: where the student's vectors live (targets are moved there).
+    """
+
+    def __init__(self, teacher: MultiScaleEncoder | None, loss: LossConfig, device: torch.device) -> None:
+        self.teacher = teacher
+        self.loss = RetentionLoss(loss.retention) if loss.retention != "none" else None
+        self.base_weight = loss.retention_weight
+        self.task_weights = {str(k): v for k, v in loss.retention_task_weights.items()}
+        self.device = device
+        self._cache: dict[str, Tensor] = {}
+
+    def weight(self, task: str) -> float:
+        """The retention weight of ``task``: ``retention_weight`` x its task weight (default 1); 0 when off."""
+        return 0.0 if self.loss is None else self.base_weight * self.task_weights.get(task, 1.0)
+
+    def targets(self, texts: Sequence[str]) -> Tensor:
+        """Frozen base-model sentence vectors ``[N, D]`` (full dim, normalised), computed once per text."""
+        missing = sorted({t for t in texts if t not in self._cache})
+        if missing:
+            assert self.teacher is not None, "retention without a teacher"
+            vecs = self.teacher.encode_sentences(missing, batch_size=64)
+            self._cache.update(zip(missing, torch.from_numpy(vecs), strict=True))
+        return torch.stack([self._cache[t] for t in texts]).to(self.device)
+
+    def standalone(self, student: Tensor, texts: Sequence[str], task: str) -> Tensor:
+        """Retention of ``student`` ``[N, D]`` to the base model's standalone vectors of ``texts`` (N); 0-d."""
+        w = self.weight(task)
+        if w == 0 or self.loss is None:
+            return student.new_zeros(())
+        return w * self.loss(student, self.targets(texts))
+
+    def in_context(self, sentence: Tensor, docs: Sequence[Document]) -> Tensor:
+        """Retention of in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order) to the base
+        model's, pooled from the same documents; 0-d."""
+        w = self.weight("hierarchy")
+        if w == 0 or self.loss is None:
+            return sentence.new_zeros(())
+        with torch.no_grad():
+            assert self.teacher is not None, "retention without a teacher"
+            states = self.teacher.token_states([d.text for d in docs], batch_size=PAD_GROUP)
+            target = torch.cat(
+                [
+                    self.teacher.document_vectors(d, st, ("sentence",))["sentence"]
+                    for d, st in zip(docs, states, strict=True)
+                ]
+            )
+        return w * self.loss(sentence, torch.nn.functional.normalize(target, dim=-1).to(sentence.device))
+
+
+def matryoshka_wrapper(dims: Sequence[int], loss: LossConfig) -> MatryoshkaWrapper:
+    """The Matryoshka wrapper of ``loss.matryoshka``: all dims at once, or one dim a step from a schedule."""
+    if loss.matryoshka == "all":
+        return MatryoshkaAll(dims, consistency_weights=loss.consistency_weight)
+    return CurriculumMatryoshkaLoss(dims, DimSchedule(dims, loss.matryoshka), loss.consistency_weight)
+
+
+@dataclass
+class TaskContext:
+    """What every task shares.
+
+    Attributes:
+        encoder: the model being trained.
+        wrapper: the Matryoshka wrapper (:func:`matryoshka_wrapper`), one for all tasks.
+        generator: the run's seeded generator (token subsampling, the Matryoshka dim draw).
+        retention: the retention terms.
+        loss: the loss config.
+    """
+
+    encoder: MultiScaleEncoder
+    wrapper: MatryoshkaWrapper
+    generator: torch.Generator
+    retention: Retention
+    loss: LossConfig
+
+    def matryoshka(self, loss_fn: Callable[[int], Tensor], embeddings: list[Tensor], progress: float) -> dict[str, Any]:
+        """``loss_fn(d)`` under the Matryoshka wrapper at training ``progress`` in [0, 1]: the wrapper's dict."""
+        return dict(self.wrapper(loss_fn, embeddings, progress, self.generator))
+
+
+class HierarchyTask:
+    """Hierarchical InfoNCE on whole documents (:class:`~muses.losses.HierarchicalInfoNCE`).
+
+    Each document (cut to ``max_doc_tokens``) passes through the model once; its vectors are
+    token ``[T, D]`` (T: all tokens of the batch, subsampled to ``loss.tokens_per_batch``) with their sentence ids
+    ``[T]`` (-1: no sentence), sentence ``[S, D]`` with their document ids ``[S]``, and document ``[B, D]``
+    (B: documents in the batch). Retention: the document vectors to the base model's standalone vectors of the
+    texts, plus (``loss.retain_sentences``) the sentence vectors to the base model's in-context ones.
+    """
+
+    name = "hierarchy"
+
+    def __init__(self, ctx: TaskContext, documents: Sequence[Document], max_doc_tokens: int) -> None:
+        self.ctx = ctx
+        self.documents = documents
+        self.max_doc_tokens = max_doc_tokens
+        self.infonce = HierarchicalInfoNCE(temperature=ctx.loss.temperature, alpha=ctx.loss.alpha)
+
+    def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
+        enc, lc = self.ctx.encoder, self.ctx.loss
+        docs = [self.documents[i] for i in items]
+        offsets = enc.tokenizer(
+            [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )["offset_mapping"]
+        docs = [truncate_document(d, o, self.max_doc_tokens) for d, o in zip(docs, offsets, strict=True)]
+        states = enc.token_states([d.text for d in docs], batch_size=PAD_GROUP)
+        tok, tok_sent, sent, sent_doc, doc_vecs = [], [], [], [], []
+        n_sent = 0
+        for i, (doc, st) in enumerate(zip(docs, states, strict=True)):
+            v = enc.document_vectors(doc, st)
+            tok.append(v["token"])
+            ids = v["token_sentence_ids"].to(v["token"].device)
+            tok_sent.append(torch.where(ids >= 0, ids + n_sent, ids))
+            sent.append(v["sentence"])
+            sent_doc.append(torch.full((len(v["sentence"]),), i, dtype=torch.long))
+            doc_vecs.append(v["document"])
+            n_sent += len(v["sentence"])
+        token, token_sentence = torch.cat(tok), torch.cat(tok_sent)
+        if len(token) > lc.tokens_per_batch:
+            pick = torch.randperm(len(token), generator=self.ctx.generator)[: lc.tokens_per_batch]
+            token, token_sentence = token[pick.to(token.device)], token_sentence[pick.to(token.device)]
+        sentence, sentence_doc, document = torch.cat(sent), torch.cat(sent_doc), torch.stack(doc_vecs)
+
+        def loss_fn(d: int) -> Tensor:
+            out = self.infonce(
+                token[:, :d],
+                token_sentence,
+                sentence[:, :d],
+                sentence_doc,
+                document[:, :d],
+                same_doc_sentence_negatives=lc.same_doc_negatives,
+            )
+            return lc.hierarchy_weight * out["loss"]
+
+        res = self.ctx.matryoshka(loss_fn, [sentence, document], progress)
+        res["retention"] = self.ctx.retention.standalone(document, [d.text for d in docs], self.name)
+        if lc.retain_sentences:
+            res["retention"] = res["retention"] + self.ctx.retention.in_context(sentence, docs)
+        return res
+
+
+class _PairTask:
+    """A pair task: the 2B texts of B pairs pass through the model standalone, giving ``a`` ``[B, D]`` (first
+    texts) and ``b`` ``[B, D]`` (second texts); the pair loss runs on their renormalised ``d``-prefixes.
+    Retention: all 2B vectors to the base model's standalone vectors of the texts."""
+
+    name: str
+
+    def __init__(self, ctx: TaskContext) -> None:
+        self.ctx = ctx
+
+    def _batch(self, items: list[int]) -> tuple[list[str], Tensor | None]:
+        """The 2B texts (firsts, then seconds) and per-pair targets ``[B]`` or None."""
+        raise NotImplementedError
+
+    def _pair_loss(self, a: Tensor, b: Tensor, target: Tensor | None) -> Tensor:
+        """The weighted pair loss of ``a`` and ``b`` ``[B, d]``; 0-d."""
+        raise NotImplementedError
+
+    def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
+        texts, target = self._batch(items)
+        enc = self.ctx.encoder
+        emb = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+        a, b = emb[: len(items)], emb[len(items) :]
+
+        def loss_fn(d: int) -> Tensor:
+            return self._pair_loss(matryoshka(a, d), matryoshka(b, d), target)
+
+        res = self.ctx.matryoshka(loss_fn, [emb], progress)
+        res["retention"] = self.ctx.retention.standalone(emb, texts, self.name)
+        return res
+
+
+class STSTask(_PairTask):
+    """CoSENT (:class:`~muses.losses.CoSENT`) on STS-B pairs ``(sentence1, sentence2, score 0-5)``: ``a``, ``b``
+    ``[B, D]`` and gold scores ``[B]`` scaled to 0-1, weighted by ``loss.cosent_weight``."""
+
+    name = "stsb"
+
+    def __init__(self, ctx: TaskContext, rows: Sequence[tuple[str, str, float]]) -> None:
+        super().__init__(ctx)
+        self.rows = rows
+        self.cosent = CoSENT()
+
+    def _batch(self, items: list[int]) -> tuple[list[str], Tensor | None]:
+        rows = [self.rows[i] for i in items]
+        scores = torch.tensor([r[2] / 5.0 for r in rows], device=self.ctx.encoder.device)
+        return [r[0] for r in rows] + [r[1] for r in rows], scores
+
+    def _pair_loss(self, a: Tensor, b: Tensor, target: Tensor | None) -> Tensor:
+        assert target is not None
+        return self.ctx.loss.cosent_weight * self.cosent(a, b, target)
+
+
+class ContrastivePairTask(_PairTask):
+    """MultipleNegativesRanking (:class:`~muses.losses.MultipleNegativesRanking`) on ``(query, passage)`` pairs:
+    queries ``a`` ``[B, D]``, passages ``b`` ``[B, D]`` (cut to ``max_pair_tokens``), in-batch negatives;
+    weighted by ``loss.mnrl_weight``."""
+
+    def __init__(self, ctx: TaskContext, name: str, pairs: Sequence[tuple[str, str]], max_pair_tokens: int) -> None:
+        super().__init__(ctx)
+        self.name = name
+        self.pairs = pairs
+        self.max_pair_tokens = max_pair_tokens
+        self.mnrl = MultipleNegativesRanking()
+
+    def _short(self, text: str) -> str:
+        """``text`` cut to ``max_pair_tokens`` tokens."""
+        offsets = self.ctx.encoder.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
+        return truncate_text(text, offsets["offset_mapping"], self.max_pair_tokens)
+
+    def _batch(self, items: list[int]) -> tuple[list[str], Tensor | None]:
+        pairs = [self.pairs[i] for i in items]
+        return [p[0] for p in pairs] + [self._short(p[1]) for p in pairs], None
+
+    def _pair_loss(self, a: Tensor, b: Tensor, target: Tensor | None) -> Tensor:
+        return self.ctx.loss.mnrl_weight * self.mnrl(a, b)
+
+
+def make_tasks(
+    config: TrainConfig,
+    data: TrainingData,
+    encoder: MultiScaleEncoder,
+    retention: Retention,
+    generator: torch.Generator,
+) -> dict[str, Task]:
+    """The recipe's tasks by name (``hierarchy``, ``stsb``, ``scifact``, ``ict``), sharing one Matryoshka wrapper,
+    one generator and one retention."""
+    ctx = TaskContext(encoder, matryoshka_wrapper(encoder.dims, config.loss), generator, retention, config.loss)
+    pair_tokens = config.data.max_pair_tokens
+    return {
+        "hierarchy": HierarchyTask(ctx, data.documents, config.data.max_doc_tokens),
+        "stsb": STSTask(ctx, data.stsb),
+        "scifact": ContrastivePairTask(ctx, "scifact", data.scifact, pair_tokens),
+        "ict": ContrastivePairTask(ctx, "ict", data.ict, pair_tokens),
+    }
+
+
+def make_sampler(config: TrainConfig, data: TrainingData) -> MixedTaskSampler:
+    """The seeded sampler of (task, item indices): documents per hierarchy batch, pairs per pair batch."""
+    return MixedTaskSampler(
+        data.sizes(),
+        {str(k): v for k, v in config.task_weights.items()},
+        {
+            "hierarchy": config.docs_per_batch,
+            "stsb": config.pairs_per_batch,
+            "scifact": config.pairs_per_batch,
+            "ict": config.pairs_per_batch,
+        },
+        seed=config.seed,
+    )
