@@ -1,14 +1,14 @@
 """The domain-shift experiment of docs/results.md: domain LoRA adapters served from an LRU AdapterCache.
 
 This driver runs the measurement of :mod:`muses.bench.adapters` (whose docstring defines every number) on a YAML
-profile (``configs/adapters/bench/full.yaml``: the docs' run; ``quick.yaml``: a smoke run) and the adapter recipes
+profile (``configs/bench/adapters/full.yaml``: the docs' run; ``quick.yaml``: a smoke run) and the adapter recipes
 in ``configs/adapters/*.yaml``, then writes ``<out>/results.json`` and the report ``<out>/adapters.md``.
 Adapters already trained under ``--work-dir`` are reused (an interrupted training resumes).
 
 Usage::
 
     python benchmarks/adapters.py --data-dir ../shared/data --out docs/reports/adapters --work-dir runs/adapters
-    python benchmarks/adapters.py --config configs/adapters/bench/quick.yaml --out runs/bench-adapters-quick \\
+    python benchmarks/adapters.py --config configs/bench/adapters/quick.yaml --out runs/bench-adapters-quick \\
         --work-dir runs/bench-adapters-quick/adapters
     python benchmarks/adapters.py --out docs/reports/adapters --render-only   # adapters.md from results.json
 
@@ -149,7 +149,7 @@ def render(results: dict[str, Any]) -> str:
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line, run (or re-render), write ``results.json`` and ``adapters.md``."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs/adapters/bench/full.yaml")
+    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs/bench/adapters/full.yaml")
     parser.add_argument("--recipes", type=Path, default=REPO_ROOT / "configs/adapters")
     parser.add_argument("--data-dir", type=Path, default=None)
     parser.add_argument("--out", type=Path, default=Path("docs/reports/adapters"))

@@ -182,7 +182,9 @@ def eval_all(
         from muses.evaluation.baselines import load_corpus_encoder
         from muses.evaluation.report import TaskContext, environment, get_profile, parse_tasks, run_report
         from muses.evaluation.report import write_report as write
+        from muses.extras import require
 
+        require("matplotlib", "plots")  # the report's figures: fail before the evaluation, not after it
         prof = get_profile(profile)
         task_list = parse_tasks(tasks, prof)
         cache = _cache(cache_dir, no_cache)
@@ -373,7 +375,10 @@ def ablation(
 ) -> None:
     """Train each recipe (resuming), evaluate each and the base model, and tabulate them (at 64 and 384 dims)."""
     with user_errors():
+        from muses.extras import require
         from muses.training.ablation import run_ablation
+
+        require("matplotlib", "plots")  # the ablation's figures: fail before training, not after it
 
         folder = run_ablation(
             configs, out, data_dir, _cache(cache_dir, False), base=base, profile=profile, log=console.print

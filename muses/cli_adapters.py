@@ -135,8 +135,8 @@ def encode_cmd(
 
 def bench_adapters_cmd(
     config: Annotated[
-        Path, typer.Option("--config", "-c", help="Bench profile: the run's sizes (configs/adapters/bench/).")
-    ] = Path("configs/adapters/bench/full.yaml"),
+        Path, typer.Option("--config", "-c", help="Bench profile: the run's sizes (configs/bench/adapters/).")
+    ] = Path("configs/bench/adapters/full.yaml"),
     recipes: Annotated[
         Path, typer.Option(help="Folder of the adapter recipes the profile names (<domain>.yaml).")
     ] = Path("configs/adapters"),

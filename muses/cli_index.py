@@ -234,9 +234,10 @@ def serve(
 ) -> None:
     """Serve a store over HTTP: search, zoom, add, delete, stats; a search page at / and API docs at /docs."""
     with user_errors():
-        import uvicorn
-
+        from muses.extras import require
         from muses.service import ServiceLimits, create_app, load_api_key
+
+        uvicorn = require("uvicorn", "serve")
 
         key = load_api_key(api_key_file)  # before opening the store: a bad key file fails fast
         s = _open(store)

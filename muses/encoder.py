@@ -21,18 +21,15 @@ from sentence_transformers.base.modules import Transformer
 from torch import nn
 from tqdm.auto import tqdm
 
-import muses.scratch.model  # registers "muses-scratch", the from-scratch encoder, with the Auto classes
-import muses.scratch.upcycle  # noqa: F401  (registers "muses-moe-bert", the upcycled BERT)
 from muses.errors import InputError, ModelError
 from muses.fingerprint import weights_fingerprint
-from muses.heads import SCALES, HeadKind, matryoshka, resolve_dim
+from muses.heads import HeadKind, matryoshka, resolve_dim
 from muses.pooling import POOLING_MODES, PoolingMode
 from muses.st_module import MultiScaleHeads
 from muses.text import DEFAULT_SPLITTER, Splitter, align_tokens_to_sentences, as_documents, check_texts
-from muses.types import Document, MultiScaleEmbedding
+from muses.types import SCALES, Document, MultiScaleEmbedding
 from muses.windows import plan_windows, stitch
 
-Scale = Literal["token", "sentence", "document"]
 HEADS_FOLDER = "1_MultiScaleHeads"
 MUSES_META = "muses.json"
 FORMAT_VERSION = 1
@@ -185,6 +182,7 @@ class MultiScaleEncoder(nn.Module):
             raise ModelError(f"{folder}/modules.json does not list [Transformer, {HEADS_FOLDER}].")
         for p in paths:
             check_safetensors(folder / p, _MUSES_FIX, strict=True)
+        register_folder_model_types(folder / paths[0])
         try:
             transformer = Transformer.load(
                 str(folder), subfolder=paths[0], local_files_only=True, model_kwargs={"use_safetensors": True}
@@ -497,6 +495,28 @@ def _special_affixes(tok: Any) -> tuple[list[int], list[int]]:
     raise ModelError("cannot locate the text between this tokenizer's special tokens; MuSES cannot window it.")
 
 
+def register_model_type(model_type: object) -> None:
+    """Register a MuSES model type with the Auto classes (importing its module); other types are left alone.
+
+    ``muses-scratch`` is the from-scratch encoder (:mod:`muses.scratch.model`), ``muses-moe-bert`` the upcycled
+    BERT (:mod:`muses.scratch.upcycle`). Only a folder that needs one imports the from-scratch package.
+    """
+    if model_type == "muses-scratch":
+        import muses.scratch.model  # registers on import
+    elif model_type == "muses-moe-bert":
+        import muses.scratch.upcycle  # noqa: F401  (registers on import)
+
+
+def register_folder_model_types(folder: Path) -> None:
+    """Register the model types named by ``config.json`` in ``folder`` or its module subfolders (see above)."""
+    for config in (folder / "config.json", *folder.glob("*/config.json")):
+        try:
+            model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+        except (OSError, ValueError, AttributeError):
+            continue  # absent or unreadable: the loader reports it
+        register_model_type(model_type)
+
+
 def load_sentence_transformer(name: str, device: str | None) -> SentenceTransformer:
     """A sentence-transformers model from a local folder or the hub, reading only safetensors weights.
 
@@ -508,6 +528,7 @@ def load_sentence_transformer(name: str, device: str | None) -> SentenceTransfor
             check_base_folder(Path(name))
         except ModelError as e:
             raise ModelError(f"could not load model {name!r} as a local folder: {e}") from None
+        register_folder_model_types(Path(name))
     try:
         return SentenceTransformer(name, device=device, model_kwargs={"use_safetensors": True})
     except Exception as e:  # the hub client, file system and config parsing all raise different types

@@ -27,7 +27,6 @@ from muses.errors import InputError
 
 HeadKind = Literal["residual-mlp", "linear", "identity", "random-linear"]
 HEAD_KINDS: tuple[str, ...] = get_args(HeadKind)
-SCALES: tuple[str, ...] = ("token", "sentence", "document")
 DEFAULT_DIMS: tuple[int, ...] = (32, 64, 128, 256, 384)
 
 

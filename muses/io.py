@@ -32,9 +32,7 @@ ARRAY_FORMATS: tuple[str, ...] = ("npy", "safetensors")
 
 DEFAULT_MAX_CHARS = 1_000_000
 """Longest document :func:`read_documents` accepts, in characters (the store's default ``max_chars`` too).
-Encoding cost grows linearly with length: measured with ``muses encode --scales document,sentence,token`` on 2
-shared CPU cores, a 200,000-character document costs ~30 s of CPU and ~0.4 GB of RAM beyond start-up (15 s, 0.6 GB),
-so a 1,000,000-character one needs ~2.5 GB."""
+Encoding cost grows linearly with length (time and memory per length: ``docs/benchmarks.md``)."""
 
 
 

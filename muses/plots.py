@@ -1,4 +1,7 @@
-"""Figures for evaluation reports (matplotlib, headless): dimension sweeps, scale vs fusion, latency vs quality."""
+"""Figures for evaluation reports (matplotlib, headless): dimension sweeps, scale vs fusion, latency vs quality.
+
+Needs the ``plots`` extra (matplotlib): ``pip install 'muses[plots]'``.
+"""
 
 from __future__ import annotations
 
@@ -7,13 +10,14 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import matplotlib
 import numpy as np
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from muses.evaluation.tables import HEADLINES, dim_table
+from muses.extras import require
+
+matplotlib = require("matplotlib", "plots")  # one line naming `muses[plots]` when it is not installed
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
 
 SCORINGS = ("document", "sentence", "token-rerank", "fusion-wsum", "fusion-rrf")
 

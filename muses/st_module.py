@@ -23,8 +23,9 @@ from sentence_transformers.base.modules import Module
 from torch import nn
 
 from muses.errors import ModelError
-from muses.heads import DEFAULT_DIMS, SCALES, HeadKind, ProjectionHead, check_dims
+from muses.heads import DEFAULT_DIMS, HeadKind, ProjectionHead, check_dims
 from muses.pooling import Pooling, PoolingMode
+from muses.types import SCALES
 
 WEIGHTS_NAME = "model.safetensors"
 

@@ -6,9 +6,17 @@ Shapes use ``S`` for sentences, ``T`` for (content) tokens and ``D`` for the emb
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
+
+Scale = Literal["token", "sentence", "document"]
+"""The scales an encoder embeds: every token, every sentence, the whole document."""
+SCALES: tuple[Scale, ...] = ("token", "sentence", "document")
+"""Every :data:`Scale`, in the order of the heads (a saved model's ``heads.{scale}`` weights)."""
+SearchScale = Literal["document", "sentence", "token", "fusion"]
+"""What a store search ranks: one scale, or ``fusion`` (the three scales' scores combined)."""
+SEARCH_SCALES: tuple[SearchScale, ...] = ("document", "sentence", "token", "fusion")
 
 
 @dataclass(frozen=True, order=True)

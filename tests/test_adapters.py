@@ -387,6 +387,7 @@ def test_cli_list_and_service_stats(root: Path, clean: MultiScaleEncoder, tmp_pa
 
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "adapters"
+BENCH = Path(__file__).resolve().parents[1] / "configs" / "bench" / "adapters"
 
 
 def test_adapter_bench_reads_its_recipes_and_profiles_from_yaml(tmp_path: Path) -> None:
@@ -395,7 +396,7 @@ def test_adapter_bench_reads_its_recipes_and_profiles_from_yaml(tmp_path: Path) 
     from muses.bench.adapters import domain_topic, load_bench_settings, load_recipes
     from muses.training.config import load_config
 
-    full = load_bench_settings(CONFIGS / "bench" / "full.yaml")
+    full = load_bench_settings(BENCH / "full.yaml")
     recipes = load_recipes(CONFIGS, full, tmp_path / "work")
     assert list(recipes) == ["wiki-people", "wiki-biology", "wiki-geography", "wiki-technology", "scifact"]
     assert set(full.sequence) == set(recipes)
@@ -410,7 +411,7 @@ def test_adapter_bench_reads_its_recipes_and_profiles_from_yaml(tmp_path: Path) 
         shipped = load_config(CONFIGS / f"{key}.yaml")
         assert cfg.output_dir == str(tmp_path / "work" / key)
         assert cfg.model_dump() == shipped.model_copy(update={"output_dir": cfg.output_dir}).model_dump(), key
-    quick = load_recipes(CONFIGS, load_bench_settings(CONFIGS / "bench" / "quick.yaml"), overrides={"seed": 3})
+    quick = load_recipes(CONFIGS, load_bench_settings(BENCH / "quick.yaml"), overrides={"seed": 3})
     assert {c.steps for c in quick.values()} == {3} and {c.seed for c in quick.values()} == {3}
     assert quick["wiki-geography"].data.wikipedia_articles == 6 and quick["scifact"].data.wikipedia_articles == 0
     assert quick["scifact"].output_dir == "runs/adapters/scifact"  # no work folder: the recipe's own

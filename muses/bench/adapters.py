@@ -1,7 +1,7 @@
 """Measurement functions of the domain-shift experiment: domain LoRA adapters served from an AdapterCache.
 
 The run's inputs are YAML (:func:`load_bench_settings`, :func:`load_recipes`): a profile of sizes
-(``configs/adapters/bench/*.yaml``, :class:`BenchSettings`) and one training recipe per domain
+(``configs/bench/adapters/*.yaml``, :class:`BenchSettings`) and one training recipe per domain
 (``configs/adapters/<domain>.yaml``). :func:`run_adapter_bench` runs the whole measurement and returns its results
 as one JSON-ready dict; ``benchmarks/adapters.py`` is the driver that writes them with their report, and
 ``muses bench adapters`` a thin command over the same functions.
@@ -84,7 +84,7 @@ Log = Callable[[str], None]
 
 
 class BenchSettings(BaseModel):
-    """The run's sizes (a YAML profile, ``configs/adapters/bench/*.yaml``); the adapters' training is in their recipes.
+    """The run's sizes (a YAML profile, ``configs/bench/adapters/*.yaml``); the adapters' training is in their recipes.
 
     ``domains``: recipe names (``<recipes>/<name>.yaml``), in the run's order (None: every recipe of the folder,
     by name). ``train_overrides``: recipe-name pattern (``fnmatch``) -> dotted settings laid over the matching
@@ -116,7 +116,7 @@ def load_bench_settings(path: str | os.PathLike[str]) -> BenchSettings:
     """
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"bench profile {p} does not exist (the shipped ones are in configs/adapters/bench/).")
+        raise ConfigError(f"bench profile {p} does not exist (the shipped ones are in configs/bench/adapters/).")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
         return BenchSettings.model_validate(raw)

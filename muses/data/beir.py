@@ -193,7 +193,7 @@ def _load_beir_hub(name: str, split: str) -> BeirDataset:  # pragma: no cover - 
     try:
         from datasets import load_dataset
     except ImportError as e:
-        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[hub]'.") from e
+        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[data]'.") from e
     corpus_ds = load_dataset(f"BeIR/{name}", "corpus", split="corpus")
     queries_ds = load_dataset(f"BeIR/{name}", "queries", split="queries")
     qrels_ds = load_dataset(f"BeIR/{name}-qrels", split=split)

@@ -209,7 +209,7 @@ def _load_dataset(config: str, split: str) -> Any:  # pragma: no cover - needs a
     try:
         from datasets import load_dataset
     except ImportError as e:
-        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[hub]'.") from e
+        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[data]'.") from e
     return load_dataset(HUB_NAME, config, split=split)
 
 

@@ -241,7 +241,7 @@ def _load_squad_hub() -> SquadDataset:  # pragma: no cover - needs a network
     try:
         from datasets import load_dataset
     except ImportError as e:
-        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[hub]'.") from e
+        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[data]'.") from e
     rows = load_dataset(HUB_NAME, split="validation")
     grouped: dict[str, dict[str, list[SquadQuestion]]] = {}
     for r in rows:

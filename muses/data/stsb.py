@@ -73,7 +73,7 @@ def _load_stsb_hub(split: str) -> STSPairs:  # pragma: no cover - needs a networ
     try:
         from datasets import load_dataset
     except ImportError as e:
-        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[hub]'.") from e
+        raise DataError("Loading from the hub needs `datasets`: pip install 'muses[data]'.") from e
     hub_split = {"dev": "validation"}.get(split, split)
     ds = load_dataset(HUB_NAME, split=hub_split)
     return STSPairs(

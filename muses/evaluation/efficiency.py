@@ -124,8 +124,9 @@ def search_latency(
         ``{f"{prefix}/batch1_ms@d": ms per query, f"{prefix}/qps_batch1@d": queries per second, ...}`` and
         ``f"{prefix}/n_index"``.
     """
-    import faiss
+    from muses.extras import require
 
+    faiss = require("faiss", "store")
     out: dict[str, float] = {f"{prefix}/n_index": float(len(corpus))}
     for d in dims:
         index = faiss.IndexFlatIP(d)

@@ -27,13 +27,14 @@ from typing import Literal
 import numpy as np
 
 from muses.data.wikipedia import WikiArticle, stratified_split
+from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, EmbeddingCache
 from muses.evaluation.hierarchy import wikipedia_documents
 from muses.scoring import prefix_normalize
+from muses.types import Scale
 
 UNCATEGORIZED = "Uncategorized"
 Weighting = Literal["similarity", "uniform"]
-Scale = Literal["document", "sentence"]
 
 
 # --- neighbours and votes -----------------------------------------------------------------------------------
@@ -169,6 +170,8 @@ def evaluate_knn(
         ``n_test``, ``n_classes``, ``n_train_sentences``, ``n_test_sentences``, ``k``, ``chance`` (1 / classes)
         and ``majority`` (accuracy of always answering the most frequent test topic).
     """
+    if "token" in scales:
+        raise InputError("k-NN topic classification runs at document and sentence scale, not token.")
     kept = knn_articles(articles, exclude_topics, max_articles, seed)
     train, test = stratified_split(kept, test_fraction=test_fraction, seed=seed)
     row = {id(a): i for i, a in enumerate(kept)}

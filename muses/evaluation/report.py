@@ -17,6 +17,7 @@ Tasks (all through a :class:`~muses.evaluation.corpus.CorpusEncoder`, so MuSES a
 Profiles: ``full`` runs every task at full size (the numbers in ``docs/results.md``); ``quick`` runs a short report
 (STS-B, SQuAD, hierarchy and k-NN on subsets) in a few minutes, for ``make run``; ``ablation`` runs the training
 ablation's tasks on subsets at 64 and 384 dims; ``training`` reports a trained recipe at full size at 64 and 384.
+Each is a YAML file in ``muses/evaluation/profiles/`` (:func:`get_profile` also takes a path to one's own).
 """
 
 from __future__ import annotations
@@ -26,14 +27,16 @@ import os
 import platform
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import date
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from muses.data.stsb import load_stsb
 from muses.data.wikipedia import load_wikipedia, stratified_split
-from muses.errors import InputError
+from muses.errors import ConfigError, InputError
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.evidence import evaluate_scifact_evidence, evaluate_squad_sentences
 from muses.evaluation.hierarchy import evaluate_hierarchy, scifact_documents, wikipedia_documents
@@ -67,48 +70,44 @@ class Profile:
 
 
 ALL_TASKS = ("sts", "scifact", "evidence", "squad", "squad-standalone", "hierarchy", "knn", "efficiency", "routing")
-PROFILES: dict[str, Profile] = {
-    "full": Profile("full", ALL_TASKS),
-    "quick": Profile(
-        "quick",
-        ("sts", "squad", "hierarchy", "knn"),
-        squad_docs=400,
-        hierarchy_wiki_docs=300,
-        hierarchy_scifact_docs=300,
-        knn_articles=2000,
-        knn_scales=("document",),
-    ),
-    # A trained recipe's report (`muses ablation configs/full.yaml --profile training`): the tasks training can
-    # move, at full size, 64 and 384 dims; hierarchy on 200 held-out articles (1,000 cost more than all the rest)
-    # and on the SciFact corpus the retrieval task has encoded already.
-    "training": Profile(
-        "training", ("sts", "squad", "scifact", "hierarchy", "evidence"), hierarchy_wiki_docs=200, dims=(64, 384)
-    ),
-    # The training ablation, sized so that five recipes fit one session on 2 CPU cores: SciFact on the first 1,500
-    # abstracts (the claims whose cited abstracts all lie among them; shared by retrieval and hierarchy), SQuAD as
-    # the evidence-sentence task, hierarchy on 100 articles. Compare rows with each other, not with full-size runs.
-    "ablation": Profile(
-        "ablation",
-        ("sts", "squad", "scifact", "hierarchy"),
-        hierarchy_wiki_docs=100,
-        hierarchy_scifact_docs=1500,
-        scifact_docs=1500,
-        dims=(64, 384),
-    ),
-    # Mixture-of-Experts (issue 7). "moe": small from-scratch encoders (256 dims) on STS-B, k-NN topics and routing.
-    # "upcycle": the ablation's tasks plus k-NN and routing, for an upcycled MiniLM against the dense one.
-    "moe": Profile("moe", ("sts", "knn", "routing"), knn_articles=2000, knn_scales=("document",), dims=(64, 256)),
-    "upcycle": Profile(
-        "upcycle",
-        ("sts", "squad", "scifact", "hierarchy", "knn", "routing"),
-        hierarchy_wiki_docs=100,
-        hierarchy_scifact_docs=1500,
-        scifact_docs=1500,
-        knn_articles=2000,
-        knn_scales=("document",),
-        dims=(64, 384),
-    ),
-}
+PROFILE_DIR = Path(__file__).with_name("profiles")
+"""The named profiles, one YAML file each (``full``, ``quick``, ``training``, ``ablation``, ``moe``, ``upcycle``).
+
+They ship inside the package (package data), so ``--profile quick`` works from a checkout and from a pip install
+alike; a profile of one's own is a YAML file with the same keys, passed by path.
+"""
+
+
+def load_profile(path: str | os.PathLike[str]) -> Profile:
+    """A :class:`Profile` from a YAML file: ``name`` (default: the file's stem), ``tasks`` and size limits."""
+    file = Path(path)
+    try:
+        raw = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"cannot read profile {file}: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"profile {file} is not a YAML mapping of {', '.join(_PROFILE_FIELDS)}.")
+    unknown = sorted(set(raw) - set(_PROFILE_FIELDS))
+    if unknown:
+        raise ConfigError(f"profile {file}: unknown key(s) {unknown}; use any of {', '.join(_PROFILE_FIELDS)}.")
+    if not raw.get("tasks"):
+        raise ConfigError(f"profile {file} lists no tasks; use any of {', '.join(ALL_TASKS)}.")
+    values = {"name": file.stem, **raw}
+    for key in ("tasks", "knn_scales", "dims"):
+        if isinstance(values.get(key), list):
+            values[key] = tuple(values[key])
+    profile = Profile(**values)
+    parse_tasks(profile.tasks, profile)  # unknown task names fail here, with the list of known ones
+    return profile
+
+
+def load_profiles(folder: Path = PROFILE_DIR) -> dict[str, Profile]:
+    """Every ``*.yaml`` profile of ``folder``, by name."""
+    profiles = (load_profile(f) for f in sorted(folder.glob("*.yaml")))
+    return {p.name: p for p in profiles}
+
+
+_PROFILE_FIELDS = tuple(f.name for f in fields(Profile))
 
 
 @dataclass
@@ -215,11 +214,16 @@ def parse_tasks(tasks: str | Sequence[str] | None, profile: Profile) -> list[str
     return names
 
 
+PROFILES: dict[str, Profile] = load_profiles()
+
+
 def get_profile(name: str) -> Profile:
-    """A profile by name, with an error listing the valid ones."""
-    if name not in PROFILES:
-        raise InputError(f"unknown profile {name!r}; use one of {', '.join(PROFILES)}.")
-    return PROFILES[name]
+    """A profile by name (``muses/evaluation/profiles/NAME.yaml``) or a path to a YAML profile of one's own."""
+    if name in PROFILES:
+        return PROFILES[name]
+    if name.endswith((".yaml", ".yml")) or os.sep in name:
+        return load_profile(name)
+    raise InputError(f"unknown profile {name!r}; use one of {', '.join(PROFILES)} or a path to a YAML profile.")
 
 
 def run_report(

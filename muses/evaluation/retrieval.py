@@ -3,8 +3,8 @@
 Every corpus doc is ``make_document(title + ". " + text, id=doc_id)`` (just ``text`` when the title is empty) and
 goes through a :class:`~muses.evaluation.corpus.CorpusEncoder`, so a MuSES model and a flat baseline are scored
 by the same code. The ``". "`` makes the title its own sentence. BEIR (and MTEB) join with a plain space instead
-(``title_sep=" "``); the published all-MiniLM-L6-v2 SciFact nDCG@10 of 0.645 is reproduced with that join
-(0.6451 measured), while ``". "`` gives 0.6484.
+(``title_sep=" "``), which reproduces the published all-MiniLM-L6-v2 SciFact nDCG@10 (the reference check in
+``docs/results.md`` gives both joins' numbers).
 
 Vectors are kept at full size ``D``; the score at dim ``d`` uses renormalised ``d``-prefixes
 (:func:`~muses.scoring.prefix_normalize`) of queries, documents, sentences and tokens alike.
@@ -428,7 +428,7 @@ def evaluate_beir_retrieval(
         name, split: the dataset and the qrels split to evaluate.
         cache: embedding cache (default: none).
         dims: Matryoshka dims (default: the model's).
-        with_tokens: score ``token-rerank`` (needs the corpus token vectors: ~1.2 GB for SciFact in float16).
+        with_tokens: score ``token-rerank`` (needs the corpus token vectors: their size is in ``docs/benchmarks.md``).
         rerank_k: depth of the ``document`` and ``sentence`` rankings whose union the token scoring reranks.
         fusion: ``"fit"`` fits weights on ``fusion_split`` with :func:`fit_fusion` (same corpus vectors),
             a sequence of :class:`FusionWeights` applies fixed weights, None skips fusion.

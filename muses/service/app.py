@@ -20,7 +20,7 @@ from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from importlib import resources
 from pathlib import Path as FsPath
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import Depends, FastAPI, Header, HTTPException, Path, Request
 from fastapi.exceptions import RequestValidationError
@@ -31,6 +31,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from muses.errors import InputError, ModelError, UnknownIdError
 from muses.service.batcher import QueryBatcher
 from muses.store import EncodedQuery, MemoryStore
+from muses.types import SearchScale
 from muses.validation import check_filters, check_id, check_metadata, check_utf8
 
 if TYPE_CHECKING:
@@ -100,7 +101,7 @@ class _Query(_Strict):
 
 
 class SearchRequest(_Query):
-    scale: Literal["document", "sentence", "token", "fusion"] = "fusion"
+    scale: SearchScale = "fusion"
     k: int = Field(10, ge=1, le=MAX_INT)
     zoom_docs: int | None = Field(None, ge=1, le=MAX_INT, description="sentence scale: only inside the top documents")
 

@@ -31,7 +31,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from filelock import FileLock
@@ -43,11 +43,9 @@ from muses.scoring import candidate_pool, fuse, prefix_normalize, sentence_maxsi
 from muses.store import db
 from muses.store.index import IndexKind, VectorIndex
 from muses.text import as_documents
-from muses.types import Document, MultiScaleEmbedding
+from muses.types import SEARCH_SCALES, Document, MultiScaleEmbedding, SearchScale
 from muses.validation import check_filters, check_id, check_metadata, check_utf8
 
-Scale = Literal["document", "sentence", "token", "fusion"]
-SEARCH_SCALES: tuple[str, ...] = ("document", "sentence", "token", "fusion")
 DB_FILE = "store.sqlite"
 LOCK_FILE = "write.lock"
 _STORE_FILES = frozenset({DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE})
@@ -621,7 +619,7 @@ class MemoryStore:
     def search(
         self,
         query: str | EncodedQuery,
-        scale: Scale = "document",
+        scale: SearchScale = "document",
         k: int = 10,
         dim: int | None = None,
         filters: Mapping[str, Any] | None = None,
