@@ -72,7 +72,7 @@ class HierarchicalInfoNCE(nn.Module):
         Not built on sentence-transformers' MultipleNegativesRankingLoss: that loss takes the positive of anchor
         ``i`` to be candidate ``i``, whereas here many tokens share one sentence (and many sentences one document),
         so a candidate set of one row per anchor would repeat positives as false negatives. In the one-to-one case
-        the two agree (checked in ``tests/test_losses.py``).
+        the two agree (checked in ``tests/losses/test_losses.py``).
     """
 
     def __init__(self, temperature: float = 0.05, alpha: float = 0.5) -> None:

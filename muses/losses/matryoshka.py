@@ -231,7 +231,7 @@ class MatryoshkaAll(nn.Module):
 
     ``loss = sum_d w_d * loss_fn(d) [+ consistency]``, numerically the same as sentence-transformers'
     ``MatryoshkaLoss`` (which cannot be reused here: it runs the model, patching its ``forward`` to cache and
-    truncate the embeddings, while MuSES losses take embeddings; cross-checked in ``tests/test_losses.py``).
+    truncate the embeddings, while MuSES losses take embeddings; cross-checked in ``tests/losses/test_losses.py``).
     With the consistency it is also the (width-only) Starbucks recipe: the whole small-to-large ladder every step.
 
     Args:

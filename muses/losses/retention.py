@@ -30,7 +30,7 @@ def in_batch_kl(student: Tensor, teacher: Tensor, temperature: float = 0.05) -> 
         Scalar, >= 0; 0 when both batches have the same cosine matrix, and always 0 for ``B <= 2``.
 
     sentence-transformers' ``DistillKLDivLoss`` scores each query against its own row of candidates, not the
-    whole batch, hence this short functional form (cross-checked against it in ``tests/test_losses.py``).
+    whole batch, hence this short functional form (cross-checked against it in ``tests/losses/test_losses.py``).
     """
     if student.shape[0] != teacher.shape[0]:
         raise ValueError(f"student {tuple(student.shape)} and teacher {tuple(teacher.shape)} differ in batch size")

@@ -40,7 +40,7 @@ TREC_MEASURES = {
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
     """The shared data folder: $MUSES_DATA_DIR, else ``<repo>/../shared/data``."""
-    path = Path(os.environ.get("MUSES_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = Path(os.environ.get("MUSES_DATA_DIR", Path(__file__).resolve().parents[3] / "shared" / "data"))
     if not path.is_dir():
         pytest.skip(f"data folder {path} not found; set MUSES_DATA_DIR")
     return path

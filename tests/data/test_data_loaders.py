@@ -47,7 +47,7 @@ WIKI_TOPICS = {
 @pytest.fixture(scope="module")
 def data_dir() -> Path:
     """The shared data folder: $MUSES_DATA_DIR, else ``<repo>/../shared/data``."""
-    path = Path(os.environ.get(ENV_VAR, Path(__file__).resolve().parents[2] / "shared" / "data"))
+    path = Path(os.environ.get(ENV_VAR, Path(__file__).resolve().parents[3] / "shared" / "data"))
     if not path.is_dir():
         pytest.skip(f"data folder {path} not found; set {ENV_VAR}")
     return path

@@ -386,8 +386,8 @@ def test_cli_list_and_service_stats(root: Path, clean: MultiScaleEncoder, tmp_pa
     assert set(stats) >= {"hit_rate", "miss_latency_ms", "memory_kb", "switch_overhead_pct"}
 
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "adapters"
-BENCH = Path(__file__).resolve().parents[1] / "configs" / "bench" / "adapters"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "adapters"
+BENCH = Path(__file__).resolve().parents[2] / "configs" / "bench" / "adapters"
 
 
 def test_adapter_bench_reads_its_recipes_and_profiles_from_yaml(tmp_path: Path) -> None:

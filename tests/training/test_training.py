@@ -144,7 +144,7 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
 
 
 def test_shipped_recipes_validate() -> None:
-    configs = Path(__file__).resolve().parents[1] / "configs"
+    configs = Path(__file__).resolve().parents[2] / "configs"
     bench = configs / "bench"  # benchmark settings, not training recipes
     recipes = {p.stem: load_config(p) for p in sorted(configs.rglob("*.yaml")) if bench not in p.parents}
     default, budget = recipes["default"], recipes["ablation-budget"]
