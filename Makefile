@@ -1,5 +1,5 @@
 # MuSES: `make run` (the main job) and `make test` (the whole suite) work on a fresh machine.
-# Both create .venv, install torch first, pinned (CPU build here), then exactly the versions in requirements/lock.txt
+# Both create .venv, install torch first, pinned (CPU build here), then exactly the versions in requirements.lock.txt
 # (every runtime, dev and optional dependency), then muses itself without dependencies, and check with `pip check`.
 # `make lock` refreshes the lock deliberately (then run `make test` and say what moved).
 # GPU users: make run TORCH_SPEC="torch==2.13.0" TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
@@ -10,7 +10,7 @@ TORCH_SPEC ?= torch==2.13.0
 TORCH_INDEX_URL ?=
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-muses
-LOCK := requirements/lock.txt
+LOCK := requirements.lock.txt
 PIP_TOOLS_SPEC ?= pip-tools==7.6.2
 
 # Data root: ../shared/data beside the checkout unless MUSES_DATA_DIR is set.
@@ -39,7 +39,7 @@ lock:
 	.lock-venv/bin/pip install -q "$(PIP_TOOLS_SPEC)"
 	.lock-venv/bin/pip-compile --upgrade --all-extras --strip-extras --unsafe-package torch \
 		--no-emit-find-links --no-emit-index-url --no-emit-trusted-host \
-		-o $(LOCK) pyproject.toml requirements/torch.in
+		-o $(LOCK) pyproject.toml requirements.torch.in
 	rm -rf .lock-venv
 
 run: $(STAMP)
@@ -50,7 +50,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: lint browser
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 # The search page is tested in headless Chromium. Installed with apt-get where we are root; elsewhere that test
 # is skipped and says why.

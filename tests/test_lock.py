@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-LOCK = ROOT / "requirements" / "lock.txt"
+LOCK = ROOT / "requirements.lock.txt"
 STAMP = Path(sys.prefix) / ".installed-muses"  # written by the Makefile once it installed from the lock
 
 
