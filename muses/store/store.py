@@ -673,8 +673,6 @@ class MemoryStore:
             scores, pos = self._dense(vecs, "document", q, d, k, allowed)
             return [self._doc_hit(vecs, int(p), float(s), "document") for s, p in zip(scores, pos, strict=True)]
         cand, per_scale = self._candidates(vecs, query, q, d, k, allowed)
-        if not len(cand):
-            return []
         if scale == "token":
             if "token" not in per_scale:
                 raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
