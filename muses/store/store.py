@@ -378,10 +378,17 @@ class MemoryStore:
         """Close the database connection."""
         self._con.close()
 
+    @contextmanager
+    def _reading(self) -> Iterator[None]:
+        """One thread at a time on the connection and the in-memory vectors; a database SQLite cannot read (corrupt
+        or truncated, found on any query) is a one-line :class:`InputError`."""
+        with self._mutex, db.readable(self.path / DB_FILE):
+            yield
+
     # ------------------------------------------------------------------ writes
     @contextmanager
     def _write(self) -> Iterator[Any]:
-        with self._mutex, self._lock, db.readable(self.path / DB_FILE):
+        with self._reading(), self._lock:
             self._con.execute("BEGIN IMMEDIATE")
             try:
                 yield self._con
@@ -493,13 +500,13 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ reads
     def __len__(self) -> int:
-        with self._mutex:
+        with self._reading():
             return int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
 
     def get(self, doc_id: str) -> dict[str, Any]:
         """A stored document: id, text, metadata and sentence spans."""
         check_id(doc_id)
-        with self._mutex:
+        with self._reading():
             return self._get(doc_id)
 
     def _get(self, doc_id: str) -> dict[str, Any]:
@@ -644,7 +651,7 @@ class MemoryStore:
             raise InputError(f"k must be at least 1, got {k}.")
         filters = self._filters(filters)
         query = self._encoded(query)  # the expensive part, outside the lock
-        with self._mutex:
+        with self._reading():
             return self._search(query, scale, k, dim, filters, zoom_docs)
 
     def _search(
@@ -763,7 +770,7 @@ class MemoryStore:
         """
         filters = self._filters(filters)
         query = self._encoded(query)
-        with self._mutex:
+        with self._reading():
             return self._zoom(query, k_docs, k_sentences, dim, filters, highlight)
 
     def _zoom(
@@ -809,7 +816,7 @@ class MemoryStore:
 
     def stats(self) -> dict[str, Any]:
         """Counts, model, dim, index kinds and sizes."""
-        with self._mutex:
+        with self._reading():
             vecs = self._load()
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.name.startswith(DB_FILE))
         return {
