@@ -254,9 +254,9 @@ class MemoryStore:
         self._con = db.connect(path / DB_FILE)
         with db.readable(path / DB_FILE):
             meta = db.get_meta(self._con)
+            self.config = StoreConfig.model_validate(meta["config"])
+            db.set_durable(self._con, self.config.durable)
         self.model_name: str = meta["model"]
-        self.config = StoreConfig.model_validate(meta["config"])
-        db.set_durable(self._con, self.config.durable)
         self.dim: int = meta["dim"]
         self.fingerprint: str = meta["fingerprint"]
         given = encoder.fingerprint()
