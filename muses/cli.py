@@ -260,11 +260,10 @@ def bench_encode_cmd(
 ) -> None:
     """MuSES one-pass documents+sentences(+tokens) vs sentence-transformers encoding them separately."""
     with user_errors():
-        from muses.bench.encode import bench_encode
         from muses.encoder import MultiScaleEncoder
+        from muses.evaluation.efficiency import one_pass_speedup
 
-        enc = MultiScaleEncoder.from_base(model)
-        result = bench_encode(enc, data_dir, n_docs=n_docs, repeats=repeats)
+        result = one_pass_speedup(MultiScaleEncoder.from_base(model), data_dir, n_docs=n_docs, repeats=repeats)
         if json_out:
             json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         console.print_json(json.dumps(result))
@@ -279,10 +278,10 @@ def bench_search_cmd(
 ) -> None:
     """Store index latency, memory and recall per dim (64, 384) and kind (flat, HNSW, IVF-PQ) on SciFact."""
     with user_errors():
-        from muses.bench.search import bench_search
         from muses.evaluation.baselines import load_corpus_encoder
+        from muses.evaluation.efficiency import index_tradeoffs
 
-        result = bench_search(load_corpus_encoder(model), data_dir, cache=_cache(cache_dir, False))
+        result = index_tradeoffs(load_corpus_encoder(model), data_dir, cache=_cache(cache_dir, False))
         if json_out:
             json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         table = Table(title=f"store search, {result['setup']['vectors']} SciFact sentences")
@@ -293,7 +292,9 @@ def bench_search_cmd(
         console.print(table)
 
 
-bench_app.command("adapters")(bench_adapters_cmd)
+bench_app.command("adapters", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})(
+    bench_adapters_cmd
+)
 
 
 @bench_app.command("moe")
@@ -305,10 +306,10 @@ def bench_moe_cmd(
 ) -> None:
     """Dense vs MoE encoders: tokens/s (as a ratio to the first model) and total and active parameters."""
     with user_errors():
-        from muses.bench.moe import bench_moe
         from muses.encoder import MultiScaleEncoder
+        from muses.evaluation.efficiency import model_throughput
 
-        result = bench_moe({m: MultiScaleEncoder.from_base(m) for m in models}, articles, repeats)
+        result = model_throughput({m: MultiScaleEncoder.from_base(m) for m in models}, articles, repeats)
         table = Table("model", "tokens/s", "speed vs first", "params total", "params active")
         for name, r in result["models"].items():
             table.add_row(

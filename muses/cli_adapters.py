@@ -133,51 +133,11 @@ def encode_cmd(
         console.print_json(json.dumps({"routes": cache.route(items) if key is None else None, **cache.stats()}))
 
 
-def bench_adapters_cmd(
-    config: Annotated[
-        Path, typer.Option("--config", "-c", help="Bench profile: the run's sizes (configs/bench/adapters/).")
-    ] = Path("configs/bench/adapters/full.yaml"),
-    recipes: Annotated[
-        Path, typer.Option(help="Folder of the adapter recipes the profile names (<domain>.yaml).")
-    ] = Path("configs/adapters"),
-    data_dir: DataDirOpt = None,
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json.")] = Path("runs/bench-adapters"),
-    work_dir: Annotated[
-        Path, typer.Option(help="Where the adapters are trained (reused when present; not part of the report).")
-    ] = Path("runs/adapters"),
-    set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a setting of every recipe: --set steps=30.")
-    ] = None,
-) -> None:
-    """Domain-shift experiment: one adapter per domain, traffic A->B->C->A->... through the cache at each K.
-
-    Writes results.json and prints retention and cache costs per condition; benchmarks/adapters.py runs the same
-    and writes the report (docs/reports/adapters/).
-    """
-    with user_errors():
-        from muses.bench.adapters import mean_retention, run_configured
-
-        overrides = {k: v for item in set_ or [] for k, v in _setting(item).items()}
-        results = run_configured(config, recipes, work_dir, data_dir, overrides, log=console.print)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-        retained = mean_retention(results)
-        table = Table(title=f"mean retention at {max(results['settings']['dims'])} dims (% of dedicated)")
-        for col in ("condition", "retention", "hit rate", "switch overhead"):
-            table.add_column(col, justify="left" if col == "condition" else "right")
-        for name, value in retained.items():
-            t = results["traffic"].get(name)
-            costs = (f"{t['hit_rate']:.3f}", f"{t['switch_overhead_pct']:.2f}%") if t else ("", "")
-            table.add_row(name, f"{value:.2f}%", *costs)
-        console.print(table)
-        console.print(f"wrote {out / 'results.json'}")
-
-
-def _setting(item: str) -> dict[str, object]:
-    """``key.path=value`` (value parsed as YAML) -> ``{key.path: value}``."""
-    import yaml
-
-    key, sep, value = item.partition("=")
-    if not sep or not key:
-        raise InputError(f"--set {item!r} must look like key.path=value.")
-    return {key: yaml.safe_load(value)}
+def bench_adapters_cmd() -> None:
+    """Moved: the domain-shift experiment is `python -m benchmarks.adapters`, run from a source checkout."""
+    typer.echo(
+        "muses bench adapters moved out of the installed package: from the root of a source checkout, run "
+        "`python -m benchmarks.adapters` (e.g. --config configs/bench/adapters/quick.yaml; see docs/adapters.md).",
+        err=True,
+    )
+    raise typer.Exit(2)

@@ -35,7 +35,6 @@ DEFAULT_MAX_CHARS = 1_000_000
 Encoding cost grows linearly with length (time and memory per length: ``docs/benchmarks.md``)."""
 
 
-
 # ---------------------------------------------------------------------------------------------------- reading
 def read_documents(
     path: str | os.PathLike[str],

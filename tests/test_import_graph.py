@@ -1,5 +1,6 @@
-"""Data flows one way: the package's import graph (lazy imports inside functions included) has no cycle, and the
-store and the service import nothing from the evaluation suite."""
+"""Data flows one way: the package's import graph (lazy imports inside functions included) has no cycle, the
+store and the service import nothing from the evaluation suite, and the package imports nothing from the experiment
+drivers in benchmarks/ (which are not installed)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "muses"
+BENCHMARKS = PACKAGE.parent / "benchmarks"
 
 
 def module_files(root: Path = PACKAGE) -> dict[str, Path]:
@@ -118,3 +120,12 @@ def test_store_and_service_do_not_import_evaluation() -> None:
         if t.startswith("muses.evaluation")
     }
     assert not bad, f"the store and service must score through muses.scoring, not the evaluation suite: {bad}"
+
+
+def test_the_package_does_not_import_the_experiments() -> None:
+    """benchmarks/ uses the library; the library never reaches into benchmarks/, and together they have no cycle."""
+    graph = import_graph({**module_files(), **module_files(BENCHMARKS)})
+    assert "muses.adapters.measure" in graph["benchmarks.adapters.run"]
+    assert [c for c in cycles(graph) if any(m.startswith("benchmarks") for m in c)] == []
+    bad = {(m, t) for m, ts in graph.items() if m.startswith("muses") for t in ts if t.startswith("benchmarks")}
+    assert not bad, f"the installed package must not import the experiment drivers: {bad}"

@@ -1,8 +1,20 @@
 """Efficiency measurements (benchmarks, not tests): encode throughput, search latency, memory, checkpoint size.
 
-Every model goes through the :class:`~muses.evaluation.corpus.CorpusEncoder` interface, in the same process and
-run, on the same documents, so a MuSES model (one pass gives documents, sentences and tokens) and a flat baseline
-(documents, then sentences, then tokens, each its own pass) do the same work:
+The library functions behind ``muses bench ...`` and the ``efficiency`` task of ``muses eval all``:
+
+- :func:`measure_efficiency` (``muses bench efficiency``, the ``efficiency`` task): every model through the
+  :class:`~muses.evaluation.corpus.CorpusEncoder` interface, in the same process and run, on the same documents;
+  its primitives :func:`encode_throughput`, :func:`query_encode_latency`, :func:`search_latency`,
+  :func:`embedding_memory`, :func:`checkpoint_mb`, :func:`peak_rss_mb`, :func:`machine_info`.
+- :func:`one_pass_speedup` (``muses bench encode``): MuSES's single pass against sentence-transformers encoding
+  documents and sentences apart.
+- :func:`index_tradeoffs` (``muses bench search``): the store's index kinds per Matryoshka dim: build time, size,
+  latency, recall against the exact index.
+- :func:`model_throughput` (``muses bench moe``): tokens per second and total and active parameters of several
+  encoders (dense vs Mixture-of-Experts).
+
+The keys of :func:`measure_efficiency`, where a MuSES model (one pass gives documents, sentences and tokens) and a
+flat baseline (documents, then sentences, then tokens, each its own pass) do the same work:
 
 - ``{name}/encode/...``: seconds for ``encode_corpus`` (documents + sentences; ``+tokens``: with token vectors),
   best of ``repeats`` (models alternate), and items/s per scale (items of that scale / seconds of the whole call);
@@ -16,7 +28,8 @@ run, on the same documents, so a MuSES model (one pass gives documents, sentence
 - ``peak_rss_mb``: the process's peak resident set size so far (``resource.getrusage``), measured last.
 
 MB = 10^6 bytes. Timings depend on the machine and its load; ``machine/...`` records it. No timing is asserted
-anywhere: read the numbers as ratios between models of one run.
+anywhere: read the numbers as ratios between models (or sides) of one run; the recorded runs are in
+``docs/benchmarks.md``.
 """
 
 from __future__ import annotations
@@ -27,17 +40,28 @@ import resource
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, FlatCorpusEncoder, MusesCorpusEncoder
+from muses.errors import InputError
+from muses.evaluation.corpus import (
+    CorpusEncoder,
+    CorpusVectors,
+    EmbeddingCache,
+    FlatCorpusEncoder,
+    MusesCorpusEncoder,
+)
 from muses.scoring import prefix_normalize
 from muses.types import Document
+
+if TYPE_CHECKING:
+    from muses.encoder import MultiScaleEncoder
+    from muses.store.index import VectorIndex
 
 MB = 1e6
 Number = float | int | str
@@ -49,6 +73,16 @@ def _timed_batches(fn: Callable[[Any], object], items: Sequence[Any] | np.ndarra
     for i in range(0, len(items), batch_size):
         fn(items[i : i + batch_size])
     return time.perf_counter() - t0
+
+
+def best_seconds(fn: Callable[[], object], repeats: int = 1) -> float:
+    """The fastest of ``repeats`` calls of ``fn``, in seconds."""
+    best = float("inf")
+    for _ in range(max(repeats, 1)):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def encode_throughput(
@@ -239,4 +273,221 @@ def measure_efficiency(
             out[f"{m.name}/checkpoint_mb"] = size
     out.update(machine_info())
     out["peak_rss_mb"] = peak_rss_mb()
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- muses bench encode
+
+
+def one_pass_speedup(
+    encoder: MultiScaleEncoder,
+    data_dir: str | os.PathLike[str] | None = None,
+    n_docs: int = 300,
+    repeats: int = 3,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Time MuSES (documents + sentences, and + tokens, one pass) against sentence-transformers (two passes).
+
+    Both sides embed the same first ``n_docs`` SciFact abstracts (``title. text``, by id) and the same sentences
+    (MuSES's segmentation), in the same process, alternating, after a warm-up; each keeps its best of ``repeats``.
+    Two sentence-transformers baselines: as configured (``max_seq_length`` 256 for all-MiniLM-L6-v2, so long
+    abstracts are truncated and their tail is never embedded) and with ``max_seq_length`` raised to cover whole
+    documents (up to the model's position limit). MuSES always embeds the whole text.
+
+    Returns:
+        ``{"n_docs", "n_sentences", "n_doc_tokens", "docs_over_st_max_seq_length", "seconds": {side: s},
+        "speedup_vs_st": {muses side: ratio}, "speedup_vs_st_whole_docs": {...}, "batch_size", "repeats",
+        "torch_threads", "device", "machine"}``; a ratio > 1: MuSES is faster.
+    """
+    from muses.data.beir import load_beir
+    from muses.text import make_document
+
+    corpus = load_beir("scifact", split="test", data_dir=data_dir).corpus
+    ids = sorted(corpus)[:n_docs]
+    texts = [(corpus[i]["title"] + ". " + corpus[i]["text"]).strip() for i in ids]
+    docs = [make_document(t, id=i) for t, i in zip(texts, ids, strict=True)]
+    sentences = [s for d in docs for s in d.sentence_texts()]
+    st = encoder.as_sentence_transformer()
+    tokenized = encoder.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
+
+    def muses_pass(scales: tuple[str, ...]) -> Callable[[], object]:
+        return lambda: encoder.encode_documents(docs, scales=scales, batch_size=batch_size, show_progress_bar=False)
+
+    def st_two_pass() -> None:
+        st.encode(texts, batch_size=batch_size, show_progress_bar=False)
+        st.encode(sentences, batch_size=batch_size, show_progress_bar=False)
+
+    def st_two_pass_whole_docs() -> None:
+        configured = st.max_seq_length
+        st.max_seq_length = min(max(len(t) for t in tokenized) + 2, encoder.tokenizer.model_max_length)
+        try:
+            st_two_pass()
+        finally:
+            st.max_seq_length = configured
+
+    sides: dict[str, Callable[[], object]] = {
+        "st_docs_then_sentences": st_two_pass,
+        "st_whole_docs_then_sentences": st_two_pass_whole_docs,
+        "muses_docs_sentences": muses_pass(("document", "sentence")),
+        "muses_docs_sentences_tokens": muses_pass(("document", "sentence", "token")),
+    }
+    for fn in sides.values():  # warm-up
+        fn()
+    seconds = dict.fromkeys(sides, float("inf"))
+    for _ in range(repeats):  # interleaved, so that machine noise hits every side alike; best of `repeats`
+        for name, fn in sides.items():
+            seconds[name] = min(seconds[name], best_seconds(fn))
+    baseline = seconds["st_docs_then_sentences"]
+    whole = seconds["st_whole_docs_then_sentences"]
+    return {
+        "n_docs": len(docs),
+        "n_sentences": len(sentences),
+        "n_doc_tokens": sum(len(t) for t in tokenized),
+        "docs_over_st_max_seq_length": sum(len(t) + 2 > (st.max_seq_length or 0) for t in tokenized),
+        "seconds": seconds,
+        "speedup_vs_st": {k: baseline / v for k, v in seconds.items() if k.startswith("muses")},
+        "speedup_vs_st_whole_docs": {k: whole / v for k, v in seconds.items() if k.startswith("muses")},
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "torch_threads": torch.get_num_threads(),
+        "device": str(encoder.device),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
+# ---------------------------------------------------------------------------------------------- muses bench search
+
+
+def _per_query_seconds(index: VectorIndex, q: np.ndarray, k: int, batch: int) -> list[float]:
+    """Seconds per query of each ``index.search`` call on consecutive batches of ``batch`` queries."""
+    out = []
+    for b in range(0, len(q), batch):
+        t = time.perf_counter()
+        index.search(q[b : b + batch], k)
+        out.append((time.perf_counter() - t) / len(q[b : b + batch]))
+    return out
+
+
+def index_tradeoffs(
+    model: CorpusEncoder,
+    data_dir: str | os.PathLike[str] | None = None,
+    dims: Sequence[int] = (64, 384),
+    kinds: Sequence[str] | None = None,
+    cache: EmbeddingCache | None = None,
+    k: int = 10,
+) -> dict[str, Any]:
+    """Latency, memory and recall of the store's index kinds at each Matryoshka dim, on SciFact.
+
+    Vectors: the sentence vectors of the SciFact corpus (from ``cache`` when it holds them); queries: the SciFact
+    test claims. For each dim and each index kind (``kinds``, default every one of
+    :data:`muses.store.index.INDEX_KINDS`: ``flat`` exact, ``hnsw``, ``ivfpq``): the build time, the index size, the
+    search latency per query at batch 1 (median and p99) and at batch 32 (per query), and the recall@``k`` against
+    the exact index at the same dim (NaN when ``flat`` is not among ``kinds`` or comes later). Latencies are also
+    given as a ratio to ``flat`` at the largest dim, measured in the same run.
+
+    Returns:
+        ``{"setup": {"vectors", "queries", "k", "model"}, "rows": [one dict per (dim, kind)]}``.
+    """
+    from muses.data.beir import load_beir
+    from muses.evaluation.retrieval import beir_documents
+    from muses.store.index import INDEX_KINDS, VectorIndex
+
+    data = load_beir("scifact", "test", data_dir)
+    vecs = (cache or EmbeddingCache(None)).corpus(model, beir_documents(data.corpus))
+    queries = (cache or EmbeddingCache(None)).queries(model, list(data.queries.values()))
+    rows: list[dict[str, Any]] = []
+    for dim in dims:
+        x = prefix_normalize(vecs.sentence, dim).astype(np.float32)
+        q = prefix_normalize(queries, dim).astype(np.float32)
+        exact: np.ndarray | None = None
+        for kind in kinds or INDEX_KINDS:
+            t = time.perf_counter()
+            index = VectorIndex(x, kind)  # type: ignore[arg-type]
+            build = time.perf_counter() - t
+            _, found = index.search(q, k)
+            if kind == "flat":
+                exact = found
+            recall = (
+                float(np.mean([len(set(a) & set(b)) / k for a, b in zip(found, exact, strict=True)]))
+                if exact is not None
+                else float("nan")
+            )
+            one = _per_query_seconds(index, q, k, 1)
+            rows.append(
+                {
+                    "dim": dim,
+                    "index": index.kind,
+                    "build_s": round(build, 3),
+                    "index_mb": round(index.memory_bytes() / MB, 2),
+                    "raw_vectors_mb": round(x.nbytes / MB, 2),
+                    "ms_per_query_b1_p50": round(1000 * float(np.median(one)), 3),
+                    "ms_per_query_b1_p99": round(1000 * float(np.percentile(one, 99)), 3),
+                    "ms_per_query_b32": round(1000 * float(np.mean(_per_query_seconds(index, q, k, 32))), 3),
+                    f"recall@{k}_vs_exact": round(recall, 4),
+                }
+            )
+    ref = next((r for r in rows if r["index"] == "flat" and r["dim"] == max(dims)), None)
+    for r in rows:
+        r["latency_vs_flat_full_dim"] = round(r["ms_per_query_b1_p50"] / ref["ms_per_query_b1_p50"], 3) if ref else None
+    return {
+        "setup": {"vectors": len(vecs.sentence), "queries": len(queries), "k": k, "model": model.name},
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------------------------- muses bench moe
+
+
+def model_throughput(
+    models: Mapping[str, MultiScaleEncoder], n_articles: int = 200, repeats: int = 3, batch_size: int = 16
+) -> dict[str, Any]:
+    """Tokens/s of each model on ``n_articles`` held-out Wikipedia articles, and total and active parameters.
+
+    Every model encodes the same articles (token states, one pass each); the models take turns within each repeat
+    and each keeps its best time, so a load change on a shared machine hits all of them alike. Speed is a ratio to
+    the first model, the baseline: the time to encode the same texts.
+
+    Returns:
+        ``{"articles", "tokens" (the baseline's), "threads", "models": {name: {"seconds", "tokens", "tokens_per_s",
+        "speed_vs_baseline", "params_total", "params_active"}}}``.
+
+    Raises:
+        InputError: no model.
+    """
+    from muses.evaluation.routing import routing_articles
+    from muses.scratch.model import count_parameters
+
+    if not models:
+        raise InputError("bench moe needs at least one model (the first is the baseline).")
+    texts = [a.text for a in routing_articles(n_articles)]
+    best = dict.fromkeys(models, float("inf"))
+    tokens = dict.fromkeys(models, 0)  # per model: the models need not share a tokenizer
+    for enc in models.values():
+        enc.eval()
+    with torch.inference_mode():
+        for enc in models.values():  # warm-up
+            enc.token_states(texts[:8], batch_size=batch_size)
+        for _ in range(repeats):
+            for name, enc in models.items():
+                t0 = time.perf_counter()
+                states = enc.token_states(texts, batch_size=batch_size)
+                best[name] = min(best[name], time.perf_counter() - t0)
+                tokens[name] = sum(int(s.content.shape[0]) for s in states)
+    first = next(iter(models))
+    out: dict[str, Any] = {
+        "articles": len(texts),
+        "tokens": tokens[first],
+        "threads": torch.get_num_threads(),
+        "models": {},
+    }
+    for name, enc in models.items():
+        params = count_parameters(enc.transformer.auto_model)
+        out["models"][name] = {
+            "seconds": best[name],
+            "tokens": tokens[name],
+            "tokens_per_s": tokens[name] / best[name],
+            "speed_vs_baseline": best[first] / best[name],
+            "params_total": params["total"],
+            "params_active": params["active"],
+        }
     return out

@@ -2,7 +2,8 @@
 
 LRU order and eviction, lazy loading, concurrent encodes while adapters are evicted, exact save/load round trips,
 capacity 0 = the base model, routing, few-shot warm-up, adapter training with the project's trainer (resume), the
-CLI and the service's stats.
+CLI and the service's stats, and the measurements of ``muses.adapters.measure``. The adapter bench built on them is
+tested in tests/benchmarks/.
 """
 
 from __future__ import annotations
@@ -386,63 +387,24 @@ def test_cli_list_and_service_stats(root: Path, clean: MultiScaleEncoder, tmp_pa
     assert set(stats) >= {"hit_rate", "miss_latency_ms", "memory_kb", "switch_overhead_pct"}
 
 
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "adapters"
-BENCH = Path(__file__).resolve().parents[2] / "configs" / "bench" / "adapters"
+def test_measure_router_accuracy_and_adapter_overhead(root: Path, clean: MultiScaleEncoder) -> None:
+    """muses.adapters.measure: the router's share right per text and per group; the timed work of each adapter."""
+    from muses.adapters.measure import adapter_overhead, router_accuracy
 
+    cache = AdapterCache(clean, root, capacity=3)
+    request = ["Arteries carry blood from the heart.", "The liver makes enzymes.", "Where does the river end?"]
+    acc = router_accuracy(cache, {"bio": request, "geo": QUERIES[1:], "tech": []}, group_size=3)
+    assert acc["bio"]["groups"] == 1.0 and acc["bio"]["texts"] <= 2 / 3  # the group goes to bio, its 3rd text to geo
+    assert acc["geo"]["texts"] == 0.5 and "tech" not in acc  # QUERIES route to bio, geo, tech; no texts: skipped
+    calls: list[str] = []
 
-def test_adapter_bench_reads_its_recipes_and_profiles_from_yaml(tmp_path: Path) -> None:
-    """`muses bench adapters` trains configs/adapters/<domain>.yaml as they are (output_dir moved under the work
-    folder); a profile's train_overrides apply by recipe-name pattern; --set applies to every recipe."""
-    from muses.bench.adapters import domain_topic, load_bench_settings, load_recipes
-    from muses.training.config import load_config
+    def work(key: str) -> None:
+        calls.append(key)
+        cache.encode_queries(QUERIES[:1], key=key)
 
-    full = load_bench_settings(BENCH / "full.yaml")
-    recipes = load_recipes(CONFIGS, full, tmp_path / "work")
-    assert list(recipes) == ["wiki-people", "wiki-biology", "wiki-geography", "wiki-technology", "scifact"]
-    assert set(full.sequence) == set(recipes)
-    assert {k: domain_topic(c) for k, c in recipes.items()} == {
-        "wiki-people": "People",
-        "wiki-biology": "Biology and health sciences",
-        "wiki-geography": "Geography",
-        "wiki-technology": "Technology",
-        "scifact": None,
-    }
-    for key, cfg in recipes.items():
-        shipped = load_config(CONFIGS / f"{key}.yaml")
-        assert cfg.output_dir == str(tmp_path / "work" / key)
-        assert cfg.model_dump() == shipped.model_copy(update={"output_dir": cfg.output_dir}).model_dump(), key
-    quick = load_recipes(CONFIGS, load_bench_settings(BENCH / "quick.yaml"), overrides={"seed": 3})
-    assert {c.steps for c in quick.values()} == {3} and {c.seed for c in quick.values()} == {3}
-    assert quick["wiki-geography"].data.wikipedia_articles == 6 and quick["scifact"].data.wikipedia_articles == 0
-    assert quick["scifact"].output_dir == "runs/adapters/scifact"  # no work folder: the recipe's own
-
-
-def test_adapter_bench_errors_name_the_problem(tmp_path: Path) -> None:
-    from typer.testing import CliRunner
-
-    from muses.bench.adapters import BenchSettings, load_bench_settings, load_recipes, run_adapter_bench
-    from muses.cli import app
-    from muses.errors import ConfigError
-
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("sequence: [a]\ncapacities: [1]\nrequest_size: 2\ntest_articls: 3\n", encoding="utf-8")
-    with pytest.raises(ConfigError, match="test_articls"):
-        load_bench_settings(bad)
-    sizes = {"capacities": [1], "request_size": 2, "test_articles": 2, "dev_articles": 2, "knn_index_articles": 2}
-    s = BenchSettings(
-        domains=["wiki-people", "nope"], sequence=["wiki-people"], scifact_distractors=0, dims=[64], **sizes
-    )
-    with pytest.raises(InputError, match=r"no recipe nope\.yaml"):
-        load_recipes(CONFIGS, s)
-    s.domains = ["wiki-people", "scifact"]
-    with pytest.raises(InputError, match=r"never visits \['scifact'\]"):  # checked before anything trains
-        run_adapter_bench(s, load_recipes(CONFIGS, s), tmp_path)
-    (tmp_path / "full.yaml").write_text("name: x\n", encoding="utf-8")
-    s.domains = ["full"]
-    with pytest.raises(InputError, match=r"sets model\.adapter"):
-        load_recipes(tmp_path, s)
-    out = CliRunner().invoke(app, ["bench", "adapters", "--config", str(tmp_path / "none.yaml")])
-    assert out.exit_code == 2 and "does not exist" in out.output
+    out = adapter_overhead(cache, ["bio"], work, repeats=2)
+    assert set(out) == {"bio", "base_ms"} and out["base_ms"] > 0 and calls == ["base", "bio"] * 2
+    assert cache.resident == ["bio"]  # loaded before the clock started
 
 
 def test_inverse_cloze_pairs_hold_out_a_sentence() -> None:

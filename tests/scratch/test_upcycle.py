@@ -139,11 +139,11 @@ def test_trainer_upcycles_trains_the_experts_apart_and_resumes(tmp_path: Path, d
     assert all(torch.equal(state[k], v) for k, v in again.encoder.state_dict().items())
 
 
-def test_bench_moe_counts_active_parameters(upcycled: MultiScaleEncoder, encoder: MultiScaleEncoder) -> None:
+def test_model_throughput_counts_active_parameters(upcycled: MultiScaleEncoder, encoder: MultiScaleEncoder) -> None:
     """Top-2 of 4 experts: a token uses two FFN copies and the router, so active = dense + 1 FFN + router a layer."""
-    from muses.bench.moe import bench_moe
+    from muses.evaluation.efficiency import model_throughput
 
-    result = bench_moe({"dense": encoder, "upcycled": upcycled}, n_articles=3, repeats=1)
+    result = model_throughput({"dense": encoder, "upcycled": upcycled}, n_articles=3, repeats=1)
     dense, moe = result["models"]["dense"], result["models"]["upcycled"]
     ffn = 2 * 384 * 1536 + 1536 + 384
     assert dense["params_total"] == dense["params_active"]

@@ -1,33 +1,12 @@
-"""The domain-shift experiment of docs/results.md: domain LoRA adapters served from an LRU AdapterCache.
-
-This driver runs the measurement of :mod:`muses.bench.adapters` (whose docstring defines every number) on a YAML
-profile (``configs/bench/adapters/full.yaml``: the docs' run; ``quick.yaml``: a smoke run) and the adapter recipes
-in ``configs/adapters/*.yaml``, then writes ``<out>/results.json`` and the report ``<out>/adapters.md``.
-Adapters already trained under ``--work-dir`` are reused (an interrupted training resumes).
-
-Usage::
-
-    python benchmarks/adapters.py --data-dir ../shared/data --out docs/reports/adapters --work-dir runs/adapters
-    python benchmarks/adapters.py --config configs/bench/adapters/quick.yaml --out runs/bench-adapters-quick \\
-        --work-dir runs/bench-adapters-quick/adapters
-    python benchmarks/adapters.py --out docs/reports/adapters --render-only   # adapters.md from results.json
-
-``--data-dir`` defaults to the library's (``$MUSES_DATA_DIR``, else ``../shared/data``); ``--set key.path=value``
-overrides a setting of every recipe (as ``muses train --set``).
-"""
+"""The experiment's report: ``adapters.md`` from ``results.json``."""
 
 from __future__ import annotations
 
-import argparse
-import json
-from pathlib import Path
 from typing import Any
 
-import yaml
+from benchmarks.adapters.metrics import ALL_WIKI, mean_retention
+from benchmarks.adapters.settings import MERGED
 
-from muses.bench.adapters import ALL_WIKI, MERGED, mean_retention, run_configured
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
 METRICS = (("document/ndcg@10", "nDCG@10 doc"), ("sentence/ndcg@10", "nDCG@10 sent"), ("knn/accuracy", "k-NN acc"))
 
 
@@ -54,7 +33,8 @@ def render(results: dict[str, Any]) -> str:
     lines = [
         "# Domain adapters served from an LRU AdapterCache",
         "",
-        "Made by `python benchmarks/adapters.py` (muses/bench/adapters.py's docstring defines every number). "
+        "Made by `python -m benchmarks.adapters` (the docstring of benchmarks/adapters/__init__.py defines every "
+        "number). "
         f"Wikipedia domains: {', '.join(f'{k} ({v})' for k, v in wiki.items())}; and SciFact. "
         f"{_recipe_summary(results)} "
         f"Traffic: {' -> '.join(s['sequence'])}, requests of {s['request_size']} texts.",
@@ -144,35 +124,3 @@ def render(results: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Parse the command line, run (or re-render), write ``results.json`` and ``adapters.md``."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", type=Path, default=REPO_ROOT / "configs/bench/adapters/full.yaml")
-    parser.add_argument("--recipes", type=Path, default=REPO_ROOT / "configs/adapters")
-    parser.add_argument("--data-dir", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=Path("docs/reports/adapters"))
-    parser.add_argument("--work-dir", type=Path, default=Path("runs/adapters"))
-    parser.add_argument("--set", dest="sets", action="append", default=[], help="recipe setting key.path=value")
-    parser.add_argument("--render-only", action="store_true", help="rewrite adapters.md from <out>/results.json")
-    args = parser.parse_args(argv)
-    out: Path = args.out
-    if args.render_only:
-        results = json.loads((out / "results.json").read_text(encoding="utf-8"))
-    else:
-        overrides: dict[str, object] = {}
-        for item in args.sets:
-            key, sep, value = item.partition("=")
-            if not sep or not key:
-                parser.error(f"--set {item!r} must look like key.path=value")
-            overrides[key] = yaml.safe_load(value)
-        results = run_configured(args.config, args.recipes, args.work_dir, args.data_dir, overrides)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "results.json").write_text(json.dumps(results, indent=1) + "\n", encoding="utf-8")
-    (out / "adapters.md").write_text(render(results), encoding="utf-8")
-    print(f"wrote {out / 'adapters.md'}" + ("" if args.render_only else f" and {out / 'results.json'}"))
-
-
-if __name__ == "__main__":
-    main()
