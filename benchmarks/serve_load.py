@@ -6,9 +6,13 @@ The script builds a store (first ``--n-docs`` SciFact abstracts, unless ``--stor
 the server. It reports requests, errors, qps and latency percentiles (ms), and the server's mean query batch
 size (concurrent queries encoded together).
 
+With ``--backends torch,onnx-int8`` it does this once per transformer backend, each with its own store (an int8
+backend's vectors need a store built with it), in one run, and adds each backend's qps as a ratio to torch's.
+
 Usage::
 
     python benchmarks/serve_load.py [--data-dir DIR] [--clients 20] [--seconds 60] [--scale sentence] [--json PATH]
+        [--backends torch,onnx-int8]
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -34,14 +39,15 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def build_store(path: Path, data_dir: str | None, n_docs: int, dim: int) -> None:
+def build_store(path: Path, data_dir: str | None, n_docs: int, dim: int, backend: str = "torch") -> None:
     from muses.data.beir import load_beir
     from muses.encoder import MultiScaleEncoder
     from muses.store import MemoryStore, StoreConfig
 
     corpus = load_beir("scifact", "test", data_dir).corpus
     docs = [{"id": i, "text": f"{d['title']}. {d['text']}"} for i, d in list(corpus.items())[:n_docs]]
-    store = MemoryStore.create(path, MultiScaleEncoder.from_base(), StoreConfig(dim=dim), model="default")
+    encoder = MultiScaleEncoder.from_base(backend=backend)  # type: ignore[arg-type]
+    store = MemoryStore.create(path, encoder, StoreConfig(dim=dim), model="default")
     store.add(docs)
     store.close()
 
@@ -56,20 +62,36 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=60.0)
     ap.add_argument("--scale", default="sentence")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--backends", default="torch", help="comma-separated transformer backends, torch first")
     args = ap.parse_args()
 
     from muses.data.beir import load_beir
 
     queries = list(load_beir("scifact", "test", args.data_dir).queries.values())
     tmp = tempfile.TemporaryDirectory()
-    store = args.store or Path(tmp.name) / "store"
-    if not (store / "store.sqlite").exists():
-        t0 = time.perf_counter()
-        build_store(store, args.data_dir, args.n_docs, args.dim)
-        print(f"built {store} from {args.n_docs} abstracts in {time.perf_counter() - t0:.0f} s", flush=True)
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    results = {}
+    for backend in backends:
+        store = args.store if args.store and len(backends) == 1 else Path(tmp.name) / f"store-{backend}"
+        if not (store / "store.sqlite").exists():
+            t0 = time.perf_counter()
+            build_store(store, args.data_dir, args.n_docs, args.dim, backend)
+            print(f"built {store} from {args.n_docs} abstracts in {time.perf_counter() - t0:.0f} s", flush=True)
+        results[backend] = load(store, backend, queries, args)
+        print(json.dumps({backend: results[backend]}, indent=2), flush=True)
+    result = results[backends[0]] if len(backends) == 1 else {"backends": results}
+    if len(backends) > 1 and "torch" in results:
+        result["qps_vs_torch"] = {b: round(r["qps"] / results["torch"]["qps"], 2) for b, r in results.items()}
+    print(json.dumps(result, indent=2))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+
+
+def load(store: Path, backend: str, queries: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """Serve ``store`` on ``backend`` and run the clients against it; the measured numbers."""
     port = free_port()
     server = subprocess.Popen(
-        [sys.executable, "-m", "muses.cli", "serve", "--store", str(store), "--port", str(port)],
+        [sys.executable, "-m", "muses.cli", "serve", "--store", str(store), "--port", str(port), "--backend", backend],
         stdout=subprocess.DEVNULL,
         env={**os.environ, "MUSES_API_KEY": ""},
     )
@@ -122,7 +144,8 @@ def main() -> None:
         server.terminate()
         server.wait(30)
     lat = np.asarray(latencies) * 1000
-    result = {
+    return {
+        "backend": backend,
         "clients": args.clients,
         "seconds": round(wall, 1),
         "scale": args.scale,
@@ -135,9 +158,6 @@ def main() -> None:
         "mean_query_batch": round(stats["service"]["query_batches"]["mean_batch_size"], 2),
         "first_errors": errors[:3],
     }
-    print(json.dumps(result, indent=2))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ any sentence-transformers model.
     ((64,), (2, 64))
 """
 
+from muses.backends import BACKENDS, Backend
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError, DataError, InputError, ModelError, MusesError
 from muses.text import document_from_sentences, make_document
@@ -18,12 +19,15 @@ from muses.types import Document, MultiScaleEmbedding, Span
 __version__ = "0.1.0"
 
 
-def load(path: str) -> MultiScaleEncoder:
-    """Load a saved MuSES model folder (see :meth:`MultiScaleEncoder.save`)."""
-    return MultiScaleEncoder.load(path)
+def load(path: str, backend: Backend | None = None) -> MultiScaleEncoder:
+    """Load a saved or exported MuSES model folder (see :meth:`MultiScaleEncoder.save`, ``muses export``), running
+    its transformer on ``backend`` (default: the one recorded in the folder; see :mod:`muses.backends`)."""
+    return MultiScaleEncoder.load(path, backend=backend)
 
 
 __all__ = [
+    "BACKENDS",
+    "Backend",
     "ConfigError",
     "DataError",
     "Document",

@@ -12,10 +12,12 @@ from rich.table import Table
 
 from muses.cli_adapters import adapters_app, bench_adapters_cmd
 from muses.cli_common import (
+    BackendOpt,
     DataDirOpt,
     DeviceOpt,
     FreshOpt,
     ModelOpt,
+    backend_option,
     console,
     err_console,
     load_recipe,
@@ -78,6 +80,7 @@ def encode(
     overwrite: Annotated[
         bool, typer.Option(help="Replace an existing output folder, if `muses encode` wrote it (nothing else).")
     ] = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Embed documents at several scales; write arrays plus a JSONL index of documents, spans and tokens."""
     with user_errors():
@@ -87,11 +90,12 @@ def encode(
 
         scale_list = _parse_scales(scales)
         array_format = check_format(fmt)
+        chosen = backend_option(backend)
         with OutputFolder(out, overwrite=overwrite) as output:  # checked before the (slow) encoding
             docs = list(read_documents(input, text_field=text_field, one_document=one_document, max_chars=max_chars))
             if not docs:
                 raise InputError(f"{input} holds no documents (every line is empty).")
-            enc = MultiScaleEncoder.from_base(model)
+            enc = MultiScaleEncoder.from_base(model, backend=chosen)
             _check_dim(dim, enc.dims)
             embs = enc.encode_documents(
                 docs,
@@ -101,10 +105,52 @@ def encode(
                 batch_size=batch_size,
                 show_progress_bar=True,
             )
-            meta = {"model": model, "input": str(input), "context": context, "n_documents": len(docs)}
+            meta = {
+                "model": model,
+                "backend": enc.backend,
+                "input": str(input),
+                "context": context,
+                "n_documents": len(docs),
+            }
             write_embedding_files(output.staging, embs, scale_list, meta, fmt=array_format)
             path = output.commit()
         console.print(f"wrote {len(embs)} documents, {sum(len(e.doc.sentences) for e in embs)} sentences to {path}")
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="MuSES folder, sentence-transformers folder or hub name; 'default' = bundled all-MiniLM-L6-v2."
+        ),
+    ],
+    out: Annotated[Path, typer.Argument(help="New folder for the exported model.")],
+    backend: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or openvino.")] = "onnx",
+    quantize: Annotated[
+        str | None, typer.Option(help="int8: int8 weights (ONNX Runtime dynamic, or NNCF static for OpenVINO).")
+    ] = None,
+    calibration: Annotated[
+        Path | None,
+        typer.Option(help="OpenVINO int8: a .jsonl or text file whose texts calibrate it (default: bundled samples)."),
+    ] = None,
+) -> None:
+    """Export a model's transformer to ONNX or OpenVINO (int8 with --quantize int8): a folder `muses.load` opens."""
+    with user_errors():
+        from muses.encoder import MultiScaleEncoder
+        from muses.io import read_documents
+
+        if backend not in ("onnx", "openvino"):
+            raise InputError(f"--backend {backend!r} is not exportable; use onnx or openvino.")
+        if quantize not in (None, "int8"):
+            raise InputError(f"--quantize {quantize!r} is unknown; use int8 (or leave it out for fp32).")
+        target = backend_option(f"{backend}-int8" if quantize else backend)
+        if calibration and target != "openvino-int8":
+            raise InputError("--calibration calibrates OpenVINO int8 only; add --backend openvino --quantize int8.")
+        texts = [d.text for d in read_documents(calibration)] if calibration else None
+        enc = MultiScaleEncoder.from_base(model)
+        enc.export(out, target, texts)  # type: ignore[arg-type]
+        console.print(f"exported {model} to {out} (backend {target}); load it with muses.load({str(out)!r})")
 
 
 def _check_dim(dim: int | None, dims: list[int]) -> None:
@@ -120,6 +166,7 @@ def eval_sts(
     split: Annotated[str, typer.Option(help="train, dev or test (test is for reporting only).")] = "test",
     hub: Annotated[bool, typer.Option(help="Load STS-B from the Hugging Face hub instead of --data-dir.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here.")] = None,
+    backend: BackendOpt = None,
 ) -> None:
     """STS-B Spearman of cosine similarity at every Matryoshka dim."""
     with user_errors():
@@ -127,11 +174,19 @@ def eval_sts(
         from muses.encoder import MultiScaleEncoder
         from muses.evaluation.sts import evaluate_sts
 
+        chosen = backend_option(backend)
         pairs = load_stsb(split, data_dir, hub=hub)
-        enc = MultiScaleEncoder.from_base(model)
+        enc = MultiScaleEncoder.from_base(model, backend=chosen)
         metrics = evaluate_sts(enc, pairs, enc.dims)
-        _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model}")
-        result = {"task": "sts-b", "split": split, "model": model, "n_pairs": len(pairs), "metrics": metrics}
+        _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model} on {enc.backend}")
+        result = {
+            "task": "sts-b",
+            "split": split,
+            "model": model,
+            "backend": enc.backend,
+            "n_pairs": len(pairs),
+            "metrics": metrics,
+        }
         if json_out:
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
@@ -176,6 +231,7 @@ def eval_all(
     data_dir: DataDirOpt = None,
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option(help="Encode everything afresh.")] = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Run every evaluation task for a model (and baselines); write results.json, report.md and plots."""
     with user_errors():
@@ -188,12 +244,14 @@ def eval_all(
         prof = get_profile(profile)
         task_list = parse_tasks(tasks, prof)
         cache = _cache(cache_dir, no_cache)
-        models = [load_corpus_encoder(model)] + [load_corpus_encoder(b) for b in baseline or []]
+        chosen = backend_option(backend)
+        models = [load_corpus_encoder(model, backend=chosen)] + [load_corpus_encoder(b) for b in baseline or []]
         command = " ".join(
             [
                 "muses eval all --model",
                 model,
                 *(f"--baseline {b}" for b in baseline or []),
+                *(["--backend", backend] if backend else []),
                 "--profile",
                 prof.name,
                 *(["--tasks", ",".join(task_list)] if tasks else []),
@@ -257,13 +315,23 @@ def bench_encode_cmd(
     n_docs: Annotated[int, typer.Option(help="SciFact abstracts to encode.")] = 300,
     repeats: Annotated[int, typer.Option(help="Timed repeats per side (best is kept).")] = 3,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the result as JSON here.")] = None,
+    backends: Annotated[
+        str | None,
+        typer.Option(help="Compare transformer backends instead, e.g. torch,onnx,onnx-int8,openvino-int8."),
+    ] = None,
 ) -> None:
-    """MuSES one-pass documents+sentences(+tokens) vs sentence-transformers encoding them separately."""
+    """MuSES one-pass documents+sentences(+tokens) vs sentence-transformers encoding them separately; with
+    --backends, the same model on several transformer backends (corpus at three scales, queries one by one)."""
     with user_errors():
         from muses.encoder import MultiScaleEncoder
-        from muses.evaluation.efficiency import one_pass_speedup
+        from muses.evaluation.efficiency import backend_speedup, one_pass_speedup
 
-        result = one_pass_speedup(MultiScaleEncoder.from_base(model), data_dir, n_docs=n_docs, repeats=repeats)
+        if backends is None:
+            result = one_pass_speedup(MultiScaleEncoder.from_base(model), data_dir, n_docs=n_docs, repeats=repeats)
+        else:
+            chosen = list(dict.fromkeys(["torch", *(b.strip() for b in backends.split(",") if b.strip())]))
+            encoders = {b: MultiScaleEncoder.from_base(model, backend=backend_option(b)) for b in chosen}
+            result = backend_speedup(encoders, data_dir, n_docs=n_docs, repeats=repeats)
         if json_out:
             json_out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         console.print_json(json.dumps(result))

@@ -13,6 +13,7 @@ from rich.console import Console
 from muses.errors import InputError, MusesError
 
 if TYPE_CHECKING:
+    from muses.backends import Backend
     from muses.training.config import TrainConfig
 
 console = Console()
@@ -30,6 +31,23 @@ DataDirOpt = Annotated[
     Path | None,
     typer.Option("--data-dir", help="Data root (stsb/, scifact/, ...). Default: $MUSES_DATA_DIR."),
 ]
+BackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--backend",
+        help="Where the transformer runs: torch, onnx, onnx-int8, openvino or openvino-int8 (CPU; exported once and "
+        "cached, or read from a `muses export` folder). Default: the model's own (torch).",
+    ),
+]
+
+
+def backend_option(value: str | None) -> Backend | None:
+    """A ``--backend`` value checked (one line naming the backends when it is unknown), or None."""
+    from muses.backends import check_backend
+
+    return None if value is None else check_backend(value)
+
+
 FreshOpt = Annotated[bool, typer.Option(help="Ignore an existing checkpoint in output_dir.")]
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")]
 

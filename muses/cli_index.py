@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from muses.cli_common import console, user_errors
+from muses.cli_common import BackendOpt, backend_option, console, user_errors
 from muses.errors import InputError
 
 if TYPE_CHECKING:
@@ -32,10 +32,10 @@ def _store_path(store: Path | None) -> Path:
     return store or Path(os.environ.get(STORE_ENV) or "muses-store")
 
 
-def _open(store: Path | None) -> MemoryStore:
+def _open(store: Path | None, backend: str | None = None) -> MemoryStore:
     from muses.store import MemoryStore
 
-    return MemoryStore.open(_store_path(store))
+    return MemoryStore.open(_store_path(store), backend=backend_option(backend))
 
 
 def _read_inputs(paths: list[Path], one_document: bool) -> list[Any]:
@@ -88,6 +88,7 @@ def add(
     ] = False,
     upsert: Annotated[bool, typer.Option(help="Replace documents whose id is already stored.")] = False,
     one_document: Annotated[bool, typer.Option(help="A text file is one document (not one per line).")] = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Add documents to a store (created on first use with --model, --dim, --index, --token-pool, --durable).
 
@@ -97,7 +98,7 @@ def add(
         path = _store_path(store)
         docs = _read_inputs(paths, one_document)
         given = {"dim": dim, "index": index, "token_pool": token_pool, "durable": durable or None}
-        s = _open_or_create(path, model, {k: v for k, v in given.items() if v is not None})
+        s = _open_or_create(path, model, {k: v for k, v in given.items() if v is not None}, backend)
         ids = s.add(docs, upsert=upsert)
         console.print(f"added {len(ids)} documents to {path} ({len(s)} in all)")
 
@@ -115,7 +116,7 @@ def _store_config(settings: dict[str, Any]) -> StoreConfig:
         raise InputError(f"bad store setting --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}.") from None
 
 
-def _open_or_create(path: Path, model: str | None, settings: dict[str, Any]) -> MemoryStore:
+def _open_or_create(path: Path, model: str | None, settings: dict[str, Any], backend: str | None = None) -> MemoryStore:
     """The store in ``path``, created with ``model`` and ``settings`` when there is none yet (or only an unfinished
     one). An existing store, even one that a concurrent ``index add`` created a moment ago, is used if the model
     and settings given (only those given) agree with its own, and refused with the differences otherwise."""
@@ -123,13 +124,14 @@ def _open_or_create(path: Path, model: str | None, settings: dict[str, Any]) -> 
     from muses.store import MemoryStore, StoreExistsError
 
     config = _store_config(settings)  # a bad value is an error for an existing store too
+    chosen = backend_option(backend)
     if not MemoryStore.exists(path):
         name = model or DEFAULT_BASE
         try:
-            return MemoryStore.create(path, MultiScaleEncoder.from_base(name), config, model=name)
+            return MemoryStore.create(path, MultiScaleEncoder.from_base(name, backend=chosen), config, model=name)
         except StoreExistsError:
             pass  # another process created it while the model loaded: use theirs, if the settings agree
-    s = MemoryStore.open(path)
+    s = MemoryStore.open(path, backend=chosen)
     s.check_settings(model=model, **settings)
     return s
 
@@ -157,6 +159,7 @@ def search(
         list[str] | None, typer.Option("--filter", help="Metadata filter key=value (JSON value), repeatable.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    backend: BackendOpt = None,
 ) -> None:
     """Search a store at one scale, or zoom from documents into sentences and words."""
     with user_errors():
@@ -169,7 +172,7 @@ def search(
                 filters[key] = json.loads(value)
             except json.JSONDecodeError:
                 filters[key] = value
-        s = _open(store)
+        s = _open(store, backend)
         if zoom:
             results = s.zoom(query, k_docs=k, dim=dim, filters=filters or None)
             if as_json:
@@ -231,6 +234,7 @@ def serve(
         ),
     ] = None,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 8.0,
+    backend: BackendOpt = None,
 ) -> None:
     """Serve a store over HTTP: search, zoom, add, delete, stats; a search page at / and API docs at /docs."""
     with user_errors():
@@ -240,7 +244,7 @@ def serve(
         uvicorn = require("uvicorn", "serve")
 
         key = load_api_key(api_key_file)  # before opening the store: a bad key file fails fast
-        s = _open(store)
+        s = _open(store, backend)
         app = create_app(s, key, ServiceLimits(max_request_bytes=int(max_request_mb * 1_000_000)))
         console.print(
             f"serving {s.path} ({len(s)} documents) on http://{host}:{port} (writes {'on' if key else 'off'})"

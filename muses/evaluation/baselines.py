@@ -15,7 +15,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from muses.backends import Backend
 from muses.encoder import MultiScaleEncoder, default_base_path, load_sentence_transformer
+from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, FlatCorpusEncoder, MusesCorpusEncoder
 
 
@@ -50,15 +52,23 @@ PUBLISHED: dict[str, dict[str, float]] = {
 }
 
 
-def load_corpus_encoder(spec: str, batch_size: int = 32, device: str | None = None) -> CorpusEncoder:
-    """Resolve a model spec (see the module doc) to a :class:`CorpusEncoder`, named by the spec."""
+def load_corpus_encoder(
+    spec: str, batch_size: int = 32, device: str | None = None, backend: Backend | None = None
+) -> CorpusEncoder:
+    """Resolve a model spec (see the module doc) to a :class:`CorpusEncoder`, named by the spec; a MuSES model's
+    transformer runs on ``backend`` (see :mod:`muses.backends`)."""
     prefix, sep, rest = spec.partition(":")
     kind, name = (prefix, rest or "default") if sep and prefix in ("muses", "flat") else ("muses", spec)
     if kind == "flat":
+        if backend not in (None, "torch"):
+            raise InputError(f"--backend {backend} runs MuSES models; {spec} is a flat sentence-transformers baseline.")
         return _flat(name, spec, batch_size, device)
     known = KNOWN_BASELINES.get(name.lower())
     enc = MultiScaleEncoder.from_base(
-        known.hub_id if known else name, device=device, query_prompt=known.query_prompt if known else ""
+        known.hub_id if known else name,
+        device=device,
+        query_prompt=known.query_prompt if known else "",
+        backend=backend,
     )
     return MusesCorpusEncoder(enc, name=spec, batch_size=batch_size)
 

@@ -355,6 +355,62 @@ def one_pass_speedup(
     }
 
 
+def backend_speedup(
+    encoders: dict[str, MultiScaleEncoder],
+    data_dir: str | os.PathLike[str] | None = None,
+    n_docs: int = 300,
+    n_queries: int = 200,
+    repeats: int = 3,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Time the same model on several transformer backends (``{backend: encoder}``, ``torch`` among them).
+
+    Two workloads, interleaved across backends so that machine noise hits all alike, best of ``repeats``: the first
+    ``n_docs`` SciFact abstracts at all three scales in one pass (long texts: most windows are full), and
+    ``n_queries`` SciFact queries encoded one at a time (short texts, batch 1: the service's query path).
+
+    Returns:
+        ``{"seconds": {workload: {backend: s}}, "speedup_vs_torch": {workload: {backend: ratio}}, "n_docs",
+        "n_windows", "n_queries", "threads", "machine", ...}``; a ratio > 1: faster than PyTorch.
+    """
+    from muses.data.beir import load_beir
+    from muses.evaluation.hierarchy import scifact_documents
+
+    if "torch" not in encoders:
+        raise InputError("backend_speedup needs a torch encoder: its times are the baseline of the ratios.")
+    docs = scifact_documents(data_dir, n_docs)
+    queries = list(load_beir("scifact", split="test", data_dir=data_dir).queries.values())[:n_queries]
+    scales = ("document", "sentence", "token")
+
+    def corpus(enc: MultiScaleEncoder) -> Callable[[], object]:
+        return lambda: enc.encode_documents(docs, scales=scales, batch_size=batch_size, show_progress_bar=False)
+
+    def one_by_one(enc: MultiScaleEncoder) -> Callable[[], object]:
+        return lambda: [enc.encode_queries([q]) for q in queries]
+
+    workloads = {"corpus_3_scales": corpus, "queries_batch_1": one_by_one}
+    seconds = {w: dict.fromkeys(encoders, float("inf")) for w in workloads}
+    for make in workloads.values():  # warm-up
+        for enc in encoders.values():
+            make(enc)()
+    for _ in range(repeats):
+        for w, make in workloads.items():
+            for name, enc in encoders.items():
+                seconds[w][name] = min(seconds[w][name], best_seconds(make(enc)))
+    first = next(iter(encoders.values()))
+    return {
+        "n_docs": len(docs),
+        "n_windows": len(first.window_inputs([d.text for d in docs])),
+        "n_queries": len(queries),
+        "seconds": seconds,
+        "speedup_vs_torch": {w: {b: s["torch"] / v for b, v in s.items()} for w, s in seconds.items()},
+        "batch_size": batch_size,
+        "repeats": repeats,
+        "threads": torch.get_num_threads(),
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores",
+    }
+
+
 # ---------------------------------------------------------------------------------------------- muses bench search
 
 

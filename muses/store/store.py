@@ -37,6 +37,7 @@ import numpy as np
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
+from muses.backends import Backend
 from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, default_base_path
 from muses.errors import InputError, ModelError, UnknownIdError
 from muses.scoring import candidate_pool, fuse, prefix_normalize, sentence_maxsim, token_maxsim
@@ -259,7 +260,14 @@ class MemoryStore:
         self.model_name: str = meta["model"]
         self.dim: int = meta["dim"]
         self.fingerprint: str = meta["fingerprint"]
+        self.backend: str = meta.get("backend", "torch")
         given = encoder.fingerprint()
+        if given != self.fingerprint and encoder.backend != self.backend:
+            raise ModelError(
+                f"store {path} was built with the {self.backend} backend; the model given runs on {encoder.backend}, "
+                f"whose weights differ (fingerprint {given}, the store's {self.fingerprint}). Open it with --backend "
+                f"{self.backend}, or build a new store with --backend {encoder.backend}."
+            )
         if given != self.fingerprint:
             raise ModelError(
                 f"store {path} was built with model {self.model_name!r} (fingerprint {self.fingerprint}); the model "
@@ -333,6 +341,7 @@ class MemoryStore:
                     con,
                     model=model,
                     fingerprint=encoder.fingerprint(),
+                    backend=encoder.backend,
                     dim=dim,
                     config=config.model_dump(),
                     generation=0,
@@ -351,8 +360,11 @@ class MemoryStore:
         return _recorded(Path(path)) is not None
 
     @classmethod
-    def open(cls, path: str | os.PathLike[str], encoder: MultiScaleEncoder | None = None) -> MemoryStore:
-        """Reopen a store; without ``encoder``, load the model recorded in it."""
+    def open(
+        cls, path: str | os.PathLike[str], encoder: MultiScaleEncoder | None = None, backend: Backend | None = None
+    ) -> MemoryStore:
+        """Reopen a store; without ``encoder``, load the model recorded in it, on ``backend`` (default: the backend
+        that built the store; an fp32 backend may replace another, an int8 one only itself)."""
         folder = Path(path)
         if not (folder / DB_FILE).exists():
             raise InputError(f"{folder} holds no MuSES store ({DB_FILE} is missing); create one first.")
@@ -362,7 +374,9 @@ class MemoryStore:
                 f"{folder / DB_FILE} holds no finished store: its creation was interrupted before the first commit. "
                 f"Create the store again in {folder} (muses index add, or MemoryStore.create): it takes the file over."
             )
-        return cls(folder, encoder or MultiScaleEncoder.from_base(meta["model"]), meta["model"])
+        if encoder is None:
+            encoder = MultiScaleEncoder.from_base(meta["model"], backend=backend or meta.get("backend", "torch"))
+        return cls(folder, encoder, meta["model"])
 
     def check_settings(self, model: str | None = None, **settings: Any) -> None:
         """Refuse settings that differ from this store's: ``model`` (a name or path), ``dim``, and any

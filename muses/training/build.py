@@ -160,6 +160,7 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
         sentence_pooling=m.sentence_pooling,
         document_pooling=m.document_pooling,
         device=device,
+        backend="torch",  # an exported folder trains on its PyTorch weights
     )
 
 

@@ -85,7 +85,7 @@ def read_checkpoint(ckpt: Path) -> tuple[dict[str, Any], dict[str, Any]]:
 def load_model_state(ckpt: Path, encoder: MultiScaleEncoder, adapter_key: str | None) -> None:
     """Load the checkpoint's model (or adapter) weights into ``encoder`` in place."""
     if adapter_key is None:
-        loaded = MultiScaleEncoder.load(ckpt / "model", device=str(encoder.device))
+        loaded = MultiScaleEncoder.load(ckpt / "model", device=str(encoder.device), backend="torch")
         encoder.load_state_dict(loaded.state_dict())
     else:
         files = read_adapter(ckpt / ADAPTER_DIR, device=encoder.device, require_meta=False)

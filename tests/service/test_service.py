@@ -243,7 +243,7 @@ def _serve(monkeypatch: pytest.MonkeyPatch, store: MemoryStore, *args: str) -> t
     from muses.cli import app
 
     keys: list[str | None] = []
-    monkeypatch.setattr(muses.cli_index, "_open", lambda _: store)
+    monkeypatch.setattr(muses.cli_index, "_open", lambda *_: store)
     monkeypatch.setattr(muses.service, "create_app", lambda s, key, limits: keys.append(key) or object())
     monkeypatch.setattr(uvicorn, "run", lambda *a, **k: None)
     return CliRunner().invoke(app, ["serve", *args]), keys
