@@ -1,6 +1,6 @@
 """The HTTP service with a real client: auth, limits, bad JSON, unknown ids, batching, input validation at the API
 boundary, the write key's sources (`muses serve`); and the search page in a real headless Chromium (skipped, saying
-why, where no browser can be installed). The ``store`` fixture is shared with ``test_service_fuzz.py``."""
+why, where no browser can be installed). The ``store`` fixture is in ``conftest.py``."""
 
 from __future__ import annotations
 
@@ -18,30 +18,11 @@ from urllib.parse import quote
 
 import pytest
 from fastapi.testclient import TestClient
+from service_data import KEY
 
-from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError
 from muses.service import QueryBatcher, ServiceLimits, create_app, load_api_key
-from muses.store import MemoryStore, StoreConfig
-
-KEY = "test-key"
-DOCS = [
-    {
-        "id": "bio",
-        "text": "Leaves make oxygen by photosynthesis. Roots take up water from the soil.",
-        "metadata": {"t": "b"},
-    },
-    {"id": "fin", "text": "The stock market fell on Monday. Investors feared higher interest rates."},
-    {"id": "geo", "text": "The Nile flows north through Egypt. It empties into the Mediterranean Sea."},
-]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory: pytest.TempPathFactory, encoder: MultiScaleEncoder) -> MemoryStore:
-    """A small store of :data:`DOCS` (128 d), one per test module; tests that add documents delete them again."""
-    s = MemoryStore.create(tmp_path_factory.mktemp("svc") / "mem", encoder, StoreConfig(dim=128), model="default")
-    s.add(DOCS)
-    return s
+from muses.store import MemoryStore
 
 
 @pytest.fixture(scope="module")

@@ -3,7 +3,7 @@ gets an answer below 500 (a result, or a 4xx naming the problem), never a 500 or
 
 Bodies mix the right keys with wrong ones, right types with wrong ones, lone surrogates (sent as JSON escapes),
 integers far beyond int64, non-finite floats and nesting thousands of levels deep. The store is the one of
-``test_service.py`` (its fixture, shared); documents that get through are short, so encoding them stays cheap.
+``conftest.py`` (its ``store`` fixture); documents that get through are short, so encoding them stays cheap.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import pytest
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_service import KEY, store  # noqa: F401  (the shared store fixture)
+from service_data import KEY
 
 from muses.service import ServiceLimits, create_app
 from muses.store import MemoryStore
@@ -62,7 +62,7 @@ ADD = _body({"documents": st.lists(_maybe(DOCUMENT), max_size=3), "upsert": st.b
 
 
 @pytest.fixture(scope="module")
-def fuzz_client(store: MemoryStore) -> Iterator[TestClient]:  # noqa: F811
+def fuzz_client(store: MemoryStore) -> Iterator[TestClient]:
     """The service over the shared store, with small limits (so that big bodies meet the size check too)."""
     with TestClient(create_app(store, KEY, ServiceLimits(max_request_bytes=50_000, max_k=20))) as c:
         yield c
