@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import muses
 
 pytest.importorskip("onnxruntime", reason="muses[onnx] is not installed (make test installs it)")
 pytest.importorskip("openvino", reason="muses[openvino] is not installed (make test installs it)")
 
-from muses.backends import BACKENDS
+from muses.backends import BACKENDS, check_backend
 from muses.backends.export import export_backend
 from muses.backends.onnx import export_onnx
 from muses.data.stsb import load_stsb
@@ -138,3 +140,14 @@ def test_int8_keeps_stsb_within_half_a_point(
     metrics = evaluate_sts(on_backend[backend], load_stsb("test", data_dir), [384, 64])
     for dim, base in STSB_TEST_BASE.items():
         assert metrics[f"spearman@{dim}"] >= base - 0.005, (dim, metrics)
+
+
+@given(st.text(max_size=40))
+@settings(max_examples=200, deadline=None, database=None)
+def test_any_backend_name_is_a_backend_or_one_line(name: str) -> None:
+    """The ``--backend`` parser (every command and ``from_base`` go through it), fuzzed."""
+    try:
+        assert check_backend(name) in BACKENDS and name in BACKENDS
+    except InputError as e:
+        assert name not in BACKENDS
+        assert "\n" not in str(e).replace(name, "") and "use one of torch, onnx" in str(e)
