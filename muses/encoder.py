@@ -110,6 +110,7 @@ class MultiScaleEncoder(nn.Module):
             raise InputError(f"window_overlap must be in [0, {self.window // 2}), got {window_overlap}.")
         self.window_overlap = window_overlap
         self._runner: TokenRunner | None = None
+        self._runner_folder = Path()  # the model folder holding the runner's file(s)
         self._runner_digest = ""
 
     # ------------------------------------------------------------------ construction, saving, loading
@@ -169,7 +170,9 @@ class MultiScaleEncoder(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         self.model.save(str(out), safe_serialization=True)
         if self._runner is not None:
-            for src, dst in zip(self._backend_paths(), backend_files(out, self.backend), strict=True):
+            for src, dst in zip(
+                backend_files(self._runner_folder, self.backend), backend_files(out, self.backend), strict=True
+            ):
                 if src.resolve() != dst.resolve():
                     dst.parent.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dst)
@@ -298,14 +301,9 @@ class MultiScaleEncoder(nn.Module):
                 export_backend(self, where, [backend], calibration)
         paths = backend_files(where, backend)
         self._runner = open_runner(backend, paths[0], torch.get_num_threads())
+        self._runner_folder = where
         self._runner_digest = files_digest(paths) if is_quantized(backend) else ""
         return self
-
-    def _backend_paths(self) -> list[Path]:
-        if self._runner is None:
-            return []
-        main = self._runner.path
-        return [main, main.with_suffix(".bin")] if main.suffix == ".xml" else [main]
 
     def as_sentence_transformer(self) -> SentenceTransformer:
         """The underlying sentence-transformers model; its ``encode`` gives standalone sentence embeddings."""

@@ -101,6 +101,14 @@ def test_an_exported_folder_loads_on_its_backend(tmp_path: Path, encoder: MultiS
         encoder.export(tmp_path / "t", "torch")
 
 
+def test_a_model_saved_on_an_int8_backend_loads_on_it(tmp_path: Path, on_backend: dict[str, MultiScaleEncoder]) -> None:
+    enc = on_backend["onnx-int8"]
+    enc.save(tmp_path / "saved")
+    assert (tmp_path / "saved" / "onnx" / "model_qint8.onnx").is_file()
+    loaded = muses.load(str(tmp_path / "saved"))
+    assert loaded.backend == "onnx-int8" and loaded.fingerprint() == enc.fingerprint()
+
+
 def test_a_store_takes_fp32_backends_and_refuses_int8_weights(
     tmp_path: Path, encoder: MultiScaleEncoder, on_backend: dict[str, MultiScaleEncoder]
 ) -> None:
