@@ -70,6 +70,5 @@ class TokenRunner(Protocol):
     ``[B, L, H]`` float32 (the base transformer's last hidden states)."""
 
     backend: str
-    path: Path
 
     def __call__(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray: ...

@@ -52,7 +52,7 @@ class OpenVinoRunner:
 
     def __init__(self, backend: str, path: Path, threads: int) -> None:
         ov = require("openvino", "openvino")
-        self.backend, self.path = backend, path
+        self.backend = backend
         config = {"INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32"}
         self.compiled: Any = ov.Core().compile_model(str(path), "CPU", config)
         self.input_names = [next(iter(i.get_names())) for i in self.compiled.inputs]
