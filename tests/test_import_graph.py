@@ -129,3 +129,17 @@ def test_the_package_does_not_import_the_experiments() -> None:
     assert [c for c in cycles(graph) if any(m.startswith("benchmarks") for m in c)] == []
     bad = {(m, t) for m, ts in graph.items() if m.startswith("muses") for t in ts if t.startswith("benchmarks")}
     assert not bad, f"the installed package must not import the experiment drivers: {bad}"
+
+
+def test_nothing_in_the_package_imports_the_integrations() -> None:
+    """The framework integrations sit on top: they use the store and the encoder, and nothing uses them."""
+    graph = import_graph(module_files())
+    bad = {
+        (m, t)
+        for m, targets in graph.items()
+        if not m.startswith("muses.integrations")
+        for t in targets
+        if t.startswith("muses.integrations")
+    }
+    assert not bad, f"the package must not depend on its framework integrations: {bad}"
+    assert "muses.store" in graph["muses.integrations.hits"] or "muses.store.store" in graph["muses.integrations.hits"]

@@ -79,7 +79,12 @@ class StoreConfig(BaseModel):
 
 @dataclass
 class Hit:
-    """One search result; ``span`` and ``highlights`` are character ranges into the document's text."""
+    """One search result; ``span`` and ``highlights`` are character ranges into the document's text.
+
+    ``score`` ranks the hits of one search; ``scores`` holds the score of each scale that was computed for this hit
+    (``document``, ``sentence``, ``token``, and ``fusion`` for a fusion search; a zoom sentence also carries its
+    document's score).
+    """
 
     id: str
     score: float
@@ -89,6 +94,7 @@ class Hit:
     sentence: int | None = None
     highlights: list[tuple[int, int]] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
+    scores: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable."""
@@ -702,7 +708,12 @@ class MemoryStore:
             weights = {s: w for s, w in self.config.fusion_weights.items() if s in per_scale}
             final = fuse({s: v[None] for s, v in per_scale.items()}, weights, "wsum")[0]
         order = np.argsort(-final, kind="stable")[:k]
-        return [self._doc_hit(vecs, int(cand[i]), float(final[i]), scale) for i in order]
+        hits = []
+        for i in order:
+            hit = self._doc_hit(vecs, int(cand[i]), float(final[i]), scale)
+            hit.scores = {s: float(v[i]) for s, v in per_scale.items()} | {scale: float(final[i])}
+            hits.append(hit)
+        return hits
 
     def _candidates(
         self,
@@ -750,7 +761,7 @@ class MemoryStore:
         row = self._con.execute(
             "SELECT id, text, metadata FROM documents WHERE row = ?", (int(vecs.doc_rows[pos]),)
         ).fetchone()
-        return Hit(id=row[0], score=score, scale=scale, text=row[1], metadata=json.loads(row[2]))
+        return Hit(id=row[0], score=score, scale=scale, text=row[1], metadata=json.loads(row[2]), scores={scale: score})
 
     def _sentence_hit(self, vecs: _Vectors, pos: int, score: float) -> Hit:
         doc = int(vecs.sent_doc[pos])
@@ -766,6 +777,7 @@ class MemoryStore:
             span=(a, b),
             sentence=int(vecs.sent_pos[pos]),
             metadata=json.loads(row[2]),
+            scores={"sentence": score},
         )
 
     def zoom(
@@ -812,6 +824,7 @@ class MemoryStore:
             sentences = []
             for r in best:
                 s = self._sentence_hit(vecs, int(r), float(prefix_normalize(vecs.sent_vecs[r], d) @ q))
+                s.scores["document"] = hit.score
                 if qt is not None:
                     s.highlights = self._highlights(vecs, qt, p, int(vecs.sent_pos[r]), d, highlight)
                 sentences.append(s)

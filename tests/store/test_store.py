@@ -64,6 +64,25 @@ def test_search_every_scale_finds_the_answer_paragraph(store: MemoryStore, parag
     json.dumps([h.to_dict() for h in store.search(question, "fusion")])  # JSON-serialisable
 
 
+def test_every_hit_carries_the_score_of_each_scale_it_was_scored_at(store: MemoryStore, paragraphs: tuple) -> None:
+    """A fusion hit's ``scores`` are the scale scores it was fused from: each one equals that scale's own search
+    score for the same document, and the fused score is the hit's ``score``."""
+    question = next(iter(paragraphs[1].values()))
+    fused = store.search(question, "fusion", k=5)
+    own = {s: {h.id: h.score for h in store.search(question, s, k=len(store))} for s in ("document", "token")}
+    for hit in fused:
+        assert set(hit.scores) == {"document", "sentence", "token", "fusion"} and hit.scores["fusion"] == hit.score
+        for scale in ("document", "token"):
+            assert hit.scores[scale] == pytest.approx(own[scale][hit.id], abs=1e-5), scale
+    best_sentence = store.search(question, "sentence", k=1)[0]
+    assert best_sentence.scores == {"sentence": best_sentence.score}
+    by_doc = {h.id: h for h in fused}
+    if best_sentence.id in by_doc:  # the document's sentence score is its best sentence's
+        assert by_doc[best_sentence.id].scores["sentence"] == pytest.approx(best_sentence.score, abs=1e-5)
+    for doc in store.zoom(question, k_docs=2):
+        assert all(s.scores["document"] == doc.score and s.scores["sentence"] == s.score for s in doc.sentences)
+
+
 def test_zoom_gives_sentences_and_highlights_inside_them(store: MemoryStore, paragraphs: tuple) -> None:
     _, queries = paragraphs
     results = store.zoom(next(iter(queries.values())), k_docs=2, k_sentences=2)
