@@ -42,8 +42,10 @@ bench_app = typer.Typer(
     help="Speed and memory benchmarks (ratios against a baseline measured in the same run).",
     no_args_is_help=True,
 )
+plot_app = typer.Typer(help="Figures: training curves, the embedding map.", no_args_is_help=True)
 app.add_typer(eval_app, name="eval")
 app.add_typer(bench_app, name="bench")
+app.add_typer(plot_app, name="plot")
 app.add_typer(index_app, name="index")
 app.add_typer(adapters_app, name="adapters")
 app.add_typer(moe_app, name="moe")
@@ -470,6 +472,68 @@ def plot_runs(
                 raise InputError(f"{folder} has no history.jsonl: is it a `muses train` output_dir?")
             histories[folder.name] = folder / "history.jsonl"
         console.print(f"wrote {plot_training(histories, out)}")
+
+
+plot_app.command("runs")(plot_runs)  # `muses plot runs`: the same command as `muses plot-runs`
+
+
+@plot_app.command("map")
+def plot_map(
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for map.png, map.html and map.json.")] = Path(
+        "reports/map"
+    ),
+    model: ModelOpt = "default",
+    articles: Annotated[
+        int | None,
+        typer.Option(
+            "--articles", "-n", help="Held-out Wikipedia articles, spread evenly over the topics (default 300)."
+        ),
+    ] = None,
+    per_topic: Annotated[
+        int | None, typer.Option(help="Instead of --articles: this many articles of each topic.")
+    ] = None,
+    dim: Annotated[int | None, typer.Option(help="One of the model's Matryoshka dims (default: full).")] = None,
+    seed: Annotated[int, typer.Option(help="Seeds the sample of articles and t-SNE.")] = 0,
+    perplexity: Annotated[float, typer.Option(help="t-SNE perplexity (capped for small maps).")] = 30.0,
+    uncategorized: Annotated[
+        bool, typer.Option(help="Keep the catch-all topic Uncategorized (the k-NN evaluation leaves it out).")
+    ] = False,
+    backend: BackendOpt = None,
+) -> None:
+    """A 2-D map (t-SNE) of document and sentence vectors of held-out Wikipedia leads, coloured by topic, each
+    sentence joined to its document: map.png, an interactive map.html (hover: title, topic, text) and map.json."""
+    with user_errors():
+        from muses.extras import require
+
+        for module in ("matplotlib", "sklearn", "plotly"):
+            require(module, "plots")  # fail before the encoding, not after it
+        from muses.embedding_map import build_map, check_out_folder, held_out_articles, write_map
+        from muses.encoder import MultiScaleEncoder
+
+        if articles is not None and articles < 2:
+            raise InputError(f"--articles {articles}: a map needs at least 2 articles.")
+        if per_topic is not None and per_topic < 1:
+            raise InputError(f"--per-topic {per_topic}: must be at least 1.")
+        if articles is not None and per_topic is not None:
+            raise InputError("pass --articles or --per-topic, not both.")
+        if not perplexity > 0:
+            raise InputError(f"--perplexity {perplexity}: must be positive.")
+        check_out_folder(out)
+        chosen = backend_option(backend)
+        picked = held_out_articles(articles, per_topic, seed=seed, uncategorized=uncategorized)
+        enc = MultiScaleEncoder.from_base(model, backend=chosen)
+        _check_dim(dim, enc.dims)
+        m = build_map(enc, picked, dim=dim, seed=seed, perplexity=perplexity)
+        m.summary["model"] = model
+        paths = write_map(m, out)
+        s = m.summary
+        console.print(
+            f"wrote {', '.join(str(p) for p in paths.values())}: {s['n_documents']} documents, "
+            f"{s['n_sentences']} sentences, {s['n_topics']} topics at {s['dim']}d; "
+            f"{s['k']}-NN topic agreement (other documents) map {s['topic_agreement_2d']:.3f} vs original "
+            f"{s['topic_agreement_original']:.3f}; sentence nearest its own document: map "
+            f"{s['parent_nearest_2d']:.3f} vs original {s['parent_nearest_original']:.3f}"
+        )
 
 
 @app.command()
