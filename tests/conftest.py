@@ -16,6 +16,23 @@ from muses.encoder import MultiScaleEncoder, default_base_path
 REPO = Path(__file__).resolve().parents[1]
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--reproduce", action="store_true", help="also run the full-dataset reproductions (`make reproduce`)"
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``reproduce`` encode a whole benchmark corpus (minutes each): skipped, saying so, unless
+    ``--reproduce`` is given. ``make test`` checks the same code paths on slices of the same data."""
+    if config.getoption("--reproduce"):
+        return
+    skip = pytest.mark.skip(reason="full-dataset reproduction (minutes): run `make reproduce`")
+    for item in items:
+        if "reproduce" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def data_dir() -> Path:
     """The shared data root: $MUSES_DATA_DIR, else ../shared/data beside the checkout."""
