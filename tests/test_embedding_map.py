@@ -17,6 +17,7 @@ import muses.embedding_map as emap
 from muses.cli import app, plot_runs
 from muses.data.wikipedia import load_wikipedia, stratified_split
 from muses.encoder import MultiScaleEncoder
+from tests.cli_checks import one_line_error
 
 runner = CliRunner()
 N_ARTICLES = 60
@@ -156,14 +157,6 @@ def test_cli_writes_the_map(tmp_path: Path) -> None:
     assert "topic agreement" in " ".join(result.output.split())
 
 
-def _one_line_error(result: object, message: str) -> None:
-    output = result.output  # type: ignore[attr-defined]
-    assert result.exit_code == 2, output  # type: ignore[attr-defined]
-    lines = [line for line in output.splitlines() if "Loading weights" not in line and line.strip()]
-    assert "Traceback" not in output and len(lines) == 1 and lines[0].startswith("error: "), output
-    assert message in lines[0], output
-
-
 def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     a_file = tmp_path / "a_file"
     a_file.write_text("not a folder")
@@ -181,7 +174,7 @@ def test_cli_bad_input_is_one_line(tmp_path: Path) -> None:
     ]
     for args, message in cases:
         result = runner.invoke(app, ["plot", "map", *(["--out", str(out)] if "--out" not in args else []), *args])
-        _one_line_error(result, message)
+        one_line_error(result, message)
     assert not out.exists(), "a failed run leaves no output folder"
 
 
@@ -189,7 +182,7 @@ def test_plot_runs_is_also_the_plot_runs_subcommand(tmp_path: Path) -> None:
     group = app.registered_groups[[g.name for g in app.registered_groups].index("plot")].typer_instance
     assert {c.name: c.callback for c in group.registered_commands}["runs"] is plot_runs
     for args in (["plot-runs", str(tmp_path)], ["plot", "runs", str(tmp_path)]):
-        _one_line_error(runner.invoke(app, args), "has no history.jsonl")
+        one_line_error(runner.invoke(app, args), "has no history.jsonl")
     run = tmp_path / "run"
     run.mkdir()
     rows = [{"step": i, "hierarchy/loss": 1.0 / (i + 1)} for i in range(20)] + [{"step": 19, "dev/sts": 0.8}]

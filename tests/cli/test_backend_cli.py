@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner, Result
+from typer.testing import CliRunner
 
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
+from tests.cli_checks import one_line_error
 
 pytest.importorskip("onnxruntime", reason="muses[onnx] is not installed (make test installs it)")
 runner = CliRunner()
@@ -19,14 +20,6 @@ DOCS = (
     '{"id": "roots", "text": "Roots anchor a plant in the soil. They absorb water and minerals."}\n'
     '{"id": "tax", "text": "Income tax is due in April. Late payers owe interest."}\n'
 )
-
-
-def one_line_error(result: Result, *words: str) -> None:
-    out = " ".join(line for line in result.output.splitlines() if "Loading weights" not in line)
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output and out.strip().startswith("error:"), result.output
-    for w in words:
-        assert w in " ".join(out.split()), result.output
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from typer.testing import CliRunner
 
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
+from tests.cli_checks import one_line_error
 
 runner = CliRunner()
 
@@ -116,21 +117,13 @@ def _no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(MultiScaleEncoder, "encode_documents", fail)
 
 
-def _one_line_error(result: object, message: str) -> None:
-    output = result.output  # type: ignore[attr-defined]
-    assert result.exit_code == 2, output  # type: ignore[attr-defined]
-    lines = [line for line in output.splitlines() if "Loading weights" not in line and line.strip()]
-    assert "Traceback" not in output and len(lines) == 1 and lines[0].startswith("error: "), output
-    assert message in lines[0], output
-
-
 def test_overwrite_never_deletes_a_folder_muses_did_not_write(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     _write_jsonl(tmp_path / "docs.jsonl", [{"text": "Precious input."}])
     (tmp_path / "notes.txt").write_text("mine")
     monkeypatch.chdir(tmp_path)
     _no_encoding(monkeypatch)
     result = runner.invoke(app, ["encode", "docs.jsonl", "-o", ".", "--overwrite"])
-    _one_line_error(result, "was not written by muses encode (it has no meta.json), so --overwrite will not replace it")
+    one_line_error(result, "was not written by muses encode (it has no meta.json), so --overwrite will not replace it")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "notes.txt"]
 
 
@@ -148,9 +141,9 @@ def test_overwrite_onto_a_file_and_output_under_a_file(tmp_path: Path, monkeypat
     src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text."}])
     _no_encoding(monkeypatch)
     result = runner.invoke(app, ["encode", str(src), "-o", str(src), "--overwrite"])
-    _one_line_error(result, "is a file, not a folder; --overwrite replaces only a folder written by muses encode")
+    one_line_error(result, "is a file, not a folder; --overwrite replaces only a folder written by muses encode")
     result = runner.invoke(app, ["encode", str(src), "-o", str(src / "out")])
-    _one_line_error(result, "d.jsonl is a file, not a folder; choose an output path inside a folder")
+    one_line_error(result, "d.jsonl is a file, not a folder; choose an output path inside a folder")
     assert json.loads(src.read_text()) == {"text": "Some text."}
 
 
@@ -167,7 +160,7 @@ def test_unwritable_output_is_refused_before_encoding(tmp_path: Path, monkeypatc
     _no_encoding(monkeypatch)
     (tmp_path / "ro").mkdir()
     result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "ro" / "out")])
-    _one_line_error(result, "(Permission denied); choose a writable output folder")
+    one_line_error(result, "(Permission denied); choose a writable output folder")
 
 
 @pytest.mark.parametrize(
@@ -189,20 +182,20 @@ def test_bad_input_is_one_line_before_encoding(
     src.write_bytes(content)
     _no_encoding(monkeypatch)
     result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "out"), "--max-chars", "99"])
-    _one_line_error(result, message)
+    one_line_error(result, message)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["d.jsonl"], "nothing is left behind"
 
 
 def test_input_directory_says_it_is_one(tmp_path: Path) -> None:
     result = runner.invoke(app, ["encode", str(tmp_path), "-o", str(tmp_path / "out")])
-    _one_line_error(result, "is a directory; pass one .jsonl or text file inside it")
+    one_line_error(result, "is a directory; pass one .jsonl or text file inside it")
 
 
 def test_dim_must_be_one_of_the_models_dims(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     src = _write_jsonl(tmp_path / "d.jsonl", [{"text": "Some text."}])
     _no_encoding(monkeypatch)
     result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "out"), "--dim", "100"])
-    _one_line_error(result, "dim 100 is not available: this model's Matryoshka dims are [32, 64, 128, 256, 384]")
+    one_line_error(result, "dim 100 is not available: this model's Matryoshka dims are [32, 64, 128, 256, 384]")
     assert not (tmp_path / "out").exists()
 
 
@@ -213,4 +206,4 @@ def test_model_without_safetensors_is_one_line(tmp_path: Path, monkeypatch: pyte
     (model / "config.json").write_text(json.dumps({"model_type": "bert"}))
     (model / "pytorch_model.bin").write_bytes(b"never opened")
     result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "out"), "--model", str(model)])
-    _one_line_error(result, "holds pickled weights (pytorch_model.bin), and MuSES never unpickles")
+    one_line_error(result, "holds pickled weights (pytorch_model.bin), and MuSES never unpickles")

@@ -19,6 +19,7 @@ from muses.encoder import MultiScaleEncoder, default_base_path
 from muses.errors import InputError
 from muses.store import MemoryStore
 from muses.store import db as store_db
+from tests.cli_checks import one_line_error
 
 runner = CliRunner()
 DOCS = (
@@ -29,16 +30,6 @@ DOCS = (
 
 def index(*args: str | Path) -> Result:
     return runner.invoke(app, ["index", *map(str, args)])
-
-
-def one_line_error(result: Result, *words: str) -> None:
-    """Exit 2, one line naming ``words``, no traceback."""
-    out = " ".join(result.output.split())  # rich wraps long lines
-    assert result.exit_code == 2, result.output
-    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
-    assert "Traceback" not in result.output and out.startswith("error:"), result.output
-    for w in words:
-        assert w in out, (w, result.output)
 
 
 @pytest.fixture
