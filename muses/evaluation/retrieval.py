@@ -181,6 +181,8 @@ def score_queries(
     """
     if with_tokens and vecs.token is None:
         raise InputError("with_tokens=True needs corpus vectors encoded with tokens (with_tokens=True).")
+    if not queries:
+        raise InputError("no queries to score; pass at least one {query id: text}.")
     qids, texts = list(queries), list(queries.values())
     q_full = (cache or EmbeddingCache(None)).queries(model, texts)
     q_tokens = model.encode_query_tokens(texts) if with_tokens else []
@@ -367,7 +369,15 @@ def evaluate_scored(
 
 def _load(name: str, split: str, max_docs: int | None, data_dir: str | os.PathLike[str] | None) -> BeirDataset:
     dataset = load_beir(name, split=split, data_dir=data_dir)
-    return subset_beir(dataset, max_docs) if max_docs else dataset
+    if not max_docs:
+        return dataset
+    subset = subset_beir(dataset, max_docs)
+    if not subset.queries:
+        raise InputError(
+            f"{name} {split}: no query has all its relevant documents among the first {max_docs} documents; "
+            "raise max_docs (or leave it unset for the whole corpus)."
+        )
+    return subset
 
 
 def fit_fusion(

@@ -282,6 +282,18 @@ def test_run_from_scores_agrees_with_dense_document_ranking(scored: dict[int, Sc
     assert max(run[sq.query_ids[0]], key=run[sq.query_ids[0]].get) == best  # type: ignore[arg-type]
 
 
+def test_a_slice_without_queries_is_one_line_not_a_crash(encoder: MultiScaleEncoder, data_dir: Path) -> None:
+    """The first 60 SciFact abstracts hold every relevant document of no dev query: fitting fusion there used to
+    reach the tokenizer with no text and fail with an IndexError."""
+    with pytest.raises(InputError, match="no query has all its relevant documents among the first 60"):
+        fit_fusion(MusesCorpusEncoder(encoder), "scifact", "dev", max_docs=60, data_dir=data_dir)
+    with pytest.raises(InputError, match="no queries to score"):
+        empty = np.zeros((0, 384), dtype=np.float32)
+        none = np.zeros(0, dtype=np.int64)
+        vecs = CorpusVectors([], empty, empty, none, none)
+        score_queries(MusesCorpusEncoder(encoder), vecs, {}, [384], with_tokens=False)
+
+
 def test_scifact_files_are_the_ones_the_published_numbers_used(data_dir: Path) -> None:
     """The corpus and queries are byte-identical to BEIR's SciFact (sha256 of BEIR's files, see the data README):
     with the harness's metrics checked against MTEB's on the same vectors (tests/integrations/test_mteb.py), this is
