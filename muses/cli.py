@@ -139,9 +139,11 @@ def export(
 ) -> None:
     """Export a model's transformer to ONNX or OpenVINO (int8 with --quantize int8): a folder `muses.load` opens."""
     with user_errors():
+        from muses.backends.export import check_new_folder
         from muses.encoder import MultiScaleEncoder
         from muses.io import read_documents
 
+        check_new_folder(out)  # before loading the model
         if backend not in ("onnx", "openvino"):
             raise InputError(f"--backend {backend!r} is not exportable; use onnx or openvino.")
         if quantize not in (None, "int8"):

@@ -203,13 +203,12 @@ class MultiScaleEncoder(nn.Module):
         Raises:
             InputError: ``path`` exists and is not an empty folder, or ``backend`` is ``torch`` or unknown.
         """
-        from muses.backends.export import export_backend
+        from muses.backends.export import check_new_folder, export_backend
 
         out = Path(path)
         if check_backend(backend) == "torch":
             raise InputError("backend torch needs no export: save the model with MultiScaleEncoder.save.")
-        if out.exists() and (not out.is_dir() or any(out.iterdir())):
-            raise InputError(f"{out} already exists; give a new folder for the exported model.")
+        check_new_folder(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         source = self.fingerprint()
         with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.export-") as tmp:

@@ -18,6 +18,7 @@ import numpy as np
 from torch import nn
 
 from muses.backends import BACKEND_FILES, backend_files, feed_inputs
+from muses.errors import InputError
 
 
 class Exportable(Protocol):
@@ -34,6 +35,16 @@ class Exportable(Protocol):
 
 CALIBRATION_WINDOWS = 300
 """At most this many token windows calibrate an ``openvino-int8`` export (NNCF's default subset size)."""
+
+
+def check_new_folder(out: Path) -> None:
+    """Refuse an export target that exists and is not an empty folder (before any model is loaded).
+
+    Raises:
+        InputError: ``out`` is a file or a folder with something in it.
+    """
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise InputError(f"{out} already exists; give a new folder for the exported model.")
 
 
 def default_calibration_texts() -> list[str]:

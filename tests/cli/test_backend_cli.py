@@ -72,8 +72,12 @@ def test_export_refuses_bad_choices_in_one_line(tmp_path: Path, args: list[str],
     one_line_error(runner.invoke(app, ["export", "default", str(tmp_path / "m"), *args]), *words)
 
 
-def test_export_refuses_an_existing_folder_and_encode_an_unknown_backend(tmp_path: Path, exported: Path) -> None:
-    one_line_error(runner.invoke(app, ["export", "default", str(exported)]), "already exists")
+def test_export_refuses_an_existing_folder_and_encode_an_unknown_backend(
+    tmp_path: Path, exported: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as m:  # refused before the model is loaded
+        m.setattr(MultiScaleEncoder, "from_base", lambda *a, **k: pytest.fail("loaded the model first"))
+        one_line_error(runner.invoke(app, ["export", "default", str(exported)]), "already exists")
     src = tmp_path / "docs.jsonl"
     src.write_text(DOCS, encoding="utf-8")
     result = runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "o"), "--backend", "cuda"])
