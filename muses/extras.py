@@ -13,6 +13,7 @@ extra             installs
 ``langchain``     langchain-core (:mod:`muses.integrations.langchain`)
 ``llama-index``   llama-index-core (:mod:`muses.integrations.llama_index`)
 ``mteb``          mteb (:mod:`muses.integrations.mteb`)
+``ray``           ray[data] (``muses encode --engine ray``)
 ``all``           every extra above
 ================  =====================================================================
 
@@ -34,7 +35,20 @@ from types import ModuleType
 
 from muses.errors import MusesError
 
-EXTRAS = ("store", "serve", "plots", "adapters", "data", "onnx", "openvino", "langchain", "llama-index", "mteb", "all")
+EXTRAS = (
+    "store",
+    "serve",
+    "plots",
+    "adapters",
+    "data",
+    "onnx",
+    "openvino",
+    "langchain",
+    "llama-index",
+    "mteb",
+    "ray",
+    "all",
+)
 
 
 class MissingExtraError(MusesError, ModuleNotFoundError):
