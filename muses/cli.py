@@ -427,9 +427,16 @@ def train(
     fresh: FreshOpt = False,
     device: DeviceOpt = None,
 ) -> None:
-    """Train a MuSES model from a recipe; resumes from output_dir/checkpoint unless --fresh."""
+    """Train a MuSES model from a recipe; resumes from output_dir/checkpoint unless --fresh.
+
+    Data-parallel under `torchrun --nproc_per_node N` (gloo on CPU, NCCL on GPU): same command, same results as one
+    process with the same global batch; rank 0 alone prints, logs and writes."""
     with user_errors():
         cfg = load_recipe(config, set_)
+        from muses.training import distributed
+
+        if distributed.init_from_env() and not distributed.is_main():
+            console.quiet = True
         run_training(cfg, data_dir, fresh, device, cfg.name)
 
 

@@ -10,6 +10,11 @@ Every task's loss goes through one Matryoshka wrapper (:class:`~muses.losses.Cur
 :class:`~muses.losses.MatryoshkaAll`), so a task dict holds ``loss`` (task loss + consistency, weighted), ``task``,
 ``consistency``, ``dim`` (the drawn dim, curriculum only) and ``retention`` (a 0-d tensor, 0 when off).
 :func:`make_tasks` builds the recipe's tasks by name and :func:`make_sampler` the sampler that picks them.
+
+Under torchrun each task gets the global batch's items, encodes only this rank's slice (:func:`~muses.training.
+distributed.shard`) and gathers the vectors of every rank with gradients before any loss: in-batch negatives
+(hierarchical InfoNCE, MNRL), CoSENT's pairs, the consistency term and retention then see the global batch, as in
+one process.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from muses.losses import (
     MultipleNegativesRanking,
     RetentionLoss,
 )
+from muses.training import distributed as dd
 from muses.training.config import LossConfig, TrainConfig
 from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
 from muses.types import Document
@@ -84,12 +90,11 @@ class Retention:
             return student.new_zeros(())
         return w * self.loss(student, self.targets(texts))
 
-    def in_context(self, sentence: Tensor, docs: Sequence[Document]) -> Tensor:
-        """Retention of in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order) to the base
-        model's, pooled from the same documents; 0-d."""
-        w = self.weight("hierarchy")
-        if w == 0 or self.loss is None:
-            return sentence.new_zeros(())
+    def in_context_target(self, docs: Sequence[Document]) -> Tensor | None:
+        """The base model's in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order,
+        normalised) on the student's device; None when hierarchy retention is off."""
+        if self.weight("hierarchy") == 0 or self.loss is None:
+            return None
         with torch.no_grad():
             assert self.teacher is not None, "retention without a teacher"
             states = self.teacher.token_states([d.text for d in docs], batch_size=PAD_GROUP)
@@ -99,7 +104,18 @@ class Retention:
                     for d, st in zip(docs, states, strict=True)
                 ]
             )
-        return w * self.loss(sentence, torch.nn.functional.normalize(target, dim=-1).to(sentence.device))
+        return torch.nn.functional.normalize(target, dim=-1).to(self.device)
+
+    def in_context(self, sentence: Tensor, docs: Sequence[Document], target: Tensor | None = None) -> Tensor:
+        """Retention of in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order) to the base
+        model's, pooled from the same documents (``target`` ``[S, D]``: those, already computed); 0-d."""
+        w = self.weight("hierarchy")
+        if w == 0 or self.loss is None:
+            return sentence.new_zeros(())
+        if target is None:
+            target = self.in_context_target(docs)
+            assert target is not None
+        return w * self.loss(sentence, target.to(sentence.device))
 
 
 def matryoshka_wrapper(dims: Sequence[int], loss: LossConfig) -> MatryoshkaWrapper:
@@ -139,7 +155,9 @@ class HierarchyTask:
     token ``[T, D]`` (T: all tokens of the batch, subsampled to ``loss.tokens_per_batch``) with their sentence ids
     ``[T]`` (-1: no sentence), sentence ``[S, D]`` with their document ids ``[S]``, and document ``[B, D]``
     (B: documents in the batch). Retention: the document vectors to the base model's standalone vectors of the
-    texts, plus (``loss.retain_sentences``) the sentence vectors to the base model's in-context ones.
+    texts, plus (``loss.retain_sentences``) the sentence vectors to the base model's in-context ones. Under
+    torchrun a rank encodes its slice of the documents and the vectors of all ranks are gathered
+    (:func:`_gather_hierarchy`) before the token subsampling and the loss.
     """
 
     name = "hierarchy"
@@ -157,10 +175,11 @@ class HierarchyTask:
             [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
         )["offset_mapping"]
         docs = [truncate_document(d, o, self.max_doc_tokens) for d, o in zip(docs, offsets, strict=True)]
-        states = enc.token_states([d.text for d in docs], batch_size=PAD_GROUP)
+        local = dd.shard(docs)  # this rank's slice of the global batch (all of it in one process)
+        states = enc.token_states([d.text for d in local], batch_size=PAD_GROUP)
         tok, tok_sent, sent, sent_doc, doc_vecs = [], [], [], [], []
         n_sent = 0
-        for i, (doc, st) in enumerate(zip(docs, states, strict=True)):
+        for i, (doc, st) in enumerate(zip(local, states, strict=True)):
             v = enc.document_vectors(doc, st)
             tok.append(v["token"])
             ids = v["token_sentence_ids"].to(v["token"].device)
@@ -170,10 +189,15 @@ class HierarchyTask:
             doc_vecs.append(v["document"])
             n_sent += len(v["sentence"])
         token, token_sentence = torch.cat(tok), torch.cat(tok_sent)
+        sentence, sentence_doc, document = torch.cat(sent), torch.cat(sent_doc), torch.stack(doc_vecs)
+        target = self.ctx.retention.in_context_target(local) if lc.retain_sentences else None
+        if dd.is_distributed():
+            token, token_sentence, sentence, sentence_doc, document, target = _gather_hierarchy(
+                token, token_sentence, sentence, sentence_doc, document, target
+            )
         if len(token) > lc.tokens_per_batch:
             pick = torch.randperm(len(token), generator=self.ctx.generator)[: lc.tokens_per_batch]
             token, token_sentence = token[pick.to(token.device)], token_sentence[pick.to(token.device)]
-        sentence, sentence_doc, document = torch.cat(sent), torch.cat(sent_doc), torch.stack(doc_vecs)
 
         def loss_fn(d: int) -> Tensor:
             out = self.infonce(
@@ -189,14 +213,42 @@ class HierarchyTask:
         res = self.ctx.matryoshka(loss_fn, [sentence, document], progress)
         res["retention"] = self.ctx.retention.standalone(document, [d.text for d in docs], self.name)
         if lc.retain_sentences:
-            res["retention"] = res["retention"] + self.ctx.retention.in_context(sentence, docs)
+            res["retention"] = res["retention"] + self.ctx.retention.in_context(sentence, docs, target)
         return res
+
+
+def _gather_hierarchy(
+    token: Tensor,
+    token_sentence: Tensor,
+    sentence: Tensor,
+    sentence_doc: Tensor,
+    document: Tensor,
+    target: Tensor | None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor | None]:
+    """One rank's hierarchy batch -> the global batch, as one process would have built it from all the documents.
+
+    Vectors (token ``[T, D]``, sentence ``[S, D]``, document ``[B, D]``) are gathered with gradients; the sentence
+    ids of tokens ``[T]`` and document ids of sentences ``[S]`` are shifted by the sentences and documents of the
+    ranks before; the retention ``target`` ``[S, D]`` (or None) is gathered without gradients.
+    """
+    (token, sentence, document), counts = dd.gather_parts([token, sentence, document])
+    ids, id_counts = dd.gather_rows(torch.cat([token_sentence.to(token.device), sentence_doc.to(token.device)]))
+    tok_ids, sent_ids, n_sent, n_doc = [], [], 0, 0
+    for (n_tok, n_s, n_d), block in zip(counts, ids.split(id_counts), strict=True):
+        t, s = block[:n_tok], block[n_tok:]
+        tok_ids.append(torch.where(t >= 0, t + n_sent, t))
+        sent_ids.append(torch.where(s >= 0, s + n_doc, s))
+        n_sent, n_doc = n_sent + n_s, n_doc + n_d
+    if target is not None:
+        target = dd.gather_rows(target)[0]
+    return token, torch.cat(tok_ids), sentence, torch.cat(sent_ids), document, target
 
 
 class _PairTask:
     """A pair task: the 2B texts of B pairs pass through the model standalone, giving ``a`` ``[B, D]`` (first
     texts) and ``b`` ``[B, D]`` (second texts); the pair loss runs on their renormalised ``d``-prefixes.
-    Retention: all 2B vectors to the base model's standalone vectors of the texts."""
+    Retention: all 2B vectors to the base model's standalone vectors of the texts. Under torchrun a rank encodes
+    the 2b texts of its b pairs and ``a``, ``b`` are gathered over ranks (with gradients) into the global ``[B, D]``."""
 
     name: str
 
@@ -214,8 +266,15 @@ class _PairTask:
     def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
         texts, target = self._batch(items)
         enc = self.ctx.encoder
-        emb = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
-        a, b = emb[: len(items)], emb[len(items) :]
+        if dd.is_distributed():  # encode this rank's pairs only, then gather the global batch's vectors
+            mine = dd.shard(range(len(items)))
+            local = [texts[i] for i in mine] + [texts[len(items) + i] for i in mine]
+            emb_local = enc.standalone_vectors(enc.token_states(local, batch_size=PAD_GROUP))
+            (a, b), _ = dd.gather_parts([emb_local[: len(mine)], emb_local[len(mine) :]])
+            emb = torch.cat([a, b])
+        else:
+            emb = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+            a, b = emb[: len(items)], emb[len(items) :]
 
         def loss_fn(d: int) -> Tensor:
             return self._pair_loss(matryoshka(a, d), matryoshka(b, d), target)

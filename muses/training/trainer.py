@@ -8,6 +8,10 @@ One step draws a task from the seeded sampler, gets its loss dict (the task loss
 the schedule plus the consistency term, and retention), adds the MoE auxiliary losses of the forward passes, and
 steps AdamW under a linear warm-up schedule, with gradient accumulation and clipping.
 
+Under ``torchrun`` (see :mod:`muses.training.distributed`) every rank draws the same global batch, encodes its
+slice, computes the global loss on the gathered vectors, and averages gradients over ranks: a step equals one
+process with the global batch. Rank 0 alone evaluates, logs and writes checkpoints.
+
 Evaluation on dev splits (:func:`~muses.training.dev.evaluate_dev`) selects the best checkpoint and stops early.
 Checkpoints hold model, optimizer, scheduler, sampler and RNG state and resume exactly. In adapter mode
 (``model.adapter``) checkpoints hold the adapter only and ``best/`` is an adapter folder for an
@@ -17,6 +21,7 @@ Checkpoints hold model, optimizer, scheduler, sampler and RNG state and resume e
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Sequence
@@ -32,6 +37,7 @@ from transformers import get_linear_schedule_with_warmup
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError
 from muses.scratch.model import pop_aux_loss
+from muses.training import distributed as dd
 from muses.training.build import SCRATCH_BASE, build_model, trainable_parameters
 from muses.training.checkpoint import (
     ADAPTER_DIR,
@@ -96,8 +102,20 @@ class Trainer:
         self.config = config
         self.data = data
         self.out = Path(config.output_dir)
+        dd.init_from_env()
+        self.sampler = make_sampler(config, data)
+        small = {
+            t: n
+            for t in self.sampler.tasks
+            if (n := min(self.sampler.batch_sizes[t], data.sizes()[t])) < dd.world_size()
+        }
+        if small:
+            raise ConfigError(
+                f"the global batches {small} cannot be split over {dd.world_size()} ranks: raise docs_per_batch / "
+                "pairs_per_batch to at least the number of ranks"
+            )
         set_seed(config.seed)
-        setup = build_model(config, data, self.out, device, encoder)
+        setup = build_model(config, data, self.out, device or dd.default_device(), encoder)
         self.encoder, self.teacher, self.adapter_key = setup.encoder, setup.teacher, setup.adapter_key
         self.retention = Retention(self.teacher, config.loss, self.encoder.device)
         oc = config.optim
@@ -105,9 +123,11 @@ class Trainer:
         self.scheduler = get_linear_schedule_with_warmup(
             self.optimizer, int(oc.warmup_ratio * config.steps), config.steps
         )
-        self.sampler = make_sampler(config, data)
         self.generator = torch.Generator().manual_seed(config.seed)
         self.tasks = make_tasks(config, data, self.encoder, self.retention, self.generator)
+        dd.broadcast_parameters(self.encoder)  # every rank starts from rank 0's weights
+        if dd.is_distributed():
+            torch.manual_seed(config.seed + dd.rank())  # each rank its own dropout masks
         self.step = 0
         self.best_score = -float("inf")
         self.bad_evals = 0
@@ -150,6 +170,7 @@ class Trainer:
                     "loss": float(loss.detach()) * oc.grad_accum,
                 }
             )
+        dd.average_gradients(trainable_parameters(self.encoder))
         log["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(trainable_parameters(self.encoder), oc.grad_clip))
         self.optimizer.step()
         self.scheduler.step()
@@ -161,8 +182,9 @@ class Trainer:
         return log
 
     def evaluate(self) -> dict[str, float]:
-        """Dev metrics (:func:`~muses.training.dev.evaluate_dev`); ``"dev/score"`` selects the best checkpoint."""
-        return evaluate_dev(self.encoder, self.data.dev)
+        """Dev metrics (:func:`~muses.training.dev.evaluate_dev`); ``"dev/score"`` selects the best checkpoint.
+        Under torchrun rank 0 evaluates and every rank gets its numbers."""
+        return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev) if dd.is_main() else {})
 
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""
@@ -182,13 +204,24 @@ class Trainer:
         save_best_adapter(self.encoder, self.adapter_key, self.out / BEST, self._routing, info)
 
     def save_checkpoint(self) -> Path:
-        """Write model, optimizer, scheduler, sampler and RNG state atomically to ``output_dir/checkpoint``."""
-        tensors = {
+        """Write model, optimizer, scheduler, sampler and RNG state atomically to ``output_dir/checkpoint`` (under
+        torchrun: call it on every rank; rank 0 writes, with every rank's torch RNG state, while the others wait)."""
+        torch_rngs = dd.all_gather_object(torch.get_rng_state())
+        path = self.out / CKPT
+        if dd.is_main():
+            path = self._write_checkpoint(torch_rngs)
+        dd.barrier()
+        return path
+
+    def _write_checkpoint(self, torch_rngs: list[Tensor]) -> Path:
+        tensors: dict[str, Any] = {
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
-            "torch_rng": torch.get_rng_state(),
+            "torch_rng": torch_rngs[0],
             "generator": self.generator.get_state(),
         }
+        if len(torch_rngs) > 1:
+            tensors["torch_rng_ranks"] = torch_rngs
         state = {
             "step": self.step,
             "sampler": self.sampler.state_dict(),
@@ -211,7 +244,11 @@ class Trainer:
         load_model_state(ckpt, self.encoder, self.adapter_key)
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])
-        torch.set_rng_state(tensors["torch_rng"])
+        ranks = tensors.get("torch_rng_ranks")
+        if ranks is not None and len(ranks) == dd.world_size():
+            torch.set_rng_state(ranks[dd.rank()])
+        else:
+            torch.set_rng_state(tensors["torch_rng"])
         self.generator.set_state(tensors["generator"])
         self.sampler.load_state_dict(state["sampler"])
         self.step, self.best_score, self.bad_evals = state["step"], state["best_score"], state["bad_evals"]
@@ -229,16 +266,19 @@ class Trainer:
             A summary: steps done, best dev score, whether it stopped early, and the output paths.
         """
         cfg = self.config
+        main = dd.is_main()
         self.out.mkdir(parents=True, exist_ok=True)
         history = self.out / "history.jsonl"
         if resume and self.load_checkpoint():
-            truncate_history(history, self.step)
-        elif history.exists():
+            if main:
+                truncate_history(history, self.step)
+        elif history.exists() and main:
             history.unlink()
+        dd.barrier()
         stopped_early = False
         start, t0 = self.step, time.perf_counter()
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.name}", disable=not progress)
-        with history.open("a", encoding="utf-8") as hist:
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {cfg.name}", disable=not (progress and main))
+        with (history if main else Path(os.devnull)).open("a", encoding="utf-8") as hist:
             if self.step == 0 and cfg.eval_at_start:  # the base model's dev numbers, as the reference
                 hist.write(json.dumps({"step": 0.0, **self.evaluate()}) + "\n")
             while self.step < cfg.steps:
@@ -247,7 +287,8 @@ class Trainer:
                     log.update(self.evaluate())
                     if log["dev/score"] > self.best_score:
                         self.best_score, self.bad_evals = log["dev/score"], 0
-                        self._save_best()
+                        if main:
+                            self._save_best()
                     else:
                         self.bad_evals += 1
                     stopped_early = self.bad_evals >= cfg.patience
@@ -260,11 +301,13 @@ class Trainer:
                 if stopped_early or (stop_after is not None and self.step - start >= stop_after):
                     break
         bar.close()
-        if not (self.out / BEST).exists():
-            self._save_best()
-        from muses.plots import plot_training
+        if main:
+            if not (self.out / BEST).exists():
+                self._save_best()
+            from muses.plots import plot_training
 
-        plot_training({cfg.name: history}, self.out / "loss_curves.png")
+            plot_training({cfg.name: history}, self.out / "loss_curves.png")
+        dd.barrier()
         return {
             "steps": self.step,
             "best_dev_score": self.best_score,

@@ -1,0 +1,63 @@
+"""configs/smoke.yaml: the install check `muses train --config configs/smoke.yaml` trains end to end in < 60 s."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import muses
+from muses.encoder import MultiScaleEncoder
+from muses.training.config import load_config
+
+SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+TEXTS = ["A cat sat on the mat.", "Stock markets fell sharply on Monday.", "Proteins fold into 3D shapes."]
+
+
+def test_smoke_recipe_is_small() -> None:
+    """The recipe stays an install check: a few steps on a few items, a tiny dev set, output under runs/."""
+    cfg = load_config(SMOKE)
+    assert cfg.steps <= 10 and cfg.data.wikipedia_articles <= 32 and cfg.data.dev_stsb_pairs <= 64
+    assert cfg.data.dev_scifact_distractors is None and cfg.data.dev_wikipedia_articles == 0
+    assert Path(cfg.output_dir).parts[0] == "runs"
+
+
+@pytest.mark.slow
+def test_smoke_recipe_trains_through_the_cli_in_under_a_minute(tmp_path: Path, data_dir: Path) -> None:
+    """`muses train --config configs/smoke.yaml` finishes, writes a loadable model that moved from the base, and a
+    history of finite losses for every task, within 60 s of wall time for the whole command, imports included.
+
+    It runs on one thread: then the budget holds on one core even while another job keeps the other core busy
+    (about 20 s here either way), whereas two threads sharing a busy core slow each other down several fold."""
+    out = tmp_path / "smoke"
+    cmd = [sys.executable, "-m", "muses.cli", "train", "--config", str(SMOKE), "--data-dir", str(data_dir)]
+    cmd += ["--set", f"output_dir={out}"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    seconds = time.perf_counter() - t0
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    print(f"smoke recipe: {seconds:.1f} s")
+
+    cfg = load_config(SMOKE)
+    history = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
+    assert [int(h["step"]) for h in history] == list(range(1, cfg.steps + 1))
+    losses = [h["loss"] for h in history]
+    assert all(math.isfinite(x) and x >= 0 for x in losses)
+    assert {k.split("/")[0] for h in history for k in h if k.endswith("/loss")} == {"hierarchy", "stsb", "scifact"}
+    assert "dev/score" in history[-1] and math.isfinite(history[-1]["dev/score"])
+    state = json.loads((out / "checkpoint" / "trainer_state.json").read_text())
+    assert state["step"] == cfg.steps
+
+    trained = muses.load(str(out / "best"))
+    base = MultiScaleEncoder.from_base()
+    moved = np.abs(trained.encode_sentences(TEXTS) - base.encode_sentences(TEXTS)).max()
+    assert moved > 1e-4, "the smoke run did not change the model"
+    assert seconds < 60, f"the smoke recipe took {seconds:.1f} s (budget: 60 s)"
