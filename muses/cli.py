@@ -62,9 +62,10 @@ def _parse_scales(scales: str) -> list[str]:
 @app.command()
 def encode(
     input: Annotated[
-        Path,
+        str,
         typer.Argument(
-            help="A .jsonl file (fields: text or sentences, id, metadata) or a text file (one document per line)."
+            help="A .jsonl file (fields: text or sentences, id, metadata) or a text file (one document per line); "
+            "with --engine ray also .parquet, folders and URIs pyarrow reads (s3://, gs://, hdfs://)."
         ),
     ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Output folder (written atomically).")],
@@ -83,9 +84,24 @@ def encode(
         bool, typer.Option(help="Replace an existing output folder, if `muses encode` wrote it (nothing else).")
     ] = False,
     backend: BackendOpt = None,
+    engine: Annotated[str, typer.Option(help="local (one process) or ray (Parquet shards + manifest, resumable).")] = (
+        "local"
+    ),
+    address: Annotated[str | None, typer.Option(help="--engine ray: a running Ray cluster (default: local).")] = None,
+    workers: Annotated[int, typer.Option(min=1, help="--engine ray: model copies (actors; 1 GPU each if any).")] = 1,
+    shard_rows: Annotated[int, typer.Option(min=1, help="--engine ray: input lines per Parquet shard.")] = 1000,
 ) -> None:
     """Embed documents at several scales; write arrays plus a JSONL index of documents, spans and tokens."""
     with user_errors():
+        if engine != "local":
+            from muses.distributed_encode import EncodeSettings, encode_cli
+
+            settings = EncodeSettings(
+                model, backend, tuple(_parse_scales(scales)), dim, context, text_field, "id", max_chars, batch_size
+            )
+            encode_cli(input, str(out), settings, engine, fmt, one_document, overwrite, address, workers, shard_rows)
+            return
+        input_path = Path(input)
         from muses.encoder import MultiScaleEncoder
         from muses.io import check_format, read_documents, write_embedding_files
         from muses.output_folder import OutputFolder
@@ -94,9 +110,11 @@ def encode(
         array_format = check_format(fmt)
         chosen = backend_option(backend)
         with OutputFolder(out, overwrite=overwrite) as output:  # checked before the (slow) encoding
-            docs = list(read_documents(input, text_field=text_field, one_document=one_document, max_chars=max_chars))
+            docs = list(
+                read_documents(input_path, text_field=text_field, one_document=one_document, max_chars=max_chars)
+            )
             if not docs:
-                raise InputError(f"{input} holds no documents (every line is empty).")
+                raise InputError(f"{input_path} holds no documents (every line is empty).")
             enc = MultiScaleEncoder.from_base(model, backend=chosen)
             _check_dim(dim, enc.dims)
             embs = enc.encode_documents(
@@ -110,7 +128,7 @@ def encode(
             meta = {
                 "model": model,
                 "backend": enc.backend,
-                "input": str(input),
+                "input": str(input_path),
                 "context": context,
                 "n_documents": len(docs),
             }

@@ -75,7 +75,7 @@ NewModelOpt = Annotated[
 
 @index_app.command("add")
 def add(
-    paths: Annotated[list[Path], typer.Argument(help="JSONL / text files, or folders of them.")],
+    paths: Annotated[list[Path] | None, typer.Argument(help="JSONL / text files, or folders of them.")] = None,
     store: StoreOpt = None,
     model: NewModelOpt = None,
     dim: Annotated[int | None, typer.Option(help="Stored Matryoshka dim (new stores; default: full).")] = None,
@@ -89,6 +89,10 @@ def add(
     upsert: Annotated[bool, typer.Option(help="Replace documents whose id is already stored.")] = False,
     one_document: Annotated[bool, typer.Option(help="A text file is one document (not one per line).")] = False,
     backend: BackendOpt = None,
+    from_encoded: Annotated[
+        str | None,
+        typer.Option(help="Add the output folder (path or URI) of `muses encode --engine ray` (no encoding again)."),
+    ] = None,
 ) -> None:
     """Add documents to a store (created on first use with --model, --dim, --index, --token-pool, --durable).
 
@@ -96,8 +100,16 @@ def add(
     """
     with user_errors():
         path = _store_path(store)
-        docs = _read_inputs(paths, one_document)
+        if (from_encoded is None) == (not paths):
+            raise InputError("give files or folders to add, or --from-encoded DIR (not both).")
         given = {"dim": dim, "index": index, "token_pool": token_pool, "durable": durable or None}
+        if from_encoded is not None:
+            from muses.distributed_encode import add_encoded_folder
+
+            ids = add_encoded_folder(from_encoded, path, model, given, backend, upsert, _open_or_create)
+            console.print(f"added {len(ids)} documents to {path} from {from_encoded}")
+            return
+        docs = _read_inputs(paths or [], one_document)
         s = _open_or_create(path, model, {k: v for k, v in given.items() if v is not None}, backend)
         ids = s.add(docs, upsert=upsert)
         console.print(f"added {len(ids)} documents to {path} ({len(s)} in all)")

@@ -468,6 +468,25 @@ class MemoryStore:
             return []
         scales = ("document", "sentence", "token") if self.config.token_pool else ("document", "sentence")
         embs = self.encoder.encode_documents(docs, scales=scales, dim=self.dim, batch_size=batch_size)
+        self._commit(docs, embs, upsert)
+        return [str(d.id) for d in docs]
+
+    def add_encoded(self, embs: Sequence[MultiScaleEmbedding], upsert: bool = False) -> list[str]:
+        """Store documents encoded elsewhere (e.g. ``muses encode --engine ray``), each with its ``doc`` (with an id)
+        and vectors at this store's dim. The caller checks the vectors come from this store's model (same
+        :meth:`MultiScaleEncoder.fingerprint`). One commit; ``upsert`` as in :meth:`add`. Returns the ids."""
+        if not embs:
+            return []
+        for i, e in enumerate(embs):
+            if e.doc.id is None or e.dim != self.dim or e.document.shape != (self.dim,):
+                raise InputError(f"item {i}: needs an id and vectors at the store's dim {self.dim} (has {e.dim}).")
+            if self.config.token_pool and e.tokens is None:
+                raise InputError(f"item {i} has no token vectors; this store keeps tokens (encode the token scale).")
+        docs = self._documents([e.doc for e in embs])  # checked as add's; Documents are kept as they are
+        self._commit(docs, embs, upsert)
+        return [str(d.id) for d in docs]
+
+    def _commit(self, docs: Sequence[Document], embs: Sequence[MultiScaleEmbedding], upsert: bool) -> None:
         with self._write() as con:
             for doc, emb in zip(docs, embs, strict=True):
                 found = con.execute("SELECT row FROM documents WHERE id = ?", (doc.id,)).fetchone()
@@ -476,7 +495,6 @@ class MemoryStore:
                 if found:
                     con.execute("DELETE FROM documents WHERE row = ?", (found[0],))
                 self._insert(con, doc, emb)
-        return [str(d.id) for d in docs]
 
     def update(self, items: Iterable[str | Document | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
         """Add or replace documents by id (one commit)."""

@@ -1,0 +1,607 @@
+"""Distributed corpus encoding on Ray Data: ``muses encode INPUT -o OUT --engine ray``.
+
+Pipeline: Ray Data reads the input (a ``.jsonl`` or text file, read line by line so that ids and metadata are
+exactly those of ``muses encode --engine local``; or ``.parquet``), from a local path or any URI pyarrow's
+filesystems read. Every line gets its global row number (a zip with ``ray.data.range``), rows are cut into shards of
+``shard_rows`` consecutive rows (deterministic: the same input gives the same shards), and the rows of the shards not
+finished yet go through ``map_batches`` with :class:`EncodeActor`, which loads the model once per actor (one GPU per
+actor when the cluster has GPUs). The driver collects the encoded rows and writes each shard when it is complete.
+
+Output folder (``OUT``):
+
+- ``shard-00000.parquet`` ... one row per document, in input order: ``row`` (int64, the input line, 0-based), ``id``,
+  ``record`` (JSON: :meth:`MultiScaleEmbedding.index_record`, i.e. text, metadata, sentence and paragraph spans,
+  token offsets, sentence-token links, windows), and the vectors ``document`` ``[D]``, ``sentence`` ``[S * D]``,
+  ``token`` ``[T * D]`` (float32 lists, row-major; a scale not asked for is null);
+- ``manifest.json``: model, fingerprint, backend, dim, scales, context, input, row count, shard size and the
+  finished shards, with ``"written_by": "muses encode --engine ray"``.
+
+Each shard is written under a temporary name, fsynced and renamed; the manifest is rewritten the same way after each
+shard, so it is always last. Rerunning the same command skips the shards already finished (listed in the manifest,
+or present under their final name) and encodes the rest. :func:`read_encoded` loads a folder back into
+:class:`MultiScaleEmbedding` objects (``muses index add --from-encoded``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import warnings
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from muses.errors import DataError, InputError, MusesError
+from muses.extras import require
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from muses.store import MemoryStore
+    from muses.types import MultiScaleEmbedding
+
+MANIFEST = "manifest.json"
+WRITTEN_BY = "muses encode --engine ray"
+DEFAULT_SHARD_ROWS = 1000
+_ROW = "_muses_row"
+
+
+@dataclass(frozen=True)
+class EncodeSettings:
+    """What shapes the output; a rerun into the same folder must give the same settings (else it is refused)."""
+
+    model: str = "default"
+    backend: str | None = None
+    scales: tuple[str, ...] = ("document", "sentence")
+    dim: int | None = None
+    context: str = "document"
+    text_field: str = "text"
+    id_field: str = "id"
+    max_chars: int = 1_000_000
+    batch_size: int = 32
+
+
+def shard_name(k: int) -> str:
+    """The file name of shard ``k``."""
+    return f"shard-{k:05d}.parquet"
+
+
+def _schema() -> pa.Schema:
+    pa = require("pyarrow", "ray")
+    vec = pa.list_(pa.float32())
+    return pa.schema(
+        [
+            ("row", pa.int64()),
+            ("id", pa.string()),
+            ("record", pa.string()),
+            ("document", vec),
+            ("sentence", vec),
+            ("token", vec),
+        ]
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- the actor
+class EncodeActor:
+    """A Ray Data actor: loads the model once, then turns batches of input rows into encoded rows.
+
+    Input batch (numpy format): ``_muses_row`` ``[B]`` int64 and either ``text`` (one input line each: JSONL or plain
+    text) or the Parquet columns. Output: a pyarrow table with the shard schema (module doc), one row per input row;
+    a blank line gives a row with a null ``id`` (dropped when the shard is written).
+    """
+
+    def __init__(self, settings: EncodeSettings, kind: str, stem: str, where: str) -> None:
+        from muses.backends import check_backend
+        from muses.encoder import MultiScaleEncoder
+
+        self.s = settings
+        self.kind, self.stem, self.where = kind, stem, where
+        self.enc = MultiScaleEncoder.from_base(
+            settings.model, backend=None if settings.backend is None else check_backend(settings.backend)
+        )
+
+    def _document(self, row: int, batch: dict[str, Any], i: int) -> Any:
+        from muses.io import _parse_json, _record_document, _text_document
+
+        where = f"{self.where}:{row + 1}"
+        default_id = f"{self.stem}:{row + 1}"
+        if self.kind == "parquet":
+            rec = {k: _plain(v[i]) for k, v in batch.items() if k != _ROW}
+            return _record_document(rec, where, self.s.text_field, self.s.id_field, default_id, self.s.max_chars)
+        line = str(batch["text"][i])
+        if not line.strip():
+            return None
+        if self.kind == "jsonl":
+            rec = _parse_json(line.removeprefix("\ufeff") if row == 0 else line, where)
+            return _record_document(rec, where, self.s.text_field, self.s.id_field, default_id, self.s.max_chars)
+        return _text_document(line, default_id, where, self.s.max_chars)
+
+    def __call__(self, batch: dict[str, Any]) -> pa.Table:
+        """Encode one batch -> a table of ``B`` rows (module doc)."""
+        pa = require("pyarrow", "ray")
+        rows = [int(r) for r in batch[_ROW]]
+        docs = [self._document(r, batch, i) for i, r in enumerate(rows)]
+        present = [d for d in docs if d is not None]
+        embs = iter(
+            self.enc.encode_documents(
+                present,
+                scales=list(self.s.scales),
+                dim=self.s.dim,
+                context=self.s.context,  # type: ignore[arg-type]
+                batch_size=self.s.batch_size,
+                show_progress_bar=False,
+            )
+            if present
+            else []
+        )
+        out: dict[str, list[Any]] = {k: [] for k in ("row", "id", "record", "document", "sentence", "token")}
+        for r, d in zip(rows, docs, strict=True):
+            e = next(embs) if d is not None else None
+            out["row"].append(r)
+            out["id"].append(None if e is None else e.doc.id)
+            out["record"].append(None if e is None else json.dumps(e.index_record(), ensure_ascii=False))
+            for key, scale in (("document", "document"), ("sentence", "sentence"), ("token", "token")):
+                arr = None if e is None or scale not in self.s.scales else _vectors(e, scale)
+                out[key].append(None if arr is None else arr.ravel())
+        return pa.Table.from_pydict(out, schema=_schema())
+
+
+def _plain(v: Any) -> Any:
+    """A numpy / pyarrow value from a Parquet batch as a plain JSON-like Python value."""
+    if isinstance(v, np.ndarray):
+        return [_plain(x) for x in v.tolist()] if v.dtype == object else v.tolist()
+    if isinstance(v, np.generic):
+        return v.item()
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_plain(x) for x in v]
+    return v
+
+
+def _vectors(e: MultiScaleEmbedding, scale: str) -> np.ndarray | None:
+    if scale == "document":
+        return np.asarray(e.document, dtype=np.float32)
+    if scale == "sentence":
+        return np.asarray(e.sentences, dtype=np.float32)
+    return None if e.tokens is None else np.asarray(e.tokens, dtype=np.float32)
+
+
+# ---------------------------------------------------------------------------------------------------- the driver
+@dataclass
+class EncodeResult:
+    """What :func:`encode_with_ray` did: documents and shards written now, shards skipped, seconds."""
+
+    out: str
+    n_documents: int
+    shards_written: list[int]
+    shards_skipped: list[int]
+    seconds: float
+
+
+def _input_kind(input: str) -> str:
+    name = input.rstrip("/").lower()
+    if name.endswith(".parquet") or name.endswith(".pq"):
+        return "parquet"
+    return "jsonl" if name.endswith(".jsonl") else "text"
+
+
+def _fs(path: str) -> tuple[Any, str]:
+    """The pyarrow filesystem of ``path`` (a local path or a URI) and the path inside it."""
+    fs = require("pyarrow.fs", "ray")
+    if "://" in path:
+        return fs.FileSystem.from_uri(path)
+    return fs.LocalFileSystem(), str(Path(path).resolve())
+
+
+def _check_input(input: str) -> None:
+    fs, inner = _fs(input)
+    try:
+        info = fs.get_file_info(inner)
+    except OSError as e:
+        raise DataError(f"cannot read {input} ({e}).") from None
+    if info.type.name == "NotFound":
+        raise DataError(f"input {input} does not exist; pass an existing .jsonl, .parquet or text file (or folder).")
+
+
+def _write_atomic(fs: Any, path: str, data: bytes) -> None:
+    """Write ``data`` to ``path`` under a temporary name, then rename it into place."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with fs.open_output_stream(tmp) as f:
+        f.write(data)
+    if type(fs).__name__ == "LocalFileSystem":
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    fs.move(tmp, path)
+
+
+def _read_manifest(fs: Any, out: str) -> dict[str, Any] | None:
+    path = f"{out}/{MANIFEST}"
+    if fs.get_file_info(path).type.name == "NotFound":
+        return None
+    with fs.open_input_stream(path) as f:
+        try:
+            data = json.loads(f.read().decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise DataError(f"{path} is not a readable manifest ({e}); remove the folder and encode again.") from None
+    if not isinstance(data, dict) or data.get("written_by") != WRITTEN_BY:
+        raise InputError(f"{path} was not written by `{WRITTEN_BY}`; give another output folder.")
+    return data
+
+
+def _cause(e: BaseException) -> MusesError | None:
+    """The MuSES error (bad input line, bad model) under Ray's wrappers, if any."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [e]
+    while stack:
+        x = stack.pop()
+        if x is None or id(x) in seen:
+            continue
+        seen.add(id(x))
+        if isinstance(x, MusesError):
+            return type(x)(*x.args) if x.args else x
+        stack += [getattr(x, "cause", None), x.__cause__, x.__context__]
+    return None
+
+
+def encode_with_ray(
+    input: str,
+    out: str,
+    settings: EncodeSettings,
+    workers: int = 1,
+    address: str | None = None,
+    shard_rows: int = DEFAULT_SHARD_ROWS,
+    max_shards: int | None = None,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> EncodeResult:
+    """Encode ``input`` into Parquet shards plus a manifest in ``out`` on Ray (module doc); resumable.
+
+    Args:
+        workers: actors (model copies); each takes 1 CPU, or 1 GPU when the cluster has GPUs.
+        address: a running cluster (``ray start --head`` prints it; ``auto`` finds a local one). Default: a local
+            Ray started here (and stopped after), unless one is already initialised in this process.
+        shard_rows: input lines per shard (recorded; a rerun must use the same value).
+        max_shards: stop after writing this many shards (tests, and splitting a run into parts).
+        overwrite: start again in a folder this function wrote before (its shards are deleted).
+    """
+    ray = require("ray", "ray")
+    require("ray.data", "ray")
+    from muses.encoder import MultiScaleEncoder
+
+    if workers < 1 or shard_rows < 1:
+        raise InputError("--workers and the shard size must be at least 1.")
+    t0 = time.perf_counter()
+    _check_input(input)
+    fs, out_inner = _fs(out)
+    found = _read_manifest(fs, out_inner)
+    if found is None and fs.get_file_info(out_inner).type.name == "File":
+        raise InputError(f"{out} is a file; give a folder for the output.")
+    if found is None and fs.get_file_info(out_inner).type.name == "Directory":
+        others = fs.get_file_info(fs_selector(out_inner))
+        if any(not Path(i.path).name.startswith("shard-") for i in others):
+            raise InputError(f"{out} is not empty and holds no `{WRITTEN_BY}` manifest; give a new folder.")
+    if found is not None and overwrite:
+        for i in fs.get_file_info(fs_selector(out_inner)):
+            fs.delete_file(i.path)
+        found = None
+
+    from muses.backends import check_backend
+
+    if settings.backend is not None:
+        check_backend(settings.backend)
+    if settings.model != "default" and Path(settings.model).exists():  # actors may run in another folder
+        settings = replace(settings, model=str(Path(settings.model).resolve()))
+    # the driver loads the model once on CPU, for its fingerprint and dims (the actors load their own copies)
+    enc = MultiScaleEncoder.from_base(settings.model, backend=settings.backend, device="cpu")  # type: ignore[arg-type]
+    dim = settings.dim or enc.embed_dim
+    if dim not in enc.dims:
+        raise InputError(f"--dim {dim} is not one of the model's Matryoshka dims {enc.dims}.")
+    meta = {
+        "written_by": WRITTEN_BY,
+        "model": settings.model,
+        "fingerprint": enc.fingerprint(settings.context),
+        "backend": enc.backend,
+        "dim": dim,
+        "scales": list(settings.scales),
+        "context": settings.context,
+        "input": input,
+        "text_field": settings.text_field,
+        "id_field": settings.id_field,
+        "shard_rows": shard_rows,
+    }
+    del enc
+    if found is not None:
+        diff = [k for k, v in meta.items() if k != "input" and found.get(k) != v]
+        if diff:
+            _refuse(out, diff)
+
+    started_here = False
+    if not ray.is_initialized():
+        ray.init(
+            address=address,
+            include_dashboard=False,
+            log_to_driver=False,
+            **({} if address else {"num_cpus": max(workers, os.cpu_count() or 1)}),
+        )
+        started_here = True
+    try:
+        return _run(ray, input, out, fs, out_inner, settings, meta, found, workers, max_shards, progress, t0)
+    except MusesError:
+        raise
+    except Exception as e:
+        cause = _cause(e)
+        if cause is not None:
+            raise cause from None
+        raise
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _refuse(out: str, diff: list[str]) -> None:
+    raise InputError(
+        f"{out} holds an encoding made with other settings ({', '.join(diff)} differ); rerun with the same "
+        "options to resume, or pass --overwrite to start again, or give another folder."
+    )
+
+
+def fs_selector(path: str) -> Any:
+    """A non-recursive pyarrow FileSelector of the folder ``path``."""
+    return require("pyarrow.fs", "ray").FileSelector(path, allow_not_found=True)
+
+
+def _run(
+    ray: Any,
+    input: str,
+    out: str,
+    fs: Any,
+    out_inner: str,
+    settings: EncodeSettings,
+    meta: dict[str, Any],
+    found: dict[str, Any] | None,
+    workers: int,
+    max_shards: int | None,
+    progress: bool,
+    t0: float,
+) -> EncodeResult:
+    pq = require("pyarrow.parquet", "ray")
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = progress
+    kind = _input_kind(input)
+    ds = ray.data.read_parquet(input) if kind == "parquet" else ray.data.read_text(input, drop_empty_lines=False)
+    ds = ds.materialize()
+    n = ds.count()
+    meta = {**meta, "n_rows": n}
+    shard_rows = int(meta["shard_rows"])
+    n_shards = max(1, -(-n // shard_rows))
+    if found is not None and found.get("n_rows") != n:
+        _refuse(out, ["n_rows (the input changed)"])
+    fs.create_dir(out_inner, recursive=True)
+    done: dict[str, Any] = dict((found or {}).get("shards", {}))
+    present = {Path(i.path).name for i in fs.get_file_info(fs_selector(out_inner))}
+    for k in range(n_shards):
+        name = shard_name(k)
+        if str(k) in done and name not in present:
+            del done[str(k)]  # listed but gone: encode it again
+        elif str(k) not in done and name in present:  # renamed into place, then killed before the manifest
+            rows = pq.read_metadata(fs.open_input_file(f"{out_inner}/{name}")).num_rows
+            done[str(k)] = {"file": name, "n_documents": rows}
+    pending = [k for k in range(n_shards) if str(k) not in done]
+    if max_shards is not None:
+        pending = pending[:max_shards]
+    skipped = [k for k in range(n_shards) if str(k) in done]
+
+    def save_manifest() -> None:
+        body = {**meta, "n_shards": n_shards, "shards": dict(sorted(done.items(), key=lambda kv: int(kv[0])))}
+        body["complete"] = len(done) == n_shards
+        _write_atomic(fs, f"{out_inner}/{MANIFEST}", (json.dumps(body, indent=2) + "\n").encode())
+
+    written: list[int] = []
+    n_docs = 0
+    if pending and n:
+        wanted = set(pending)
+        rows = ray.data.range(n, override_num_blocks=ds.num_blocks()).rename_columns({"id": _ROW})
+        with warnings.catch_warnings():  # zip: ordered because preserve_order is set above
+            warnings.simplefilter("ignore")
+            todo = ds.zip(rows).filter(lambda r: (int(r[_ROW]) // shard_rows) in wanted)
+            n_todo = sum(min(n, (k + 1) * shard_rows) - k * shard_rows for k in pending)
+            todo = todo.repartition(max(workers * 4, -(-n_todo // 1000))).materialize()  # blocks spread over actors
+        gpus = float(ray.cluster_resources().get("GPU", 0))
+        stem = Path(input.rstrip("/")).stem
+        encoded = todo.map_batches(
+            EncodeActor,
+            fn_constructor_kwargs={"settings": settings, "kind": kind, "stem": stem, "where": input},
+            batch_size=max(1, min(settings.batch_size, shard_rows)),
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=1 if gpus >= 1 else None,
+            num_cpus=None if gpus >= 1 else 1,
+        )
+        buffers: dict[int, list[pa.Table]] = {}
+        counts: dict[int, int] = {}
+        need = {k: min(n, (k + 1) * shard_rows) - k * shard_rows for k in pending}
+        for table in _tables(encoded):
+            for k, part in _by_shard(table, shard_rows):
+                buffers.setdefault(k, []).append(part)
+                counts[k] = counts.get(k, 0) + part.num_rows
+                if counts[k] == need[k]:
+                    n_docs += _write_shard(fs, out_inner, k, buffers.pop(k))
+                    done[str(k)] = {"file": shard_name(k), "n_documents": _count(fs, out_inner, k)}
+                    written.append(k)
+                    save_manifest()
+    if not pending or not n:
+        save_manifest()
+    return EncodeResult(out, n_docs, sorted(written), skipped, time.perf_counter() - t0)
+
+
+def _tables(ds: Any) -> Iterator[pa.Table]:
+    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+
+
+def _by_shard(table: pa.Table, shard_rows: int) -> Iterator[tuple[int, pa.Table]]:
+    shards = np.asarray(table.column("row").to_numpy()) // shard_rows
+    for k in np.unique(shards):
+        yield int(k), table.filter(shards == k)
+
+
+def _count(fs: Any, out_inner: str, k: int) -> int:
+    pq = require("pyarrow.parquet", "ray")
+    return int(pq.read_metadata(fs.open_input_file(f"{out_inner}/{shard_name(k)}")).num_rows)
+
+
+def _write_shard(fs: Any, out_inner: str, k: int, parts: Sequence[pa.Table]) -> int:
+    """Write shard ``k`` (its rows sorted, blank lines dropped) atomically; returns its documents."""
+    pa = require("pyarrow", "ray")
+    pq = require("pyarrow.parquet", "ray")
+    table = pa.concat_tables(parts)
+    table = table.take(np.argsort(table.column("row").to_numpy(), kind="stable"))
+    table = table.filter(pa.compute.is_valid(table.column("id")))
+    sink = pa.BufferOutputStream()
+    pq.write_table(table.cast(_schema()), sink, compression="zstd")
+    _write_atomic(fs, f"{out_inner}/{shard_name(k)}", sink.getvalue().to_pybytes())
+    return int(table.num_rows)
+
+
+def encode_cli(
+    input: str,
+    out: str,
+    settings: EncodeSettings,
+    engine: str,
+    fmt: str,
+    one_document: bool,
+    overwrite: bool,
+    address: str | None,
+    workers: int,
+    shard_rows: int,
+) -> None:
+    """``muses encode --engine ray``: options checked, the run, one summary line."""
+    from muses.cli_common import console
+
+    if engine != "ray":
+        raise InputError(f"unknown --engine {engine!r}; use local or ray.")
+    if fmt != "npy" or one_document:
+        raise InputError(
+            "--engine ray writes Parquet shards of one document per line; leave out --format and "
+            "--one-document (or use --engine local)."
+        )
+    r = encode_with_ray(
+        input,
+        out,
+        settings,
+        workers=workers,
+        address=address,
+        shard_rows=shard_rows,
+        overwrite=overwrite,
+        progress=True,
+    )
+    console.print(
+        f"wrote {r.n_documents} documents in {len(r.shards_written)} shards to {out} "
+        f"({len(r.shards_skipped)} shards already done, skipped) in {r.seconds:.1f}s"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------- reading back
+def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """The manifest of an encoded folder, checked: complete, every shard present.
+
+    Raises:
+        InputError: a missing folder or manifest, an unfinished run, a missing shard.
+    """
+    path = str(folder)
+    fs, inner = _fs(path)
+    if fs.get_file_info(inner).type.name != "Directory":
+        raise InputError(f"{path} is not a folder; pass the output folder of `muses encode --engine ray`.")
+    meta = _read_manifest(fs, inner)
+    if meta is None:
+        raise InputError(f"{path} holds no {MANIFEST}; pass the output folder of `muses encode --engine ray`.")
+    if not meta.get("complete"):
+        raise InputError(f"{path} holds an unfinished encoding; rerun the same `muses encode` command to finish it.")
+    for k in range(int(meta["n_shards"])):
+        if fs.get_file_info(f"{inner}/{shard_name(k)}").type.name != "File":
+            raise InputError(f"{path} is missing {shard_name(k)}; rerun the same `muses encode` command.")
+    return meta
+
+
+def read_encoded(folder: str | os.PathLike[str]) -> tuple[dict[str, Any], list[MultiScaleEmbedding]]:
+    """The manifest and every document's :class:`MultiScaleEmbedding` (with its :class:`Document`), in input order."""
+    pq = require("pyarrow.parquet", "ray")
+    from muses.types import Document, MultiScaleEmbedding, Span
+
+    meta = read_manifest(folder)
+    fs, inner = _fs(str(folder))
+    dim = int(meta["dim"])
+    embs: list[MultiScaleEmbedding] = []
+    for k in range(int(meta["n_shards"])):
+        table = pq.read_table(fs.open_input_file(f"{inner}/{shard_name(k)}"))
+        for row in table.to_pylist():
+            rec = json.loads(row["record"])
+            doc = Document(
+                text=rec["text"],
+                sentences=[Span(a, b) for a, b in rec["sentences"]],
+                paragraphs=[Span(a, b) for a, b in rec["paragraphs"]],
+                sentence_paragraph=list(rec["sentence_paragraph"]),
+                id=rec["id"],
+                metadata=rec["metadata"],
+            )
+
+            def arr(v: list[float] | None, empty: tuple[int, ...]) -> np.ndarray:
+                a = np.asarray(v if v is not None else [], dtype=np.float32)
+                return a.reshape(-1, dim) if len(empty) == 2 else (a if a.size else np.zeros(empty, np.float32))
+
+            tokens = None if row["token"] is None else arr(row["token"], (0, dim))
+            embs.append(
+                MultiScaleEmbedding(
+                    document=arr(row["document"], (0,)),
+                    sentences=arr(row["sentence"], (0, dim)),
+                    sentence_token_ranges=np.asarray(rec["sentence_token_ranges"], dtype=np.int64).reshape(-1, 2),
+                    token_offsets=np.asarray(rec["token_offsets"], dtype=np.int64).reshape(-1, 2),
+                    token_sentence_ids=np.asarray(rec["token_sentence_ids"], dtype=np.int64),
+                    doc=doc,
+                    dim=dim,
+                    n_windows=int(rec["n_windows"]),
+                    tokens=tokens,
+                )
+            )
+    return meta, embs
+
+
+def add_encoded_folder(
+    folder: str | os.PathLike[str],
+    store_path: Path,
+    model: str | None,
+    settings: dict[str, Any],
+    backend: str | None,
+    upsert: bool,
+    open_or_create: Callable[..., MemoryStore],
+) -> list[str]:
+    """``muses index add --from-encoded``: the folder's documents into the store (created with the manifest's model
+    and dim when there is none), refused unless the store's model fingerprint and dim are the manifest's."""
+    from muses.store import MemoryStore
+
+    meta = read_manifest(folder)
+    given = {k: v for k, v in settings.items() if v is not None}
+    if not MemoryStore.exists(store_path):
+        given.setdefault("dim", int(meta["dim"]))
+    store = open_or_create(store_path, model or meta["model"], given, backend)
+    if store.fingerprint != meta["fingerprint"]:
+        raise InputError(
+            f"{folder} was encoded by another model (fingerprint {meta['fingerprint']}, model {meta['model']!r}, "
+            f"context {meta['context']!r}) than the store's ({store.fingerprint}, {store.model_name!r}); encode with "
+            "the store's model, or add to another store."
+        )
+    if int(meta["dim"]) != store.dim:
+        raise InputError(
+            f"{folder} holds dim {meta['dim']} vectors; the store keeps dim {store.dim}: encode with "
+            f"--dim {store.dim}, or add to another store."
+        )
+    _, embs = read_encoded(folder)
+    return store.add_encoded(embs, upsert=upsert)

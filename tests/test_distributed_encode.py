@@ -1,0 +1,164 @@
+"""``muses encode --engine ray`` (local Ray, 2 CPUs): the same vectors as one process, resumable, and
+``muses index add --from-encoded`` giving the same store as ``index add`` from text."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from muses.encoder import MultiScaleEncoder
+from muses.io import read_documents
+from tests.cli_checks import one_line_error
+
+ray = pytest.importorskip("ray")
+pytest.importorskip("ray.data")
+
+from muses.cli import app  # noqa: E402
+from muses.distributed_encode import (  # noqa: E402
+    MANIFEST,
+    EncodeSettings,
+    encode_with_ray,
+    read_encoded,
+    read_manifest,
+    shard_name,
+)
+from muses.errors import InputError  # noqa: E402
+
+pytestmark = pytest.mark.slow
+runner = CliRunner()
+SCALES = ("document", "sentence", "token")
+
+
+@pytest.fixture(scope="module")
+def local_ray() -> Iterator[None]:
+    """One local Ray for the module (2 CPUs, no dashboard); the encode runs use it rather than starting their own."""
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) -> Path:
+    """20 SciFact abstracts (with titles as metadata), a blank line, and one document of 7 abstracts (> 600 tokens)."""
+    rows = []
+    with (data_dir / "scifact" / "corpus.jsonl").open(encoding="utf-8") as f:
+        for line in f:
+            rec = json.loads(line)
+            if len(rec["text"]) > 200:
+                rows.append(rec)
+            if len(rows) == 26:
+                break
+    docs = [{"id": r["_id"], "text": r["text"], "metadata": {"title": r["title"]}} for r in rows[:19]]
+    docs.append({"id": "long", "text": " ".join(r["text"] for r in rows[19:26])})
+    path = tmp_path_factory.mktemp("ray-corpus") / "docs.jsonl"
+    lines = [json.dumps(d) for d in docs]
+    lines.insert(6, "")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def encoded(local_ray: None, corpus: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The corpus encoded through the CLI with 2 actors, 6 lines per shard (4 shards)."""
+    out = tmp_path_factory.mktemp("ray-out") / "enc"
+    args = ["encode", str(corpus), "-o", str(out), "--engine", "ray", "--workers", "2", "--shard-rows", "6"]
+    result = runner.invoke(app, [*args, "--scales", ",".join(SCALES)])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_vectors_equal_single_process(encoded: Path, corpus: Path, encoder: MultiScaleEncoder) -> None:
+    meta, embs = read_encoded(encoded)
+    docs = list(read_documents(corpus))
+    ref = encoder.encode_documents(docs, scales=SCALES)
+    assert meta["n_shards"] == 4 and meta["fingerprint"] == encoder.fingerprint() and meta["complete"]
+    assert len(embs) == len(ref) == 20
+    assert ref[-1].n_windows > 1 and embs[-1].n_windows == ref[-1].n_windows  # longer than one window
+    worst = 0.0
+    for a, b in zip(ref, embs, strict=True):
+        assert a.index_record() == b.index_record()  # ids, text, metadata, spans, token offsets and links
+        assert a.tokens is not None and b.tokens is not None
+        for x, y in ((a.document, b.document), (a.sentences, b.sentences), (a.tokens, b.tokens)):
+            assert x.shape == y.shape
+            worst = max(worst, float(np.abs(x - y).max()))
+    assert worst <= 1e-5
+
+
+def test_resume_skips_finished_shards(encoded: Path, corpus: Path, tmp_path: Path) -> None:
+    """An interrupted run (stopped after 1 shard) resumes: finished shards stay untouched, the rest is encoded."""
+    settings = EncodeSettings(scales=SCALES)
+    out = tmp_path / "enc"
+    first = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6, max_shards=1)
+    assert first.shards_written == [0]
+    with pytest.raises(InputError, match="unfinished"):
+        read_manifest(out)
+    mtime0 = (out / shard_name(0)).stat().st_mtime_ns
+    second = encode_with_ray(str(corpus), str(out), settings, workers=2, shard_rows=6)
+    assert second.shards_skipped == [0] and second.shards_written == [1, 2, 3]
+    assert (out / shard_name(0)).stat().st_mtime_ns == mtime0
+    assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    _, a = read_encoded(out)
+    _, b = read_encoded(encoded)
+    assert [e.doc.id for e in a] == [e.doc.id for e in b]
+    assert max(float(np.abs(x.sentences - y.sentences).max()) for x, y in zip(a, b, strict=True)) <= 1e-5
+
+    # killed after shard 3 was renamed into place, before the manifest listed it: the shard is kept, nothing redone
+    manifest = json.loads((out / MANIFEST).read_text())
+    del manifest["shards"]["3"]
+    manifest["complete"] = False
+    (out / MANIFEST).write_text(json.dumps(manifest))
+    mtimes = {k: (out / shard_name(k)).stat().st_mtime_ns for k in range(4)}
+    third = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6)
+    assert third.shards_written == [] and third.shards_skipped == [0, 1, 2, 3]
+    assert {k: (out / shard_name(k)).stat().st_mtime_ns for k in range(4)} == mtimes
+    assert read_manifest(out)["complete"]
+
+    # another setting in the same folder is refused (rerun the same command, or --overwrite)
+    with pytest.raises(InputError, match="other settings"):
+        encode_with_ray(str(corpus), str(out), EncodeSettings(scales=SCALES, dim=64), shard_rows=6)
+
+
+def test_index_from_encoded_equals_index_from_text(encoded: Path, corpus: Path, tmp_path: Path) -> None:
+    s1, s2 = tmp_path / "from-text", tmp_path / "from-encoded"
+    assert runner.invoke(app, ["index", "add", str(corpus), "--store", str(s1)]).exit_code == 0
+    result = runner.invoke(app, ["index", "add", "--from-encoded", str(encoded), "--store", str(s2)])
+    assert result.exit_code == 0, result.output
+    assert "added 20 documents" in result.output
+    for scale in ("document", "sentence", "token", "fusion"):
+        args = ["index", "search", "cerebral white matter in newborns", "--scale", scale, "-k", "5", "--json"]
+        h1 = json.loads(runner.invoke(app, [*args, "--store", str(s1)]).stdout)
+        h2 = json.loads(runner.invoke(app, [*args, "--store", str(s2)]).stdout)
+        assert [h["id"] for h in h1] == [h["id"] for h in h2], scale
+        assert [h.get("span") for h in h1] == [h.get("span") for h in h2], scale
+        assert np.allclose([h["score"] for h in h1], [h["score"] for h in h2], atol=1e-5), scale
+    again = runner.invoke(app, ["index", "add", "--from-encoded", str(encoded), "--store", str(s2)])
+    one_line_error(again, "already in the store")
+
+
+def test_bad_input_is_one_line(encoded: Path, tmp_path: Path) -> None:
+    one_line_error(
+        runner.invoke(app, ["index", "add", "--from-encoded", str(tmp_path / "nope"), "--store", str(tmp_path / "s")]),
+        "nope",
+    )
+    other = tmp_path / "other-model"
+    other.mkdir()
+    for f in encoded.iterdir():
+        (other / f.name).write_bytes(f.read_bytes())
+    manifest = json.loads((other / MANIFEST).read_text())
+    manifest["fingerprint"] = "0123456789abcdef"
+    (other / MANIFEST).write_text(json.dumps(manifest))
+    one_line_error(
+        runner.invoke(app, ["index", "add", "--from-encoded", str(other), "--store", str(tmp_path / "s")]),
+        "another model",
+    )
+    one_line_error(
+        runner.invoke(app, ["encode", str(tmp_path / "missing.jsonl"), "-o", str(tmp_path / "o"), "--engine", "ray"]),
+        "does not exist",
+    )
+    one_line_error(runner.invoke(app, ["encode", "x.jsonl", "-o", str(tmp_path / "o"), "--engine", "spark"]), "spark")
