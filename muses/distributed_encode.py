@@ -45,6 +45,8 @@ if TYPE_CHECKING:
     from muses.types import MultiScaleEmbedding
 
 MANIFEST = "manifest.json"
+MANIFEST_FIELDS: dict[str, type] = {"model": str, "fingerprint": str, "context": str, "dim": int, "n_shards": int}
+"""What ``index add --from-encoded`` reads from a finished manifest, with its type (``dim`` >= 1, ``n_shards`` >= 0)."""
 WRITTEN_BY = "muses encode --engine ray"
 DEFAULT_SHARD_ROWS = 1000
 _ROW = "_muses_row"
@@ -525,6 +527,13 @@ def read_manifest(folder: str | os.PathLike[str]) -> dict[str, Any]:
         raise InputError(f"{path} holds no {MANIFEST}; pass the output folder of `muses encode --engine ray`.")
     if not meta.get("complete"):
         raise InputError(f"{path} holds an unfinished encoding; rerun the same `muses encode` command to finish it.")
+    for key, kind in MANIFEST_FIELDS.items():
+        value = meta.get(key)
+        small = isinstance(value, int) and value < (1 if key == "dim" else 0)
+        if not isinstance(value, kind) or isinstance(value, bool) or small:
+            raise InputError(
+                f"{path}/{MANIFEST}: {key!r} is missing or not a valid {kind.__name__}; encode the folder again."
+            )
     for k in range(int(meta["n_shards"])):
         if fs.get_file_info(f"{inner}/{shard_name(k)}").type.name != "File":
             raise InputError(f"{path} is missing {shard_name(k)}; rerun the same `muses encode` command.")

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from muses.encoder import MultiScaleEncoder
@@ -22,13 +24,14 @@ pytest.importorskip("ray.data")
 from muses.cli import app  # noqa: E402
 from muses.distributed_encode import (  # noqa: E402
     MANIFEST,
+    WRITTEN_BY,
     EncodeSettings,
     encode_with_ray,
     read_encoded,
     read_manifest,
     shard_name,
 )
-from muses.errors import InputError  # noqa: E402
+from muses.errors import InputError, MusesError  # noqa: E402
 
 pytestmark = pytest.mark.slow
 runner = CliRunner()
@@ -162,3 +165,30 @@ def test_bad_input_is_one_line(encoded: Path, tmp_path: Path) -> None:
         "does not exist",
     )
     one_line_error(runner.invoke(app, ["encode", "x.jsonl", "-o", str(tmp_path / "o"), "--engine", "spark"]), "spark")
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.one_of(
+        st.binary(max_size=200),
+        st.builds(
+            lambda own, fields: json.dumps({**({"written_by": WRITTEN_BY, "complete": True} if own else {}), **fields}),
+            st.booleans(),
+            st.dictionaries(
+                st.sampled_from(["written_by", "complete", "model", "fingerprint", "context", "dim", "n_shards", "x"]),
+                st.one_of(st.none(), st.booleans(), st.integers(-3, 3), st.text(max_size=8), st.lists(st.integers())),
+            ),
+        ).map(str.encode),
+    )
+)
+def test_fuzzed_manifests_are_refused_in_one_line_or_read(body: bytes, tmp_path: Path) -> None:
+    """Any bytes in manifest.json: ``--from-encoded`` reads it or refuses it with a MuSES error, never a crash."""
+    folder = tmp_path / "enc"
+    folder.mkdir(exist_ok=True)
+    (folder / "manifest.json").write_bytes(body)
+    try:
+        meta = read_manifest(folder)
+    except MusesError as e:
+        assert "\n" not in str(e)
+    else:
+        assert meta["n_shards"] == 0 and meta["dim"] >= 1 and isinstance(meta["fingerprint"], str)
