@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("llama_index.core")
 
@@ -277,3 +279,34 @@ def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(MissingExtraError) as e:
         importlib.import_module("muses.integrations.llama_index")
     assert str(e.value) == "llama_index.core is not installed: pip install 'muses[llama-index]'"
+
+
+_FILTER = st.builds(
+    MetadataFilter,
+    key=st.sampled_from(["half", "topic", "x"]),
+    value=st.one_of(st.integers(-2, 2), st.sampled_from(["a", "b"])),
+    operator=st.sampled_from(list(FilterOperator)),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    parts=st.lists(_FILTER, max_size=4),
+    condition=st.sampled_from([*FilterCondition, None]),
+    nested=st.booleans(),
+)
+def test_fuzzed_metadata_filters_map_or_are_refused_in_one_line(
+    parts: list[MetadataFilter], condition: FilterCondition | None, nested: bool
+) -> None:
+    """Any llama-index filters: an exact-match AND becomes the same {key: value}; anything else is one line."""
+    inner: list[Any] = list(parts)
+    if nested and parts:
+        inner.append(MetadataFilters(filters=parts[:1]))
+    try:
+        got = to_store_filters(MetadataFilters(filters=inner, condition=condition))
+    except InputError as e:
+        assert "\n" not in str(e) and ("supported" in str(e) or "both" in str(e))
+        return
+    assert not (nested and parts)
+    assert all(f.operator == FilterOperator.EQ for f in parts)
+    assert got == {f.key: f.value for f in parts}
