@@ -1,8 +1,11 @@
 """The store's SQLite file: documents, sentence spans, pooled token spans, their vectors, and store metadata.
 
-SQLite is the source of truth (the FAISS indexes are rebuilt from it): every add, update or delete is one
-transaction, in WAL mode, so a process killed at any point leaves the file at its last commit. ``generation`` in
-the ``meta`` table increases with every commit, so readers know when their indexes are stale.
+SQLite is the source of truth: every add, update or delete is one transaction, in WAL mode, so a process killed at
+any point leaves the file at its last commit. ``generation`` in the ``meta`` table increases with every commit, and
+the ``changes`` table logs which document rows each commit added (``add``) or removed (``del``), so a process whose
+indexes are at an older generation brings them up to date from the log instead of rebuilding them. ``log_start``
+is the generation through which the log was pruned (after an index snapshot). Document rows are never reused
+(``next_row``), so a row names one document for the life of the store.
 
 Durability: with ``synchronous=NORMAL`` (the default) a commit survives a killed process; a power loss or OS crash
 may lose the last commits, and the file stays consistent. ``durable=True`` sets ``synchronous=FULL``: every commit
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -52,8 +55,10 @@ CREATE TABLE IF NOT EXISTS tokens (
     vector BLOB NOT NULL
 );
 CREATE INDEX IF NOT EXISTS tokens_doc ON tokens(doc);
+CREATE TABLE IF NOT EXISTS changes (gen INTEGER NOT NULL, op TEXT NOT NULL, doc INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS changes_gen ON changes(gen);
 """
-TABLES = frozenset({"meta", "documents", "sentences", "tokens"})
+TABLES = frozenset({"meta", "documents", "sentences", "tokens", "changes"})
 """The tables of :data:`SCHEMA`."""
 
 
@@ -130,13 +135,66 @@ def generation(con: sqlite3.Connection) -> int:
     return int(json.loads(row[0])) if row else 0
 
 
-def to_blob(x: np.ndarray) -> bytes:
-    """A float vector as float32 bytes."""
+def log_start(con: sqlite3.Connection) -> int:
+    """The generation through which the change log was pruned: changes of later commits are all in the log."""
+    row = con.execute("SELECT value FROM meta WHERE key = 'log_start'").fetchone()
+    return int(json.loads(row[0])) if row else 0
+
+
+def next_row(con: sqlite3.Connection) -> int:
+    """A document row never used before in this store (inside the caller's write transaction)."""
+    row = con.execute("SELECT value FROM meta WHERE key = 'next_row'").fetchone()
+    top = con.execute("SELECT COALESCE(MAX(row), 0) FROM documents").fetchone()[0]
+    nxt = max(int(json.loads(row[0])) if row else 1, int(top) + 1)
+    set_meta(con, next_row=nxt + 1)
+    return nxt
+
+
+def log_changes(con: sqlite3.Connection, gen: int, ops: list[tuple[str, int]]) -> None:
+    """Log commit ``gen``'s ``(op, document row)`` changes (``op``: ``add`` or ``del``)."""
+    con.executemany("INSERT INTO changes(gen, op, doc) VALUES (?, ?, ?)", [(gen, op, row) for op, row in ops])
+
+
+def changes_since(con: sqlite3.Connection, gen: int) -> dict[int, str]:
+    """Each document row changed by a commit after ``gen``, with its last operation (``add`` or ``del``)."""
+    found = con.execute("SELECT op, doc FROM changes WHERE gen > ? ORDER BY gen, rowid", (gen,))
+    return {int(doc): op for op, doc in found}
+
+
+def prune_log(con: sqlite3.Connection, through: int) -> None:
+    """Drop the changes of commits up to ``through`` (an index snapshot covers them); one transaction."""
+    con.execute("BEGIN IMMEDIATE")
+    try:
+        con.execute("DELETE FROM changes WHERE gen <= ?", (through,))
+        set_meta(con, log_start=through)
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
+
+
+def in_rows(rows: Iterable[int]) -> str:
+    """``rows`` as one JSON parameter, for ``... IN (SELECT value FROM json_each(?))`` (no bound on the count)."""
+    return json.dumps([int(r) for r in rows])
+
+
+TOKEN_DTYPES = ("float32", "int8")
+
+
+def to_blob(x: np.ndarray, dtype: str = "float32") -> bytes:
+    """A vector as float32 bytes, or as int8 (``x / max|x| * 127``, rounded): 4x smaller. The int8 vector's length is
+    lost, which cosine scoring does not need (vectors are renormalised when scored)."""
+    if dtype == "int8":
+        x = np.asarray(x, dtype=np.float32)
+        peak = float(np.abs(x).max(initial=0.0))
+        return np.round(x * (127.0 / peak if peak > 0 else 0.0)).astype(np.int8).tobytes()
     return np.ascontiguousarray(x, dtype=np.float32).tobytes()
 
 
-def from_blobs(blobs: list[bytes], dim: int) -> np.ndarray:
-    """``N`` float32 blobs -> ``[N, dim]``."""
+def from_blobs(blobs: list[bytes], dim: int, dtype: str = "float32") -> np.ndarray:
+    """``N`` blobs of :func:`to_blob`'s ``dtype`` -> ``[N, dim]`` float32."""
     if not blobs:
         return np.zeros((0, dim), dtype=np.float32)
+    if dtype == "int8":
+        return np.frombuffer(b"".join(blobs), dtype=np.int8).reshape(len(blobs), dim).astype(np.float32)
     return np.frombuffer(b"".join(blobs), dtype=np.float32).reshape(len(blobs), dim).copy()

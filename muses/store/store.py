@@ -7,10 +7,18 @@ and ``write.lock``. Vectors are kept at one Matryoshka dim ``D``; searches may u
   transaction: one writer at a time across processes, any number of readers (WAL), and a process killed mid-add
   leaves every earlier commit intact and nothing half-written. A power loss may lose the last commits (the file
   stays consistent) unless the store is ``durable`` (``StoreConfig(durable=True)``: every commit fsynced).
-- FAISS indexes (exact or approximate, :mod:`muses.store.index`) are built in memory from SQLite, and rebuilt when
-  another commit has happened since (a reader sees new documents at its next search).
+- FAISS indexes, one per scale (:mod:`muses.store.vectors`), follow every commit incrementally: the writer applies
+  its own changes, and another process applies the commits it has not seen from SQLite's change log at its next
+  search. They are saved as a snapshot in ``index/`` beside the database once enough has changed (and on
+  :meth:`MemoryStore.close`), so opening a large store loads them instead of rebuilding them. The snapshot records
+  the commit counter it reflects; one left behind (a writer killed before saving it) is brought up to date from
+  the log, and a missing or damaged one is rebuilt from SQLite (:meth:`MemoryStore.rebuild` does it on request).
+- Candidates at every scale come from an index: documents and sentences from ANN at ``funnel_dim`` (a small
+  Matryoshka prefix; default: the stored dim) rescored exactly at the query's dim; token MaxSim on the documents of
+  the best documents, sentences and token vectors. Filters apply inside candidate generation.
 - The token scale stores pooled token vectors: the mean of ``token_pool`` consecutive tokens of one sentence, with
-  their character span, which bounds memory and still locates the words that match.
+  their character span, which bounds memory and still locates the words that match; ``token_dtype="int8"`` stores
+  them 4x smaller.
 
 Example::
 
@@ -28,10 +36,10 @@ import threading
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 from filelock import FileLock
@@ -40,16 +48,22 @@ from pydantic import BaseModel, ConfigDict, Field
 from muses.backends import Backend
 from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, default_base_path
 from muses.errors import InputError, ModelError, UnknownIdError
-from muses.scoring import candidate_pool, fuse, prefix_normalize, sentence_maxsim, token_maxsim
+from muses.scoring import fuse, prefix_normalize, segment_max, token_maxsim
 from muses.store import db
-from muses.store.index import IndexKind, VectorIndex
+from muses.store.index import IndexKind
+from muses.store.vectors import INDEX_FOLDER, IndexSet, Layout, ScaleIndex, make_ids, owners
 from muses.text import as_documents
 from muses.types import SEARCH_SCALES, Document, MultiScaleEmbedding, SearchScale
 from muses.validation import check_filters, check_id, check_metadata, check_utf8
 
 DB_FILE = "store.sqlite"
 LOCK_FILE = "write.lock"
-_STORE_FILES = frozenset({DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE})
+_STORE_FILES = frozenset({DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", f"{DB_FILE}-journal", LOCK_FILE, INDEX_FOLDER})
+EXACT_FILTER_DOCS = 2000
+"""A filter matching at most this many documents is scored exactly over their vectors (read from SQLite); a broader
+one filters the index's results (over-fetching)."""
+TOKEN_CANDIDATES = 32
+"""Nearest stored token vectors per query token whose documents join the token and fusion candidates."""
 
 
 class StoreConfig(BaseModel):
@@ -70,6 +84,25 @@ class StoreConfig(BaseModel):
         False,
         description="fsync every commit (SQLite synchronous=FULL): commits survive a power loss, writes are slower; "
         "default NORMAL: commits survive a killed process, a power loss may lose the last ones",
+    )
+    funnel_dim: int | None = Field(
+        None,
+        description="Matryoshka prefix the document and sentence indexes hold (the funnel): ANN at this dim, then "
+        "exact rescoring at the query's dim (default: the stored dim, no funnel)",
+    )
+    funnel_depth: int = Field(10, ge=1, description="funnel candidates per result (at least 100)")
+    token_index_dim: int | None = Field(
+        None, description="prefix the token candidate index holds (default: funnel_dim, else the stored dim)"
+    )
+    token_index: IndexKind | None = Field(
+        None, description="kind of the token candidate index (default: index); ivfpq suits millions of token vectors"
+    )
+    token_dtype: Literal["float32", "int8"] = Field("float32", description="stored token vectors (int8: 4x smaller)")
+    snapshot_every: int = Field(
+        1000,
+        ge=1,
+        description="save the indexes after a commit once this many documents (and 10% of the store) changed since "
+        "the last snapshot; they are also saved on close",
     )
     fusion_weights: dict[str, float] = Field(
         default_factory=lambda: {"document": 0.0, "sentence": 0.3, "token": 0.7},
@@ -130,22 +163,23 @@ class EncodedQuery:
 
 
 @dataclass
-class _Vectors:
-    """The store's vectors in memory, at the stored dim, with their SQLite rows and links."""
+class _Rows:
+    """Stored vectors of one scale read from SQLite: ``ids`` ``[n]``, ``doc`` ``[n]`` document rows, ``sub`` ``[n]``
+    sentence index (sentences: their position), ``spans`` ``[n, 2]``, ``vectors`` ``[n, D]`` float32."""
 
-    generation: int
-    doc_rows: np.ndarray  # [N]
-    doc_ids: list[str]
-    doc_vecs: np.ndarray  # [N, D]
-    sent_doc: np.ndarray  # [S] position in doc_rows
-    sent_pos: np.ndarray  # [S] index in its document
-    sent_span: np.ndarray  # [S, 2]
-    sent_vecs: np.ndarray  # [S, D]
-    tok_doc: np.ndarray  # [T]
-    tok_sent: np.ndarray  # [T] sentence index in its document
-    tok_span: np.ndarray  # [T, 2]
-    tok_vecs: np.ndarray  # [T, D]
-    indexes: dict[str, VectorIndex]
+    ids: np.ndarray
+    doc: np.ndarray
+    sub: np.ndarray
+    spans: np.ndarray
+    vectors: np.ndarray
+
+
+@dataclass
+class _Changes:
+    """The document rows one write transaction adds and removes, logged with its commit."""
+
+    con: Any
+    ops: list[tuple[str, int]] = field(default_factory=list)
 
 
 def pool_tokens(emb: MultiScaleEmbedding, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -165,6 +199,15 @@ def pool_tokens(emb: MultiScaleEmbedding, size: int) -> tuple[np.ndarray, np.nda
         np.asarray(sents, dtype=np.int64),
         np.asarray(spans, dtype=np.int64).reshape(-1, 2),
     )
+
+
+def _best(scores: np.ndarray, ids: np.ndarray, k: int, finite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """The ``k`` highest ``[n]`` scores and their ``[n]`` ids, best first (ties in id order); ``finite``: drop
+    ``-inf``."""
+    order = np.lexsort((ids, -scores))[:k]
+    if finite:
+        order = order[np.isfinite(scores[order])]
+    return scores[order].astype(np.float32), ids[order]
 
 
 class StoreExistsError(InputError):
@@ -282,7 +325,7 @@ class MemoryStore:
             )
         self._lock = FileLock(str(path / LOCK_FILE))  # one writer across processes
         self._mutex = threading.RLock()  # one thread at a time on the connection and the in-memory vectors
-        self._vectors: _Vectors | None = None
+        self._ix: IndexSet | None = None  # the indexes, at some generation (brought up to date by _sync)
 
     # ------------------------------------------------------------------ create / open
     @classmethod
@@ -312,6 +355,11 @@ class MemoryStore:
         dim = config.dim or encoder.embed_dim
         if dim not in encoder.dims:
             raise InputError(f"store dim {dim} is not one of the model's Matryoshka dims {encoder.dims}.")
+        for name in ("funnel_dim", "token_index_dim"):
+            value = getattr(config, name)
+            if value is not None and (value not in encoder.dims or value > dim):
+                usable = [x for x in encoder.dims if x <= dim]
+                raise InputError(f"{name} {value} is not a Matryoshka dim of this store; use one of {usable}.")
         model = resolve_model(model or encoder.base_name)
         cls._check_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
@@ -395,8 +443,16 @@ class MemoryStore:
         _check_settings(self.path, meta, model, settings)
 
     def close(self) -> None:
-        """Close the database connection."""
-        self._con.close()
+        """Save the indexes if commits are not in the snapshot yet (when no other process is writing), and close the
+        database connection."""
+        with self._mutex:
+            try:
+                if self._ix is not None and self._unsaved() > 0:
+                    with self._lock.acquire(timeout=0):
+                        self._snapshot(self._sync())
+            except (TimeoutError, OSError):
+                pass  # another writer holds the lock, or the disk refused: the next open replays the log instead
+            self._con.close()
 
     @contextmanager
     def _reading(self) -> Iterator[None]:
@@ -407,16 +463,21 @@ class MemoryStore:
 
     # ------------------------------------------------------------------ writes
     @contextmanager
-    def _write(self) -> Iterator[Any]:
+    def _write(self) -> Iterator[_Changes]:
+        """One commit: the caller's changes, logged, and the generation advanced; then the indexes follow it."""
         with self._reading(), self._lock:
             self._con.execute("BEGIN IMMEDIATE")
+            changes = _Changes(self._con)
             try:
-                yield self._con
-                db.set_meta(self._con, generation=db.generation(self._con) + 1)
+                yield changes
+                gen = db.generation(self._con) + 1
+                db.log_changes(self._con, gen, changes.ops)
+                db.set_meta(self._con, generation=gen)
                 self._con.execute("COMMIT")
             except BaseException:
                 self._con.execute("ROLLBACK")
                 raise
+            self._after_commit()
 
     @staticmethod
     def _parts(i: int, item: object) -> tuple[Any, str | None, dict[str, Any]]:
@@ -487,25 +548,28 @@ class MemoryStore:
         return [str(d.id) for d in docs]
 
     def _commit(self, docs: Sequence[Document], embs: Sequence[MultiScaleEmbedding], upsert: bool) -> None:
-        with self._write() as con:
+        with self._write() as changes:
+            con = changes.con
             for doc, emb in zip(docs, embs, strict=True):
                 found = con.execute("SELECT row FROM documents WHERE id = ?", (doc.id,)).fetchone()
                 if found and not upsert:
                     raise InputError(f"document id {doc.id!r} is already in the store; use update (or --upsert).")
                 if found:
                     con.execute("DELETE FROM documents WHERE row = ?", (found[0],))
-                self._insert(con, doc, emb)
+                    changes.ops.append(("del", int(found[0])))
+                changes.ops.append(("add", self._insert(con, doc, emb)))
 
     def update(self, items: Iterable[str | Document | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
         """Add or replace documents by id (one commit)."""
         return self.add(items, upsert=True, batch_size=batch_size)
 
-    def _insert(self, con: Any, doc: Document, emb: MultiScaleEmbedding) -> None:
-        cur = con.execute(
-            "INSERT INTO documents(id, text, metadata, vector) VALUES (?, ?, ?, ?)",
-            (doc.id, doc.text, json.dumps(doc.metadata), db.to_blob(emb.document)),
+    def _insert(self, con: Any, doc: Document, emb: MultiScaleEmbedding) -> int:
+        """Insert one document, its sentences and its pooled token vectors; returns its (new) row."""
+        row = db.next_row(con)
+        con.execute(
+            "INSERT INTO documents(row, id, text, metadata, vector) VALUES (?, ?, ?, ?, ?)",
+            (row, doc.id, doc.text, json.dumps(doc.metadata), db.to_blob(emb.document)),
         )
-        row = cur.lastrowid
         con.executemany(
             "INSERT INTO sentences(doc, pos, start, end, vector) VALUES (?, ?, ?, ?, ?)",
             [
@@ -518,10 +582,11 @@ class MemoryStore:
             con.executemany(
                 "INSERT INTO tokens(doc, sentence, start, end, vector) VALUES (?, ?, ?, ?, ?)",
                 [
-                    (row, int(s), int(a), int(b), db.to_blob(v))
+                    (row, int(s), int(a), int(b), db.to_blob(v, self.config.token_dtype))
                     for v, s, (a, b) in zip(vecs, sents, spans.tolist(), strict=True)
                 ],
             )
+        return row
 
     def delete(self, ids: Sequence[str]) -> int:
         """Delete documents by id (one commit); returns how many were deleted (an id given twice counts once).
@@ -529,11 +594,14 @@ class MemoryStore:
         if isinstance(ids, str):
             raise InputError(f"pass a list of ids, not one string; wrap it in a list: [{ids[:30]!r}].")
         unique = list(dict.fromkeys(check_id(i) for i in ids))
-        with self._write() as con:
-            missing = [i for i in unique if not con.execute("SELECT 1 FROM documents WHERE id = ?", (i,)).fetchone()]
+        with self._write() as changes:
+            con = changes.con
+            found = {i: con.execute("SELECT row FROM documents WHERE id = ?", (i,)).fetchone() for i in unique}
+            missing = [i for i, row in found.items() if row is None]
             if missing:
                 raise UnknownIdError(f"unknown document id(s): {missing[:5]}; nothing was deleted.")
             con.executemany("DELETE FROM documents WHERE id = ?", [(i,) for i in unique])
+            changes.ops.extend(("del", int(row[0])) for row in found.values())
         return len(unique)
 
     # ------------------------------------------------------------------ reads
@@ -554,60 +622,173 @@ class MemoryStore:
         spans = self._con.execute("SELECT start, end FROM sentences WHERE doc = ? ORDER BY pos", (row[0],)).fetchall()
         return {"id": doc_id, "text": row[1], "metadata": json.loads(row[2]), "sentences": [list(s) for s in spans]}
 
-    def _load(self) -> _Vectors:
-        gen = db.generation(self._con)
-        if self._vectors is not None and self._vectors.generation == gen:
-            return self._vectors
-        con, d = self._con, self.dim
-        with db.readable(self.path / DB_FILE):
-            con.execute("BEGIN")  # one consistent snapshot of all three tables
-            try:
-                docs = con.execute("SELECT row, id, vector FROM documents ORDER BY row").fetchall()
-                sents = con.execute("SELECT doc, pos, start, end, vector FROM sentences ORDER BY doc, pos").fetchall()
-                # in document order: the evaluation suite's token scoring needs each document's tokens contiguous
-                toks = con.execute("SELECT doc, sentence, start, end, vector FROM tokens ORDER BY doc, row").fetchall()
-                gen = db.generation(con)
-            finally:
-                con.execute("COMMIT")
-        doc_rows = np.asarray([r[0] for r in docs], dtype=np.int64)
-        where = {int(r): i for i, r in enumerate(doc_rows)}
-        vecs = _Vectors(
-            generation=gen,
-            doc_rows=doc_rows,
-            doc_ids=[r[1] for r in docs],
-            doc_vecs=db.from_blobs([r[2] for r in docs], d),
-            sent_doc=np.asarray([where[r[0]] for r in sents], dtype=np.int64),
-            sent_pos=np.asarray([r[1] for r in sents], dtype=np.int64),
-            sent_span=np.asarray([(r[2], r[3]) for r in sents], dtype=np.int64).reshape(-1, 2),
-            sent_vecs=db.from_blobs([r[4] for r in sents], d),
-            tok_doc=np.asarray([where[r[0]] for r in toks], dtype=np.int64),
-            tok_sent=np.asarray([r[1] for r in toks], dtype=np.int64),
-            tok_span=np.asarray([(r[2], r[3]) for r in toks], dtype=np.int64).reshape(-1, 2),
-            tok_vecs=db.from_blobs([r[4] for r in toks], d),
-            indexes={},
-        )
+    # ------------------------------------------------------------------ indexes
+    def _layouts(self) -> dict[str, Layout]:
+        """Each scale's index, from the store's config."""
         c = self.config
         opts = {"hnsw_m": c.hnsw_m, "ef_search": c.ef_search, "nlist": c.nlist, "pq_m": c.pq_m, "nprobe": c.nprobe}
-        vecs.indexes = {
-            "document": VectorIndex(vecs.doc_vecs, c.index, **opts),
-            "sentence": VectorIndex(vecs.sent_vecs, c.index, **opts),
-            "token": VectorIndex(vecs.tok_vecs, c.index, **opts),
-        }
-        self._vectors = vecs
-        return vecs
+        top = c.funnel_dim or self.dim
+        out = {"document": Layout(top, c.index, opts), "sentence": Layout(top, c.index, opts)}
+        if c.token_pool:
+            out["token"] = Layout(c.token_index_dim or top, c.token_index or c.index, opts)
+        return out
 
-    def _allowed(self, vecs: _Vectors, filters: Mapping[str, Any] | None) -> np.ndarray | None:
-        """Document positions whose metadata matches every ``key: value`` of ``filters`` (None: no filter).
+    def _sync(self) -> IndexSet:
+        """The indexes at the database's current generation: kept in memory, else loaded from the snapshot, else
+        built from SQLite; then the commits since (this process's or another's) applied from the change log.
+        The caller holds ``_mutex``."""
+        con = self._con
+        with db.readable(self.path / DB_FILE):
+            con.execute("BEGIN")  # one consistent snapshot of the log and the vectors
+            try:
+                gen, start = db.generation(con), db.log_start(con)
+                ix = self._ix
+                if ix is None or not start <= ix.generation <= gen:
+                    ix = IndexSet.load(self.path, self._layouts(), mmap=True)
+                    if ix is not None and not start <= ix.generation <= gen:
+                        ix = None  # older than the log reaches, or newer than the database (restored from a backup)
+                if ix is None:
+                    ix = self._build(gen)
+                elif ix.generation < gen:
+                    self._replay(ix, gen)
+            finally:
+                con.execute("COMMIT")
+        self._ix = ix
+        return ix
 
-        ``filters`` were checked by :func:`~muses.validation.check_filters`: plain keys, values SQLite can bind."""
+    def _build(self, gen: int) -> IndexSet:
+        """Every index built from SQLite (IVF-PQ trained on a sample of each scale's vectors)."""
+        layouts = self._layouts()
+        tables = {"document": "documents", "sentence": "sentences", "token": "tokens"}
+        scales = {}
+        for scale, layout in layouts.items():
+            train = None
+            if layout.kind == "ivfpq":
+                n = 256 * layout.options["nlist"]
+                blobs = [r[0] for r in self._con.execute(f"SELECT vector FROM {tables[scale]} LIMIT ?", (n,))]
+                dtype = self.config.token_dtype if scale == "token" else "float32"
+                train = db.from_blobs(blobs, self.dim, dtype)
+            scales[scale] = ScaleIndex(scale, layout, train=train)
+        ix = IndexSet(gen, scales)
+        rows = [r[0] for r in self._con.execute("SELECT row FROM documents ORDER BY row")]
+        for i in range(0, len(rows), 2000):
+            self._add_documents(ix, rows[i : i + 2000])
+        return ix
+
+    def _replay(self, ix: IndexSet, gen: int) -> None:
+        """Apply the logged commits after ``ix.generation``: remove every changed document, re-add those whose last
+        change was an add."""
+        changed = db.changes_since(self._con, ix.generation)
+        for index in ix.scales.values():
+            index.remove_documents(changed)
+        added = [row for row, op in changed.items() if op == "add"]
+        for i in range(0, len(added), 2000):
+            self._add_documents(ix, added[i : i + 2000])
+        ix.generation = gen
+
+    def _add_documents(self, ix: IndexSet, rows: Sequence[int]) -> None:
+        """Add the vectors of the documents ``rows`` (still in the database) to every index."""
+        docs = self._fetch("document", rows)
+        ix.scales["document"].add(docs.ids, docs.vectors)
+        sents = self._fetch("sentence", rows)
+        ix.scales["sentence"].add(sents.ids, sents.vectors)
+        if "token" in ix.scales:
+            toks = self._fetch("token", rows)
+            ix.scales["token"].add(toks.ids, toks.vectors)
+
+    def _fetch(self, scale: str, rows: Sequence[int] | np.ndarray) -> _Rows:
+        """The stored vectors of ``scale`` for the documents ``rows``, from SQLite, in document order."""
+        param = (db.in_rows(rows),)
+        where = "WHERE doc IN (SELECT value FROM json_each(?))"
+        if scale == "document":
+            found = self._con.execute(
+                "SELECT row, vector FROM documents WHERE row IN (SELECT value FROM json_each(?)) ORDER BY row", param
+            ).fetchall()
+            doc = np.asarray([r[0] for r in found], dtype=np.int64)
+            vectors = db.from_blobs([r[1] for r in found], self.dim)
+            return _Rows(doc, doc, doc, np.zeros((len(doc), 2), np.int64), vectors)
+        if scale == "sentence":
+            sql = f"SELECT doc, pos, start, end, vector FROM sentences {where} ORDER BY doc, pos"
+            dtype = "float32"
+        else:
+            sql = f"SELECT doc, sentence, start, end, vector FROM tokens {where} ORDER BY doc, row"
+            dtype = self.config.token_dtype
+        found = self._con.execute(sql, param).fetchall()
+        doc = np.asarray([r[0] for r in found], dtype=np.int64)
+        sub = np.asarray([r[1] for r in found], dtype=np.int64)
+        spans = np.asarray([(r[2], r[3]) for r in found], dtype=np.int64).reshape(-1, 2)
+        vecs = db.from_blobs([r[4] for r in found], self.dim, dtype)
+        if scale == "sentence":
+            return _Rows(make_ids(doc, sub, scale), doc, sub, spans, vecs)
+        first = np.searchsorted(doc, doc, side="left")  # ordinal of each token vector inside its document
+        return _Rows(make_ids(doc, np.arange(len(doc)) - first, scale), doc, sub, spans, vecs)
+
+    def _unsaved(self) -> int:
+        """Documents changed since the saved snapshot (all of them when there is none, or it is behind the log)."""
+        saved = IndexSet.saved_generation(self.path)
+        if saved is None or saved < db.log_start(self._con):
+            return int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0]) + 1
+        return int(self._con.execute("SELECT COUNT(DISTINCT doc) FROM changes WHERE gen > ?", (saved,)).fetchone()[0])
+
+    def _after_commit(self) -> None:
+        """After a commit (the write lock held): apply it to the indexes, and save them when enough has changed."""
+        ix = self._sync()
+        docs = int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+        if self._unsaved() >= max(self.config.snapshot_every, docs // 10):
+            with suppress(OSError):  # the disk refused the snapshot: the commit stands, the next open replays the log
+                self._snapshot(ix)
+
+    def _snapshot(self, ix: IndexSet) -> None:
+        """Save ``ix`` (current, the write lock held), first rebuilding it when an IVF-PQ index can now be trained or
+        HNSW tombstones pass 20%; then prune the log it covers."""
+        enough = 39 * self.config.nlist
+        stale = any(
+            (s.kind != s.layout.kind and s.ntotal >= enough) or s.dead_vectors > 0.2 * max(s.ntotal, 1)
+            for s in ix.scales.values()
+        )
+        if stale:
+            with db.readable(self.path / DB_FILE):
+                self._con.execute("BEGIN")
+                try:
+                    ix = self._build(ix.generation)
+                finally:
+                    self._con.execute("COMMIT")
+            self._ix = ix
+        ix.save(self.path)
+        with db.readable(self.path / DB_FILE):
+            db.prune_log(self._con, ix.generation)
+
+    def rebuild(self) -> dict[str, Any]:
+        """Rebuild every index from SQLite and save it (under the write lock); returns :meth:`stats`."""
+        with self._reading(), self._lock:
+            with db.readable(self.path / DB_FILE):
+                self._con.execute("BEGIN")
+                try:
+                    self._ix = self._build(db.generation(self._con))
+                finally:
+                    self._con.execute("COMMIT")
+            self._ix.save(self.path)
+            with db.readable(self.path / DB_FILE):
+                db.prune_log(self._con, self._ix.generation)
+        return self.stats()
+
+    def checkpoint(self) -> None:
+        """Save the indexes now (under the write lock), so the next open loads them without replaying the log."""
+        with self._reading(), self._lock:
+            self._snapshot(self._sync())
+
+    def _allowed(self, filters: Mapping[str, Any] | None) -> np.ndarray | None:
+        """``[n]`` sorted rows of the documents whose metadata matches every ``key: value`` of ``filters`` (None: no
+        filter). ``filters`` were checked by :func:`~muses.validation.check_filters`: plain keys, bindable values."""
         if not filters:
             return None
         clauses, params = [], []
         for key, value in filters.items():
             clauses.append(f"json_extract(metadata, '$.\"{key}\"') = ?")
-            params.append(json.dumps(value) if isinstance(value, (list, dict)) else value)
-        rows = {r[0] for r in self._con.execute(f"SELECT row FROM documents WHERE {' AND '.join(clauses)}", params)}
-        return np.asarray([i for i, r in enumerate(vecs.doc_rows.tolist()) if r in rows], dtype=np.int64)
+            # SQLite's json_extract returns lists and objects as minified JSON
+            params.append(json.dumps(value, separators=(",", ":")) if isinstance(value, (list, dict)) else value)
+        sql = f"SELECT row FROM documents WHERE {' AND '.join(clauses)} ORDER BY row"
+        return np.asarray([r[0] for r in self._con.execute(sql, params)], dtype=np.int64)
 
     def encode_queries(self, texts: Sequence[str], with_tokens: bool | None = None) -> list[EncodedQuery]:
         """Encode queries in one batch (token vectors too when the store keeps them, or ``with_tokens``)."""
@@ -643,23 +824,40 @@ class MemoryStore:
             raise InputError(f"dim {dim} is not available in this store; use one of {usable}.")
         return dim
 
-    def _dense(
-        self, vecs: _Vectors, scale: str, q: np.ndarray, dim: int, k: int, allowed_docs: np.ndarray | None
+    def _top(
+        self, ix: IndexSet, scale: str, query: np.ndarray, dim: int, k: int, allowed: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top ``k`` positions of ``scale`` (``document`` or ``sentence``) for one query: ``(scores, positions)``.
+        """The ``k`` best ``document`` or ``sentence`` ids for one query ``[D]`` at prefix ``dim``: ``([k'] scores,
+        [k'] ids)``, best first, scores exact at ``dim``.
 
-        The FAISS index serves full-dim unfiltered searches; a filter or a smaller dim is scored exactly.
+        - a filter matching at most :data:`EXACT_FILTER_DOCS` documents: exact, over their stored vectors;
+        - a query at the index's dim: the index (exact when flat), a broader filter applied inside the search;
+        - a flat index and a smaller dim: an exact scan of the index's vectors;
+        - otherwise (the funnel): ``max(k * funnel_depth, 100)`` candidates from the index, rescored exactly.
         """
-        mat = vecs.doc_vecs if scale == "document" else vecs.sent_vecs
-        owner = np.arange(len(mat)) if scale == "document" else vecs.sent_doc
-        if allowed_docs is None and dim == self.dim:
-            scores, pos = vecs.indexes[scale].search(q[None], k)
-            keep = pos[0] >= 0
-            return scores[0][keep], pos[0][keep]
-        cand = np.arange(len(mat)) if allowed_docs is None else np.flatnonzero(np.isin(owner, allowed_docs))
-        s = prefix_normalize(mat[cand], dim) @ q
-        top = np.argsort(-s, kind="stable")[:k]
-        return s[top], cand[top]
+        q = prefix_normalize(query, dim)
+        index = ix.scales[scale]
+        if allowed is not None and len(allowed) <= EXACT_FILTER_DOCS:
+            rows = self._fetch(scale, allowed)
+            return _best(prefix_normalize(rows.vectors, dim) @ q, rows.ids, k)
+        keep, share = None, 1.0
+        if allowed is not None:
+            allowed_rows = allowed
+            keep = lambda docs: np.isin(docs, allowed_rows)  # noqa: E731
+            share = len(allowed) / max(ix.scales["document"].ntotal, 1)
+        if dim == index.dim:
+            return index.search(q, k, keep, share)
+        matrix = index.exact_matrix() if dim < index.dim else None
+        if matrix is not None:
+            ids, x = matrix
+            scores = prefix_normalize(x, dim) @ q
+            if keep is not None:
+                scores = np.where(keep(owners(ids, scale)), scores, -np.inf)
+            return _best(scores, ids, k, finite=True)
+        _, cand = index.search(prefix_normalize(query, index.dim), max(k * self.config.funnel_depth, 100), keep, share)
+        rows = self._fetch(scale, np.unique(owners(cand, scale)))
+        chosen = np.isin(rows.ids, cand)
+        return _best(prefix_normalize(rows.vectors[chosen], dim) @ q, rows.ids[chosen], k)
 
     def search(
         self,
@@ -701,26 +899,27 @@ class MemoryStore:
         filters: Mapping[str, Any] | None,
         zoom_docs: int | None,
     ) -> list[Hit]:
-        vecs = self._load()
-        if not vecs.doc_ids:
+        ix = self._sync()
+        if not self._con.execute("SELECT 1 FROM documents LIMIT 1").fetchone():
             return []
-        q, d = self._query(query, dim)
-        allowed = self._allowed(vecs, filters)
+        d = self._check_dim(dim)
+        allowed = self._allowed(filters)
         if allowed is not None and not len(allowed):
             return []  # the filter matches no document
+        qv = query.vector
         if scale == "sentence":
             if zoom_docs:
-                _, top_docs = self._dense(vecs, "document", q, d, zoom_docs, allowed)
-                allowed = top_docs if allowed is None else np.intersect1d(top_docs, allowed)
-            scores, pos = self._dense(vecs, "sentence", q, d, k, allowed)
-            return [self._sentence_hit(vecs, int(p), float(s)) for s, p in zip(scores, pos, strict=True)]
+                _, top_docs = self._top(ix, "document", qv, d, zoom_docs, allowed)
+                allowed = np.sort(top_docs)
+            scores, ids = self._top(ix, "sentence", qv, d, k, allowed)
+            return [self._sentence_hit(int(i), float(x)) for x, i in zip(scores, ids, strict=True)]
         if scale == "document":
-            scores, pos = self._dense(vecs, "document", q, d, k, allowed)
-            return [self._doc_hit(vecs, int(p), float(s), "document") for s, p in zip(scores, pos, strict=True)]
-        cand, per_scale = self._candidates(vecs, query, q, d, k, allowed)
+            scores, ids = self._top(ix, "document", qv, d, k, allowed)
+            return [self._doc_hit(int(i), float(x), "document") for x, i in zip(scores, ids, strict=True)]
+        if scale == "token" and "token" not in ix.scales:
+            raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
+        cand, per_scale = self._candidates(ix, query, d, k, allowed)
         if scale == "token":
-            if "token" not in per_scale:
-                raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
             final = per_scale["token"]
         else:
             weights = {s: w for s, w in self.config.fusion_weights.items() if s in per_scale}
@@ -728,46 +927,61 @@ class MemoryStore:
         order = np.argsort(-final, kind="stable")[:k]
         hits = []
         for i in order:
-            hit = self._doc_hit(vecs, int(cand[i]), float(final[i]), scale)
+            hit = self._doc_hit(int(cand[i]), float(final[i]), scale)
             hit.scores = {s: float(v[i]) for s, v in per_scale.items()} | {scale: float(final[i])}
             hits.append(hit)
         return hits
 
     def _candidates(
-        self,
-        vecs: _Vectors,
-        query: EncodedQuery,
-        q: np.ndarray,
-        dim: int,
-        k: int,
-        allowed: np.ndarray | None,
-        depth: int = 100,
+        self, ix: IndexSet, query: EncodedQuery, dim: int, k: int, allowed: np.ndarray | None, depth: int = 100
     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """The union of the top ``depth`` documents by document and by sentence max-sim (and, with tokens, by
-        token hits), with each scale's score for every candidate: ``(positions [C], {scale: [C] scores})``."""
-        n = len(vecs.doc_ids)
-        doc_all = prefix_normalize(vecs.doc_vecs, dim) @ q
-        sent_all = sentence_maxsim(q[None], prefix_normalize(vecs.sent_vecs, dim), vecs.sent_doc, n)[0]
-        if allowed is not None:
-            mask = np.full(n, -np.inf, dtype=np.float32)
-            mask[allowed] = 0.0
-            doc_all, sent_all = doc_all + mask, sent_all + mask
-        cand = candidate_pool([doc_all[None], sent_all[None]], max(depth, k))[0]  # the evaluation suite's pool
-        cand = cand[(cand >= 0) & np.isfinite(doc_all[np.maximum(cand, 0)])]
-        per_scale = {"document": doc_all[cand], "sentence": sent_all[cand]}
-        if len(vecs.tok_vecs):
-            qt = self._query_tokens(query, dim)
-            extra = np.zeros(0, dtype=np.int64)
-            if dim == self.dim:  # documents holding the nearest token groups of any query token
-                _, hits = vecs.indexes["token"].search(qt, 32)
-                extra = np.unique(vecs.tok_doc[hits[hits >= 0]])
-            if allowed is not None:
-                extra = np.intersect1d(extra, allowed)
-            cand = np.union1d(cand, extra)
-            per_scale = {"document": doc_all[cand], "sentence": sent_all[cand]}
-            token = token_maxsim([qt], vecs.tok_vecs, vecs.tok_doc, cand[None], dim)[0]
+        """Fusion and token candidates: the union of the top ``depth`` documents by document score, by sentence
+        max-sim (the first ``depth`` distinct documents of the sentence ranking), and (at the stored dim) the
+        documents of the :data:`TOKEN_CANDIDATES` nearest token vectors of each query token; with each scale's exact
+        score for every candidate: ``([C] sorted document rows, {scale: [C] scores})``."""
+        depth = max(depth, k)
+        qv = query.vector
+        _, by_doc = self._top(ix, "document", qv, dim, depth, allowed)
+        cand = np.union1d(by_doc, self._top_sentence_docs(ix, qv, dim, depth, allowed))
+        qt = self._query_tokens(query, dim) if "token" in ix.scales else None
+        if qt is not None and dim == self.dim:
+            tix = ix.scales["token"]
+            keep = None if allowed is None else (lambda docs: np.isin(docs, allowed))
+            share = 1.0 if allowed is None else len(allowed) / max(ix.scales["document"].ntotal, 1)
+            assert query.tokens is not None  # set by _query_tokens
+            cand = np.union1d(
+                cand, tix.neighbours(prefix_normalize(query.tokens, tix.dim), TOKEN_CANDIDATES, keep, share)
+            )
+        q = prefix_normalize(qv, dim)
+        docs = self._fetch("document", cand)
+        cand = docs.doc  # documents deleted since the index saw them drop out here
+        sents = self._fetch("sentence", cand)
+        seg = np.searchsorted(cand, sents.doc)
+        per_scale = {
+            "document": prefix_normalize(docs.vectors, dim) @ q,
+            "sentence": segment_max((prefix_normalize(sents.vectors, dim) @ q)[None], seg, len(cand))[0],
+        }
+        if qt is not None:
+            toks = self._fetch("token", cand)
+            pos = np.arange(len(cand))[None]
+            token = token_maxsim([qt], toks.vectors, np.searchsorted(cand, toks.doc), pos, dim)[0]
             per_scale["token"] = np.where(np.isfinite(token), token, 0.0).astype(np.float32)  # no tokens: 0
-        return cand, per_scale
+        return cand, {s: v.astype(np.float32) for s, v in per_scale.items()}
+
+    def _top_sentence_docs(
+        self, ix: IndexSet, query: np.ndarray, dim: int, depth: int, allowed: np.ndarray | None
+    ) -> np.ndarray:
+        """The ``depth`` best documents by their best sentence: the first distinct documents of the sentence
+        ranking (fetching four times more sentences until there are enough, or no more)."""
+        fetch = depth * 4
+        while True:
+            _, ids = self._top(ix, "sentence", query, dim, fetch, allowed)
+            docs = owners(ids, "sentence")
+            _, first = np.unique(docs, return_index=True)
+            ranked = docs[np.sort(first)]
+            if len(ranked) >= depth or len(ids) < fetch:
+                return ranked[:depth]
+            fetch *= 4
 
     def _query_tokens(self, query: EncodedQuery, dim: int) -> np.ndarray:
         """``[t, dim]`` normalised query token vectors."""
@@ -775,26 +989,29 @@ class MemoryStore:
             query.tokens = self.encoder.encode_query_tokens([query.text])[0]
         return prefix_normalize(query.tokens, dim)
 
-    def _doc_hit(self, vecs: _Vectors, pos: int, score: float, scale: str) -> Hit:
-        row = self._con.execute(
-            "SELECT id, text, metadata FROM documents WHERE row = ?", (int(vecs.doc_rows[pos]),)
-        ).fetchone()
-        return Hit(id=row[0], score=score, scale=scale, text=row[1], metadata=json.loads(row[2]), scores={scale: score})
-
-    def _sentence_hit(self, vecs: _Vectors, pos: int, score: float) -> Hit:
-        doc = int(vecs.sent_doc[pos])
-        row = self._con.execute(
-            "SELECT id, text, metadata FROM documents WHERE row = ?", (int(vecs.doc_rows[doc]),)
-        ).fetchone()
-        a, b = (int(x) for x in vecs.sent_span[pos])
+    def _doc_hit(self, row: int, score: float, scale: str) -> Hit:
+        found = self._con.execute("SELECT id, text, metadata FROM documents WHERE row = ?", (row,)).fetchone()
         return Hit(
-            id=row[0],
+            id=found[0], score=score, scale=scale, text=found[1], metadata=json.loads(found[2]), scores={scale: score}
+        )
+
+    def _sentence_hit(self, sentence_id: int, score: float) -> Hit:
+        doc = int(owners(np.asarray([sentence_id]), "sentence")[0])
+        pos = sentence_id - make_ids(np.asarray([doc]), np.zeros(1), "sentence")[0]
+        found = self._con.execute(
+            "SELECT d.id, d.text, d.metadata, s.start, s.end FROM sentences s JOIN documents d ON d.row = s.doc "
+            "WHERE s.doc = ? AND s.pos = ?",
+            (doc, int(pos)),
+        ).fetchone()
+        a, b = int(found[3]), int(found[4])
+        return Hit(
+            id=found[0],
             score=score,
             scale="sentence",
-            text=row[1][a:b],
+            text=found[1][a:b],
             span=(a, b),
-            sentence=int(vecs.sent_pos[pos]),
-            metadata=json.loads(row[2]),
+            sentence=int(pos),
+            metadata=json.loads(found[2]),
             scores={"sentence": score},
         )
 
@@ -829,51 +1046,70 @@ class MemoryStore:
         docs = self._search(query, "document", k_docs, dim, filters, None)
         if not docs:
             return []
-        vecs = self._load()
-        q, d = self._query(query, dim)
-        qt = self._query_tokens(query, d) if len(vecs.tok_vecs) else None
-        pos_of = {doc_id: i for i, doc_id in enumerate(vecs.doc_ids)}
+        ix = self._sync()
+        d = self._check_dim(dim)
+        q = prefix_normalize(query.vector, d)
+        qt = self._query_tokens(query, d) if "token" in ix.scales else None
+        rows = {
+            r[1]: int(r[0])
+            for r in self._con.execute(
+                "SELECT row, id FROM documents WHERE id IN (SELECT value FROM json_each(?))",
+                (json.dumps([h.id for h in docs]),),
+            )
+        }
+        wanted = np.sort(np.asarray(list(rows.values()), dtype=np.int64))
+        sents = self._fetch("sentence", wanted)
+        toks = self._fetch("token", wanted) if qt is not None else None
         out = []
         for hit in docs:
-            p = pos_of[hit.id]
-            rows = np.flatnonzero(vecs.sent_doc == p)
-            scores = prefix_normalize(vecs.sent_vecs[rows], d) @ q
-            best = rows[np.argsort(-scores, kind="stable")[:k_sentences]]
+            mine = np.flatnonzero(sents.doc == rows[hit.id])
+            scores = prefix_normalize(sents.vectors[mine], d) @ q
             sentences = []
-            for r in best:
-                s = self._sentence_hit(vecs, int(r), float(prefix_normalize(vecs.sent_vecs[r], d) @ q))
+            for r in mine[np.argsort(-scores, kind="stable")[:k_sentences]]:
+                s = self._sentence_hit(int(sents.ids[r]), float(prefix_normalize(sents.vectors[r], d) @ q))
                 s.scores["document"] = hit.score
-                if qt is not None:
-                    s.highlights = self._highlights(vecs, qt, p, int(vecs.sent_pos[r]), d, highlight)
+                if toks is not None and qt is not None:
+                    sel = np.flatnonzero((toks.doc == rows[hit.id]) & (toks.sub == sents.sub[r]))
+                    s.highlights = _highlights(toks.vectors[sel], toks.spans[sel], qt, d, highlight)
                 sentences.append(s)
             out.append(ZoomResult(hit.id, hit.score, hit.text, sentences, hit.metadata))
         return out
 
-    def _highlights(
-        self, vecs: _Vectors, qt: np.ndarray, doc: int, sentence: int, dim: int, n: int
-    ) -> list[tuple[int, int]]:
-        sel = np.flatnonzero((vecs.tok_doc == doc) & (vecs.tok_sent == sentence))
-        if not len(sel):
-            return []
-        match = (prefix_normalize(vecs.tok_vecs[sel], dim) @ qt.T).max(axis=1)
-        best = sel[np.argsort(-match, kind="stable")[:n]]
-        return sorted((int(a), int(b)) for a, b in vecs.tok_span[best])
-
     def stats(self) -> dict[str, Any]:
-        """Counts, model, dim, index kinds and sizes."""
+        """Counts, model, dim, the indexes (kind, dim, vectors, bytes), the saved snapshot's generation, sizes."""
         with self._reading():
-            vecs = self._load()
+            ix = self._sync()
+            count = {
+                t: int(self._con.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0])
+                for t in ("documents", "sentences", "tokens", "changes")
+            }
         size = sum(f.stat().st_size for f in self.path.iterdir() if f.name.startswith(DB_FILE))
+        index_dir = self.path / INDEX_FOLDER
+        index_bytes = sum(f.stat().st_size for f in index_dir.rglob("*") if f.is_file()) if index_dir.exists() else 0
         return {
             "path": str(self.path),
             "model": self.model_name,
             "fingerprint": self.fingerprint,
             "dim": self.dim,
-            "documents": len(vecs.doc_ids),
-            "sentences": len(vecs.sent_vecs),
-            "token_vectors": len(vecs.tok_vecs),
-            "generation": vecs.generation,
-            "index": {s: {"kind": ix.kind, "bytes": ix.memory_bytes()} for s, ix in vecs.indexes.items()},
+            "documents": count["documents"],
+            "sentences": count["sentences"],
+            "token_vectors": count["tokens"],
+            "generation": ix.generation,
+            "index": {s: x.describe() for s, x in ix.scales.items()},
+            "index_snapshot": {"generation": IndexSet.saved_generation(self.path), "bytes": index_bytes},
+            "change_log": count["changes"],
             "database_bytes": size,
             "config": self.config.model_dump(),
         }
+
+
+def _highlights(
+    tokens: np.ndarray, spans: np.ndarray, query_tokens: np.ndarray, dim: int, n: int
+) -> list[tuple[int, int]]:
+    """The character spans ``[n, 2]`` of the ``n`` stored token vectors ``[m, D]`` of one sentence that best match
+    any of the ``[t, dim]`` query tokens, in text order."""
+    if not len(tokens):
+        return []
+    match = (prefix_normalize(tokens, dim) @ query_tokens.T).max(axis=1)
+    best = np.argsort(-match, kind="stable")[:n]
+    return sorted((int(a), int(b)) for a, b in spans[best])
