@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -15,7 +18,7 @@ from muses.cli_common import BackendOpt, backend_option, console, user_errors
 from muses.errors import InputError
 
 if TYPE_CHECKING:
-    from muses.store import Hit, MemoryStore, StoreConfig
+    from muses.store import Hit, MemoryStore, StoreBackend, StoreConfig
 
 index_app = typer.Typer(
     help="A persistent multi-scale memory store: add, search, zoom, stats, rm.", no_args_is_help=True
@@ -28,14 +31,54 @@ StoreOpt = Annotated[
 ]
 
 
+QDRANT_URL_ENV = "MUSES_QDRANT_URL"
+QdrantUrlOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--qdrant-url",
+        envvar=QDRANT_URL_ENV,
+        help="Use a Qdrant store instead of a local folder: http(s)://host:port of a server or cluster (API key in "
+        "$QDRANT_API_KEY), a local folder (qdrant-client's local mode), or :memory:. Needs the qdrant extra.",
+    ),
+]
+QdrantNameOpt = Annotated[
+    str,
+    typer.Option(
+        "--qdrant-collection", help="Name of the Qdrant store (collections NAME_documents and NAME_sentences)."
+    ),
+]
+
+
 def _store_path(store: Path | None) -> Path:
     return store or Path(os.environ.get(STORE_ENV) or "muses-store")
 
 
-def _open(store: Path | None, backend: str | None = None) -> MemoryStore:
+def _check_target(store: Path | None, qdrant_url: str | None) -> None:
+    if store is not None and qdrant_url is not None:
+        raise InputError("give --store (a local store folder) or --qdrant-url (a Qdrant store), not both.")
+
+
+def _open(
+    store: Path | None, backend: str | None = None, qdrant_url: str | None = None, collection: str = "muses"
+) -> StoreBackend:
+    """The store in ``store`` (a folder), or the Qdrant store ``collection`` at ``qdrant_url``."""
+    _check_target(store, qdrant_url)
+    if qdrant_url is not None:
+        from muses.store.qdrant import QdrantStore
+
+        return QdrantStore.open(qdrant_url, backend=backend_option(backend), collection=collection)
     from muses.store import MemoryStore
 
     return MemoryStore.open(_store_path(store), backend=backend_option(backend))
+
+
+@contextmanager
+def _closing(store: StoreBackend) -> Iterator[StoreBackend]:
+    """Close the store when the command ends (a local Qdrant folder is locked while open)."""
+    try:
+        yield store
+    finally:
+        store.close()
 
 
 def _read_inputs(paths: list[Path], one_document: bool) -> list[Any]:
@@ -86,6 +129,13 @@ def add(
     durable: Annotated[
         bool, typer.Option("--durable", help="Fsync every commit, so commits survive a power loss (new stores).")
     ] = False,
+    funnel_dim: Annotated[
+        int | None,
+        typer.Option(help="Matryoshka dim the document/sentence indexes hold, rescored at full dim (new stores)."),
+    ] = None,
+    token_dtype: Annotated[
+        str | None, typer.Option(help="Stored token vectors: float32 or int8 (4x smaller) (new stores).")
+    ] = None,
     upsert: Annotated[bool, typer.Option(help="Replace documents whose id is already stored.")] = False,
     one_document: Annotated[bool, typer.Option(help="A text file is one document (not one per line).")] = False,
     backend: BackendOpt = None,
@@ -93,26 +143,95 @@ def add(
         str | None,
         typer.Option(help="Add the output folder (path or URI) of `muses encode --engine ray` (no encoding again)."),
     ] = None,
+    qdrant_url: QdrantUrlOpt = None,
+    qdrant_collection: QdrantNameOpt = "muses",
+    shards: Annotated[
+        int | None, typer.Option(help="Qdrant: shards per collection (new stores; default: the server's).")
+    ] = None,
+    replication_factor: Annotated[
+        int | None, typer.Option(help="Qdrant: copies of each shard on a cluster (new stores; default 1).")
+    ] = None,
 ) -> None:
-    """Add documents to a store (created on first use with --model, --dim, --index, --token-pool, --durable).
+    """Add documents to a store (created on first use with --model, --dim, --index, --token-pool, --durable,
+    --funnel-dim, --token-dtype; on Qdrant, --dim, --token-pool, --shards, --replication-factor).
 
     On an existing store, leave those options out: one that differs from the store's is refused.
     """
     with user_errors():
+        _check_target(store, qdrant_url)
         path = _store_path(store)
         if (from_encoded is None) == (not paths):
             raise InputError("give files or folders to add, or --from-encoded DIR (not both).")
-        given = {"dim": dim, "index": index, "token_pool": token_pool, "durable": durable or None}
+        given = {
+            "dim": dim,
+            "index": index,
+            "token_pool": token_pool,
+            "durable": durable or None,
+            "funnel_dim": funnel_dim,
+            "token_dtype": token_dtype,
+        }
+        opener: Any = _open_or_create
+        if qdrant_url is not None:
+            given |= _qdrant_settings(given, shards, replication_factor)
+            opener = functools.partial(_open_or_create_qdrant, qdrant_url, qdrant_collection)
+        elif shards is not None or replication_factor is not None:
+            raise InputError("--shards and --replication-factor are Qdrant settings; give --qdrant-url too.")
         if from_encoded is not None:
             from muses.distributed_encode import add_encoded_folder
 
-            ids = add_encoded_folder(from_encoded, path, model, given, backend, upsert, _open_or_create)
-            console.print(f"added {len(ids)} documents to {path} from {from_encoded}")
+            ids = add_encoded_folder(from_encoded, path, model, given, backend, upsert, opener)
+            console.print(f"added {len(ids)} documents to {qdrant_url or path} from {from_encoded}")
             return
         docs = _read_inputs(paths or [], one_document)
-        s = _open_or_create(path, model, {k: v for k, v in given.items() if v is not None}, backend)
-        ids = s.add(docs, upsert=upsert)
-        console.print(f"added {len(ids)} documents to {path} ({len(s)} in all)")
+        with _closing(opener(path, model, {k: v for k, v in given.items() if v is not None}, backend)) as s:
+            ids = s.add(docs, upsert=upsert)
+            console.print(f"added {len(ids)} documents to {s.path} ({len(s)} in all)")
+
+
+def _qdrant_settings(given: dict[str, Any], shards: int | None, replication_factor: int | None) -> dict[str, Any]:
+    """``index add`` settings for a Qdrant store: the FAISS / SQLite ones refused, shards and replicas added."""
+    faiss_only = ("index", "durable", "funnel_dim", "token_dtype")
+    local = [f"--{k.replace('_', '-')}" for k in faiss_only if given.get(k) is not None]
+    if local:
+        raise InputError(
+            f"{' and '.join(local)} {'is a setting' if len(local) == 1 else 'are settings'} of the local FAISS + "
+            "SQLite store; leave it out with --qdrant-url (Qdrant indexes and persists on the server)."
+        )
+    for name, value in (("shards", shards), ("replication-factor", replication_factor)):
+        if value is not None and value < 1:
+            raise InputError(f"--{name} must be at least 1, got {value}.")
+    return {"shards": shards, "replication_factor": replication_factor}
+
+
+def _open_or_create_qdrant(
+    url: str, collection: str, _path: Path, model: str | None, settings: dict[str, Any], backend: str | None = None
+) -> StoreBackend:
+    """The Qdrant store ``collection`` at ``url``, created with ``model`` and ``settings`` (StoreConfig and
+    QdrantConfig fields) when there is none yet; an existing one is used if the settings given agree with its own."""
+    from muses.encoder import DEFAULT_BASE, MultiScaleEncoder
+    from muses.store import StoreExistsError
+    from muses.store.qdrant import QdrantConfig, QdrantStore
+
+    settings = {k: v for k, v in settings.items() if v is not None}
+    qdrant_keys = {k: settings[k] for k in ("shards", "replication_factor") if k in settings}
+    config = _store_config({k: v for k, v in settings.items() if k not in qdrant_keys})
+    chosen = backend_option(backend)
+    if not QdrantStore.exists(url, collection):
+        name = model or DEFAULT_BASE
+        encoder = MultiScaleEncoder.from_base(name, backend=chosen)
+        try:
+            return QdrantStore.create(
+                url, encoder, config, model=name, collection=collection, qdrant=QdrantConfig(**qdrant_keys)
+            )
+        except StoreExistsError:
+            pass  # another process created it while the model loaded: use theirs, if the settings agree
+    s = QdrantStore.open(url, backend=chosen, collection=collection)
+    try:
+        s.check_settings(model=model, **settings)
+    except BaseException:
+        s.close()
+        raise
+    return s
 
 
 def _store_config(settings: dict[str, Any]) -> StoreConfig:
@@ -172,9 +291,12 @@ def search(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
     backend: BackendOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    qdrant_collection: QdrantNameOpt = "muses",
 ) -> None:
     """Search a store at one scale, or zoom from documents into sentences and words."""
     with user_errors():
+        _check_target(store, qdrant_url)
         filters = {}
         for item in filter_ or []:
             key, sep, value = item.partition("=")
@@ -184,52 +306,72 @@ def search(
                 filters[key] = json.loads(value)
             except json.JSONDecodeError:
                 filters[key] = value
-        s = _open(store, backend)
-        if zoom:
-            results = s.zoom(query, k_docs=k, dim=dim, filters=filters or None)
-            if as_json:
-                console.print_json(json.dumps([r.to_dict() for r in results]))
-                return
-            table = Table(title=f"zoom: {query}")
-            for col in ("doc", "score", "sentence (matched words highlighted)", "cos"):
-                table.add_column(col)
-            for r in results:
-                for i, sent in enumerate(r.sentences):
-                    table.add_row(
-                        r.id if i == 0 else "",
-                        f"{r.score:.3f}" if i == 0 else "",
-                        _highlighted(sent),
-                        f"{sent.score:.3f}",
-                    )
-            console.print(table)
-            return
-        hits = s.search(query, scale=scale, k=k, dim=dim, filters=filters or None)  # type: ignore[arg-type]
+        with _closing(_open(store, backend, qdrant_url, qdrant_collection)) as s:
+            _search(s, query, scale, k, dim, zoom, filters, as_json)
+
+
+def _search(
+    s: StoreBackend, query: str, scale: str, k: int, dim: int | None, zoom: bool, filters: dict[str, Any], as_json: bool
+) -> None:
+    """Print a search or a zoom, as JSON or a table."""
+    if zoom:
+        results = s.zoom(query, k_docs=k, dim=dim, filters=filters or None)
         if as_json:
-            console.print_json(json.dumps([h.to_dict() for h in hits]))
+            console.print_json(json.dumps([r.to_dict() for r in results]))
             return
-        table = Table(title=f"{scale}: {query}")
-        for col in ("doc", "score", "text"):
+        table = Table(title=f"zoom: {query}")
+        for col in ("doc", "score", "sentence (matched words highlighted)", "cos"):
             table.add_column(col)
-        for h in hits:
-            table.add_row(h.id, f"{h.score:.3f}", _highlighted(h))
+        for r in results:
+            for i, sent in enumerate(r.sentences):
+                table.add_row(
+                    r.id if i == 0 else "",
+                    f"{r.score:.3f}" if i == 0 else "",
+                    _highlighted(sent),
+                    f"{sent.score:.3f}",
+                )
         console.print(table)
+        return
+    hits = s.search(query, scale=scale, k=k, dim=dim, filters=filters or None)  # type: ignore[arg-type]
+    if as_json:
+        console.print_json(json.dumps([h.to_dict() for h in hits]))
+        return
+    table = Table(title=f"{scale}: {query}")
+    for col in ("doc", "score", "text"):
+        table.add_column(col)
+    for h in hits:
+        table.add_row(h.id, f"{h.score:.3f}", _highlighted(h))
+    console.print(table)
 
 
 @index_app.command("stats")
-def stats(store: StoreOpt = None) -> None:
+def stats(store: StoreOpt = None, qdrant_url: QdrantUrlOpt = None, qdrant_collection: QdrantNameOpt = "muses") -> None:
     """What a store holds: counts, model, dim, indexes, sizes."""
-    with user_errors():
-        console.print_json(json.dumps(_open(store).stats()))
+    with user_errors(), _closing(_open(store, None, qdrant_url, qdrant_collection)) as s:
+        console.print_json(json.dumps(s.stats()))
+
+
+@index_app.command("rebuild")
+def rebuild(store: StoreOpt = None) -> None:
+    """Rebuild the store's FAISS indexes from its database and save them (after a crash they are repaired on open
+    anyway; use this after changing FAISS versions, or to retrain IVF-PQ and drop HNSW tombstones)."""
+    with user_errors(), _closing(_open(store)) as s:
+        from muses.store import MemoryStore
+
+        if not isinstance(s, MemoryStore):
+            raise InputError("only a local store has FAISS indexes to rebuild; Qdrant indexes on the server.")
+        console.print_json(json.dumps(s.rebuild()))
 
 
 @index_app.command("rm")
 def rm(
     ids: Annotated[list[str], typer.Argument(help="Document ids to delete.")],
     store: StoreOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    qdrant_collection: QdrantNameOpt = "muses",
 ) -> None:
     """Delete documents by id (all or nothing)."""
-    with user_errors():
-        s = _open(store)
+    with user_errors(), _closing(_open(store, None, qdrant_url, qdrant_collection)) as s:
         n = s.delete(ids)
         console.print(f"deleted {n} document{'' if n == 1 else 's'} ({len(s)} left)")
 
@@ -247,6 +389,8 @@ def serve(
     ] = None,
     max_request_mb: Annotated[float, typer.Option(help="Largest request body, in MB.")] = 8.0,
     backend: BackendOpt = None,
+    qdrant_url: QdrantUrlOpt = None,
+    qdrant_collection: QdrantNameOpt = "muses",
 ) -> None:
     """Serve a store over HTTP: search, zoom, add, delete, stats; a search page at / and API docs at /docs."""
     with user_errors():
@@ -256,7 +400,7 @@ def serve(
         uvicorn = require("uvicorn", "serve")
 
         key = load_api_key(api_key_file)  # before opening the store: a bad key file fails fast
-        s = _open(store, backend)
+        s = _open(store, backend, qdrant_url, qdrant_collection)  # open until the process ends
         app = create_app(s, key, ServiceLimits(max_request_bytes=int(max_request_mb * 1_000_000)))
         console.print(
             f"serving {s.path} ({len(s)} documents) on http://{host}:{port} (writes {'on' if key else 'off'})"

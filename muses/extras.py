@@ -14,6 +14,7 @@ extra             installs
 ``llama-index``   llama-index-core (:mod:`muses.integrations.llama_index`)
 ``mteb``          mteb (:mod:`muses.integrations.mteb`)
 ``ray``           ray[data] (``muses encode --engine ray``)
+``qdrant``        the store + qdrant-client (:mod:`muses.store.qdrant`, ``--qdrant-url``)
 ``all``           every extra above
 ================  =====================================================================
 
@@ -47,6 +48,7 @@ EXTRAS = (
     "llama-index",
     "mteb",
     "ray",
+    "qdrant",
     "all",
 )
 

@@ -85,3 +85,38 @@ def test_require_renames_only_the_missing_module() -> None:
         require("no_such_pkg_muses", "plots")
     with pytest.raises(ValueError, match="unknown extra"):
         require("json", "nope")
+
+
+QDRANT_MISSING = textwrap.dedent(
+    """
+    import importlib.machinery, json, sys
+
+    class NoQdrant(importlib.machinery.PathFinder):
+        @classmethod
+        def find_spec(cls, name, path=None, target=None):
+            if name.partition(".")[0] == "qdrant_client":
+                return None
+            return importlib.machinery.PathFinder.find_spec(name, path, target)
+
+    sys.meta_path[:] = [NoQdrant if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
+    import muses.store  # the embedded store does not need qdrant-client: the Qdrant backend loads on first use
+    out = {"loaded": "qdrant_client" in sys.modules}
+    try:
+        from muses.store import QdrantStore
+        out["error"] = None
+    except ImportError as e:
+        out["error"] = [type(e).__name__, str(e)]
+    print(json.dumps(out))
+    """
+)
+
+
+def test_the_qdrant_backend_names_its_extra_when_qdrant_client_is_missing() -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    run = subprocess.run([sys.executable, "-c", QDRANT_MISSING], capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    out = json.loads(run.stdout.strip().splitlines()[-1])
+    assert out == {
+        "loaded": False,
+        "error": ["MissingExtraError", "qdrant_client is not installed: pip install 'muses[qdrant]'"],
+    }

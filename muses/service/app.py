@@ -1,4 +1,7 @@
-"""``muses serve``: a MemoryStore over HTTP (FastAPI), with a small search page.
+"""``muses serve``: a store over HTTP (FastAPI), with a small search page.
+
+The store is any :class:`~muses.store.StoreBackend`: the embedded :class:`~muses.store.MemoryStore` or a
+:class:`~muses.store.qdrant.QdrantStore` (``muses serve --qdrant-url URL``).
 
 Endpoints (OpenAPI docs at ``/docs``): ``GET /health``, ``GET /stats`` (with the adapter cache's counters when the app
 is created with an :class:`~muses.adapters.AdapterCache`), ``POST /search``, ``POST /zoom``,
@@ -30,7 +33,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from muses.errors import InputError, ModelError, UnknownIdError
 from muses.service.batcher import QueryBatcher
-from muses.store import EncodedQuery, MemoryStore
+from muses.store import EncodedQuery, StoreBackend
 from muses.types import SearchScale
 from muses.validation import check_filters, check_id, check_metadata, check_utf8
 
@@ -224,7 +227,7 @@ def _check_key(key: str, source: str) -> str:
 
 
 def create_app(
-    store: MemoryStore,
+    store: StoreBackend,
     api_key: str | None = None,
     limits: ServiceLimits | None = None,
     adapters: AdapterCache | None = None,

@@ -170,3 +170,25 @@ def test_two_first_adds_at_once(tmp_path: Path, fast_model: None, monkeypatch: p
     assert len(MemoryStore.open(path)) == 2
     with pytest.raises(InputError, match=r"dim 64 \(the store has 32\)"):
         cli_index._open_or_create(path, None, {"dim": 64})
+
+
+def test_funnel_int8_stores_rebuild_and_list_filters(tmp_path: Path) -> None:
+    """``index add --funnel-dim --token-dtype`` makes a store whose indexes ``index rebuild`` saves; a list-valued
+    metadata filter matches the stored list; bad values are one-line errors."""
+    src = tmp_path / "docs.jsonl"
+    src.write_text(
+        '{"id": "a", "text": "Bees make honey. They live in hives.", "metadata": {"tags": [1, 2]}}\n'
+        '{"id": "b", "text": "Income tax is due in April.", "metadata": {"tags": [3]}}\n'
+    )
+    store = tmp_path / "mem"
+    result = index("add", src, "--store", store, "--funnel-dim", "64", "--token-dtype", "int8")
+    assert result.exit_code == 0, result.output
+    stats = json.loads(index("rebuild", "--store", store).stdout)
+    assert stats["index"]["sentence"]["dim"] == 64 and stats["index"]["document"]["vectors"] == 2
+    assert stats["index_snapshot"]["generation"] == stats["generation"] == 1
+    assert stats["config"]["token_dtype"] == "int8" and stats["change_log"] == 0
+    found = json.loads(index("search", "honey", "--store", store, "--filter", "tags=[1, 2]", "--json").stdout)
+    assert [h["id"] for h in found] == ["a"]
+    one_line_error(index("add", src, "--store", tmp_path / "x", "--funnel-dim", "100"), "funnel_dim 100")
+    one_line_error(index("add", src, "--store", tmp_path / "y", "--token-dtype", "int4"), "--token-dtype")
+    one_line_error(index("rebuild", "--store", tmp_path / "none"), "holds no MuSES store")
