@@ -387,6 +387,26 @@ bench_app.command("adapters", context_settings={"allow_extra_args": True, "ignor
 )
 
 
+@bench_app.command("store", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def bench_store_cmd(ctx: typer.Context) -> None:
+    """The store at scale: `muses bench store [scale] --sizes 10000,100000 --json FILE` (build, open, memory,
+    latency per scale, recall@10, commit time) or `muses bench store quality` (SciFact nDCG@10 per store
+    configuration). Runs benchmarks/store_scale.py from the root of a source checkout; --help lists its options."""
+    import subprocess
+    import sys
+
+    if not (Path.cwd() / "benchmarks" / "store_scale.py").is_file():
+        typer.echo(
+            "error: muses bench store runs benchmarks/store_scale.py: run it from the root of a source checkout.",
+            err=True,
+        )
+        raise typer.Exit(2)
+    args = list(ctx.args)
+    if not args or args[0] not in ("scale", "quality"):
+        args = ["scale", *args]
+    raise typer.Exit(subprocess.run([sys.executable, "-m", "benchmarks.store_scale", *args]).returncode)
+
+
 @bench_app.command("moe")
 def bench_moe_cmd(
     models: Annotated[list[str], typer.Argument(help="Models to compare; the first is the baseline.")],

@@ -1,0 +1,355 @@
+"""The store at scale: build, open, memory, latency, recall and commit time per size, and quality on SciFact.
+
+Run from the root of a source checkout (``muses bench store`` points here)::
+
+    python -m benchmarks.store_scale scale --sizes 10000,100000 --json docs/reports/store/scale.json
+    python -m benchmarks.store_scale quality --json docs/reports/store/quality.json
+
+``scale``: sizes count sentences. The vectors are synthesised from real ones: ``--real`` SciFact abstracts are
+encoded once (documents, sentences, tokens at 384d); a synthetic document is a real one whose every vector
+(document, sentences, tokens) gets the same Gaussian offset (``--noise`` times a random unit vector, a different
+offset per copy), renormalised. Copies keep the real documents' sentence counts, token counts and neighbourhood
+structure, and no two are identical. Queries are real SciFact test claims (their vectors and token vectors, encoded
+once; latency excludes encoding). Recall@10 is measured against exhaustive scoring of the same vectors with the
+same functions (:mod:`muses.scoring`), on ``--recall-queries`` queries.
+
+``quality``: the whole SciFact corpus in stores of each configuration; fusion, document, sentence and token
+nDCG@10 over the 300 test claims, against the evaluation suite's exhaustive fusion of the same model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import json
+import os
+import pickle
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from muses.data.beir import load_beir
+from muses.encoder import MultiScaleEncoder
+from muses.evaluation.metrics import query_ndcg
+from muses.evaluation.retrieval import beir_documents
+from muses.scoring import candidate_pool, fuse, prefix_normalize, segment_max, sentence_maxsim, token_maxsim
+from muses.store import EncodedQuery, MemoryStore, StoreConfig
+from muses.types import MultiScaleEmbedding, SearchScale
+
+SCALES: tuple[SearchScale, ...] = ("document", "sentence", "token", "fusion")
+SCALE_CONFIG = {
+    "funnel_dim": 64,
+    "index": "hnsw",
+    "token_index": "ivfpq",
+    "token_index_dim": 64,
+    "token_dtype": "int8",
+    "nlist": 1024,
+}
+"""The configuration benchmarked at scale: ANN at 64d rescored at 384d, IVF-PQ token candidates, int8 tokens."""
+
+
+def _machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": sys.version.split()[0]}
+
+
+def _encode_corpus(
+    encoder: MultiScaleEncoder, n: int | None, data_dir: str | None, cache: Path | None = None
+) -> tuple[list, Any]:
+    """``n`` SciFact abstracts (all: None) encoded at every scale: those relevant to a test claim first (so every claim
+    can be judged on a slice), then the others in file order. ``cache``: a pickle of the encodings, written on first
+    use and read after (the same model only: its fingerprint is checked)."""
+    data = load_beir("scifact", "test", data_dir)
+    relevant = {d for rels in data.qrels.values() for d, r in rels.items() if r > 0}
+    order = sorted(data.corpus, key=lambda d: d not in relevant)  # every test claim's abstracts first, then the rest
+    data = dataclasses.replace(data, corpus={d: data.corpus[d] for d in order})
+    docs = beir_documents(data.corpus)
+    if cache is not None and cache.exists():
+        fingerprint, embs = pickle.loads(cache.read_bytes())
+        if fingerprint == encoder.fingerprint() and (n or len(docs)) <= len(embs):
+            return embs[:n] if n else embs, data
+    embs = encoder.encode_documents(docs[:n] if n else docs, scales=("document", "sentence", "token"), batch_size=16)
+    if cache is not None:
+        cache.write_bytes(pickle.dumps((encoder.fingerprint(), embs)))
+    return embs, data
+
+
+def _queries(store: MemoryStore, texts: Sequence[str]) -> list[EncodedQuery]:
+    return store.encode_queries(list(texts), with_tokens=True)
+
+
+# ---------------------------------------------------------------------------------------------------- quality
+def quality(args: argparse.Namespace) -> dict[str, Any]:
+    """SciFact test nDCG@10 per scale, per store configuration, and the evaluation suite's exhaustive fusion."""
+    encoder = MultiScaleEncoder.from_base(args.model)
+    t0 = time.perf_counter()
+    embs, data = _encode_corpus(encoder, args.n_docs, args.data_dir, args.cache)
+    encode_s = time.perf_counter() - t0
+    configs: dict[str, dict[str, Any]] = {
+        "exact (flat, float32 tokens)": {},
+        "int8 tokens": {"token_dtype": "int8"},
+        "int8 tokens, pool 8": {"token_dtype": "int8", "token_pool": 8},
+        "scale config": SCALE_CONFIG | {"nlist": 64},
+    }
+    qids = list(data.queries)
+    rows: list[dict[str, Any]] = []
+    work = Path(tempfile.mkdtemp(prefix="muses-store-quality-"))
+    try:
+        queries = None
+        for name, settings in configs.items():
+            store = MemoryStore.create(work / str(len(rows)), encoder, StoreConfig(**settings), model=args.model)
+            for i in range(0, len(embs), 500):
+                store.add_encoded(embs[i : i + 500])
+            queries = queries or _queries(store, [data.queries[q] for q in qids])
+            row: dict[str, Any] = {"config": name, "settings": settings}
+            for scale in SCALES:
+                runs = [[h.id for h in store.search(q, scale, k=10)] for q in queries]
+                row[f"ndcg@10 {scale}"] = round(
+                    float(np.mean([query_ndcg(data.qrels[q], r, 10) for q, r in zip(qids, runs, strict=True)])), 4
+                )
+            token_bytes = store._con.execute("SELECT SUM(LENGTH(vector)) FROM tokens").fetchone()[0]
+            row["token_bytes"] = int(token_bytes)
+            rows.append(row)
+            store.close()
+            print(json.dumps(row), flush=True)
+        assert queries is not None
+        suite = _suite_fusion(embs, queries, data, qids, StoreConfig().fusion_weights)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    ref = rows[0]["token_bytes"]
+    for row in rows:
+        row["token_storage_vs_exact"] = round(ref / row["token_bytes"], 2)
+        row["fusion_vs_suite"] = round(row["ndcg@10 fusion"] - suite, 4)
+    return {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _machine(),
+        "documents": len(embs),
+        "queries": len(qids),
+        "encode_seconds": round(encode_s, 1),
+        "suite_exhaustive_fusion_ndcg@10": round(suite, 4),
+        "rows": rows,
+    }
+
+
+def _suite_fusion(embs: list, queries: list[EncodedQuery], data: Any, qids: list[str], weights: dict) -> float:
+    """The evaluation suite's fusion at 384d, exhaustively (:func:`muses.evaluation.retrieval.score_queries`'s
+    steps): every document scored by document and sentence max-sim, their top 100 pooled, token MaxSim over the
+    unpooled float32 token vectors of the pool, min-max weighted sum with the store's weights."""
+    ids = [str(e.doc.id) for e in embs]
+    dim = embs[0].document.shape[-1]
+    docs = prefix_normalize(np.stack([e.document for e in embs]), dim)
+    sents = prefix_normalize(np.concatenate([e.sentences for e in embs]), dim)
+    sent_doc = np.repeat(np.arange(len(embs)), [len(e.sentences) for e in embs])
+    tokens = np.concatenate([e.tokens for e in embs]).astype(np.float16)
+    token_doc = np.repeat(np.arange(len(embs)), [len(e.tokens) for e in embs])
+    q = prefix_normalize(np.stack([x.vector for x in queries]), dim)
+    dense = [q @ docs.T, sentence_maxsim(q, sents, sent_doc, len(embs))]
+    pool = candidate_pool(dense, 100)
+    pooled = {
+        name: np.where(pool >= 0, np.take_along_axis(s, np.maximum(pool, 0), axis=1), -np.inf)
+        for name, s in zip(("document", "sentence"), dense, strict=True)
+    }
+    pooled["token"] = token_maxsim([x.tokens for x in queries if x.tokens is not None], tokens, token_doc, pool)
+    fused = fuse(pooled, weights)
+    scores = []
+    for i, qid in enumerate(qids):
+        order = [int(pool[i, j]) for j in np.argsort(-fused[i], kind="stable") if pool[i, j] >= 0][:10]
+        scores.append(query_ndcg(data.qrels[qid], [ids[j] for j in order], 10))
+    return float(np.mean(scores))
+
+
+# ---------------------------------------------------------------------------------------------------- scale
+def _synthesise(real: list[MultiScaleEmbedding], n_sentences: int, noise: float, seed: int) -> list:
+    """Copies of the real documents, each offset by its own random vector, until ``n_sentences`` sentences."""
+    rng = np.random.default_rng(seed)
+    out, total, i = [], 0, 0
+    dim = real[0].document.shape[-1]
+    while total < n_sentences:
+        e = real[i % len(real)]
+        offset = np.asarray(rng.standard_normal(dim), dtype=np.float32)
+        offset *= noise / np.linalg.norm(offset)
+        copy = _offset(e, offset, f"{e.doc.id}~{i}")
+        out.append(copy)
+        total += len(e.sentences)
+        i += 1
+    return out
+
+
+def _offset(e: MultiScaleEmbedding, offset: np.ndarray, new_id: str) -> MultiScaleEmbedding:
+    from dataclasses import replace
+
+    def shift(x: np.ndarray) -> np.ndarray:
+        y = x + offset
+        return (y / np.linalg.norm(y, axis=-1, keepdims=True)).astype(np.float32)
+
+    doc = replace(e.doc, id=new_id)
+    assert e.tokens is not None
+    return replace(e, doc=doc, document=shift(e.document), sentences=shift(e.sentences), tokens=shift(e.tokens))
+
+
+def _percentiles(xs: list[float]) -> dict[str, float]:
+    return {
+        "p50_ms": round(float(np.percentile(xs, 50)) * 1e3, 2),
+        "p99_ms": round(float(np.percentile(xs, 99)) * 1e3, 2),
+    }
+
+
+def _rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _exhaustive(synth: list, queries: list[EncodedQuery], store: MemoryStore, pool: int) -> dict[str, list[list[str]]]:
+    """Top 10 ids per scale per query by exhaustive scoring of the stored vectors (read back from the store, so the
+    same int8 token vectors and the same pooling) with :mod:`muses.scoring`."""
+    con = store._con
+    ids = [r[0] for r in con.execute("SELECT id FROM documents ORDER BY row")]
+    docs = store._fetch("document", [r[0] for r in con.execute("SELECT row FROM documents ORDER BY row")])
+    rows = docs.doc
+    sents = store._fetch("sentence", rows)
+    toks = store._fetch("token", rows)
+    seg_s, seg_t = np.searchsorted(rows, sents.doc), np.searchsorted(rows, toks.doc)
+    out: dict[str, list[list[str]]] = {s: [] for s in SCALES}
+    dv, sv = prefix_normalize(docs.vectors, store.dim), prefix_normalize(sents.vectors, store.dim)
+    for q in queries:
+        qv = prefix_normalize(q.vector, store.dim)
+        d = dv @ qv
+        s = sv @ qv
+        out["document"].append([ids[i] for i in np.argsort(-d, kind="stable")[:10]])
+        order = np.argsort(-s, kind="stable")[:10]
+        out["sentence"].append([f"{ids[seg_s[i]]}#{int(sents.sub[i])}" for i in order])
+        smax = segment_max(s[None], seg_s, len(rows))[0]
+        cand = np.union1d(np.argsort(-d)[:pool], np.argsort(-smax)[:pool])
+        assert q.tokens is not None
+        t_all = token_maxsim([q.tokens], toks.vectors, seg_t, np.arange(len(rows))[None])[0]
+        out["token"].append([ids[i] for i in np.argsort(-t_all, kind="stable")[:10]])
+        cand = np.union1d(cand, np.argsort(-t_all)[:pool])
+        per = {"document": d[cand][None], "sentence": smax[cand][None], "token": t_all[cand][None]}
+        fused = fuse(per, store.config.fusion_weights)[0]
+        out["fusion"].append([ids[cand[i]] for i in np.argsort(-fused, kind="stable")[:10]])
+    return out
+
+
+def scale(args: argparse.Namespace) -> dict[str, Any]:
+    encoder = MultiScaleEncoder.from_base(args.model)
+    t0 = time.perf_counter()
+    real, data = _encode_corpus(encoder, args.real, args.data_dir, args.cache)
+    encode_s = time.perf_counter() - t0
+    texts = list(data.queries.values())[: args.queries]
+    rows = []
+    for size in [int(x) for x in args.sizes.split(",")]:
+        synth = _synthesise(real, size, args.noise, seed=size)
+        work = Path(tempfile.mkdtemp(prefix="muses-store-scale-", dir=args.work))
+        path = work / "store"
+        config = StoreConfig(**SCALE_CONFIG, snapshot_every=10**9)
+        try:
+            t = time.perf_counter()
+            store = MemoryStore.create(path, encoder, config, model=args.model)
+            for i in range(0, len(synth), 2000):
+                store.add_encoded(synth[i : i + 2000])
+            store.checkpoint()
+            build_s = time.perf_counter() - t
+            sentences = store.stats()["sentences"]
+            store.close()
+            del store
+            gc.collect()
+            t = time.perf_counter()
+            store = MemoryStore.open(path, encoder)
+            queries = _queries(store, texts)
+            store.search(queries[0], "document", k=10)  # loads the snapshot
+            open_s = time.perf_counter() - t
+            latency = {}
+            for scale_name in SCALES:
+                times = []
+                for q in queries:
+                    t = time.perf_counter()
+                    store.search(q, scale_name, k=10)
+                    times.append(time.perf_counter() - t)
+                latency[scale_name] = _percentiles(times)
+            exact = _exhaustive(synth, queries[: args.recall_queries], store, 100)
+            recall = {}
+            for scale_name in SCALES:
+                hits = []
+                for q, want in zip(queries[: args.recall_queries], exact[scale_name], strict=True):
+                    got = store.search(q, scale_name, k=10)
+                    keys = [f"{h.id}#{h.sentence}" if scale_name == "sentence" else h.id for h in got]
+                    hits.append(len(set(keys) & set(want)) / len(want))
+                recall[scale_name] = round(float(np.mean(hits)), 4)
+            commits = []
+            for j in range(5):
+                t = time.perf_counter()
+                store.add_encoded([_offset(real[j], np.zeros_like(real[j].document), f"commit-{j}")])
+                commits.append(time.perf_counter() - t)
+            stats = store.stats()
+            disk = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+            ram = sum(x["bytes"] for x in stats["index"].values())
+            row = {
+                "sentences": sentences,
+                "documents": stats["documents"],
+                "token_vectors": stats["token_vectors"],
+                "build_s": round(build_s, 1),
+                "open_s": round(open_s, 2),
+                "disk_bytes_per_sentence": round(disk / sentences),
+                "index_ram_bytes_per_sentence": round(ram / sentences),
+                "process_peak_rss_mb": round(_rss_mb()),
+                "latency": latency,
+                "recall@10": recall,
+                "commit_one_document": _percentiles(commits),
+                "index": stats["index"],
+            }
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+            store.close()
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return {
+        "command": " ".join(sys.argv),
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": _machine(),
+        "config": SCALE_CONFIG,
+        "real_documents": len(real),
+        "noise": args.noise,
+        "queries": len(texts),
+        "encode_seconds": round(encode_s, 1),
+        "rows": rows,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.store_scale", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="what", required=True)
+    for name in ("scale", "quality"):
+        p = sub.add_parser(name)
+        p.add_argument("--model", default="default")
+        p.add_argument("--data-dir", default=None)
+        p.add_argument("--json", type=Path, default=None)
+        p.add_argument("--cache", type=Path, default=None, help="pickle of the corpus encodings (reused if present)")
+        if name == "scale":
+            p.add_argument("--sizes", default="10000,100000")
+            p.add_argument("--real", type=int, default=1000, help="real SciFact abstracts encoded")
+            p.add_argument("--noise", type=float, default=0.3)
+            p.add_argument("--queries", type=int, default=200)
+            p.add_argument("--recall-queries", type=int, default=30)
+            p.add_argument("--work", default=None, help="folder for the temporary stores")
+        else:
+            p.add_argument("--n-docs", type=int, default=None, help="N abstracts, relevant first (default: all)")
+    args = parser.parse_args(argv)
+    result = scale(args) if args.what == "scale" else quality(args)
+    text = json.dumps(result, indent=2) + "\n"
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text, encoding="utf-8")
+    print(text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
