@@ -111,7 +111,9 @@ def quality(args: argparse.Namespace) -> dict[str, Any]:
             queries = queries or _queries(store, [data.queries[q] for q in qids])
             row: dict[str, Any] = {"config": name, "settings": settings}
             for scale in SCALES:
-                runs = [[h.id for h in store.search(q, scale, k=10)] for q in queries]
+                # sentence hits rank documents by their best sentence: the first 10 distinct documents
+                k = 100 if scale == "sentence" else 10
+                runs = [list(dict.fromkeys(h.id for h in store.search(q, scale, k=k)))[:10] for q in queries]
                 row[f"ndcg@10 {scale}"] = round(
                     float(np.mean([query_ndcg(data.qrels[q], r, 10) for q, r in zip(qids, runs, strict=True)])), 4
                 )

@@ -45,8 +45,7 @@ import re
 import threading
 import urllib.parse
 import uuid
-from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -55,14 +54,22 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from muses.backends import Backend
-from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, default_base_path
+from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError, MusesError, UnknownIdError
 from muses.extras import require
 from muses.scoring import fuse, prefix_normalize, token_maxsim
-from muses.store.store import EncodedQuery, Hit, StoreConfig, StoreExistsError, ZoomResult, pool_tokens
-from muses.text import as_documents
+from muses.store.base import (
+    EncodedQuery,
+    Hit,
+    StoreBase,
+    StoreConfig,
+    ZoomResult,
+    check_conflicts,
+    resolve_model,
+)
+from muses.store.store import StoreExistsError, pool_tokens
 from muses.types import SEARCH_SCALES, Document, MultiScaleEmbedding, SearchScale
-from muses.validation import MAX_FILTER_VALUE_BYTES, check_filters, check_id, check_metadata, check_utf8
+from muses.validation import MAX_FILTER_VALUE_BYTES, check_filters, check_id, check_utf8
 
 require("qdrant_client", "qdrant")
 
@@ -302,30 +309,8 @@ def _vec(d: int) -> str:
     return f"d{d}"
 
 
-# ---------------------------------------------------------------------------------------------------- models
-def _resolve_model(model: str) -> str:
-    """A local model folder as an absolute path (the store opens from anywhere); names as given."""
-    if not model or model == DEFAULT_BASE:
-        return model
-    path = Path(model)
-    return str(path.resolve()) if path.exists() else model
-
-
-def _same_model(a: str, b: str) -> bool:
-    def canonical(name: str) -> str:
-        name = _resolve_model(name) or DEFAULT_BASE
-        if name == DEFAULT_BASE:
-            try:
-                return str(default_base_path().resolve())
-            except ModelError:
-                return name
-        return name
-
-    return canonical(a) == canonical(b)
-
-
 # ---------------------------------------------------------------------------------------------------- the store
-class QdrantStore:
+class QdrantStore(StoreBase):
     """A multi-scale document store in Qdrant. Build with :meth:`create`, reopen with :meth:`open`."""
 
     def __init__(
@@ -474,7 +459,7 @@ class QdrantStore:
         if qdrant.prefetch_dim is not None and qdrant.prefetch_dim not in dims and qdrant.prefetch_dim < dim:
             raise InputError(f"prefetch_dim {qdrant.prefetch_dim} is not one of the stored dims {dims}.")
         qdrant = qdrant.model_copy(update={"dims": dims})
-        model = _resolve_model(model or encoder.base_name)
+        model = resolve_model(model or encoder.base_name)
         meta = {
             "model": model,
             "fingerprint": encoder.fingerprint(),
@@ -586,19 +571,7 @@ class QdrantStore:
         """Refuse settings that differ from this store's: ``model``, ``dim``, any :class:`StoreConfig` or
         :class:`QdrantConfig` field. Only the settings given are compared."""
         recorded = {**self.config.model_dump(), **self.qdrant.model_dump(), "dim": self.dim}
-        conflicts = []
-        if model is not None and not _same_model(model, self.model_name):
-            conflicts.append(f"model {_resolve_model(model)!r} (the store has {self.model_name!r})")
-        for key, value in settings.items():
-            if key not in recorded:
-                raise InputError(f"unknown store setting {key!r}; use one of {', '.join(sorted(recorded))}.")
-            if value != recorded[key]:
-                conflicts.append(f"{key} {value!r} (the store has {recorded[key]!r})")
-        if conflicts:
-            raise InputError(
-                f"{self.path} already holds a store built with other settings: you asked for {'; '.join(conflicts)}. "
-                "Leave these settings out (or match the store's) to use this store, or give another store name."
-            )
+        check_conflicts(self.path, recorded, self.model_name, model, settings, "another store name")
 
     def close(self) -> None:
         """Close the client (unless it was given to :meth:`create` / :meth:`open`)."""
@@ -606,69 +579,6 @@ class QdrantStore:
             self.client.close()
 
     # ------------------------------------------------------------------ writes
-    def _documents(self, items: Iterable[str | Document | Mapping[str, Any]]) -> list[Document]:
-        """Validated Documents with ids (random where none was given) and metadata, as the memory store checks."""
-        if isinstance(items, (str, Document, Mapping)):
-            raise InputError("pass a list of documents, not a single one; wrap it in a list.")
-        bodies, idents, metas = [], [], []
-        for i, item in enumerate(items):
-            ident: object = None
-            meta: object = None
-            body: object = item
-            if isinstance(item, Mapping):
-                body, ident, meta = item.get("text"), item.get("id"), item.get("metadata")
-                if not isinstance(body, str):
-                    raise InputError(f"item {i}: a document needs a 'text' string.")
-            elif isinstance(item, Document):
-                ident, meta = item.id, item.metadata
-                check_utf8(item.text, f"item {i}: text")
-            bodies.append(body)
-            idents.append(None if ident is None else check_id(ident, f"item {i}: document id"))
-            metas.append(dict(check_metadata(meta, f"item {i}: metadata")))
-        docs = as_documents(bodies, self.encoder.splitter)  # type: ignore[arg-type]
-        for i, (doc, ident, meta) in enumerate(zip(docs, idents, metas, strict=True)):
-            if len(doc.text) > self.config.max_chars:
-                raise InputError(
-                    f"item {i} has {len(doc.text)} characters, over this store's limit of {self.config.max_chars}; "
-                    "split it, or create the store with a larger max_chars."
-                )
-            doc.id = ident if ident is not None else uuid.uuid4().hex
-            doc.metadata = meta
-        dupes = sorted(x for x, n in Counter(str(d.id) for d in docs).items() if n > 1)
-        if dupes:
-            raise InputError(f"document id(s) {dupes[:5]} appear more than once in this batch.")
-        return docs
-
-    def add(
-        self, items: Iterable[str | Document | Mapping[str, Any]], upsert: bool = False, batch_size: int = 32
-    ) -> list[str]:
-        """Embed and store documents (as :meth:`MemoryStore.add`): an id already stored is an error unless
-        ``upsert``; documents without an id get a random one. Returns the ids, in order."""
-        docs = self._documents(items)
-        if not docs:
-            return []
-        scales = ("document", "sentence", "token") if self.config.token_pool else ("document", "sentence")
-        embs = self.encoder.encode_documents(docs, scales=scales, dim=self.dim, batch_size=batch_size)
-        self._commit(docs, embs, upsert)
-        return [str(d.id) for d in docs]
-
-    def add_encoded(self, embs: Sequence[MultiScaleEmbedding], upsert: bool = False) -> list[str]:
-        """Store documents encoded elsewhere, each with its ``doc`` (with an id) and vectors at the store's dim."""
-        if not embs:
-            return []
-        for i, e in enumerate(embs):
-            if e.doc.id is None or e.dim != self.dim or e.document.shape != (self.dim,):
-                raise InputError(f"item {i}: needs an id and vectors at the store's dim {self.dim} (has {e.dim}).")
-            if self.config.token_pool and e.tokens is None:
-                raise InputError(f"item {i} has no token vectors; this store keeps tokens (encode the token scale).")
-        docs = self._documents([e.doc for e in embs])
-        self._commit(docs, embs, upsert)
-        return [str(d.id) for d in docs]
-
-    def update(self, items: Iterable[str | Document | Mapping[str, Any]], batch_size: int = 32) -> list[str]:
-        """Add or replace documents by id."""
-        return self.add(items, upsert=True, batch_size=batch_size)
-
     def _named(self, vector: np.ndarray) -> dict[str, Any]:
         """``[D]`` -> the named vectors of a point: the renormalised prefix at every stored dim."""
         return {_vec(d): prefix_normalize(vector.astype(np.float32), d).tolist() for d in self.dims}
@@ -760,34 +670,13 @@ class QdrantStore:
         p = points[0].payload or {}
         return {"id": doc_id, "text": p["text"], "metadata": p["metadata"], "sentences": p["sentences"]}
 
-    def encode_queries(self, texts: Sequence[str], with_tokens: bool | None = None) -> list[EncodedQuery]:
-        """Encode queries in one batch (token vectors too when the store keeps them, or ``with_tokens``)."""
-        for i, t in enumerate(texts):
-            if not isinstance(t, str) or not t.strip():
-                raise InputError(f"query {i} is empty; give some text to search for.")
-        vecs = self.encoder.encode_queries(list(texts))
-        toks = with_tokens if with_tokens is not None else bool(self.config.token_pool)
-        tokens = self.encoder.encode_query_tokens(list(texts)) if toks else [None] * len(texts)
-        return [EncodedQuery(t, v, tk) for t, v, tk in zip(texts, vecs, tokens, strict=True)]
-
-    def _encoded(self, query: str | EncodedQuery) -> EncodedQuery:
-        if isinstance(query, EncodedQuery):
-            return query
-        if not isinstance(query, str) or not query.strip():
-            raise InputError("the query is empty; give some text to search for.")
-        return self.encode_queries([query])[0]
-
     def _check_dim(self, dim: int | None) -> int:
-        if dim is None:
-            return self.dim
-        if isinstance(dim, bool) or dim not in self.encoder.dims or dim > self.dim:
-            usable = [x for x in self.encoder.dims if x <= self.dim]
-            raise InputError(f"dim {dim} is not available in this store; use one of {usable}.")
-        if dim not in self.dims:
+        d = super()._check_dim(dim)
+        if d not in self.dims:
             raise InputError(
-                f"dim {dim} is not stored in this Qdrant store (named vectors at {self.dims}); use one of those."
+                f"dim {d} is not stored in this Qdrant store (named vectors at {self.dims}); use one of those."
             )
-        return dim
+        return d
 
     @staticmethod
     def _check_count(name: str, value: object, least: int = 1) -> int:
