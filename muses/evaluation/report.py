@@ -275,7 +275,8 @@ def environment() -> dict[str, Any]:
 
 
 def render_markdown(results: Mapping[str, Any]) -> str:
-    """A markdown report: per task, headline metrics (rows) by dim (columns), one block per model."""
+    """A markdown report: first each baseline against the model side by side (:func:`side_by_side`), then per task,
+    headline metrics (rows) by dim (columns), one block per model."""
     env = results["environment"]
     lines = [
         f"# MuSES evaluation report ({results['profile']} profile)",
@@ -286,6 +287,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         "",
     ]
     tasks = [t for t in ALL_TASKS if any(t in m["tasks"] for m in results["models"])]
+    for baseline in results["models"][1:]:
+        lines += side_by_side(results["models"][0], baseline)
     for task in tasks:
         lines += [f"## {task}", ""]
         for model in results["models"]:
@@ -313,6 +316,48 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def side_by_side(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: ``baseline`` and ``model`` (two ``results.json`` model blocks) side by side per headline
+    metric, with the difference (model - baseline), at the full dim and at 64 (the dims both report).
+
+    Example row (baseline, model, difference at 384, then at 64):
+    ``| sts | spearman | 0.8203 | 0.8250 | +0.0047 | 0.7921 | 0.7889 | -0.0032 |``.
+    """
+    ma, mb = model["tasks"], baseline["tasks"]
+    rows: list[tuple[str, str, dict[int, float], dict[int, float]]] = []
+    common: set[int] = set()
+    for task in ALL_TASKS:
+        if task not in ma or task not in mb or task == "efficiency":
+            continue
+        heads = HEADLINES.get(task, ())
+        da, ra = dim_table(ma[task]["metrics"], heads)
+        db, rb = dim_table(mb[task]["metrics"], heads)
+        common |= set(da) & set(db)
+        rows += [(task, name, rb[name], ra[name]) for name in heads if name in ra and name in rb]
+    if not rows or not common:
+        return []
+    top = max(common)
+    dims = [top, 64] if 64 in common and top != 64 else [top]
+    a, b = model["model"], baseline["model"]
+    head = " | ".join(f"baseline @{d} | model @{d} | Δ @{d}" for d in dims)
+    lines = [
+        f"## {a} against {b}",
+        "",
+        f"Model: `{a}`; baseline: `{b}`; Δ = model - baseline (headline metrics; every metric is in `results.json`).",
+        "",
+        f"| task | metric | {head} |",
+        "|---|---|" + "---:|" * (3 * len(dims)),
+    ]
+    for task, name, base, trained in rows:
+        cells = []
+        for d in dims:
+            vb, va = base.get(d), trained.get(d)
+            diff = f"{va - vb:+.4f}" if va is not None and vb is not None else ""
+            cells += [f"{vb:.4f}" if vb is not None else "", f"{va:.4f}" if va is not None else "", diff]
+        lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
 
 
 def write_report(results: dict[str, Any], out_dir: str | os.PathLike[str]) -> Path:

@@ -3,6 +3,8 @@
 - :class:`HierarchicalInfoNCE`: token -> its sentence, sentence -> its document.
 - :class:`DimSchedule`, :class:`CurriculumMatryoshkaLoss`, :class:`MatryoshkaAll`: Matryoshka training over dims,
   with a consistency term tying small dims to the full one.
+- :class:`InContextSentenceRanking`: query -> its gold sentences among in-context sentences, siblings as hard
+  negatives.
 - :class:`RetentionLoss`: distillation from the frozen base model, against catastrophic forgetting.
 - :class:`CoSENT`, :class:`MultipleNegativesRanking`, :class:`Contrastive`, :class:`Triplet`,
   :class:`CosineSimilarity`: supervised pair losses (sentence-transformers' own, on embeddings).
@@ -24,6 +26,7 @@ from muses.losses.matryoshka import (
 )
 from muses.losses.pairs import Contrastive, CoSENT, CosineSimilarity, MultipleNegativesRanking, Triplet
 from muses.losses.retention import RETENTION_KINDS, RetentionKind, RetentionLoss, in_batch_kl
+from muses.losses.sentence_ranking import InContextSentenceRanking
 
 __all__ = [
     "CONSISTENCY_KINDS",
@@ -37,6 +40,7 @@ __all__ = [
     "CurriculumOutput",
     "DimSchedule",
     "HierarchicalInfoNCE",
+    "InContextSentenceRanking",
     "MatryoshkaAll",
     "MultipleNegativesRanking",
     "RetentionKind",

@@ -15,6 +15,9 @@ from muses.heads import HeadKind
 from muses.losses.matryoshka import ScheduleKind
 from muses.pooling import PoolingMode
 
+TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale"]
+DevMetric = Literal["stsb", "scifact-document", "scifact-sentence", "scifact-evidence", "hierarchy"]
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -113,6 +116,14 @@ class DataConfig(_Strict):
     )
     stsb: bool = True
     scifact: bool = True
+    scifact_rationales: bool = Field(
+        False,
+        description="SciFact train-fit claims -> their rationale sentences, in context, for the 'rationale' task "
+        "(the other sentences of the abstract are the hard negatives)",
+    )
+    max_rationale_tokens: int = Field(
+        256, ge=16, description="rationale task: abstracts are cut to this many tokens (gold sentences cut off drop)"
+    )
     max_doc_tokens: int = Field(254, ge=16, description="documents are cut to this many tokens for training")
     max_pair_tokens: int = Field(
         192, ge=8, description="texts of supervised pairs (SciFact abstracts) are cut to this many tokens"
@@ -122,6 +133,11 @@ class DataConfig(_Strict):
     dev_scifact_claims: int | None = Field(None, ge=1, description="use only the first N SciFact dev claims")
     dev_scifact_distractors: int | None = Field(
         500, ge=0, description="distractor abstracts beside the SciFact dev claims' cited ones; null: no SciFact dev"
+    )
+    dev_scifact_evidence: bool = Field(
+        False,
+        description="also select on SciFact dev claims -> their rationale sentences (MRR@100 among all sentences of "
+        "the SciFact dev pool, in context); needs dev_scifact_distractors",
     )
 
 
@@ -135,9 +151,10 @@ class LossConfig(_Strict):
     same_doc_negatives: bool = True
     cosent_weight: float = Field(1.0, ge=0)
     mnrl_weight: float = Field(1.0, ge=0)
+    rationale_weight: float = Field(1.0, ge=0, description="weight of the rationale task's ranking loss")
     retention: Literal["cosine", "mse", "kl", "none"] = "cosine"
     retention_weight: float = Field(1.0, ge=0)
-    retention_task_weights: dict[Literal["hierarchy", "stsb", "scifact", "ict"], float] = Field(
+    retention_task_weights: dict[TaskName, float] = Field(
         {}, description="per-task multiplier of retention_weight (missing task: 1.0)"
     )
     retain_sentences: bool = Field(
@@ -167,12 +184,17 @@ class TrainConfig(_Strict):
     steps: int = Field(300, ge=1)
     docs_per_batch: int = Field(16, ge=2)
     pairs_per_batch: int = Field(32, ge=2)
-    task_weights: dict[Literal["hierarchy", "stsb", "scifact", "ict"], float] = {
+    task_weights: dict[TaskName, float] = {
         "hierarchy": 1.0,
         "stsb": 1.0,
         "scifact": 1.0,
     }
     eval_every: int = Field(50, ge=1)
+    dev_weights: dict[DevMetric, float] | None = Field(
+        None,
+        description="weights of the dev metrics in the score that selects the best checkpoint, per task (every dim "
+        "of a task alike; a task not named weighs 0); null: the plain mean of every dev metric",
+    )
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     eval_at_start: bool = Field(True, description="log the dev metrics of the untrained model as step 0")
     checkpoint_every: int = Field(50, ge=1)
@@ -189,6 +211,12 @@ class TrainConfig(_Strict):
             raise ValueError(f"loss.retention_task_weights: weights must be >= 0, got {bad}")
         if self.model.scratch is not None and self.loss.retention != "none":
             raise ValueError("a from-scratch model has no base model to retain: set loss.retention: none")
+        if self.dev_weights is not None and not any(w > 0 for w in self.dev_weights.values()):
+            raise ValueError("dev_weights: at least one dev metric needs a positive weight (or null: the mean)")
+        if self.dev_weights is not None and any(w < 0 for w in self.dev_weights.values()):
+            raise ValueError(f"dev_weights: weights must be >= 0, got {self.dev_weights}")
+        if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
+            raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
         return self

@@ -10,17 +10,33 @@ from typing import Any
 
 import numpy as np
 
-from muses.data.beir import load_beir
+from muses.data.beir import BeirDataset, is_heldout_dev, load_beir
+from muses.data.scifact import load_scifact_claims, load_scifact_corpus
 from muses.data.stsb import load_stsb
 from muses.data.wikipedia import WikiArticle, load_wikipedia, stratified_split
 from muses.errors import DataError
 from muses.evaluation.retrieval import doc_text
-from muses.text import make_document
+from muses.text import document_from_sentences, make_document
 from muses.training.config import TrainConfig
-from muses.training.dev import DevSet, scifact_dev_subset
+from muses.training.dev import DevSet, EvidenceDev, scifact_dev_subset
 from muses.types import Document, Span
 
-TASKS = ("hierarchy", "stsb", "scifact", "ict")
+TASKS = ("hierarchy", "stsb", "scifact", "ict", "rationale")
+
+
+@dataclass(frozen=True)
+class Rationale:
+    """A claim and its gold sentences in one abstract (the ``rationale`` task's item).
+
+    Attributes:
+        query: the claim.
+        document: the abstract, its sentences as SciFact gives them (sentence index = rationale index).
+        positives: indices of the gold sentences in ``document.sentences``, sorted.
+    """
+
+    query: str
+    document: Document
+    positives: tuple[int, ...]
 
 
 @dataclass
@@ -33,6 +49,7 @@ class TrainingData:
         scifact: SciFact ``train-fit`` ``(claim, cited abstract)`` pairs (the ``dev`` claims are held out).
         dev: dev data for model selection (:class:`~muses.training.dev.DevSet`).
         ict: inverse-cloze pairs ``(sentence, its article without it)`` from ``documents`` (``data.ict``).
+        rationales: SciFact train-fit claims with their gold sentences in context (``data.scifact_rationales``).
     """
 
     documents: list[Document]
@@ -40,6 +57,7 @@ class TrainingData:
     scifact: list[tuple[str, str]]
     dev: DevSet
     ict: list[tuple[str, str]] = field(default_factory=list)
+    rationales: list[Rationale] = field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
         """Items per training task."""
@@ -48,6 +66,7 @@ class TrainingData:
             "stsb": len(self.stsb),
             "scifact": len(self.scifact),
             "ict": len(self.ict),
+            "rationale": len(self.rationales),
         }
 
 
@@ -84,8 +103,11 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
         dev.scifact = scifact_dev_subset(
             held_out, d.dev_scifact_distractors, seed=config.seed, max_claims=d.dev_scifact_claims
         )
+        if d.dev_scifact_evidence:
+            dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
     ict = inverse_cloze_pairs(documents, seed=config.seed) if d.ict else []
-    data = TrainingData(documents, stsb, scifact, dev, ict)
+    rationales = scifact_rationales(data_dir) if d.scifact_rationales else []
+    data = TrainingData(documents, stsb, scifact, dev, ict, rationales)
     active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
     if active:
         raise DataError(
@@ -93,6 +115,37 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
             "data source or set their weight to 0."
         )
     return data
+
+
+def scifact_rationales(data_dir: str | os.PathLike[str] | None = None) -> list[Rationale]:
+    """One :class:`Rationale` per (claim, abstract with evidence) of the SciFact ``train`` claims outside the
+    held-out ``dev`` 20% (:func:`~muses.data.beir.is_heldout_dev`, the same split as the ``scifact`` task's),
+    in claim order."""
+    corpus = load_scifact_corpus(data_dir)
+    out = []
+    for claim in load_scifact_claims("train", data_dir):
+        if is_heldout_dev(claim.id):
+            continue
+        gold: dict[str, set[int]] = {}
+        for doc_id, i in claim.rationale_sentences:
+            gold.setdefault(doc_id, set()).add(i)
+        for doc_id in claim.evidence_doc_ids:
+            abstract = corpus[doc_id]
+            doc = document_from_sentences(abstract.sentences, id=doc_id)
+            out.append(Rationale(claim.claim, doc, tuple(sorted(gold[doc_id]))))
+    return out
+
+
+def scifact_dev_evidence(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> EvidenceDev:
+    """The held-out SciFact ``dev`` claims (the 20% of ``train`` claims that training never sees) that have
+    evidence in the dev ``pool``'s abstracts, with the pool's abstracts as gold-segmented documents: the corpus of
+    the dev evidence-sentence metric."""
+    corpus = load_scifact_corpus(data_dir)
+    claims = [c for c in load_scifact_claims("train", data_dir) if is_heldout_dev(c.id) and c.has_evidence]
+    claims = [c for c in claims if c.id in pool.queries and all(d in pool.corpus for d in c.evidence_doc_ids)]
+    docs = [document_from_sentences(corpus[d].sentences, id=d) for d in pool.corpus if d in corpus]
+    qrels = {c.id: {f"{d}:{i}": 1 for d, i in c.rationale_sentences} for c in claims}
+    return EvidenceDev(docs, {c.id: c.claim for c in claims}, qrels)
 
 
 def held_out_sentence(doc: Document, rng: np.random.Generator, min_words: int = 6) -> tuple[str, str] | None:

@@ -4,13 +4,18 @@
 - SciFact ``dev`` retrieval (the 20% of train claims that training never sees, :func:`~muses.data.beir.load_beir`)
   against a small corpus: their cited abstracts plus seeded random distractors; nDCG@10 of document vectors and of
   sentence max-sim at the full dim;
-- hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles.
+- hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles;
+- with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
+  sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim.
 
-The dev score that picks the best checkpoint is the mean of these numbers.
+The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
+mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,
+``scifact-evidence``, ``hierarchy``; a metric not named weighs 0).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,6 +26,16 @@ from muses.types import Document
 
 
 @dataclass
+class EvidenceDev:
+    """Dev evidence sentences: claims, the gold-segmented abstracts of the dev pool, and qrels over sentence ids
+    ``"<doc id>:<sentence index>"`` (as :func:`muses.evaluation.evidence.scifact_evidence_qrels`)."""
+
+    documents: list[Document]
+    queries: dict[str, str]
+    qrels: dict[str, dict[str, int]]
+
+
+@dataclass
 class DevSet:
     """Dev data for model selection.
 
@@ -28,11 +43,13 @@ class DevSet:
         stsb: STS-B dev pairs ``(sentence1, sentence2, score 0-5)``.
         documents: held-out Wikipedia articles for hierarchy consistency.
         scifact: SciFact dev claims with a reduced corpus (cited abstracts + distractors), or None.
+        evidence: SciFact dev claims -> rationale sentences in that corpus, or None.
     """
 
     stsb: list[tuple[str, str, float]] = field(default_factory=list)
     documents: list[Document] = field(default_factory=list)
     scifact: BeirDataset | None = None
+    evidence: EvidenceDev | None = None
 
 
 def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int, max_claims: int | None = None) -> BeirDataset:
@@ -54,8 +71,11 @@ def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int, max_claims
     return BeirDataset(corpus, dev.queries, dev.qrels, name=dev.name, split=f"{dev.split}+{distractors}")
 
 
-def evaluate_dev(encoder: MultiScaleEncoder, dev: DevSet) -> dict[str, float]:
-    """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``) and their mean, ``"dev/score"``."""
+def evaluate_dev(
+    encoder: MultiScaleEncoder, dev: DevSet, weights: Mapping[str, float] | None = None
+) -> dict[str, float]:
+    """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``) and ``"dev/score"``: their mean, or with ``weights``
+    (``{task: weight}``, e.g. ``{"stsb": 1.0}``) the weighted mean (:func:`dev_score`)."""
     from muses.data.stsb import STSPairs
     from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
     from muses.evaluation.hierarchy import evaluate_hierarchy
@@ -78,9 +98,35 @@ def evaluate_dev(encoder: MultiScaleEncoder, dev: DevSet) -> dict[str, float]:
         scored = score_queries(model, vecs, dev.scifact.queries, [full], no_cache, with_tokens=False)
         m = evaluate_scored(scored, dev.scifact.qrels, ks=(10,))
         out.update({f"dev/scifact-{s}@{full}": m[f"{s}/ndcg@10@{full}"] for s in ("document", "sentence")})
+    if dev.evidence is not None and dev.evidence.queries:
+        from muses.evaluation.evidence import evaluate_sentence_retrieval
+
+        ev = evaluate_sentence_retrieval(
+            model, dev.evidence.documents, dev.evidence.queries, {"": dev.evidence.qrels}, [full], no_cache
+        )
+        out[f"dev/scifact-evidence@{full}"] = ev[f"flat/mrr@100@{full}"]
     if dev.documents:
         h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)
         out[f"dev/hierarchy@{full}"] = h[f"hierarchy/batch32@{full}"]
-    out["dev/score"] = float(np.mean(list(out.values()))) if out else 0.0
+    out["dev/score"] = dev_score(out, weights)
     encoder.train(was_training)
     return out
+
+
+def dev_score(metrics: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
+    """The selection score of ``"dev/<task>@<dim>"`` metrics: their mean, or the ``weights``-weighted mean (weight
+    by ``<task>``, every dim of a task weighing the same; a task not in ``weights`` weighs 0); 0 without metrics.
+
+    Example::
+
+        >>> round(dev_score({"dev/stsb@64": 0.8, "dev/stsb@384": 0.9, "dev/scifact-document@384": 0.5}, {"stsb": 1}), 4)
+        0.85
+    """
+    values = {k: v for k, v in metrics.items() if k != "dev/score"}
+    if not values:
+        return 0.0
+    if weights is None:
+        return float(np.mean(list(values.values())))
+    w = {k: weights.get(k.removeprefix("dev/").split("@")[0], 0.0) for k in values}
+    total = sum(w.values())
+    return float(sum(w[k] * v for k, v in values.items()) / total) if total > 0 else 0.0

@@ -4,6 +4,8 @@
 - :class:`STSTask`: CoSENT on STS-B pairs and their gold scores;
 - :class:`ContrastivePairTask`: MultipleNegativesRanking on (query, passage) pairs (SciFact claim-abstract,
   inverse-cloze sentence-article);
+- :class:`RationaleTask`: query -> its gold sentences among in-context sentences (SciFact claim -> rationale
+  sentences, the abstract's other sentences as hard negatives);
 - :class:`Retention`: the retention terms, distilling the student's vectors to the frozen base model's.
 
 Every task's loss goes through one Matryoshka wrapper (:class:`~muses.losses.CurriculumMatryoshkaLoss` or
@@ -19,6 +21,8 @@ one process.
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -33,13 +37,15 @@ from muses.losses import (
     CurriculumMatryoshkaLoss,
     DimSchedule,
     HierarchicalInfoNCE,
+    InContextSentenceRanking,
     MatryoshkaAll,
     MultipleNegativesRanking,
     RetentionLoss,
 )
+from muses.text import document_from_sentences
 from muses.training import distributed as dd
 from muses.training.config import LossConfig, TrainConfig
-from muses.training.data import MixedTaskSampler, TrainingData, truncate_document, truncate_text
+from muses.training.data import MixedTaskSampler, Rationale, TrainingData, truncate_document, truncate_text
 from muses.types import Document
 
 PAD_GROUP = 16  # windows per forward batch, sorted by length: short texts are not padded to long ones
@@ -90,10 +96,10 @@ class Retention:
             return student.new_zeros(())
         return w * self.loss(student, self.targets(texts))
 
-    def in_context_target(self, docs: Sequence[Document]) -> Tensor | None:
+    def in_context_target(self, docs: Sequence[Document], task: str = "hierarchy") -> Tensor | None:
         """The base model's in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order,
-        normalised) on the student's device; None when hierarchy retention is off."""
-        if self.weight("hierarchy") == 0 or self.loss is None:
+        normalised) on the student's device; None when ``task``'s retention is off."""
+        if self.weight(task) == 0 or self.loss is None:
             return None
         with torch.no_grad():
             assert self.teacher is not None, "retention without a teacher"
@@ -106,14 +112,17 @@ class Retention:
             )
         return torch.nn.functional.normalize(target, dim=-1).to(self.device)
 
-    def in_context(self, sentence: Tensor, docs: Sequence[Document], target: Tensor | None = None) -> Tensor:
+    def in_context(
+        self, sentence: Tensor, docs: Sequence[Document], target: Tensor | None = None, task: str = "hierarchy"
+    ) -> Tensor:
         """Retention of in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order) to the base
-        model's, pooled from the same documents (``target`` ``[S, D]``: those, already computed); 0-d."""
-        w = self.weight("hierarchy")
+        model's, pooled from the same documents (``target`` ``[S, D]``: those, already computed), weighted by
+        ``task``'s retention weight; 0-d."""
+        w = self.weight(task)
         if w == 0 or self.loss is None:
             return sentence.new_zeros(())
         if target is None:
-            target = self.in_context_target(docs)
+            target = self.in_context_target(docs, task)
             assert target is not None
         return w * self.loss(sentence, target.to(sentence.device))
 
@@ -330,6 +339,96 @@ class ContrastivePairTask(_PairTask):
         return self.ctx.loss.mnrl_weight * self.mnrl(a, b)
 
 
+class RationaleTask:
+    """Query -> its gold sentences in context (:class:`~muses.losses.InContextSentenceRanking`): SciFact claims ->
+    their rationale sentences, the other sentences of the same abstract as hard negatives.
+
+    A batch of ``B`` items (claim, abstract, gold sentence indices) encodes each distinct abstract (a longer one
+    cut to the window of its sentences around the first item's first gold sentence that fits ``max_tokens``,
+    :meth:`window`; gold sentences outside it are dropped, and an item left without one is skipped) in one pass,
+    giving in-context sentence vectors ``[S, D]`` (S: all sentences of the batch's abstracts), and the claims
+    standalone, ``[B, D]``. Every claim ranks all ``S`` sentences: its abstract's other sentences are the hard
+    negatives, the other abstracts' the easy ones. Retention (``retention_task_weights.rationale``): the in-context
+    sentences to the base model's, and the claims to the base model's standalone vectors. Under torchrun every
+    rank computes the whole batch (gradients averaged over ranks are then the batch's own).
+    """
+
+    name = "rationale"
+
+    def __init__(self, ctx: TaskContext, items: Sequence[Rationale], max_tokens: int) -> None:
+        self.ctx = ctx
+        self.items = items
+        self.max_tokens = max_tokens
+        self.ranking = InContextSentenceRanking(scale=1.0 / ctx.loss.temperature)
+
+    def window(self, r: Rationale) -> tuple[Document, int]:
+        """The consecutive sentences of ``r.document`` around its first gold sentence that fit ``max_tokens`` (grown
+        forwards, then backwards, one sentence at a time), as a document, and the index of its first sentence."""
+        doc = r.document
+        offsets = self.ctx.encoder.tokenizer(
+            doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )["offset_mapping"]
+        if len(offsets) <= self.max_tokens:
+            return doc, 0
+        ends = [e for _, e in offsets]
+        counts = [bisect.bisect_right(ends, s.end) - bisect.bisect_right(ends, s.start) for s in doc.sentences]
+        a = b = r.positives[0]
+        used = counts[a]
+        grew = True
+        while grew:
+            grew = False
+            if b + 1 < len(counts) and used + counts[b + 1] <= self.max_tokens:
+                b, used, grew = b + 1, used + counts[b + 1], True
+            if a > 0 and used + counts[a - 1] <= self.max_tokens:
+                a, used, grew = a - 1, used + counts[a - 1], True
+        texts = doc.sentence_texts()[a : b + 1]
+        return document_from_sentences(texts, id=doc.id), a
+
+    def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
+        enc = self.ctx.encoder
+        batch = [self.items[i] for i in items]
+        docs: dict[str, tuple[Document, int]] = {}  # doc id -> (its window, index of the window's first sentence)
+        for r in batch:
+            if str(r.document.id) not in docs:
+                docs[str(r.document.id)] = self.window(r)
+        order = list(docs)
+        sizes = [len(docs[d][0].sentences) for d in order]
+        start = dict(zip(order, itertools.accumulate(sizes[:-1], initial=0), strict=True))
+        gold: list[list[int]] = []  # per kept item: its gold sentences' rows in the batch's sentences
+        kept = []
+        for r in batch:
+            window, first = docs[str(r.document.id)]
+            rows = [
+                start[str(r.document.id)] + p - first for p in r.positives if 0 <= p - first < len(window.sentences)
+            ]
+            if rows:
+                kept.append(r)
+                gold.append(rows)
+        states = enc.token_states([docs[d][0].text for d in order], batch_size=PAD_GROUP)
+        sentence = torch.cat(
+            [
+                enc.document_vectors(docs[d][0], st, ("sentence",))["sentence"]
+                for d, st in zip(order, states, strict=True)
+            ]
+        )
+        positives = torch.zeros(len(kept), len(sentence), dtype=torch.bool)
+        for i, rows in enumerate(gold):
+            positives[i, rows] = True
+        texts = [r.query for r in kept]
+        query = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+
+        def loss_fn(d: int) -> Tensor:
+            ranked = self.ranking(matryoshka(query, d), matryoshka(sentence, d), positives)
+            return self.ctx.loss.rationale_weight * ranked
+
+        res = self.ctx.matryoshka(loss_fn, [query, sentence], progress)
+        ordered = [docs[d][0] for d in order]
+        res["retention"] = self.ctx.retention.standalone(query, texts, self.name) + self.ctx.retention.in_context(
+            sentence, ordered, task=self.name
+        )
+        return res
+
+
 def make_tasks(
     config: TrainConfig,
     data: TrainingData,
@@ -337,8 +436,8 @@ def make_tasks(
     retention: Retention,
     generator: torch.Generator,
 ) -> dict[str, Task]:
-    """The recipe's tasks by name (``hierarchy``, ``stsb``, ``scifact``, ``ict``), sharing one Matryoshka wrapper,
-    one generator and one retention."""
+    """The recipe's tasks by name (``hierarchy``, ``stsb``, ``scifact``, ``ict``, ``rationale``), sharing one
+    Matryoshka wrapper, one generator and one retention."""
     ctx = TaskContext(encoder, matryoshka_wrapper(encoder.dims, config.loss), generator, retention, config.loss)
     pair_tokens = config.data.max_pair_tokens
     return {
@@ -346,6 +445,7 @@ def make_tasks(
         "stsb": STSTask(ctx, data.stsb),
         "scifact": ContrastivePairTask(ctx, "scifact", data.scifact, pair_tokens),
         "ict": ContrastivePairTask(ctx, "ict", data.ict, pair_tokens),
+        "rationale": RationaleTask(ctx, data.rationales, config.data.max_rationale_tokens),
     }
 
 
@@ -359,6 +459,7 @@ def make_sampler(config: TrainConfig, data: TrainingData) -> MixedTaskSampler:
             "stsb": config.pairs_per_batch,
             "scifact": config.pairs_per_batch,
             "ict": config.pairs_per_batch,
+            "rationale": config.docs_per_batch,
         },
         seed=config.seed,
     )

@@ -184,7 +184,9 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Dev metrics (:func:`~muses.training.dev.evaluate_dev`); ``"dev/score"`` selects the best checkpoint.
         Under torchrun rank 0 evaluates and every rank gets its numbers."""
-        return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev) if dd.is_main() else {})
+        dw = self.config.dev_weights
+        weights = None if dw is None else {str(k): v for k, v in dw.items()}
+        return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev, weights) if dd.is_main() else {})
 
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""

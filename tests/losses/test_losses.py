@@ -30,11 +30,13 @@ from muses.losses import (
     CurriculumMatryoshkaLoss,
     DimSchedule,
     HierarchicalInfoNCE,
+    InContextSentenceRanking,
     MatryoshkaAll,
     MultipleNegativesRanking,
     RetentionLoss,
     Triplet,
     in_batch_kl,
+    info_nce,
     matryoshka_consistency,
 )
 
@@ -347,3 +349,28 @@ def test_pair_losses_match_sentence_transformers_model_level_forward() -> None:
         assert torch.allclose(ours, theirs)
     with pytest.raises(ValueError):
         Contrastive(distance="dot")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------------------------------- in-context sentences
+def test_sentence_ranking_equals_infonce_with_one_positive_and_sums_several() -> None:
+    q, s = seeded(3, 8), seeded(7, 8, seed=1)
+    target = torch.tensor([0, 4, 6])
+    one = torch.nn.functional.one_hot(target, 7).bool()
+    ranking = InContextSentenceRanking(scale=20.0)
+    assert torch.allclose(ranking(q, s, one), info_nce(q, s, target, temperature=0.05), atol=1e-6)
+    # two positives: -log(p_a + p_b) of the softmax over all candidates, by hand
+    two = one.clone()
+    two[0, 1] = True
+    logits = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(s, dim=-1).T * 20.0
+    p = logits.softmax(dim=1)
+    by_hand = torch.stack([-(p[0, 0] + p[0, 1]).log(), -p[1, 4].log(), -p[2, 6].log()]).mean()
+    assert torch.allclose(ranking(q, s, two), by_hand, atol=1e-5)
+    assert ranking(q, s, two) < ranking(q, s, one)  # a second gold sentence is never pushed away
+    # candidates: only sentences 0-3 for every query (positives always stay)
+    cand = torch.zeros(3, 7, dtype=torch.bool)
+    cand[:, :4] = True
+    masked = logits.masked_fill(~(cand | one), float("-inf")).softmax(dim=1)
+    expected = torch.stack([-masked[i, int(t)].log() for i, t in enumerate(target)]).mean()
+    assert torch.allclose(ranking(q, s, one, cand), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="at least one positive"):
+        ranking(q, s, torch.zeros(3, 7, dtype=torch.bool))

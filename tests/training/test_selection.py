@@ -1,0 +1,46 @@
+"""Model selection: the dev score is the mean of the dev metrics, or their weighted mean by task (``dev_weights``)."""
+
+from __future__ import annotations
+
+import pytest
+
+from muses.errors import ConfigError
+from muses.training.config import TrainConfig, load_config
+from muses.training.dev import dev_score
+
+METRICS = {
+    "dev/stsb@64": 0.84,
+    "dev/stsb@384": 0.87,
+    "dev/scifact-document@384": 0.88,
+    "dev/scifact-sentence@384": 0.90,
+}
+
+
+def test_dev_score_is_the_mean_or_the_weighted_mean_by_task() -> None:
+    assert dev_score(METRICS) == pytest.approx((0.84 + 0.87 + 0.88 + 0.90) / 4)
+    assert dev_score({**METRICS, "dev/score": 123.0}) == pytest.approx(dev_score(METRICS))  # never itself
+    assert dev_score(METRICS, {"stsb": 1.0}) == pytest.approx((0.84 + 0.87) / 2)
+    both = dev_score(METRICS, {"stsb": 3.0, "scifact-document": 1.0})
+    assert both == pytest.approx((3 * 0.84 + 3 * 0.87 + 0.88) / 7)
+    assert dev_score({}, {"stsb": 1.0}) == 0.0
+    assert dev_score(METRICS, {"hierarchy": 1.0}) == 0.0  # no metric of a weighted task: nothing to select on
+
+
+def test_dev_weights_are_checked() -> None:
+    assert TrainConfig.model_validate({"dev_weights": {"stsb": 1.0}}).dev_weights == {"stsb": 1.0}
+    for bad, match in (
+        ({"stsb": 0.0}, "positive weight"),
+        ({"stsb": 1.0, "hierarchy": -1.0}, ">= 0"),
+        ({"sts": 1.0}, "dev_weights"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            TrainConfig.model_validate({"dev_weights": bad})
+
+
+def test_shipped_default_recipe_loads() -> None:
+    from pathlib import Path
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "configs" / "default.yaml")
+    assert cfg.optim.head_lr <= cfg.optim.lr * 10, "a random-init head at a high lr drifts STS-B (docs/results.md)"
+    with pytest.raises(ConfigError):
+        load_config(Path(__file__).resolve().parents[2] / "configs" / "default.yaml", {"dev_weights": {"x": 1}})
