@@ -1,4 +1,4 @@
-"""configs/smoke.yaml: the install check `muses train --config configs/smoke.yaml` trains end to end in < 60 s."""
+"""configs/smoke.yaml: the install check `muses train --config configs/smoke.yaml` trains end to end in seconds."""
 
 from __future__ import annotations
 
@@ -30,12 +30,10 @@ def test_smoke_recipe_is_small() -> None:
 
 
 @pytest.mark.slow
-def test_smoke_recipe_trains_through_the_cli_in_under_a_minute(tmp_path: Path, data_dir: Path) -> None:
+def test_smoke_recipe_trains_through_the_cli(tmp_path: Path, data_dir: Path) -> None:
     """`muses train --config configs/smoke.yaml` finishes, writes a loadable model that moved from the base, and a
-    history of finite losses for every task, within 60 s of wall time for the whole command, imports included.
-
-    It runs on one thread: then the budget holds on one core even while another job keeps the other core busy
-    (about 20 s here either way), whereas two threads sharing a busy core slow each other down several fold."""
+    history of finite losses for every task. Its wall time is printed, not asserted (timing belongs in benchmarks:
+    docs/benchmarks.md); it runs on one thread, which keeps it short on a shared machine."""
     out = tmp_path / "smoke"
     cmd = [sys.executable, "-m", "muses.cli", "train", "--config", str(SMOKE), "--data-dir", str(data_dir)]
     cmd += ["--set", f"output_dir={out}"]
@@ -60,4 +58,3 @@ def test_smoke_recipe_trains_through_the_cli_in_under_a_minute(tmp_path: Path, d
     base = MultiScaleEncoder.from_base()
     moved = np.abs(trained.encode_sentences(TEXTS) - base.encode_sentences(TEXTS)).max()
     assert moved > 1e-4, "the smoke run did not change the model"
-    assert seconds < 60, f"the smoke recipe took {seconds:.1f} s (budget: 60 s)"
