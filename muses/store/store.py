@@ -475,11 +475,12 @@ class MemoryStore(StoreBase):
         return ix
 
     def _replay(self, ix: IndexSet, gen: int) -> None:
-        """Apply the logged commits after ``ix.generation``: remove every changed document, re-add those whose last
-        change was an add."""
+        """Apply the logged commits after ``ix.generation``. Rows are never reused, so a row's first change is its
+        add and its last, if any, its delete: remove the rows whose last change is a delete (HNSW tombstones them,
+        so a row being added must never be "removed" first), add those whose last change is an add."""
         changed = db.changes_since(self._con, ix.generation)
         for index in ix.scales.values():
-            index.remove_documents(changed)
+            index.remove_documents(row for row, op in changed.items() if op == "del")
         added = [row for row, op in changed.items() if op == "add"]
         for i in range(0, len(added), 2000):
             self._add_documents(ix, added[i : i + 2000])

@@ -15,7 +15,7 @@ import pytest
 from muses.data.squad import load_squad
 from muses.encoder import MultiScaleEncoder
 from muses.evaluation.evidence import squad_documents, squad_qrels
-from muses.store import MemoryStore, StoreConfig
+from muses.store import EncodedQuery, MemoryStore, StoreConfig
 from muses.store import store as store_module
 from muses.store.vectors import INDEX_FOLDER, IndexSet
 from muses.types import MultiScaleEmbedding
@@ -152,10 +152,14 @@ def test_funnel_hnsw_and_int8_tokens_agree_with_exact_search(
     exact.add_encoded(embs)
     config = StoreConfig(dim=DIM, funnel_dim=64, index="hnsw", token_dtype="int8")
     approx = MemoryStore.create(tmp_path / "approx", encoder, config, model="default")
-    approx.add_encoded(embs)
+    approx.add_encoded(embs[:20])
+    approx.add_encoded(embs[20:])  # replayed into the HNSW index built at the first commit
     approx.delete([str(e.doc.id) for e in embs[50:]])  # HNSW cannot remove: tombstones
     exact.delete([str(e.doc.id) for e in embs[50:]])
     assert approx.stats()["index"]["sentence"]["tombstoned"] > 0
+    for e in embs[20:50]:  # every document added by the second commit is found by its own vector
+        own = EncodedQuery(str(e.doc.id), e.document)
+        assert approx.search(own, "document", k=1)[0].id == e.doc.id
     overlap = []
     for q in queries:
         for scale in SCALES:
