@@ -93,4 +93,3 @@ def retrieve(
     results = store.zoom(query, k_docs=k, k_sentences=k_sentences, dim=dim, filters=filters, highlight=highlight)
     sentences = [s for r in results for s in r.sentences][:k]
     return [Retrieved(s.text, float(s.score), hit_metadata(s, "sentence", "zoom")) for s in sentences]
-
