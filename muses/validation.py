@@ -129,6 +129,24 @@ def check_metadata(value: object, what: str = "metadata") -> dict[str, Any]:
     return value
 
 
+def check_count(name: str, value: object, least: int = 1) -> int:
+    """``value`` if it is an integer (not a bool) of at least ``least``.
+
+    >>> check_count("k", 3)
+    3
+    >>> check_count("k", 0)
+    Traceback (most recent call last):
+    ...
+    muses.errors.InputError: k must be an integer of at least 1, got 0.
+
+    Raises:
+        InputError: anything else, naming ``name``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < least:
+        raise InputError(f"{name} must be an integer of at least {least}, got {repr(value)[:40]}.")
+    return value
+
+
 def check_filters(value: object) -> dict[str, Any]:
     """A valid metadata filter ``{key: value}``, unchanged: at most :data:`MAX_FILTER_KEYS` plain keys (letters,
     digits, ``_``, ``-``), values that are JSON (integers within int64, finite floats, valid UTF-8) and at most

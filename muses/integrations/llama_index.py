@@ -50,7 +50,7 @@ from llama_index.core.vector_stores.types import (  # noqa: E402
 from muses.encoder import DEFAULT_BASE, MultiScaleEncoder  # noqa: E402
 from muses.errors import InputError  # noqa: E402
 from muses.integrations.hits import DOCUMENT_SCALES, UNITS, Retrieved, Unit, retrieve  # noqa: E402
-from muses.validation import check_filters  # noqa: E402
+from muses.validation import check_count, check_filters  # noqa: E402
 
 if TYPE_CHECKING:
     from muses.store import MemoryStore
@@ -244,8 +244,7 @@ class MusesRetriever(BaseRetriever):
                 "unit='sentence' returns sentences by zoom)."
             )
         for name, value, least in (("k", k, 1), ("k_sentences", k_sentences, 1), ("highlight", highlight, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise InputError(f"{name} must be an integer of at least {least}, got {value!r}.")
+            check_count(name, value, least)
         if not hasattr(store, "zoom") or not hasattr(store, "search"):
             raise InputError(f"store must be a muses.store.MemoryStore, not a {type(store).__name__}.")
         _check_dim(dim, store.encoder, store.dim)

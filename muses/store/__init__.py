@@ -13,16 +13,10 @@ require("faiss", "store")
 require("filelock", "store")
 
 from muses.store.backend import StoreBackend  # noqa: E402
+from muses.store.base import EncodedQuery, Hit, StoreConfig, ZoomResult  # noqa: E402
 from muses.store.index import INDEX_KINDS, IndexKind, VectorIndex  # noqa: E402
-from muses.store.store import (  # noqa: E402
-    SEARCH_SCALES,
-    EncodedQuery,
-    Hit,
-    MemoryStore,
-    StoreConfig,
-    StoreExistsError,
-    ZoomResult,
-)
+from muses.store.store import MemoryStore, StoreExistsError  # noqa: E402
+from muses.types import SEARCH_SCALES  # noqa: E402
 
 __all__ = [
     "INDEX_KINDS",

@@ -19,7 +19,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 from muses.encoder import MultiScaleEncoder
-from muses.store.store import EncodedQuery, Hit, StoreConfig, ZoomResult
+from muses.store.base import EncodedQuery, Hit, StoreConfig, ZoomResult
 from muses.types import Document, MultiScaleEmbedding, SearchScale
 
 __all__ = ["StoreBackend"]

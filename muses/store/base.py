@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -22,8 +23,8 @@ from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, default_base_path
 from muses.errors import InputError, ModelError
 from muses.store.index import IndexKind
 from muses.text import as_documents
-from muses.types import Document, MultiScaleEmbedding
-from muses.validation import check_filters, check_id, check_metadata, check_utf8
+from muses.types import SEARCH_SCALES, Document, MultiScaleEmbedding, SearchScale
+from muses.validation import check_count, check_filters, check_id, check_metadata, check_utf8
 
 
 class StoreConfig(BaseModel):
@@ -266,6 +267,85 @@ class StoreBase:
         toks = with_tokens if with_tokens is not None else bool(self.config.token_pool)
         tokens = self.encoder.encode_query_tokens(list(texts)) if toks else [None] * len(texts)
         return [EncodedQuery(t, v, tk) for t, v, tk in zip(texts, vecs, tokens, strict=True)]
+
+    # --- search and zoom: arguments checked here, the search itself per backend ------------------------------
+    def _reading(self) -> AbstractContextManager[None]:
+        """The context a search runs in (a read lock, a client's error translation)."""
+        raise NotImplementedError
+
+    def _search(
+        self, query: EncodedQuery, scale: str, k: int, dim: int, filters: dict[str, Any], zoom_docs: int | None
+    ) -> list[Hit]:
+        raise NotImplementedError
+
+    def _zoom(
+        self, query: EncodedQuery, k_docs: int, k_sentences: int, dim: int, filters: dict[str, Any], highlight: int
+    ) -> list[ZoomResult]:
+        raise NotImplementedError
+
+    def search(
+        self,
+        query: str | EncodedQuery,
+        scale: SearchScale = "document",
+        k: int = 10,
+        dim: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        zoom_docs: int | None = None,
+    ) -> list[Hit]:
+        """Search one scale (or ``fusion`` of all), best first.
+
+        Args:
+            query: text, or a query encoded by :meth:`encode_queries`.
+            scale: ``document`` (document vectors), ``sentence`` (sentence vectors: each hit is a sentence),
+                ``token`` (ColBERT-style MaxSim of the query's tokens over the stored pooled token vectors, on
+                candidates from a token index search), or ``fusion`` (min-max weighted sum of the three
+                document scores, weights in the store's config).
+            k: results returned.
+            dim: a Matryoshka prefix, at most the stored dim (default: the stored dim).
+            filters: ``{metadata key: value}``, all must match.
+            zoom_docs: ``sentence`` scale only: search only the sentences of the top ``zoom_docs`` documents
+                (the evaluation suite's ``zoom`` ranking).
+
+        Raises:
+            InputError: an unknown scale, a count below 1, a dim not stored, bad filters, an empty query, or the
+                token scale on a store without token vectors.
+        """
+        if scale not in SEARCH_SCALES:
+            raise InputError(f"unknown scale {scale!r}; use one of {', '.join(SEARCH_SCALES)}.")
+        check_count("k", k)
+        if zoom_docs is not None:
+            check_count("zoom_docs", zoom_docs, 0)
+        d = self._check_dim(dim)
+        if scale == "token" and not self.config.token_pool:
+            raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
+        checked = self._filters(filters)
+        encoded = self._encoded(query)  # the expensive part, outside any lock
+        with self._reading():
+            return self._search(encoded, scale, k, d, checked, zoom_docs)
+
+    def zoom(
+        self,
+        query: str | EncodedQuery,
+        k_docs: int = 3,
+        k_sentences: int = 2,
+        dim: int | None = None,
+        filters: Mapping[str, Any] | None = None,
+        highlight: int = 3,
+    ) -> list[ZoomResult]:
+        """Top documents, then the best sentences inside each, then the words that match (character spans).
+
+        Highlights are the ``highlight`` stored token groups of each sentence that best match any query token
+        (token MaxSim); a store without token vectors returns sentences without highlights. Arguments are checked
+        as :meth:`search` checks them.
+        """
+        check_count("k_docs", k_docs)
+        check_count("k_sentences", k_sentences)
+        check_count("highlight", highlight, 0)
+        d = self._check_dim(dim)
+        checked = self._filters(filters)
+        encoded = self._encoded(query)
+        with self._reading():
+            return self._zoom(encoded, k_docs, k_sentences, d, checked, highlight)
 
     @staticmethod
     def _filters(filters: Mapping[str, Any] | None) -> dict[str, Any]:

@@ -68,7 +68,7 @@ from muses.store.base import (
     resolve_model,
 )
 from muses.store.store import StoreExistsError, pool_tokens
-from muses.types import SEARCH_SCALES, Document, MultiScaleEmbedding, SearchScale
+from muses.types import Document, MultiScaleEmbedding
 from muses.validation import MAX_FILTER_VALUE_BYTES, check_filters, check_id, check_utf8
 
 require("qdrant_client", "qdrant")
@@ -678,14 +678,6 @@ class QdrantStore(StoreBase):
             )
         return d
 
-    @staticmethod
-    def _check_count(name: str, value: object, least: int = 1) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{name} must be an integer, got {str(value)[:40]!r}.")
-        if value < least:
-            raise InputError(f"{name} must be at least {least}, got {value}.")
-        return value
-
     def _params(self, limit: int | None = None) -> models.SearchParams | None:
         """Search parameters for a server: HNSW ``ef`` for ``limit`` results, or exact search (``limit`` None, or
         the store's ``exact``); None in local mode, which always searches exactly."""
@@ -742,33 +734,13 @@ class QdrantStore(StoreBase):
         ).groups
         return [g.hits[0] for g in groups if g.hits]
 
-    def search(
-        self,
-        query: str | EncodedQuery,
-        scale: SearchScale = "document",
-        k: int = 10,
-        dim: int | None = None,
-        filters: Mapping[str, Any] | None = None,
-        zoom_docs: int | None = None,
-    ) -> list[Hit]:
-        """Search one scale (or ``fusion`` of all), best first; the arguments and results of
-        :meth:`MemoryStore.search`."""
-        if scale not in SEARCH_SCALES:
-            raise InputError(f"unknown scale {scale!r}; use one of {', '.join(SEARCH_SCALES)}.")
-        self._check_count("k", k)
-        if zoom_docs is not None:
-            self._check_count("zoom_docs", zoom_docs, 0)
-        keys = filter_keys(filters)
-        d = self._check_dim(dim)
-        if scale == "token" and not self.config.token_pool:
-            raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
-        encoded = self._encoded(query)
-        with self._calling():
-            return self._search(encoded, scale, k, d, keys, zoom_docs)
+    def _reading(self) -> AbstractContextManager[None]:
+        return self._calling()
 
     def _search(
-        self, query: EncodedQuery, scale: str, k: int, d: int, keys: Sequence[str], zoom_docs: int | None
+        self, query: EncodedQuery, scale: str, k: int, d: int, filters: dict[str, Any], zoom_docs: int | None
     ) -> list[Hit]:
+        keys = filter_keys(filters)
         flt = _qdrant_filter(keys)
         if scale == "document":
             points = self._dense(self._docs, query.vector, d, k, flt, ["id", "text", "metadata"])
@@ -932,50 +904,35 @@ class QdrantStore(StoreBase):
             scores={"sentence": score},
         )
 
-    def zoom(
-        self,
-        query: str | EncodedQuery,
-        k_docs: int = 3,
-        k_sentences: int = 2,
-        dim: int | None = None,
-        filters: Mapping[str, Any] | None = None,
-        highlight: int = 3,
+    def _zoom(
+        self, query: EncodedQuery, k_docs: int, k_sentences: int, d: int, filters: dict[str, Any], highlight: int
     ) -> list[ZoomResult]:
-        """Top documents, then the best sentences inside each, then the words that match (character spans): the
-        arguments and results of :meth:`MemoryStore.zoom`."""
-        self._check_count("k_docs", k_docs)
-        self._check_count("k_sentences", k_sentences)
-        self._check_count("highlight", highlight, 0)
-        keys = filter_keys(filters)
-        d = self._check_dim(dim)
-        encoded = self._encoded(query)
-        with self._calling():
-            docs = self._search(encoded, "document", k_docs, d, keys, None)
-            if not docs:
-                return []
-            qt = self._query_tokens(encoded, d) if self.config.token_pool else None
-            q = prefix_normalize(encoded.vector, d).tolist()
-            out = []
-            for hit in docs:
-                points = self.client.query_points(
-                    self._sents,
-                    query=q,
-                    using=_vec(d),
-                    query_filter=models.Filter(must=[_in_docs([hit.id])]),
-                    limit=k_sentences,
-                    search_params=self._params(),
-                    with_payload=["doc", "pos", "span", "text"],
-                ).points
-                tokens = self._doc_tokens(hit.id) if qt is not None else None
-                sentences = []
-                for p in points:
-                    s = self._sentence_hit(p.payload or {}, float(p.score), {hit.id: hit.metadata})
-                    s.scores["document"] = hit.score
-                    if qt is not None and tokens is not None:
-                        s.highlights = self._highlights(tokens, qt, int((p.payload or {})["pos"]), d, highlight)
-                    sentences.append(s)
-                out.append(ZoomResult(hit.id, hit.score, hit.text, sentences, hit.metadata))
-            return out
+        docs = self._search(query, "document", k_docs, d, filters, None)
+        if not docs:
+            return []
+        qt = self._query_tokens(query, d) if self.config.token_pool else None
+        q = prefix_normalize(query.vector, d).tolist()
+        out = []
+        for hit in docs:
+            points = self.client.query_points(
+                self._sents,
+                query=q,
+                using=_vec(d),
+                query_filter=models.Filter(must=[_in_docs([hit.id])]),
+                limit=k_sentences,
+                search_params=self._params(),
+                with_payload=["doc", "pos", "span", "text"],
+            ).points
+            tokens = self._doc_tokens(hit.id) if qt is not None else None
+            sentences = []
+            for p in points:
+                s = self._sentence_hit(p.payload or {}, float(p.score), {hit.id: hit.metadata})
+                s.scores["document"] = hit.score
+                if qt is not None and tokens is not None:
+                    s.highlights = self._highlights(tokens, qt, int((p.payload or {})["pos"]), d, highlight)
+                sentences.append(s)
+            out.append(ZoomResult(hit.id, hit.score, hit.text, sentences, hit.metadata))
+        return out
 
     def _doc_tokens(self, doc_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
         """A document's token vectors ``[P, D]``, their sentence ``[P]`` and spans ``[P, 2]``."""

@@ -57,7 +57,7 @@ from muses.store.base import (
     resolve_model,
 )
 from muses.store.vectors import INDEX_FOLDER, IndexSet, Layout, ScaleIndex, make_ids, owners
-from muses.types import SEARCH_SCALES, Document, MultiScaleEmbedding, SearchScale
+from muses.types import Document, MultiScaleEmbedding
 from muses.validation import check_id
 
 DB_FILE = "store.sqlite"
@@ -625,50 +625,18 @@ class MemoryStore(StoreBase):
         chosen = np.isin(rows.ids, cand)
         return _best(prefix_normalize(rows.vectors[chosen], dim) @ q, rows.ids[chosen], k)
 
-    def search(
-        self,
-        query: str | EncodedQuery,
-        scale: SearchScale = "document",
-        k: int = 10,
-        dim: int | None = None,
-        filters: Mapping[str, Any] | None = None,
-        zoom_docs: int | None = None,
-    ) -> list[Hit]:
-        """Search one scale (or ``fusion`` of all), best first.
-
-        Args:
-            scale: ``document`` (document vectors), ``sentence`` (sentence vectors: each hit is a sentence),
-                ``token`` (ColBERT-style MaxSim of the query's tokens over the stored pooled token vectors, on
-                candidates from a token index search), or ``fusion`` (min-max weighted sum of the three
-                document scores, weights in the store's config).
-            k: results returned.
-            dim: a Matryoshka prefix, at most the stored dim (default: the stored dim).
-            filters: ``{metadata key: value}``, all must match.
-            zoom_docs: ``sentence`` scale only: search only the sentences of the top ``zoom_docs`` documents
-                (the evaluation suite's ``zoom`` ranking).
-        """
-        if scale not in SEARCH_SCALES:
-            raise InputError(f"unknown scale {scale!r}; use one of {', '.join(SEARCH_SCALES)}.")
-        if k < 1:
-            raise InputError(f"k must be at least 1, got {k}.")
-        filters = self._filters(filters)
-        query = self._encoded(query)  # the expensive part, outside the lock
-        with self._reading():
-            return self._search(query, scale, k, dim, filters, zoom_docs)
-
     def _search(
         self,
         query: EncodedQuery,
         scale: str,
         k: int,
-        dim: int | None,
-        filters: Mapping[str, Any] | None,
+        d: int,
+        filters: dict[str, Any],
         zoom_docs: int | None,
     ) -> list[Hit]:
         ix = self._sync()
         if not self._con.execute("SELECT 1 FROM documents LIMIT 1").fetchone():
             return []
-        d = self._check_dim(dim)
         allowed = self._allowed(filters)
         if allowed is not None and not len(allowed):
             return []  # the filter matches no document
@@ -781,39 +749,19 @@ class MemoryStore(StoreBase):
             scores={"sentence": score},
         )
 
-    def zoom(
-        self,
-        query: str | EncodedQuery,
-        k_docs: int = 3,
-        k_sentences: int = 2,
-        dim: int | None = None,
-        filters: Mapping[str, Any] | None = None,
-        highlight: int = 3,
-    ) -> list[ZoomResult]:
-        """Top documents, then the best sentences inside each, then the words that match (character spans).
-
-        Highlights are the ``highlight`` stored token groups of each sentence that best match any query token
-        (token MaxSim); a store without token vectors returns sentences without highlights.
-        """
-        filters = self._filters(filters)
-        query = self._encoded(query)
-        with self._reading():
-            return self._zoom(query, k_docs, k_sentences, dim, filters, highlight)
-
     def _zoom(
         self,
         query: EncodedQuery,
         k_docs: int,
         k_sentences: int,
-        dim: int | None,
-        filters: Mapping[str, Any] | None,
+        d: int,
+        filters: dict[str, Any],
         highlight: int,
     ) -> list[ZoomResult]:
-        docs = self._search(query, "document", k_docs, dim, filters, None)
+        docs = self._search(query, "document", k_docs, d, filters, None)
         if not docs:
             return []
         ix = self._sync()
-        d = self._check_dim(dim)
         q = prefix_normalize(query.vector, d)
         qt = self._query_tokens(query, d) if "token" in ix.scales else None
         rows = {

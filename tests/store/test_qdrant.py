@@ -221,31 +221,69 @@ def test_an_unreachable_server_is_one_line_naming_the_url(encoder: MultiScaleEnc
         assert "\n" not in message and url in message and "--qdrant-url" in message and "docker run" in message
 
 
+TINY_DOCS = [
+    {"id": "bee", "text": "Bees make honey.", "metadata": {"topic": "bio", "n": 1, "tags": ["a", "b"]}},
+    {"id": "tax", "text": "Tax is due in April.", "metadata": {"topic": "money", "n": 2.5}},
+]
+
+
 @pytest.fixture(scope="module")
 def tiny(encoder: MultiScaleEncoder) -> tuple[QdrantStore, EncodedQuery]:
     s = QdrantStore.create(":memory:", encoder, StoreConfig(dim=32, token_pool=2))
-    s.add(
-        [
-            {"id": "bee", "text": "Bees make honey.", "metadata": {"topic": "bio", "n": 1, "tags": ["a", "b"]}},
-            {"id": "tax", "text": "Tax is due in April.", "metadata": {"topic": "money", "n": 2.5}},
-        ]
-    )
+    s.add(TINY_DOCS)
     return s, s.encode_queries(["bees"])[0]
+
+
+@pytest.fixture(scope="module", params=["qdrant", "embedded"])
+def either(
+    request: pytest.FixtureRequest, tiny: tuple[QdrantStore, EncodedQuery], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[StoreBackend, EncodedQuery]:
+    """The tiny store on each backend: search and zoom arguments are checked once, in ``StoreBase``."""
+    if request.param == "qdrant":
+        return tiny
+    s = MemoryStore.create(tmp_path_factory.mktemp("tiny") / "s", tiny[0].encoder, StoreConfig(dim=32, token_pool=2))
+    s.add(TINY_DOCS)
+    return s, tiny[1]
 
 
 @pytest.mark.parametrize(
     "call,words",
     [
         (lambda s, q: s.search(q, "paragraph"), "unknown scale"),
-        (lambda s, q: s.search(q, k=0), "k must be at least 1"),
+        (lambda s, q: s.search(q, k=0), "k must be an integer of at least 1"),
+        (lambda s, q: s.search(q, k=2.5), "k must be an integer"),
+        (lambda s, q: s.search(q, dim=1024), "dim 1024 is not available"),
+        (lambda s, q: s.search(q, dim=384), "dim 384 is not available"),
+        (lambda s, q: s.search(q, filters={"bad key": 1}), "plain metadata field name"),
+        (lambda s, q: s.search(q, zoom_docs=-1), "zoom_docs must be an integer of at least 0"),
+        (lambda s, q: s.search("  "), "the query is empty"),
+        (lambda s, q: s.zoom(q, k_docs=0), "k_docs must be an integer of at least 1"),
+        (lambda s, q: s.zoom(q, k_sentences=True), "k_sentences must be an integer"),
+        (lambda s, q: s.zoom(q, highlight=-1), "highlight must be an integer of at least 0"),
+        (lambda s, q: s.zoom(q, filters=["topic"]), "filters must be an object"),
+    ],
+)
+def test_both_stores_check_search_arguments_alike(either: tuple[Any, EncodedQuery], call: Any, words: str) -> None:
+    store, query = either
+    with pytest.raises(InputError) as e:
+        call(store, query)
+    assert "\n" not in str(e.value) and words in str(e.value), str(e.value)
+    assert len(store) == 2
+
+
+@pytest.mark.parametrize(
+    "call,words",
+    [
+        (lambda s, q: s.search(q, "paragraph"), "unknown scale"),
+        (lambda s, q: s.search(q, k=0), "k must be an integer of at least 1"),
         (lambda s, q: s.search(q, k="3"), "k must be an integer"),
         (lambda s, q: s.search(q, dim=1024), "dim 1024 is not available"),
         (lambda s, q: s.search(q, filters={"bad key": 1}), "plain metadata field name"),
         (lambda s, q: s.search(q, filters={"n": 2**70}), "64-bit"),
         (lambda s, q: s.search(q, filters=["topic"]), "filters must be an object"),
-        (lambda s, q: s.search(q, zoom_docs=-1), "zoom_docs must be at least 0"),
+        (lambda s, q: s.search(q, zoom_docs=-1), "zoom_docs must be an integer of at least 0"),
         (lambda s, q: s.search("  "), "the query is empty"),
-        (lambda s, q: s.zoom(q, k_docs=0), "k_docs must be at least 1"),
+        (lambda s, q: s.zoom(q, k_docs=0), "k_docs must be an integer of at least 1"),
         (lambda s, q: s.delete("bee"), "not one string"),
         (lambda s, q: s.delete(["bee", "nope"]), "unknown document id(s): ['nope']; nothing was deleted"),
         (lambda s, q: s.get("nope"), "unknown document id"),
