@@ -197,6 +197,12 @@ class TrainConfig(_Strict):
     )
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     eval_at_start: bool = Field(True, description="log the dev metrics of the untrained model as step 0")
+    interpolate: list[float] = Field(
+        default_factory=list,
+        description="after training, mix the best weights with the starting ones (WiSE-FT: alpha * best + (1 - "
+        "alpha) * start) at each alpha in [0, 1) listed; the mix with the best dev score, if it beats the best "
+        "checkpoint, becomes the best model (0: the starting model itself); full fine-tuning only",
+    )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -219,6 +225,10 @@ class TrainConfig(_Strict):
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
+        if any(not 0.0 <= a < 1.0 for a in self.interpolate):
+            raise ValueError(f"interpolate: each alpha must be in [0, 1) (1 is the checkpoint), got {self.interpolate}")
+        if self.interpolate and (self.model.adapter is not None or self.model.scratch is not None):
+            raise ValueError("interpolate mixes fine-tuned and base weights: not for an adapter or a scratch model")
         return self
 
 

@@ -132,6 +132,9 @@ class Trainer:
         self.best_score = -float("inf")
         self.bad_evals = 0
         self._routing: Routing | None = None
+        self._start: dict[str, Tensor] | None = None  # the starting weights, on CPU, for ``interpolate``
+        if config.interpolate:
+            self._start = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
 
     # ------------------------------------------------------------------ retention (kept for callers and tests)
     def _retention_weight(self, task: str) -> float:
@@ -303,9 +306,11 @@ class Trainer:
                 if stopped_early or (stop_after is not None and self.step - start >= stop_after):
                     break
         bar.close()
+        if main and not (self.out / BEST).exists():
+            self._save_best()
+        dd.barrier()
+        interpolation = self._interpolate() if (self.step >= cfg.steps or stopped_early) else None
         if main:
-            if not (self.out / BEST).exists():
-                self._save_best()
             from muses.plots import plot_training
 
             plot_training({cfg.name: history}, self.out / "loss_curves.png")
@@ -318,4 +323,38 @@ class Trainer:
             "best_model": str(self.out / BEST),
             "history": str(history),
             "loss_curves": str(self.out / "loss_curves.png"),
+            **({"interpolation": interpolation} if interpolation is not None else {}),
         }
+
+    def _interpolate(self) -> dict[str, Any] | None:
+        """WiSE-FT (Wortsman et al., 2022, Robust fine-tuning of zero-shot models): the best checkpoint's weights
+        mixed with the starting weights, ``alpha * best + (1 - alpha) * start``, for each ``config.interpolate``
+        alpha, each scored on dev. The mix with the highest dev score replaces ``best/`` if it beats the best
+        checkpoint; ``interpolation.json`` records every alpha's score and the one kept (1.0: the checkpoint).
+        Every rank runs it (dev scores are broadcast); rank 0 writes. Returns that record, or None when the
+        recipe lists no alpha."""
+        if self._start is None:
+            return None
+        best = MultiScaleEncoder.load(self.out / BEST, device=str(self.encoder.device), backend="torch").state_dict()
+        start = self._start
+
+        def mix(alpha: float) -> dict[str, Tensor]:
+            return {
+                k: torch.lerp(start[k].to(v.device), v, alpha) if v.is_floating_point() else v for k, v in best.items()
+            }
+
+        scores, kept = {1.0: self.best_score}, 1.0
+        for alpha in self.config.interpolate:
+            self.encoder.load_state_dict(mix(alpha))
+            scores[alpha] = self.evaluate()["dev/score"]
+            if scores[alpha] > scores[kept]:
+                kept = alpha
+                if dd.is_main():
+                    self._save_best()
+        self.encoder.load_state_dict(best if kept == 1.0 else mix(kept))  # the encoder holds the kept weights
+        record = {"alphas": {str(a): s for a, s in sorted(scores.items())}, "kept": kept, "dev_score": scores[kept]}
+        if dd.is_main():
+            (self.out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        self.best_score = scores[kept]
+        dd.barrier()
+        return record

@@ -141,6 +141,32 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
     bad.write_text("model: {scratch: {}}\nloss: {retention: none}\n")
     with pytest.raises(ConfigError, match="freeze_embeddings: false"):
         load_config(bad)
+    bad.write_text("interpolate: [0.5, 1.0]\n")
+    with pytest.raises(ConfigError, match=r"interpolate: each alpha must be in \[0, 1\)"):
+        load_config(bad)
+    bad.write_text("interpolate: [0.5]\nmodel: {adapter: {}}\n")
+    with pytest.raises(ConfigError, match="not for an adapter"):
+        load_config(bad)
+
+
+@pytest.mark.slow
+def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, data_dir: Path) -> None:
+    """WiSE-FT after training: alpha 0 is the starting model (its dev score is step 0's), and ``best/`` scores on
+    dev what the record says of the alpha it kept."""
+    from muses.training.dev import evaluate_dev
+
+    cfg = TrainConfig.model_validate({**TINY, "output_dir": str(tmp_path / "wise"), "interpolate": [0.0, 0.5]})
+    trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+    record = trainer.train(progress=False)["interpolation"]
+    history = [json.loads(line) for line in (tmp_path / "wise" / "history.jsonl").read_text().splitlines()]
+    evals = [h["dev/score"] for h in history if "dev/score" in h]
+    assert set(record["alphas"]) == {"0.0", "0.5", "1.0"}
+    assert record["alphas"]["0.0"] == pytest.approx(evals[0], abs=1e-6)  # step 0: the untrained model
+    assert record["alphas"]["1.0"] == pytest.approx(max(evals[1:]), abs=1e-9)  # the best checkpoint
+    assert record["dev_score"] == max(record["alphas"].values()) == record["alphas"][str(record["kept"])]
+    assert json.loads((tmp_path / "wise" / "interpolation.json").read_text()) == record
+    best = MultiScaleEncoder.load(tmp_path / "wise" / "best")
+    assert evaluate_dev(best, trainer.data.dev)["dev/score"] == pytest.approx(record["dev_score"], abs=1e-6)
 
 
 def test_shipped_recipes_validate() -> None:
