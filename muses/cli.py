@@ -666,12 +666,25 @@ def _show_sample(model: str) -> None:
 
 
 def _print_summary(out: Path) -> None:
-    """Headline metrics of every model in a report, at 384 and 64 dims."""
-    from muses.evaluation.report import load_results
+    """Headline metrics: the trained model against each baseline side by side with the difference (384 and 64
+    dims), or, for a lone model, its own numbers."""
+    from muses.evaluation.report import compare_models, load_results
     from muses.evaluation.tables import HEADLINES, dim_table
 
     results = load_results(out)
-    summary = Table(title=f"Short evaluation report (quick profile; {out}/report.md; full numbers: muses eval all)")
+    title = f"Short evaluation report (quick profile; {out}/report.md; full numbers: muses eval all)"
+    model, *baselines = results["models"]
+    comparisons = [c for b in baselines if (c := compare_models(model, b)) is not None]
+    for c in comparisons:
+        table = Table(title=f"{title}\n{c.model} (model) against {c.baseline} (baseline); Δ = model - baseline")
+        for col in ("task", "metric", *(f"{w} @{d}" for d in c.dims for w in ("baseline", "model", "Δ"))):
+            table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        for row in c.rows:
+            table.add_row(row[0], row[1], *c.cells(row))
+        console.print(table)
+    if comparisons:
+        return
+    summary = Table(title=title)
     for col in ("task", "metric", "model", "384d", "64d"):
         summary.add_column(col)
     for block in results["models"]:

@@ -318,13 +318,29 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def side_by_side(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
-    """Markdown lines: ``baseline`` and ``model`` (two ``results.json`` model blocks) side by side per headline
-    metric, with the difference (model - baseline), at the full dim and at 64 (the dims both report).
+@dataclass
+class Comparison:
+    """A model against a baseline: per headline metric, the baseline's and the model's value at each of ``dims``
+    (the full dim and 64, where both report them); a value is None where a side lacks it."""
 
-    Example row (baseline, model, difference at 384, then at 64):
-    ``| sts | spearman | 0.8203 | 0.8250 | +0.0047 | 0.7921 | 0.7889 | -0.0032 |``.
-    """
+    model: str
+    baseline: str
+    dims: list[int]
+    rows: list[tuple[str, str, dict[int, float], dict[int, float]]]  # task, metric, baseline by dim, model by dim
+
+    def cells(self, row: tuple[str, str, dict[int, float], dict[int, float]]) -> list[str]:
+        """Baseline, model and difference (model - baseline) per dim, as ``0.8203``-style strings ("" if absent)."""
+        out = []
+        for d in self.dims:
+            vb, va = row[2].get(d), row[3].get(d)
+            diff = f"{va - vb:+.4f}" if va is not None and vb is not None else ""
+            out += [f"{vb:.4f}" if vb is not None else "", f"{va:.4f}" if va is not None else "", diff]
+        return out
+
+
+def compare_models(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> Comparison | None:
+    """``model`` against ``baseline`` (two ``results.json`` model blocks) on the headline metrics of the tasks both
+    ran; None if they share none."""
     ma, mb = model["tasks"], baseline["tasks"]
     rows: list[tuple[str, str, dict[int, float], dict[int, float]]] = []
     common: set[int] = set()
@@ -337,26 +353,32 @@ def side_by_side(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[
         common |= set(da) & set(db)
         rows += [(task, name, rb[name], ra[name]) for name in heads if name in ra and name in rb]
     if not rows or not common:
-        return []
+        return None
     top = max(common)
-    dims = [top, 64] if 64 in common and top != 64 else [top]
-    a, b = model["model"], baseline["model"]
-    head = " | ".join(f"baseline @{d} | model @{d} | Δ @{d}" for d in dims)
+    return Comparison(model["model"], baseline["model"], [top, 64] if 64 in common and top != 64 else [top], rows)
+
+
+def side_by_side(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[str]:
+    """Markdown lines: ``baseline`` and ``model`` (two ``results.json`` model blocks) side by side per headline
+    metric, with the difference (model - baseline), at the full dim and at 64 (the dims both report).
+
+    Example row (baseline, model, difference at 384, then at 64):
+    ``| sts | spearman | 0.8203 | 0.8250 | +0.0047 | 0.7921 | 0.7889 | -0.0032 |``.
+    """
+    c = compare_models(model, baseline)
+    if c is None:
+        return []
+    head = " | ".join(f"baseline @{d} | model @{d} | Δ @{d}" for d in c.dims)
     lines = [
-        f"## {a} against {b}",
+        f"## {c.model} against {c.baseline}",
         "",
-        f"Model: `{a}`; baseline: `{b}`; Δ = model - baseline (headline metrics; every metric is in `results.json`).",
+        f"Model: `{c.model}`; baseline: `{c.baseline}`; Δ = model - baseline (headline metrics; every metric is in "
+        "`results.json`).",
         "",
         f"| task | metric | {head} |",
-        "|---|---|" + "---:|" * (3 * len(dims)),
+        "|---|---|" + "---:|" * (3 * len(c.dims)),
     ]
-    for task, name, base, trained in rows:
-        cells = []
-        for d in dims:
-            vb, va = base.get(d), trained.get(d)
-            diff = f"{va - vb:+.4f}" if va is not None and vb is not None else ""
-            cells += [f"{vb:.4f}" if vb is not None else "", f"{va:.4f}" if va is not None else "", diff]
-        lines.append(f"| {task} | {name} | " + " | ".join(cells) + " |")
+    lines += [f"| {row[0]} | {row[1]} | " + " | ".join(c.cells(row)) + " |" for row in c.rows]
     return [*lines, ""]
 
 
