@@ -533,7 +533,8 @@ class MemoryStore(StoreBase):
     def _after_commit(self) -> None:
         """After a commit (the write lock held): apply it to the indexes, and save them when enough has changed."""
         ix = self._sync()
-        docs = int(self._con.execute("SELECT COUNT(*) FROM documents").fetchone()[0])
+        doc_index = ix.scales["document"]
+        docs = doc_index.ntotal - doc_index.dead_vectors  # the live documents, without a COUNT over the table
         if self._unsaved() >= max(self.config.snapshot_every, docs // 10):
             with suppress(OSError):  # the disk refused the snapshot: the commit stands, the next open replays the log
                 self._snapshot(ix)

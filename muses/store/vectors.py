@@ -161,21 +161,29 @@ class ScaleIndex:
         if not n or k < 1:
             return np.zeros(0, dtype=np.float32), np.zeros(0, dtype=np.int64)
         q = np.ascontiguousarray(query, dtype=np.float32)[None]
-        fetch = int(np.ceil(k / max(share, 1e-9))) + (self.dead_vectors if self.dead else 0)
+        fetch = self._over_fetch(k, share)
         while True:
             f = min(fetch, n)
             scores, ids = self.index.search(q, f)
             scores, ids = scores[0], ids[0]
-            mask = ids >= 0
-            if self.dead or keep is not None:
-                docs = owners(np.maximum(ids, 0), self.scale)
-                if self.dead:
-                    mask &= ~np.isin(docs, np.fromiter(self.dead, dtype=np.int64))
-                if keep is not None:
-                    mask &= keep(docs)
+            mask = (ids >= 0) & self._survivors(owners(np.maximum(ids, 0), self.scale), keep)
             if mask.sum() >= k or f >= n:
                 return scores[mask][:k], ids[mask][:k]
             fetch = f * 4
+
+    def _over_fetch(self, k: int, share: float) -> int:
+        """Results to ask for so that about ``k`` survive a filter keeping ``share`` of the vectors and the
+        tombstones."""
+        return int(np.ceil(k / max(share, 1e-9))) + (self.dead_vectors if self.dead else 0)
+
+    def _survivors(self, docs: np.ndarray, keep: Callable[[np.ndarray], np.ndarray] | None) -> np.ndarray:
+        """``[n]`` bool: which of the document rows ``docs`` ``[n]`` are not tombstoned and pass ``keep``."""
+        mask = np.ones(len(docs), dtype=bool)
+        if self.dead:
+            mask &= ~np.isin(docs, np.fromiter(self.dead, dtype=np.int64))
+        if keep is not None:
+            mask &= keep(docs)
+        return mask
 
     def neighbours(
         self, queries: np.ndarray, k: int, keep: Callable[[np.ndarray], np.ndarray] | None = None, share: float = 1.0
@@ -185,14 +193,10 @@ class ScaleIndex:
         n = self.ntotal
         if not n or not len(queries):
             return np.zeros(0, dtype=np.int64)
-        fetch = min(n, int(np.ceil(k / max(share, 1e-9))) + (self.dead_vectors if self.dead else 0))
+        fetch = min(n, self._over_fetch(k, share))
         _, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
         docs = owners(ids[ids >= 0], self.scale)
-        if self.dead:
-            docs = docs[~np.isin(docs, np.fromiter(self.dead, dtype=np.int64))]
-        if keep is not None:
-            docs = docs[keep(docs)]
-        return np.unique(docs)
+        return np.unique(docs[self._survivors(docs, keep)])
 
     def exact_matrix(self) -> tuple[np.ndarray, np.ndarray] | None:
         """A flat index's ``([N] ids, [N, dim] vectors)`` (a read-only view; None for other kinds), for an exact scan
