@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -38,7 +41,7 @@ OVERRIDES: dict[str, object] = {
 # Run by torchrun on every rank. Dropout is switched off: its masks come from each process's RNG, so a 2-rank run
 # cannot draw the masks that one process draws for the same global batch.
 WORKER = """
-import json, os, sys
+import json, os, sys, time
 import torch
 from muses.training.config import TrainConfig
 from muses.training.data import load_training_data
@@ -47,22 +50,30 @@ from muses.training import distributed as dd
 
 torch.set_num_threads(1)
 cfg = TrainConfig.model_validate(json.loads(sys.argv[1]))
-stop_after = int(sys.argv[2]) if len(sys.argv) > 2 else None
+hang_at = int(sys.argv[2]) if len(sys.argv) > 2 else None  # rank 0 stops before this step's update, to be killed
 trainer = Trainer(cfg, load_training_data(cfg))
 for m in trainer.encoder.modules():
     if isinstance(m, torch.nn.Dropout):
         m.p = 0.0
-grads_file = cfg.output_dir + "/grads.pt"  # the gradients of every step, across a stop and a resume
-grads = torch.load(grads_file) if os.path.exists(grads_file) else []
-trainer.optimizer.register_step_pre_hook(
-    lambda opt, args, kwargs: grads.append(
-        {n: p.grad.clone() for n, p in trainer.encoder.named_parameters() if p.grad is not None}
-    )
-)
-trainer.train(progress=False, stop_after=stop_after)
+grads_file = cfg.output_dir + "/grads.pt"  # the gradients of every step, across a kill and a resume
+state_file = cfg.output_dir + "/checkpoint/trainer_state.json"
+done = json.load(open(state_file))["step"] if os.path.exists(state_file) else 0
+grads = torch.load(grads_file)[:done] if os.path.exists(grads_file) else []
+
+
+def record(opt, args, kwargs):
+    grads.append({n: p.grad.clone() for n, p in trainer.encoder.named_parameters() if p.grad is not None})
+    if dd.is_main():
+        torch.save(grads, grads_file + ".tmp")
+        os.replace(grads_file + ".tmp", grads_file)
+        if len(grads) == hang_at:
+            time.sleep(600)
+
+
+trainer.optimizer.register_step_pre_hook(record)
+trainer.train(progress=False)
 if dd.is_main():
     torch.save(trainer.encoder.state_dict(), cfg.output_dir + "/final.pt")
-    torch.save(grads, grads_file)
 """
 
 
@@ -76,15 +87,32 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(tmp: Path, cfg: TrainConfig, stop_after: int | None = None) -> None:
+def _torchrun(tmp: Path, cfg: TrainConfig, kill_at: int | None = None) -> None:
+    """Run WORKER on 2 ranks; with ``kill_at``, SIGKILL torchrun and both ranks once rank 0 reaches that step (the
+    checkpoint of the step before is on disk)."""
     script = tmp / "worker.py"
     script.write_text(WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
     cmd += ["--master_port", str(_free_port()), str(script), json.dumps(cfg.model_dump())]
-    cmd += [str(stop_after)] if stop_after is not None else []
+    cmd += [str(kill_at)] if kill_at is not None else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    if kill_at is None:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+        return
+    grads = Path(cfg.output_dir) / "grads.pt"
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while run.poll() is None and time.monotonic() < deadline:
+            if grads.exists() and len(torch.load(grads, weights_only=True)) == kill_at:
+                break
+            time.sleep(0.2)
+        assert run.poll() is None, "the run ended before it could be killed"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+        run.wait()
 
 
 def _losses(out: Path) -> list[float]:
@@ -108,7 +136,8 @@ def test_shard_covers_the_batch_in_order_in_one_process() -> None:
 def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, data_dir: Path) -> None:
     """Loss per step, gradients and weights after 3 steps (MNRL, hierarchical InfoNCE, CoSENT, with retention and
     the Matryoshka curriculum) of 2 gloo ranks equal one process's with the same global batch; the 2-rank run is
-    stopped after its step-2 checkpoint and rerun, so the equality covers its resume too."""
+    killed (SIGKILL, torchrun and both ranks) during step 3, after its step-2 checkpoint, and rerun, so the equality
+    covers its resume too."""
     os.environ.setdefault("MUSES_DATA_DIR", str(data_dir))
     one = _config(tmp_path / "one")
     trainer = Trainer(one, load_training_data(one, data_dir))
@@ -126,7 +155,7 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, data_
     reference = {k: v.detach().clone() for k, v in trainer.encoder.state_dict().items()}
 
     two = _config(tmp_path / "two")
-    _torchrun(tmp_path, two, stop_after=2)  # stopped after the step-2 checkpoint, then rerun: it resumes
+    _torchrun(tmp_path, two, kill_at=3)  # SIGKILLed during step 3 (after the step-2 checkpoint), then rerun
     state = json.loads((tmp_path / "two" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 2 and len(state["sampler"]["pos"]) == 3
     _torchrun(tmp_path, two)
