@@ -89,7 +89,7 @@ def _free_port() -> int:
 
 def _torchrun(tmp: Path, cfg: TrainConfig, kill_at: int | None = None) -> None:
     """Run WORKER on 2 ranks; with ``kill_at``, SIGKILL torchrun and both ranks once rank 0 reaches that step (the
-    checkpoint of the step before is on disk)."""
+    checkpoint of the step before is on disk). Linux only (it finds the ranks in /proc)."""
     script = tmp / "worker.py"
     script.write_text(WORKER)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
@@ -101,7 +101,7 @@ def _torchrun(tmp: Path, cfg: TrainConfig, kill_at: int | None = None) -> None:
         assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
         return
     grads = Path(cfg.output_dir) / "grads.pt"
-    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    run = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 300
         while run.poll() is None and time.monotonic() < deadline:
@@ -110,9 +110,30 @@ def _torchrun(tmp: Path, cfg: TrainConfig, kill_at: int | None = None) -> None:
             time.sleep(0.2)
         assert run.poll() is None, "the run ended before it could be killed"
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(run.pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+        ranks = _descendants(run.pid)  # torchrun starts each rank in a session of its own
+        for pid in [run.pid, *ranks]:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
         run.wait()
+        for pid in ranks:  # reaped by init once torchrun is gone; wait until they are
+            while Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid):
+                time.sleep(0.05)
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (Linux: /proc/PID/task/TID/children)."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            for child in (task / "children").read_text().split():
+                out += [int(child), *_descendants(int(child))]
+    return out
+
+
+def _proc_state(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    return "X"
 
 
 def _losses(out: Path) -> list[float]:
