@@ -128,18 +128,23 @@ def test_resume_skips_finished_shards(encoded: Path, corpus: Path, tmp_path: Pat
 
 
 def test_index_from_encoded_equals_index_from_text(encoded: Path, corpus: Path, tmp_path: Path) -> None:
-    s1, s2 = tmp_path / "from-text", tmp_path / "from-encoded"
+    """Encoded shards load into the embedded store and, the cluster path (encode on Ray, index into Qdrant), into a
+    Qdrant store (qdrant-client's local mode in a folder): both search as the store built from the text does."""
+    pytest.importorskip("qdrant_client")
+    s1, s2, s3 = tmp_path / "from-text", tmp_path / "from-encoded", tmp_path / "qdrant"
     assert runner.invoke(app, ["index", "add", str(corpus), "--store", str(s1)]).exit_code == 0
-    result = runner.invoke(app, ["index", "add", "--from-encoded", str(encoded), "--store", str(s2)])
-    assert result.exit_code == 0, result.output
-    assert "added 20 documents" in result.output
+    for target in (["--store", str(s2)], ["--qdrant-url", str(s3)]):
+        result = runner.invoke(app, ["index", "add", "--from-encoded", str(encoded), *target])
+        assert result.exit_code == 0, result.output
+        assert "added 20 documents" in result.output
     for scale in ("document", "sentence", "token", "fusion"):
         args = ["index", "search", "cerebral white matter in newborns", "--scale", scale, "-k", "5", "--json"]
         h1 = json.loads(runner.invoke(app, [*args, "--store", str(s1)]).stdout)
-        h2 = json.loads(runner.invoke(app, [*args, "--store", str(s2)]).stdout)
-        assert [h["id"] for h in h1] == [h["id"] for h in h2], scale
-        assert [h.get("span") for h in h1] == [h.get("span") for h in h2], scale
-        assert np.allclose([h["score"] for h in h1], [h["score"] for h in h2], atol=1e-5), scale
+        for target in (["--store", str(s2)], ["--qdrant-url", str(s3)]):
+            h2 = json.loads(runner.invoke(app, [*args, *target]).stdout)
+            assert [h["id"] for h in h1] == [h["id"] for h in h2], (scale, target)
+            assert [h.get("span") for h in h1] == [h.get("span") for h in h2], (scale, target)
+            assert np.allclose([h["score"] for h in h1], [h["score"] for h in h2], atol=1e-5), (scale, target)
     again = runner.invoke(app, ["index", "add", "--from-encoded", str(encoded), "--store", str(s2)])
     one_line_error(again, "already in the store")
 
