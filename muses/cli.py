@@ -677,10 +677,11 @@ def _print_summary(out: Path) -> None:
     comparisons = [c for b in baselines if (c := compare_models(model, b)) is not None]
     for c in comparisons:
         table = Table(title=f"{title}\n{c.model} (model) against {c.baseline} (baseline); Δ = model - baseline")
-        for col in ("task", "metric", *(f"{w} @{d}" for d in c.dims for w in ("baseline", "model", "Δ"))):
-            table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+        table.add_column("task: metric", overflow="fold")
+        for col in (f"{w}\n@{d}" for d in c.dims for w in ("base", "model", "Δ")):
+            table.add_column(col, justify="right", no_wrap=True, min_width=7)  # numbers are never cut
         for row in c.rows:
-            table.add_row(row[0], row[1], *c.cells(row))
+            table.add_row(f"{row[0]}: {row[1]}", *c.cells(row))
         console.print(table)
     if comparisons:
         return
