@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -42,6 +43,7 @@ from muses.training.build import SCRATCH_BASE, build_model, trainable_parameters
 from muses.training.checkpoint import (
     ADAPTER_DIR,
     BEST,
+    BEST_CHECKPOINT,
     CENTROID_TEXTS,
     CKPT,
     Routing,
@@ -277,8 +279,9 @@ class Trainer:
         if resume and self.load_checkpoint():
             if main:
                 truncate_history(history, self.step)
-        elif history.exists() and main:
-            history.unlink()
+        elif main:
+            history.unlink(missing_ok=True)
+            shutil.rmtree(self.out / BEST_CHECKPOINT, ignore_errors=True)  # a previous run's, not this one's
         dd.barrier()
         stopped_early = False
         start, t0 = self.step, time.perf_counter()
@@ -329,13 +332,22 @@ class Trainer:
     def _interpolate(self) -> dict[str, Any] | None:
         """WiSE-FT (Wortsman et al., 2022, Robust fine-tuning of zero-shot models): the best checkpoint's weights
         mixed with the starting weights, ``alpha * best + (1 - alpha) * start``, for each ``config.interpolate``
-        alpha, each scored on dev. The mix with the highest dev score replaces ``best/`` if it beats the best
-        checkpoint; ``interpolation.json`` records every alpha's score and the one kept (1.0: the checkpoint).
-        Every rank runs it (dev scores are broadcast); rank 0 writes. Returns that record, or None when the
-        recipe lists no alpha."""
+        alpha, each scored on dev. ``best/`` becomes whichever scores highest (the checkpoint itself if no mix beats
+        it); ``interpolation.json`` records every alpha's score and the one kept (1.0: the checkpoint).
+
+        The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
+        rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
+        scores are broadcast); rank 0 writes. Returns that record, or None when the recipe lists no alpha."""
         if self._start is None:
             return None
-        best = MultiScaleEncoder.load(self.out / BEST, device=str(self.encoder.device), backend="torch").state_dict()
+        source = self.out / BEST_CHECKPOINT
+        if dd.is_main() and not source.exists():
+            tmp = self.out / f".{BEST_CHECKPOINT}.tmp"
+            shutil.rmtree(tmp, ignore_errors=True)
+            shutil.copytree(self.out / BEST, tmp)
+            os.replace(tmp, source)
+        dd.barrier()
+        best = MultiScaleEncoder.load(source, device=str(self.encoder.device), backend="torch").state_dict()
         start = self._start
 
         def mix(alpha: float) -> dict[str, Tensor]:
@@ -349,12 +361,11 @@ class Trainer:
             scores[alpha] = self.evaluate()["dev/score"]
             if scores[alpha] > scores[kept]:
                 kept = alpha
-                if dd.is_main():
-                    self._save_best()
         self.encoder.load_state_dict(best if kept == 1.0 else mix(kept))  # the encoder holds the kept weights
         record = {"alphas": {str(a): s for a, s in sorted(scores.items())}, "kept": kept, "dev_score": scores[kept]}
-        if dd.is_main():
-            (self.out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         self.best_score = scores[kept]
+        if dd.is_main():
+            self._save_best()
+            (self.out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
         dd.barrier()
         return record

@@ -158,6 +158,11 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     assert json.loads((tmp_path / "wise" / "interpolation.json").read_text()) == record
     best = MultiScaleEncoder.load(tmp_path / "wise" / "best")
     assert evaluate_dev(best, trainer.data.dev)["dev/score"] == pytest.approx(record["dev_score"], abs=1e-6)
+    # rerunning the finished run (what a second `make run` does) mixes from the same checkpoint: the same best/
+    again = Trainer(cfg, trainer.data).train(progress=False)["interpolation"]
+    assert again == record
+    rerun = MultiScaleEncoder.load(tmp_path / "wise" / "best").state_dict()
+    assert all(torch.equal(v, rerun[k]) for k, v in best.state_dict().items())
 
 
 def test_shipped_recipes_validate() -> None:
