@@ -148,11 +148,12 @@ def export(
     out: Annotated[Path, typer.Argument(help="New folder for the exported model.")],
     backend: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or openvino.")] = "onnx",
     quantize: Annotated[
-        str | None, typer.Option(help="int8: int8 weights (ONNX Runtime dynamic, or NNCF static for OpenVINO).")
+        str | None,
+        typer.Option(help="int8: int8 weights (ONNX Runtime dynamic after SmoothQuant, or NNCF static for OpenVINO)."),
     ] = None,
     calibration: Annotated[
         Path | None,
-        typer.Option(help="OpenVINO int8: a .jsonl or text file whose texts calibrate it (default: bundled samples)."),
+        typer.Option(help="int8: a .jsonl or text file whose texts calibrate it (default: bundled samples)."),
     ] = None,
 ) -> None:
     """Export a model's transformer to ONNX or OpenVINO (int8 with --quantize int8): a folder `muses.load` opens."""
@@ -167,8 +168,8 @@ def export(
         if quantize not in (None, "int8"):
             raise InputError(f"--quantize {quantize!r} is unknown; use int8 (or leave it out for fp32).")
         target = backend_option(f"{backend}-int8" if quantize else backend)
-        if calibration and target != "openvino-int8":
-            raise InputError("--calibration calibrates OpenVINO int8 only; add --backend openvino --quantize int8.")
+        if calibration and not quantize:
+            raise InputError("--calibration calibrates an int8 export only; add --quantize int8.")
         texts = [d.text for d in read_documents(calibration)] if calibration else None
         enc = MultiScaleEncoder.from_base(model)
         enc.export(out, target, texts)  # type: ignore[arg-type]

@@ -8,7 +8,7 @@ backend           runs on                                         file in a mode
 ================  ==============================================  ===============================  =============
 ``torch``         PyTorch (CPU or GPU; the only one that trains)  ``0_Transformer/`` safetensors   (core)
 ``onnx``          ONNX Runtime, fp32                              ``onnx/model.onnx``              ``onnx``
-``onnx-int8``     ONNX Runtime, int8 weights (dynamic quant.)     ``onnx/model_qint8.onnx``        ``onnx``
+``onnx-int8``     ONNX Runtime, int8 (SmoothQuant + dynamic)      ``onnx/model_qint8.onnx``        ``onnx``
 ``openvino``      OpenVINO, fp32                                  ``openvino/openvino_model.xml``  ``openvino``
 ``openvino-int8`` OpenVINO, int8 (NNCF static quantization)       ``openvino/openvino_model_qint8.xml`` ``openvino``
 ================  ==============================================  ===============================  =============

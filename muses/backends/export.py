@@ -34,7 +34,7 @@ class Exportable(Protocol):
 
 
 CALIBRATION_WINDOWS = 300
-"""At most this many token windows calibrate an ``openvino-int8`` export (NNCF's default subset size)."""
+"""At most this many token windows calibrate an int8 export (NNCF's default subset size)."""
 
 
 def check_new_folder(out: Path) -> None:
@@ -80,8 +80,10 @@ def export_backend(
     The fp32 ONNX graph they all start from is exported once.
 
     Args:
-        calibration: texts whose token windows calibrate ``openvino-int8`` (default: the bundled samples); other
-            backends need none.
+        calibration: texts of the domain the model will embed, whose token windows calibrate the int8 backends:
+            the activation ranges of ``openvino-int8`` (default: the bundled samples) and the SmoothQuant step of
+            ``onnx-int8`` (default: none, plain dynamic int8; smoothing calibrated on other text than the corpus
+            can do worse than none). fp32 backends need none.
 
     Returns:
         the path of each backend's main file.
@@ -94,19 +96,19 @@ def export_backend(
         scratch = Path(tmp)
         onnx_fp32 = export_onnx(encoder.transformer, list(encoder.tokenizer.model_input_names), scratch / "fp32.onnx")
         ir_fp32 = scratch / "fp32.xml"
+        texts = list(calibration) if calibration else default_calibration_texts()
         for backend in backends:
             target = scratch / BACKEND_FILES[backend]
             target.parent.mkdir(parents=True, exist_ok=True)
             if backend == "onnx":
                 shutil.copyfile(onnx_fp32, target)
             elif backend == "onnx-int8":
-                quantize_onnx(onnx_fp32, target)
+                quantize_onnx(onnx_fp32, target, calibration_feeds(encoder, calibration) if calibration else ())
             elif backend == "openvino":
                 convert_openvino(onnx_fp32, target)
             else:
                 if not ir_fp32.exists():
                     convert_openvino(onnx_fp32, ir_fp32)
-                texts = list(calibration) if calibration else default_calibration_texts()
                 quantize_openvino(ir_fp32, target, calibration_feeds(encoder, texts))
         for backend in backends:
             final = backend_files(folder, backend)

@@ -651,8 +651,6 @@ class MemoryStore(StoreBase):
         if scale == "document":
             scores, ids = self._top(ix, "document", qv, d, k, allowed)
             return [self._doc_hit(int(i), float(x), "document") for x, i in zip(scores, ids, strict=True)]
-        if scale == "token" and "token" not in ix.scales:
-            raise InputError("this store keeps no token vectors (token_pool = 0); search another scale.")
         cand, per_scale = self._candidates(ix, query, d, k, allowed)
         if scale == "token":
             final = per_scale["token"]

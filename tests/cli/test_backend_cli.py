@@ -65,7 +65,7 @@ def test_a_store_built_on_onnx_searches_on_its_backend_and_on_torch(tmp_path: Pa
     [
         (["--backend", "tflite"], ["'tflite' is not exportable", "onnx or openvino"]),
         (["--quantize", "int4"], ["--quantize 'int4' is unknown"]),
-        (["--calibration", "x.txt"], ["calibrates OpenVINO int8 only"]),
+        (["--calibration", "x.txt"], ["calibrates an int8 export only"]),
     ],
 )
 def test_export_refuses_bad_choices_in_one_line(tmp_path: Path, args: list[str], words: list[str]) -> None:
