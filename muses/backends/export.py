@@ -64,10 +64,15 @@ def default_calibration_texts() -> list[str]:
 
 
 def calibration_feeds(encoder: Exportable, texts: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """One feed (input name -> ``[1, L]`` int64) per token window of ``texts``, the windows the encoder would run."""
+    """One feed (input name -> ``[1, L]`` int64) per token window of ``texts``, the windows the encoder would run;
+    at most :data:`CALIBRATION_WINDOWS`, spread evenly over all of them (not the first ones: a file that starts
+    with one kind of text calibrates on every kind it holds)."""
     names = list(encoder.tokenizer.model_input_names)
+    windows = encoder.window_inputs(texts)
+    if len(windows) > CALIBRATION_WINDOWS:
+        windows = [windows[i] for i in np.linspace(0, len(windows) - 1, CALIBRATION_WINDOWS).round().astype(int)]
     feeds = []
-    for ids in encoder.window_inputs(texts)[:CALIBRATION_WINDOWS]:
+    for ids in windows:
         row = np.asarray([ids], dtype=np.int64)
         feeds.append(feed_inputs(names, row, np.ones_like(row)))
     return feeds

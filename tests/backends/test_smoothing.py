@@ -11,7 +11,7 @@ import pytest
 pytest.importorskip("onnxruntime", reason="muses[onnx] is not installed (make test installs it)")
 
 from muses.backends import feed_inputs
-from muses.backends.export import calibration_feeds
+from muses.backends.export import CALIBRATION_WINDOWS, calibration_feeds
 from muses.backends.onnx import OnnxRunner, export_onnx, quantize_onnx
 from muses.backends.smoothing import smooth_matmuls
 from muses.data.beir import load_beir
@@ -86,3 +86,19 @@ def test_smoothed_int8_is_closer_to_fp32_than_plain_dynamic_int8(
     assert plain_error > 1e-3  # int8 really changed the states
     assert smooth_error < 0.75 * plain_error, (smooth_error, plain_error)
     assert not list(tmp_path.glob(".smooth-*"))  # the smoothed fp32 intermediate is gone
+
+
+def test_calibration_spreads_its_windows_over_the_whole_text(encoder: MultiScaleEncoder) -> None:
+    """A file of 400 short texts of one kind, then 200 of another: both kinds calibrate, 300 windows in all."""
+    texts = [f"Roots absorb water, sample {i}." for i in range(400)] + [
+        f"Volcanoes erupt lava, {i}." for i in range(200)
+    ]
+    feeds = calibration_feeds(encoder, texts)
+    assert len(feeds) == CALIBRATION_WINDOWS == 300
+    [volcano] = encoder.tokenizer("volcanoes", add_special_tokens=False)["input_ids"][:1]
+    late = sum(volcano in f["input_ids"][0] for f in feeds)
+    assert 90 <= late <= 110  # a third of the windows, as a third of the text
+    assert (
+        feeds[0]["input_ids"].shape[0] == 1
+        and feeds[-1]["input_ids"][0].tolist() == encoder.window_inputs(texts[-1:])[0]
+    )
