@@ -149,11 +149,14 @@ def export(
     backend: Annotated[str, typer.Option(help="onnx (ONNX Runtime) or openvino.")] = "onnx",
     quantize: Annotated[
         str | None,
-        typer.Option(help="int8: int8 weights (ONNX Runtime dynamic after SmoothQuant, or NNCF static for OpenVINO)."),
+        typer.Option(help="int8: int8 weights (ONNX Runtime dynamic, or NNCF static for OpenVINO)."),
     ] = None,
     calibration: Annotated[
         Path | None,
-        typer.Option(help="int8: a .jsonl or text file whose texts calibrate it (default: bundled samples)."),
+        typer.Option(
+            help="int8: a .jsonl or text file of your domain's texts that calibrate it (OpenVINO: activation ranges, "
+            "default bundled samples; ONNX: SmoothQuant, default none)."
+        ),
     ] = None,
 ) -> None:
     """Export a model's transformer to ONNX or OpenVINO (int8 with --quantize int8): a folder `muses.load` opens."""

@@ -198,7 +198,7 @@ class MultiScaleEncoder(nn.Module):
         into place when complete.
 
         Args:
-            calibration: texts that calibrate an int8 backend (default: the bundled samples).
+            calibration: texts that calibrate an int8 backend (see :func:`muses.backends.export.export_backend`).
 
         Raises:
             InputError: ``path`` exists and is not an empty folder, or ``backend`` is ``torch`` or unknown.
@@ -284,7 +284,7 @@ class MultiScaleEncoder(nn.Module):
         backends run on the CPU and do not train: train with ``torch``, then export.
 
         Args:
-            calibration: texts that calibrate an int8 export (default: the bundled samples).
+            calibration: texts that calibrate an int8 export (see :func:`muses.backends.export.export_backend`).
         """
         backend = check_backend(backend)
         if backend == "torch":

@@ -8,12 +8,13 @@ backend           runs on                                         file in a mode
 ================  ==============================================  ===============================  =============
 ``torch``         PyTorch (CPU or GPU; the only one that trains)  ``0_Transformer/`` safetensors   (core)
 ``onnx``          ONNX Runtime, fp32                              ``onnx/model.onnx``              ``onnx``
-``onnx-int8``     ONNX Runtime, int8 (SmoothQuant + dynamic)      ``onnx/model_qint8.onnx``        ``onnx``
+``onnx-int8``     ONNX Runtime, int8 weights (dynamic quant.)     ``onnx/model_qint8.onnx``        ``onnx``
 ``openvino``      OpenVINO, fp32                                  ``openvino/openvino_model.xml``  ``openvino``
 ``openvino-int8`` OpenVINO, int8 (NNCF static quantization)       ``openvino/openvino_model_qint8.xml`` ``openvino``
 ================  ==============================================  ===============================  =============
 
-The file names follow sentence-transformers' own backend layout. An int8 backend changes the vectors, so it
+The file names follow sentence-transformers' own backend layout. ``onnx-int8`` exported with calibration text is
+smoothed first (:mod:`muses.backends.smoothing`). An int8 backend changes the vectors, so it
 changes the model's fingerprint (a store built with PyTorch refuses it); an fp32 one does not.
 """
 

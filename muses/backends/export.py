@@ -67,10 +67,15 @@ def calibration_feeds(encoder: Exportable, texts: Sequence[str]) -> list[dict[st
     """One feed (input name -> ``[1, L]`` int64) per token window of ``texts``, the windows the encoder would run;
     at most :data:`CALIBRATION_WINDOWS`, spread evenly over all of them (not the first ones: a file that starts
     with one kind of text calibrates on every kind it holds)."""
-    names = list(encoder.tokenizer.model_input_names)
     windows = encoder.window_inputs(texts)
     if len(windows) > CALIBRATION_WINDOWS:
         windows = [windows[i] for i in np.linspace(0, len(windows) - 1, CALIBRATION_WINDOWS).round().astype(int)]
+    return window_feeds(encoder, windows)
+
+
+def window_feeds(encoder: Exportable, windows: Sequence[list[int]]) -> list[dict[str, np.ndarray]]:
+    """One feed (input name -> ``[1, L]`` int64) per window of token ids (from ``encoder.window_inputs``)."""
+    names = list(encoder.tokenizer.model_input_names)
     feeds = []
     for ids in windows:
         row = np.asarray([ids], dtype=np.int64)
@@ -101,7 +106,6 @@ def export_backend(
         scratch = Path(tmp)
         onnx_fp32 = export_onnx(encoder.transformer, list(encoder.tokenizer.model_input_names), scratch / "fp32.onnx")
         ir_fp32 = scratch / "fp32.xml"
-        texts = list(calibration) if calibration else default_calibration_texts()
         for backend in backends:
             target = scratch / BACKEND_FILES[backend]
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -114,6 +118,7 @@ def export_backend(
             else:
                 if not ir_fp32.exists():
                     convert_openvino(onnx_fp32, ir_fp32)
+                texts = list(calibration) if calibration else default_calibration_texts()
                 quantize_openvino(ir_fp32, target, calibration_feeds(encoder, texts))
         for backend in backends:
             final = backend_files(folder, backend)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -41,7 +42,7 @@ def smooth_matmuls(
 
     model = onnx.load(str(source))
     weights = {w.name: w for w in model.graph.initializer}
-    readers: dict[str, list[object]] = {}  # activation tensor -> the weight MatMuls that read it
+    readers: dict[str, list[Any]] = {}  # activation tensor -> the weight MatMuls that read it
     for node in model.graph.node:
         if node.op_type == "MatMul" and node.input[1] in weights and node.input[0] not in weights:
             readers.setdefault(node.input[0], []).append(node)
@@ -49,7 +50,8 @@ def smooth_matmuls(
         onnx.save(model, str(path))
         return path
 
-    probe = onnx.load(str(source))
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)  # the same graph, with the product inputs as extra outputs
     names = sorted(readers)
     probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
     options = ort.SessionOptions()
@@ -65,26 +67,23 @@ def smooth_matmuls(
     if not act_max:
         raise ValueError("smoothing needs at least one calibration window")
 
-    muls = {}
+    muls: dict[str, Any] = {}  # smoothed tensor -> the Mul that makes it
     for name, nodes in readers.items():
-        mats = [numpy_helper.to_array(weights[n.input[1]]) for n in nodes]  # type: ignore[attr-defined]
+        mats = [numpy_helper.to_array(weights[n.input[1]]) for n in nodes]
         w_max = np.max([np.abs(w).max(axis=1) for w in mats], axis=0)
         s = np.maximum(act_max[name], 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
         s = np.clip(s, 1e-2, 1e3).astype(np.float32)
         for n, w in zip(nodes, mats, strict=True):
-            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w * s[:, None], n.input[1]))  # type: ignore[attr-defined]
+            weights[n.input[1]].CopyFrom(numpy_helper.from_array(w * s[:, None], n.input[1]))
         inverse, smoothed = f"{name}/smooth_inverse", f"{name}/smoothed"
         model.graph.initializer.append(numpy_helper.from_array((1.0 / s).astype(np.float32), inverse))
-        muls[name] = helper.make_node("Mul", [name, inverse], [smoothed], name=f"{name}/Smooth")
+        muls[smoothed] = helper.make_node("Mul", [name, inverse], [smoothed], name=f"{name}/Smooth")
         for n in nodes:
-            n.input[0] = smoothed  # type: ignore[attr-defined]
+            n.input[0] = smoothed
 
-    ordered = []
+    ordered: list[Any] = []
     for node in model.graph.node:  # each Mul right before the first product that reads it (topological order)
-        for inp in node.input:
-            mul = muls.pop(inp[: -len("/smoothed")], None) if inp.endswith("/smoothed") else None
-            if mul is not None:
-                ordered.append(mul)
+        ordered += [muls.pop(inp) for inp in node.input if inp in muls]
         ordered.append(node)
     del model.graph.node[:]
     model.graph.node.extend(ordered)

@@ -10,8 +10,7 @@ import pytest
 
 pytest.importorskip("onnxruntime", reason="muses[onnx] is not installed (make test installs it)")
 
-from muses.backends import feed_inputs
-from muses.backends.export import CALIBRATION_WINDOWS, calibration_feeds
+from muses.backends.export import CALIBRATION_WINDOWS, calibration_feeds, window_feeds
 from muses.backends.onnx import OnnxRunner, export_onnx, quantize_onnx
 from muses.backends.smoothing import smooth_matmuls
 from muses.data.beir import load_beir
@@ -42,12 +41,7 @@ def abstracts(data_dir: Path, encoder: MultiScaleEncoder) -> list[dict[str, np.n
     """Feeds of 12 abstracts cited by SciFact test claims and by no train claim: held out from the calibration."""
     train = load_beir("scifact", "train", data_dir=data_dir).qrels
     texts = _abstracts(data_dir, "test", 12, skip=frozenset(c for r in train.values() for c in r))
-    names = list(encoder.tokenizer.model_input_names)
-    feeds = []
-    for ids in encoder.window_inputs(texts):
-        row = np.asarray([ids], dtype=np.int64)
-        feeds.append(feed_inputs(names, row, np.ones_like(row)))
-    return feeds
+    return window_feeds(encoder, encoder.window_inputs(texts))
 
 
 def _states(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
