@@ -2,10 +2,13 @@
 
 Pipeline: Ray Data reads the input (a ``.jsonl`` or text file, read line by line so that ids and metadata are
 exactly those of ``muses encode --engine local``; or ``.parquet``), from a local path or any URI pyarrow's
-filesystems read. Every line gets its global row number (a zip with ``ray.data.range``), rows are cut into shards of
-``shard_rows`` consecutive rows (deterministic: the same input gives the same shards), and the rows of the shards not
-finished yet go through ``map_batches`` with :class:`EncodeActor`, which loads the model once per actor (one GPU per
-actor when the cluster has GPUs). The driver collects the encoded rows and writes each shard when it is complete.
+filesystems read. Rows are cut into shards of ``shard_rows`` consecutive rows (deterministic: the same input gives the
+same shards): one small Ray task per unfinished shard slices its rows out of the input's blocks (in the object
+store) and numbers them. The shards then go through ``map_batches`` with :class:`EncodeActor`, one shard a batch:
+the actor loads the model once (one GPU per actor when the cluster has GPUs), encodes the shard and writes it to
+the output folder itself, so vectors never pass through the driver. The driver only records finished shards in the
+manifest. On a cluster the output folder must be one that every node writes to (shared storage or an object-store
+URI), as the input must be one that every node reads.
 
 Output folder (``OUT``):
 
@@ -27,8 +30,7 @@ from __future__ import annotations
 import json
 import os
 import time
-import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -89,19 +91,22 @@ def _schema() -> pa.Schema:
 
 # ---------------------------------------------------------------------------------------------------- the actor
 class EncodeActor:
-    """A Ray Data actor: loads the model once, then turns batches of input rows into encoded rows.
+    """A Ray Data actor: loads the model once, then encodes whole shards and writes them.
 
-    Input batch (numpy format): ``_muses_row`` ``[B]`` int64 and either ``text`` (one input line each: JSONL or plain
-    text) or the Parquet columns. Output: a pyarrow table with the shard schema (module doc), one row per input row;
-    a blank line gives a row with a null ``id`` (dropped when the shard is written).
+    Input batch (numpy format): the rows of one shard, ``_muses_row`` ``[B]`` int64 (consecutive) and either ``text``
+    (one input line each: JSONL or plain text) or the Parquet columns. It writes the shard file (module doc; a blank
+    line gives no document) to ``out`` on ``fs`` and returns a one-row table ``shard``, ``n_documents``.
     """
 
-    def __init__(self, settings: EncodeSettings, kind: str, stem: str, where: str) -> None:
+    def __init__(
+        self, settings: EncodeSettings, kind: str, stem: str, where: str, fs: Any, out: str, shard_rows: int, n: int
+    ) -> None:
         from muses.backends import check_backend
         from muses.encoder import MultiScaleEncoder
 
         self.s = settings
         self.kind, self.stem, self.where = kind, stem, where
+        self.fs, self.out, self.shard_rows, self.n = fs, out, shard_rows, n
         self.enc = MultiScaleEncoder.from_base(
             settings.model, backend=None if settings.backend is None else check_backend(settings.backend)
         )
@@ -123,9 +128,19 @@ class EncodeActor:
         return _text_document(line, default_id, where, self.s.max_chars)
 
     def __call__(self, batch: dict[str, Any]) -> pa.Table:
-        """Encode one batch -> a table of ``B`` rows (module doc)."""
+        """Encode shard ``k`` (the whole batch), write it, and return ``{"shard": [k], "n_documents": [m]}``."""
         pa = require("pyarrow", "ray")
         rows = [int(r) for r in batch[_ROW]]
+        k = rows[0] // self.shard_rows
+        if rows != list(range(k * self.shard_rows, min(self.n, (k + 1) * self.shard_rows))):
+            raise RuntimeError(f"a batch of {len(rows)} rows is not exactly shard {k}")  # Ray split or merged a block
+        m = _write_shard(self.fs, self.out, k, [self.encode(rows, batch)])
+        return pa.table({"shard": [k], "n_documents": [m]})
+
+    def encode(self, rows: list[int], batch: dict[str, Any]) -> pa.Table:
+        """Encode the ``B`` input rows ``rows`` of ``batch`` -> a table of ``B`` rows with the shard schema; a blank
+        line gives a row with a null ``id``."""
+        pa = require("pyarrow", "ray")
         docs = [self._document(r, batch, i) for i, r in enumerate(rows)]
         present = [d for d in docs if d is not None]
         embs = iter(
@@ -380,8 +395,9 @@ def _run(
     ctx.enable_progress_bars = progress
     kind = _input_kind(input)
     ds = ray.data.read_parquet(input) if kind == "parquet" else ray.data.read_text(input, drop_empty_lines=False)
-    ds = ds.materialize()
-    n = ds.count()
+    blocks = ds.materialize().to_arrow_refs()  # in input order (preserve_order)
+    sizes = ray.get([ray.remote(_num_rows).remote(b) for b in blocks])
+    n = int(sum(sizes))
     meta = {**meta, "n_rows": n}
     shard_rows = int(meta["shard_rows"])
     n_shards = max(1, -(-n // shard_rows))
@@ -410,54 +426,52 @@ def _run(
     written: list[int] = []
     n_docs = 0
     if pending and n:
-        wanted = set(pending)
-        rows = ray.data.range(n, override_num_blocks=ds.num_blocks()).rename_columns({"id": _ROW})
-        with warnings.catch_warnings():  # zip: ordered because preserve_order is set above
-            warnings.simplefilter("ignore")
-            todo = ds.zip(rows).filter(lambda r: (int(r[_ROW]) // shard_rows) in wanted)
-            n_todo = sum(min(n, (k + 1) * shard_rows) - k * shard_rows for k in pending)
-            todo = todo.repartition(max(workers * 4, -(-n_todo // 1000))).materialize()  # blocks spread over actors
+        starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        slicer = ray.remote(_shard_rows)
+        parts = []
+        for k in pending:
+            lo, hi = k * shard_rows, min(n, (k + 1) * shard_rows)
+            first, last = np.searchsorted(starts, lo, "right") - 1, np.searchsorted(starts, hi, "left")
+            parts.append(slicer.remote(lo, hi, [int(x) for x in starts[first:last]], *blocks[first:last]))
+        ray.wait(parts, num_returns=len(parts), fetch_local=False)  # before the actors take the CPUs
         gpus = float(ray.cluster_resources().get("GPU", 0))
-        stem = Path(input.rstrip("/")).stem
-        encoded = todo.map_batches(
+        encoded = ray.data.from_arrow_refs(parts).map_batches(
             EncodeActor,
-            fn_constructor_kwargs={"settings": settings, "kind": kind, "stem": stem, "where": input},
-            batch_size=max(1, min(settings.batch_size, shard_rows)),
+            fn_constructor_kwargs={
+                **{"settings": settings, "kind": kind, "stem": Path(input.rstrip("/")).stem, "where": input},
+                **{"fs": fs, "out": out_inner, "shard_rows": shard_rows, "n": n},
+            },
+            batch_size=None,  # one block, i.e. one whole shard, a call
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=workers),
             num_gpus=1 if gpus >= 1 else None,
             num_cpus=None if gpus >= 1 else 1,
         )
-        buffers: dict[int, list[pa.Table]] = {}
-        counts: dict[int, int] = {}
-        need = {k: min(n, (k + 1) * shard_rows) - k * shard_rows for k in pending}
-        for table in _tables(encoded):
-            for k, part in _by_shard(table, shard_rows):
-                buffers.setdefault(k, []).append(part)
-                counts[k] = counts.get(k, 0) + part.num_rows
-                if counts[k] == need[k]:
-                    n_docs += _write_shard(fs, out_inner, k, buffers.pop(k))
-                    done[str(k)] = {"file": shard_name(k), "n_documents": _count(fs, out_inner, k)}
-                    written.append(k)
-                    save_manifest()
+        for table in encoded.iter_batches(batch_size=None, batch_format="pyarrow"):
+            for k, m in zip(table.column("shard").to_pylist(), table.column("n_documents").to_pylist(), strict=True):
+                n_docs += m
+                done[str(k)] = {"file": shard_name(k), "n_documents": m}
+                written.append(k)
+                save_manifest()
     if not pending or not n:
         save_manifest()
     return EncodeResult(out, n_docs, sorted(written), skipped, time.perf_counter() - t0)
 
 
-def _tables(ds: Any) -> Iterator[pa.Table]:
-    yield from ds.iter_batches(batch_size=None, batch_format="pyarrow")
+def _num_rows(block: pa.Table) -> int:
+    return int(block.num_rows)
 
 
-def _by_shard(table: pa.Table, shard_rows: int) -> Iterator[tuple[int, pa.Table]]:
-    shards = np.asarray(table.column("row").to_numpy()) // shard_rows
-    for k in np.unique(shards):
-        yield int(k), table.filter(shards == k)
-
-
-def _count(fs: Any, out_inner: str, k: int) -> int:
-    pq = require("pyarrow.parquet", "ray")
-    return int(pq.read_metadata(fs.open_input_file(f"{out_inner}/{shard_name(k)}")).num_rows)
+def _shard_rows(lo: int, hi: int, starts: list[int], *blocks: pa.Table) -> pa.Table:
+    """Rows ``lo`` to ``hi`` (exclusive) of the input, numbered in ``_muses_row``, from the input blocks that hold
+    them (block ``i`` starting at input row ``starts[i]``): one shard, one table."""
+    pa = require("pyarrow", "ray")
+    cut = []
+    for block, start in zip(blocks, starts, strict=True):
+        a, b = max(0, lo - start), min(block.num_rows, hi - start)
+        cut.append(block.slice(a, max(0, b - a)))
+    table = pa.concat_tables(cut, promote_options="default")
+    return table.append_column(_ROW, pa.array(np.arange(lo, hi, dtype=np.int64)))
 
 
 def _write_shard(fs: Any, out_inner: str, k: int, parts: Sequence[pa.Table]) -> int:

@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -125,6 +130,59 @@ def test_resume_skips_finished_shards(encoded: Path, corpus: Path, tmp_path: Pat
     # another setting in the same folder is refused (rerun the same command, or --overwrite)
     with pytest.raises(InputError, match="other settings"):
         encode_with_ray(str(corpus), str(out), EncodeSettings(scales=SCALES, dim=64), shard_rows=6)
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process of session ``sid`` (the driver, Ray's head processes and its workers, which Ray puts in
+    process groups of their own): a node lost at once."""
+    while True:
+        pids = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # gone meanwhile
+            if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
+                pids.append(int(stat.parent.name))
+        if not pids:
+            return
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the run's processes in /proc (Linux)")
+def test_sigkill_mid_run_resumes_without_redoing_shards(
+    local_ray: None, corpus: Path, encoded: Path, tmp_path: Path, data_dir: Path
+) -> None:
+    """SIGKILL the whole `muses encode --engine ray` process group (driver, Ray and the actor) once the manifest lists
+    a shard; the rerun keeps every shard on disk, encodes only the rest, and gives the same vectors."""
+    out = tmp_path / "enc"
+    cmd = [sys.executable, "-m", "muses.cli", "encode", str(corpus), "-o", str(out), "--engine", "ray"]
+    cmd += ["--workers", "1", "--shard-rows", "2", "--scales", ",".join(SCALES)]
+    env = {**os.environ, "MUSES_DATA_DIR": str(data_dir)}
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    listed: dict[str, object] = {}
+    try:
+        while proc.poll() is None and not listed:
+            time.sleep(0.02)
+            if (out / MANIFEST).exists():
+                listed = json.loads((out / MANIFEST).read_text()).get("shards", {})
+        assert proc.poll() is None, "the run ended before it could be killed"
+        _kill_session(proc.pid)
+    finally:
+        proc.wait()
+    on_disk = sorted(int(p.name[6:11]) for p in out.glob("shard-*.parquet"))
+    assert len(listed) >= 1 and len(on_disk) < 11, (listed, on_disk)
+    mtimes = {k: (out / shard_name(k)).stat().st_mtime_ns for k in on_disk}
+    again = encode_with_ray(str(corpus), str(out), EncodeSettings(scales=SCALES), workers=1, shard_rows=2)
+    assert again.shards_skipped == on_disk and sorted(again.shards_skipped + again.shards_written) == list(range(11))
+    assert {k: (out / shard_name(k)).stat().st_mtime_ns for k in on_disk} == mtimes
+    _, a = read_encoded(out)
+    _, b = read_encoded(encoded)
+    assert [e.doc.id for e in a] == [e.doc.id for e in b]
+    assert max(float(np.abs(x.tokens - y.tokens).max()) for x, y in zip(a, b, strict=True)) <= 1e-5
 
 
 def test_index_from_encoded_equals_index_from_text(encoded: Path, corpus: Path, tmp_path: Path) -> None:
