@@ -160,6 +160,11 @@ class LossConfig(_Strict):
     retain_sentences: bool = Field(
         False, description="hierarchy task: also distil in-context sentence vectors to the base model's"
     )
+    retain_standalone_sentences: bool = Field(
+        False,
+        description="hierarchy task: also encode the batch's sentences alone and distil those vectors to the base "
+        "model's standalone ones (what STS-B scores; an extra forward pass of short texts per step)",
+    )
     matryoshka: ScheduleKind | Literal["all"] = "curriculum"
     consistency_weight: float = Field(0.1, ge=0)
 
@@ -203,6 +208,11 @@ class TrainConfig(_Strict):
         "alpha) * start) at each alpha in [0, 1) listed; the mix with the best dev score, if it beats the best "
         "checkpoint, becomes the best model (0: the starting model itself); full fine-tuning only",
     )
+    interpolate_weights: dict[DevMetric, float] | None = Field(
+        None,
+        description="the dev weights that choose among the checkpoint and its mixes (as dev_weights; null: "
+        "dev_weights), e.g. STS-B selects the checkpoint while STS-B and SciFact choose how much of it to keep",
+    )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -217,10 +227,13 @@ class TrainConfig(_Strict):
             raise ValueError(f"loss.retention_task_weights: weights must be >= 0, got {bad}")
         if self.model.scratch is not None and self.loss.retention != "none":
             raise ValueError("a from-scratch model has no base model to retain: set loss.retention: none")
-        if self.dev_weights is not None and not any(w > 0 for w in self.dev_weights.values()):
-            raise ValueError("dev_weights: at least one dev metric needs a positive weight (or null: the mean)")
-        if self.dev_weights is not None and any(w < 0 for w in self.dev_weights.values()):
-            raise ValueError(f"dev_weights: weights must be >= 0, got {self.dev_weights}")
+        for name, weights in (("dev_weights", self.dev_weights), ("interpolate_weights", self.interpolate_weights)):
+            if weights is not None and not any(w > 0 for w in weights.values()):
+                raise ValueError(f"{name}: at least one dev metric needs a positive weight (or null: the default)")
+            if weights is not None and any(w < 0 for w in weights.values()):
+                raise ValueError(f"{name}: weights must be >= 0, got {weights}")
+        if self.interpolate_weights is not None and not self.interpolate:
+            raise ValueError("interpolate_weights chooses among the mixes of interpolate: list some alphas too")
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
         if not any(w > 0 for w in self.task_weights.values()):

@@ -223,7 +223,20 @@ class HierarchyTask:
         res["retention"] = self.ctx.retention.standalone(document, [d.text for d in docs], self.name)
         if lc.retain_sentences:
             res["retention"] = res["retention"] + self.ctx.retention.in_context(sentence, docs, target)
+        if lc.retain_standalone_sentences:
+            res["retention"] = res["retention"] + self._standalone_sentences(local, docs)
         return res
+
+    def _standalone_sentences(self, local: Sequence[Document], docs: Sequence[Document]) -> Tensor:
+        """Retention of the sentences of the batch encoded alone ``[S, D]`` (S: all sentences of ``docs``, in order;
+        a rank encodes those of its ``local`` slice, gathered with gradients) to the base model's standalone
+        vectors; 0-d. It anchors the standalone space, which no in-context term touches."""
+        enc = self.ctx.encoder
+        if self.ctx.retention.weight(self.name) == 0:
+            return torch.zeros((), device=enc.device)
+        mine = [s for d in local for s in d.sentence_texts()]
+        (emb,), _ = dd.gather_parts([enc.standalone_vectors(enc.token_states(mine, batch_size=PAD_GROUP))])
+        return self.ctx.retention.standalone(emb, [s for d in docs for s in d.sentence_texts()], self.name)
 
 
 def _gather_hierarchy(

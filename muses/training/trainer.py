@@ -60,7 +60,7 @@ from muses.training.checkpoint import (
 )
 from muses.training.config import TrainConfig
 from muses.training.data import TrainingData
-from muses.training.dev import evaluate_dev
+from muses.training.dev import dev_score, evaluate_dev
 from muses.training.tasks import PAD_GROUP, Retention, make_sampler, make_tasks
 from muses.types import Document
 
@@ -333,7 +333,8 @@ class Trainer:
         """WiSE-FT (Wortsman et al., 2022, Robust fine-tuning of zero-shot models): the best checkpoint's weights
         mixed with the starting weights, ``alpha * best + (1 - alpha) * start``, for each ``config.interpolate``
         alpha, each scored on dev. ``best/`` becomes whichever scores highest (the checkpoint itself if no mix beats
-        it); ``interpolation.json`` records every alpha's score and the one kept (1.0: the checkpoint).
+        it); ``interpolation.json`` records every alpha's score and dev metrics and the one kept (1.0: the
+        checkpoint). With ``interpolate_weights`` the checkpoint is scored again and every score uses those weights.
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
@@ -355,14 +356,28 @@ class Trainer:
                 k: torch.lerp(start[k].to(v.device), v, alpha) if v.is_floating_point() else v for k, v in best.items()
             }
 
+        weights = self.config.interpolate_weights
+        metrics: dict[float, dict[str, float]] = {}
+        if weights is not None:
+            self.encoder.load_state_dict(best)
+            metrics[1.0] = self.evaluate()
         scores, kept = {1.0: self.best_score}, 1.0
         for alpha in self.config.interpolate:
             self.encoder.load_state_dict(mix(alpha))
-            scores[alpha] = self.evaluate()["dev/score"]
+            metrics[alpha] = self.evaluate()
+            scores[alpha] = metrics[alpha]["dev/score"]
+        if weights is not None:
+            scores = {a: dev_score(m, {str(k): v for k, v in weights.items()}) for a, m in metrics.items()}
+        for alpha in self.config.interpolate:
             if scores[alpha] > scores[kept]:
                 kept = alpha
         self.encoder.load_state_dict(best if kept == 1.0 else mix(kept))  # the encoder holds the kept weights
-        record = {"alphas": {str(a): s for a, s in sorted(scores.items())}, "kept": kept, "dev_score": scores[kept]}
+        record = {
+            "alphas": {str(a): s for a, s in sorted(scores.items())},
+            "kept": kept,
+            "dev_score": scores[kept],
+            "metrics": {str(a): m for a, m in sorted(metrics.items())},
+        }
         self.best_score = scores[kept]
         if dd.is_main():
             self._save_best()

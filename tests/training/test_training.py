@@ -106,6 +106,32 @@ def test_in_context_sentence_retention_starts_at_zero_and_per_task_weights_apply
     assert float(trainer._retain(moved[:2], ["a", "b"], "scifact")) == 0.0
 
 
+def test_standalone_sentence_retention_pulls_sentences_encoded_alone_back(tmp_path: Path) -> None:
+    """``retain_standalone_sentences``: the batch's sentences encoded alone match the base model's at init (0) and
+    are pulled back, with gradients, once the weights move."""
+    hierarchy_only = {"wikipedia_articles": 3, "stsb": False, "scifact": False, "dev_stsb_pairs": 0}
+    cfg = TrainConfig.model_validate(
+        {
+            **TINY,
+            "output_dir": str(tmp_path / "r"),
+            "task_weights": {"hierarchy": 1.0, "stsb": 0.0, "scifact": 0.0},
+            "data": {**hierarchy_only, "dev_scifact_distractors": None},
+            "loss": {"retain_standalone_sentences": True},
+        }
+    )
+    trainer = Trainer(cfg, load_training_data(cfg))
+    task = trainer.tasks["hierarchy"]
+    docs = trainer.data.documents[:2]
+    assert sum(len(d.sentences) for d in docs) > 2
+    assert float(task._standalone_sentences(docs, docs)) < 1e-5
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for p in trainer.encoder.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    term = task._standalone_sentences(docs, docs)
+    assert float(term) > 1e-3 and term.requires_grad
+
+
 def test_sampler_state_round_trips() -> None:
     s = MixedTaskSampler({"a": 10, "b": 7}, {"a": 1.0, "b": 2.0}, {"a": 3, "b": 2}, seed=0)
     for _ in range(5):
@@ -134,6 +160,8 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("model: {scratch: {}}\nloss: {retention: none}\n", "freeze_embeddings: false"),
         ("interpolate: [0.5, 1.0]\n", r"interpolate: each alpha must be in \[0, 1\)"),
         ("interpolate: [0.5]\nmodel: {adapter: {}}\n", "not for an adapter"),
+        ("interpolate_weights: {stsb: 1}\n", "list some alphas too"),
+        ("interpolate: [0.5]\ninterpolate_weights: {stsb: 0}\n", "interpolate_weights: at least one dev metric"),
     ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words):
@@ -163,6 +191,34 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     assert again == record
     rerun = MultiScaleEncoder.load(tmp_path / "wise" / "best").state_dict()
     assert all(torch.equal(v, rerun[k]) for k, v in best.state_dict().items())
+
+
+@pytest.mark.slow
+def test_interpolate_weights_choose_the_mix_on_other_dev_metrics(tmp_path: Path, data_dir: Path) -> None:
+    """STS-B dev selects the checkpoint; SciFact dev alone chooses among it and its mixes, each scored on every dev
+    metric (the checkpoint again, giving its selection score back)."""
+    from muses.training.dev import dev_score
+
+    cfg = TrainConfig.model_validate(
+        {
+            **TINY,
+            "output_dir": str(tmp_path / "wise"),
+            "dev_weights": {"stsb": 1.0},
+            "interpolate": [0.0, 0.5],
+            "interpolate_weights": {"scifact-document": 1.0},
+        }
+    )
+    record = Trainer(cfg, load_training_data(cfg, data_dir)).train(progress=False)["interpolation"]
+    history = [json.loads(line) for line in (tmp_path / "wise" / "history.jsonl").read_text().splitlines()]
+    evals = [h for h in history if "dev/score" in h]
+    metrics = record["metrics"]
+    assert set(metrics) == set(record["alphas"]) == {"0.0", "0.5", "1.0"}
+    assert metrics["1.0"]["dev/score"] == pytest.approx(max(h["dev/score"] for h in evals[1:]), abs=1e-6)
+    assert metrics["0.0"]["dev/scifact-document@384"] == pytest.approx(evals[0]["dev/scifact-document@384"], abs=1e-6)
+    for alpha, m in metrics.items():
+        assert record["alphas"][alpha] == pytest.approx(dev_score(m, {"scifact-document": 1.0}))
+        assert record["alphas"][alpha] != pytest.approx(m["dev/score"])  # not the STS-B score that selected steps
+    assert record["dev_score"] == max(record["alphas"].values()) == record["alphas"][str(record["kept"])]
 
 
 def test_shipped_recipes_validate() -> None:
