@@ -225,12 +225,16 @@ def test_shipped_recipes_validate() -> None:
     configs = Path(__file__).resolve().parents[2] / "configs"
     bench = configs / "bench"  # benchmark settings, not training recipes
     recipes = {p.stem: load_config(p) for p in sorted(configs.rglob("*.yaml")) if bench not in p.parents}
-    default, budget = recipes["default"], recipes["ablation-budget"]
-    assert {"default", "full", "a-original-alpha1", "b-no-retention", "c-no-curriculum", "d-ours"} <= set(recipes)
-    # the ablation budget is the default recipe with fewer steps, and no interpolation (the arms compare training)
+    multitask, budget = recipes["multitask"], recipes["ablation-budget"]
+    names = {"default", "multitask", "full", "a-original-alpha1", "b-no-retention", "c-no-curriculum", "d-ours"}
+    assert names <= set(recipes)
+    # the ablation budget is the multi-task recipe with fewer steps, and no interpolation (the arms compare training)
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
-    assert budget.model_dump(exclude=same) == default.model_dump(exclude=same)
-    assert default.interpolate and not budget.interpolate
+    assert budget.model_dump(exclude=same) == multitask.model_dump(exclude=same)
+    assert multitask.interpolate and not budget.interpolate
+    # make run's recipe trains STS-B alone and chooses its WiSE-FT mix on STS-B and SciFact dev
+    default = recipes["default"]
+    assert [t for t, w in default.task_weights.items() if w > 0] == ["stsb"] and default.interpolate_weights
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
