@@ -253,8 +253,10 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{p}: 'extends' loops back to itself.")
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as UTF-8.") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+        raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of settings, got {type(raw).__name__}.")
     parent = raw.pop("extends", None)
@@ -292,5 +294,11 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, object] | Non
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{p}: invalid config: {problems}") from None
+        problems = "; ".join(f"{'.'.join(_field(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
+        raise ConfigError(f"{p}: invalid config: {' '.join(problems.split())}") from None
+
+
+def _field(part: object) -> str:
+    """One part of a setting's name in an error: as written, or quoted when it is empty or holds spaces or breaks."""
+    text = str(part)
+    return text if text and not any(c.isspace() for c in text) else repr(text)

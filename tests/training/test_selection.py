@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from muses.errors import ConfigError
 from muses.training.config import TrainConfig, load_config
@@ -44,3 +49,31 @@ def test_shipped_default_recipe_loads() -> None:
     assert cfg.optim.head_lr <= cfg.optim.lr * 10, "a random-init head at a high lr drifts STS-B (docs/results.md)"
     with pytest.raises(ConfigError):
         load_config(Path(__file__).resolve().parents[2] / "configs" / "default.yaml", {"dev_weights": {"x": 1}})
+
+
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-5, 2000) | st.floats(-2, 2, allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
+    max_leaves=12,
+)
+_KEYS = st.sampled_from(
+    ["steps", "dev_weights", "interpolate", "interpolate_weights", "task_weights", "loss", "model", "data", "extends"]
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    body=st.dictionaries(_KEYS | st.text(max_size=10), _VALUES, max_size=5).map(lambda d: yaml.safe_dump(d).encode())
+    | st.binary(max_size=200)
+)
+def test_fuzzed_recipes_load_or_fail_in_one_line(body: bytes, tmp_path: Path) -> None:
+    """Any recipe file gives a validated config or one ConfigError line, never another exception."""
+    path = tmp_path / "fuzz.yaml"
+    path.write_bytes(body)
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e)
+    else:
+        assert isinstance(cfg, TrainConfig)
+        assert not cfg.interpolate_weights or cfg.interpolate  # weights only with alphas to choose among
