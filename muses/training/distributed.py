@@ -1,8 +1,8 @@
 """Data-parallel training: the process group and the collectives the training loop needs.
 
-``muses train`` runs unchanged under ``torchrun --nproc_per_node N`` (or ``accelerate launch``, which sets the same
-environment): :func:`init_from_env` joins the process group named by ``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK``
-(gloo on CPU, NCCL on CUDA), and without them every function here is the single-process identity.
+``muses train`` runs unchanged under ``torchrun --nproc_per_node N`` (or ``accelerate launch --multi_gpu``, which
+sets the same environment): :func:`init_from_env` joins the process group named by ``RANK`` / ``WORLD_SIZE`` /
+``LOCAL_RANK`` (gloo on CPU, NCCL on CUDA), and without them every function here is the single-process identity.
 
 How a step stays equal to one process with the global batch:
 

@@ -1,4 +1,5 @@
-"""Data-parallel training: 2 CPU ranks (gloo, torchrun) equal one process with the same global batch."""
+"""Data-parallel training: 2 CPU ranks (gloo; torchrun, then accelerate launch) equal one process with the same
+global batch."""
 
 from __future__ import annotations
 
@@ -87,13 +88,22 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _torchrun(tmp: Path, cfg: TrainConfig, kill_at: int | None = None) -> None:
-    """Run WORKER on 2 ranks; with ``kill_at``, SIGKILL torchrun and both ranks once rank 0 reaches that step (the
-    checkpoint of the step before is on disk). Linux only (it finds the ranks in /proc)."""
+def _launch(tmp: Path, cfg: TrainConfig, kill_at: int | None = None, launcher: str = "torchrun") -> None:
+    """Run WORKER on 2 ranks with ``launcher`` (``torchrun``, or ``accelerate``: ``accelerate launch --multi_gpu``,
+    which on a machine without GPUs starts the same gloo ranks through torchrun's code); with ``kill_at``, SIGKILL
+    the launcher and both ranks once rank 0 reaches that step (the checkpoint of the step before is on disk). Linux
+    only (it finds the ranks in /proc)."""
     script = tmp / "worker.py"
     script.write_text(WORKER)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
-    cmd += ["--master_port", str(_free_port()), str(script), json.dumps(cfg.model_dump())]
+    port = str(_free_port())
+    if launcher == "torchrun":
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1"]
+        cmd += ["--master_port", port]
+    else:
+        cmd = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+        cmd += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+        cmd += ["--main_process_ip", "127.0.0.1", "--main_process_port", port]
+    cmd += [str(script), json.dumps(cfg.model_dump())]
     cmd += [str(kill_at)] if kill_at is not None else []
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if kill_at is None:
@@ -113,7 +123,7 @@ def _torchrun(tmp: Path, cfg: TrainConfig, kill_at: int | None = None) -> None:
         ranks = _descendants(run.pid)  # torchrun starts each rank in a session of its own
         for pid in [run.pid, *ranks]:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)  # torchrun and both ranks, mid-run
+                os.kill(pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
         run.wait()
         for pid in ranks:  # reaped by init once torchrun is gone; wait until they are
             while Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid):
@@ -157,8 +167,8 @@ def test_shard_covers_the_batch_in_order_in_one_process() -> None:
 def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, data_dir: Path) -> None:
     """Loss per step, gradients and weights after 3 steps (MNRL, hierarchical InfoNCE, CoSENT, with retention and
     the Matryoshka curriculum) of 2 gloo ranks equal one process's with the same global batch; the 2-rank run is
-    killed (SIGKILL, torchrun and both ranks) during step 3, after its step-2 checkpoint, and rerun, so the equality
-    covers its resume too."""
+    killed (SIGKILL, torchrun and both ranks) during step 3, after its step-2 checkpoint, and rerun under
+    ``accelerate launch``, so the equality covers its resume and both launchers."""
     os.environ.setdefault("MUSES_DATA_DIR", str(data_dir))
     one = _config(tmp_path / "one")
     trainer = Trainer(one, load_training_data(one, data_dir))
@@ -176,10 +186,10 @@ def test_two_ranks_equal_one_process_with_the_global_batch(tmp_path: Path, data_
     reference = {k: v.detach().clone() for k, v in trainer.encoder.state_dict().items()}
 
     two = _config(tmp_path / "two")
-    _torchrun(tmp_path, two, kill_at=3)  # SIGKILLed during step 3 (after the step-2 checkpoint), then rerun
+    _launch(tmp_path, two, kill_at=3)  # SIGKILLed during step 3 (after the step-2 checkpoint), then rerun
     state = json.loads((tmp_path / "two" / "checkpoint" / "trainer_state.json").read_text())
     assert state["step"] == 2 and len(state["sampler"]["pos"]) == 3
-    _torchrun(tmp_path, two)
+    _launch(tmp_path, two, launcher="accelerate")  # the same recipe resumes under `accelerate launch`
     history = (tmp_path / "two" / "history.jsonl").read_text().splitlines()
     assert [int(json.loads(ln)["step"]) for ln in history] == [1, 2, 3]  # rank 0's lines only, none replayed twice
     assert _losses(tmp_path / "two") == pytest.approx(_losses(tmp_path / "one"), abs=1e-5)
