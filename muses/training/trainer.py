@@ -25,7 +25,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +58,7 @@ from muses.training.checkpoint import (
     truncate_history,
     write_checkpoint,
 )
-from muses.training.config import TrainConfig
+from muses.training.config import DevMetric, TrainConfig
 from muses.training.data import TrainingData
 from muses.training.dev import dev_score, evaluate_dev
 from muses.training.tasks import PAD_GROUP, Retention, make_sampler, make_tasks
@@ -74,6 +74,11 @@ __all__ = [
     "Trainer",
     "set_seed",
 ]
+
+
+def _str_keys(weights: Mapping[DevMetric, float] | None) -> dict[str, float] | None:
+    """A recipe's dev weights (``dev_weights``, ``interpolate_weights``) as the plain dict :func:`dev_score` takes."""
+    return None if weights is None else {str(k): v for k, v in weights.items()}
 
 
 def set_seed(seed: int) -> None:
@@ -189,8 +194,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Dev metrics (:func:`~muses.training.dev.evaluate_dev`); ``"dev/score"`` selects the best checkpoint.
         Under torchrun rank 0 evaluates and every rank gets its numbers."""
-        dw = self.config.dev_weights
-        weights = None if dw is None else {str(k): v for k, v in dw.items()}
+        weights = _str_keys(self.config.dev_weights)
         return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev, weights) if dd.is_main() else {})
 
     def _save_best(self) -> None:
@@ -356,18 +360,21 @@ class Trainer:
                 k: torch.lerp(start[k].to(v.device), v, alpha) if v.is_floating_point() else v for k, v in best.items()
             }
 
-        weights = self.config.interpolate_weights
+        weights = _str_keys(self.config.interpolate_weights)
+
+        def score(m: dict[str, float]) -> float:
+            return m["dev/score"] if weights is None else dev_score(m, weights)
+
         metrics: dict[float, dict[str, float]] = {}
-        if weights is not None:
+        scores, kept = {1.0: self.best_score}, 1.0
+        if weights is not None:  # the checkpoint was selected on dev_weights: score it again on these
             self.encoder.load_state_dict(best)
             metrics[1.0] = self.evaluate()
-        scores, kept = {1.0: self.best_score}, 1.0
+            scores[1.0] = score(metrics[1.0])
         for alpha in self.config.interpolate:
             self.encoder.load_state_dict(mix(alpha))
             metrics[alpha] = self.evaluate()
-            scores[alpha] = metrics[alpha]["dev/score"]
-        if weights is not None:
-            scores = {a: dev_score(m, {str(k): v for k, v in weights.items()}) for a, m in metrics.items()}
+            scores[alpha] = score(metrics[alpha])
         for alpha in self.config.interpolate:
             if scores[alpha] > scores[kept]:
                 kept = alpha
