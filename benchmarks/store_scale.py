@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from pydantic import ValidationError
 
 from muses.data.beir import load_beir
 from muses.encoder import MultiScaleEncoder
@@ -260,7 +261,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         synth = _synthesise(real, size, args.noise, args.mix, seed=size)
         work = Path(tempfile.mkdtemp(prefix="muses-store-scale-", dir=args.work))
         path = work / "store"
-        config = StoreConfig(**SCALE_CONFIG, snapshot_every=10**9)
+        config = StoreConfig(**{**SCALE_CONFIG, **args.set}, snapshot_every=10**9)
         try:
             t = time.perf_counter()
             store = MemoryStore.create(path, encoder, config, model=args.model)
@@ -278,7 +279,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
             store.search(queries[0], "document", k=10)  # loads the snapshot
             open_s = time.perf_counter() - t
             latency = {}
-            for scale_name in SCALES:
+            for scale_name in args.scales:
                 times = []
                 for q in queries:
                     t = time.perf_counter()
@@ -287,7 +288,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                 latency[scale_name] = _percentiles(times)
             exact = _exhaustive(synth, queries[: args.recall_queries], store, 100)
             recall = {}
-            for scale_name in SCALES:
+            for scale_name in args.scales:
                 hits = []
                 for q, want in zip(queries[: args.recall_queries], exact[scale_name], strict=True):
                     got = store.search(q, scale_name, k=10)
@@ -325,7 +326,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         "command": " ".join(sys.argv),
         "date": time.strftime("%Y-%m-%d"),
         "machine": _machine(),
-        "config": SCALE_CONFIG,
+        "config": {**SCALE_CONFIG, **args.set},
         "real_documents": len(real),
         "noise": args.noise,
         "mix": args.mix,
@@ -333,6 +334,25 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
         "encode_seconds": round(encode_s, 1),
         "rows": rows,
     }
+
+
+def _setting(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` -> ``(KEY, VALUE)``, the value read as JSON when it is JSON (``128``, ``null``), else a string."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected KEY=VALUE, e.g. funnel_dim=128")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
+
+
+def _scales(text: str) -> tuple[SearchScale, ...]:
+    names = tuple(x.strip() for x in text.split(",") if x.strip())
+    bad = [x for x in names if x not in SCALES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown scale(s) {bad}; choose from {', '.join(SCALES)}")
+    return names  # type: ignore[return-value]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -352,9 +372,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             p.add_argument("--queries", type=int, default=200)
             p.add_argument("--recall-queries", type=int, default=30)
             p.add_argument("--work", default=None, help="folder for the temporary stores")
+            p.add_argument(
+                "--set",
+                action="append",
+                type=_setting,
+                default=[],
+                metavar="KEY=VALUE",
+                help="a StoreConfig setting over the benchmarked one, e.g. --set funnel_dim=128 (repeatable)",
+            )
+            p.add_argument("--scales", type=_scales, default=SCALES, help="scales timed and recalled (default: all)")
         else:
             p.add_argument("--n-docs", type=int, default=None, help="N abstracts, relevant first (default: all)")
     args = parser.parse_args(argv)
+    if args.what == "scale":
+        args.set = dict(args.set)
+        try:
+            StoreConfig(**{**SCALE_CONFIG, **args.set})
+        except ValidationError as e:
+            parser.error("--set: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
     result = scale(args) if args.what == "scale" else quality(args)
     text = json.dumps(result, indent=2) + "\n"
     if args.json:
