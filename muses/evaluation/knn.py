@@ -158,11 +158,16 @@ def evaluate_knn(
     seed: int = 0,
     exclude_topics: Sequence[str] = (UNCATEGORIZED,),
     max_articles: int | None = None,
+    folds: int | None = None,
 ) -> dict[str, float]:
     """k-NN topic classification of Wikipedia articles at each scale and dim.
 
     All kept articles are encoded once at full size (through ``cache``), then split with
     ``stratified_split(articles, test_fraction, seed)``; ``max_articles`` subsamples first (seeded, stratified).
+    With ``folds`` (>= 2) the split is a stratified ``folds``-fold cross-validation instead (:func:`knn_folds`;
+    ``test_fraction`` is unused): every article is classified once, by the articles of the other folds, so a
+    subsample gives ``folds`` times as many test predictions for the same encoding (``n_train`` is then the mean
+    training side of a fold).
 
     Returns:
         ``{"knn/document/accuracy@384", "knn/document/macro_f1@384", "knn/sentence/accuracy@384",
@@ -173,28 +178,34 @@ def evaluate_knn(
     if "token" in scales:
         raise InputError("k-NN topic classification runs at document and sentence scale, not token.")
     kept = knn_articles(articles, exclude_topics, max_articles, seed)
-    train, test = stratified_split(kept, test_fraction=test_fraction, seed=seed)
-    row = {id(a): i for i, a in enumerate(kept)}
-    tr = np.array([row[id(a)] for a in train], dtype=np.int64)
-    te = np.array([row[id(a)] for a in test], dtype=np.int64)
+    if folds is None:
+        _, test = stratified_split(kept, test_fraction=test_fraction, seed=seed)
+        row = {id(a): i for i, a in enumerate(kept)}
+        te = np.array([row[id(a)] for a in test], dtype=np.int64)
+        fold = np.zeros(len(kept), dtype=np.int64)
+        fold[te] = 1
+        splits = [(np.flatnonzero(fold == 0), te)]
+    else:
+        fold = knn_folds(kept, folds, seed)
+        splits = [(np.flatnonzero(fold != f), np.flatnonzero(fold == f)) for f in range(folds)]
     topics = sorted({a.topic for a in kept})
     label = np.array([topics.index(a.topic) for a in kept], dtype=np.int64)
     vectors = (cache or EmbeddingCache(None)).corpus(model, wikipedia_documents(kept))
-    s_tr, s_te = _rows(vectors, tr), _rows(vectors, te)
     out: dict[str, float] = {}
     for d in dims or model.dims:
         if "document" in scales:
-            out.update(_document_scale(vectors, label, tr, te, len(topics), d, k, weighting))
+            out.update(_document_scale(vectors, label, splits, len(topics), d, k, weighting))
         if "sentence" in scales:
-            out.update(_sentence_scale(vectors, label, s_tr, s_te, te, len(topics), d, k, weighting))
+            out.update(_sentence_scale(vectors, label, splits, len(topics), d, k, weighting))
+    te = np.concatenate([t for _, t in splits])
     counts = np.bincount(label[te], minlength=len(topics))
     out.update(
         {
-            "knn/n_train": float(len(tr)),
+            "knn/n_train": float(np.mean([len(tr) for tr, _ in splits])),
             "knn/n_test": float(len(te)),
             "knn/n_classes": float(len(topics)),
-            "knn/n_train_sentences": float(len(s_tr)),
-            "knn/n_test_sentences": float(len(s_te)),
+            "knn/n_train_sentences": float(np.mean([len(_rows(vectors, tr)) for tr, _ in splits])),
+            "knn/n_test_sentences": float(len(_rows(vectors, te))),
             "knn/k": float(k),
             "knn/chance": 1.0 / len(topics),
             "knn/majority": float(counts.max() / max(len(te), 1)),
@@ -203,28 +214,47 @@ def evaluate_knn(
     return out
 
 
+def knn_folds(articles: Sequence[WikiArticle], folds: int, seed: int = 0) -> np.ndarray:
+    """``[N]`` int fold of each article for stratified ``folds``-fold cross-validation, deterministic for ``seed``:
+    each topic's articles are shuffled and dealt to the folds in turn, so every fold keeps each topic's share."""
+    if folds < 2:
+        raise InputError(f"folds must be at least 2 (or None for one train/test split), got {folds}.")
+    by_topic: dict[str, list[int]] = {}
+    for i, article in enumerate(articles):
+        by_topic.setdefault(article.topic, []).append(i)
+    rng = np.random.default_rng(seed)
+    fold = np.empty(len(articles), dtype=np.int64)
+    dealt = 0
+    for topic in sorted(by_topic):
+        order = rng.permutation(by_topic[topic])
+        fold[order] = (dealt + np.arange(len(order))) % folds  # carry on where the last topic stopped
+        dealt += len(order)
+    return fold
+
+
+Splits = list[tuple[np.ndarray, np.ndarray]]
+"""(train rows, test rows) pairs of article indices: one train/test split, or the folds of a cross-validation."""
+
+
 def _document_scale(
     vectors: CorpusVectors,
     label: np.ndarray,
-    tr: np.ndarray,
-    te: np.ndarray,
+    splits: Splits,
     n_classes: int,
     d: int,
     k: int,
     weighting: Weighting,
 ) -> dict[str, float]:
     doc = prefix_normalize(vectors.document, d)
-    votes = knn_votes(doc[tr], label[tr], doc[te], n_classes, k, weighting)
-    acc, f1 = accuracy_macro_f1(label[te], predict(votes))
+    pred = [predict(knn_votes(doc[tr], label[tr], doc[te], n_classes, k, weighting)) for tr, te in splits]
+    acc, f1 = accuracy_macro_f1(np.concatenate([label[te] for _, te in splits]), np.concatenate(pred))
     return {f"knn/document/accuracy@{d}": acc, f"knn/document/macro_f1@{d}": f1}
 
 
 def _sentence_scale(
     vectors: CorpusVectors,
     label: np.ndarray,
-    s_tr: np.ndarray,
-    s_te: np.ndarray,
-    te: np.ndarray,
+    splits: Splits,
     n_classes: int,
     d: int,
     k: int,
@@ -232,12 +262,19 @@ def _sentence_scale(
 ) -> dict[str, float]:
     sent = prefix_normalize(vectors.sentence, d)
     s_label = label[vectors.sentence_doc]
-    votes = knn_votes(sent[s_tr], s_label[s_tr], sent[s_te], n_classes, k, weighting)
-    test_row = np.full(len(vectors.document), -1, dtype=np.int64)
-    test_row[te] = np.arange(len(te))
-    pooled = pool_votes(votes, test_row[vectors.sentence_doc[s_te]], len(te))
-    acc, f1 = accuracy_macro_f1(label[te], predict(pooled))
-    per_sentence, _ = accuracy_macro_f1(s_label[s_te], predict(votes))
+    truth, pred, s_truth, s_pred = [], [], [], []
+    for tr, te in splits:
+        s_tr, s_te = _rows(vectors, tr), _rows(vectors, te)
+        votes = knn_votes(sent[s_tr], s_label[s_tr], sent[s_te], n_classes, k, weighting)
+        test_row = np.full(len(vectors.document), -1, dtype=np.int64)
+        test_row[te] = np.arange(len(te))
+        pooled = pool_votes(votes, test_row[vectors.sentence_doc[s_te]], len(te))
+        truth.append(label[te])
+        pred.append(predict(pooled))
+        s_truth.append(s_label[s_te])
+        s_pred.append(predict(votes))
+    acc, f1 = accuracy_macro_f1(np.concatenate(truth), np.concatenate(pred))
+    per_sentence, _ = accuracy_macro_f1(np.concatenate(s_truth), np.concatenate(s_pred))
     return {
         f"knn/sentence/accuracy@{d}": acc,
         f"knn/sentence/macro_f1@{d}": f1,

@@ -58,6 +58,7 @@ class Profile:
     hierarchy_wiki_docs: int = 1000
     hierarchy_scifact_docs: int | None = None
     knn_articles: int | None = None
+    knn_folds: int | None = None  # k-NN: cross-validate over this many folds instead of one 80/20 split
     knn_scales: tuple[str, ...] = ("document", "sentence")
     efficiency_docs: int = 300
     scifact_docs: int | None = None  # SciFact retrieval on the first N corpus docs (subset_beir)
@@ -96,6 +97,9 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
     for key in ("tasks", "knn_scales", "dims"):
         if isinstance(values.get(key), list):
             values[key] = tuple(values[key])
+    folds = values.get("knn_folds")
+    if folds is not None and (isinstance(folds, bool) or not isinstance(folds, int) or folds < 2):
+        raise ConfigError(f"profile {file}: knn_folds must be an integer >= 2 (or null: one split), got {folds!r}.")
     profile = Profile(**values)
     parse_tasks(profile.tasks, profile)  # unknown task names fail here, with the list of known ones
     return profile
@@ -174,6 +178,7 @@ def _task_knn(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
         cache=ctx.cache,
         scales=ctx.profile.knn_scales,  # type: ignore[arg-type]
         max_articles=ctx.profile.knn_articles,
+        folds=ctx.profile.knn_folds,
         dims=ctx.profile.dims_for(model),
     )
 

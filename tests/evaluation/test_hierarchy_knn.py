@@ -10,6 +10,7 @@ from sentence_transformers import SentenceTransformer
 
 from muses.data.wikipedia import load_wikipedia
 from muses.encoder import MultiScaleEncoder
+from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, CorpusVectors, EmbeddingCache, FlatCorpusEncoder, MusesCorpusEncoder
 from muses.evaluation.efficiency import measure_efficiency
 from muses.evaluation.hierarchy import (
@@ -17,12 +18,14 @@ from muses.evaluation.hierarchy import (
     hierarchy_accuracy,
     scifact_documents,
     select_documents,
+    wikipedia_documents,
 )
 from muses.evaluation.knn import (
     UNCATEGORIZED,
     accuracy_macro_f1,
     evaluate_knn,
     knn_articles,
+    knn_folds,
     knn_votes,
     pool_votes,
     predict,
@@ -168,6 +171,42 @@ def test_knn_wikipedia_above_chance_and_deterministic(encoder: MultiScaleEncoder
         model, articles, cache, dims=[384], max_articles=600, seed=0, scales=("document",), k=5, weighting="uniform"
     )
     assert set(other) >= {"knn/document/accuracy@384"} and "knn/sentence/accuracy@384" not in other
+
+
+def test_knn_folds_are_stratified_and_cover_every_article() -> None:
+    kept = knn_articles(load_wikipedia(), max_articles=600, seed=0)
+    fold = knn_folds(kept, 5, seed=0)
+    assert fold.shape == (len(kept),) and set(fold.tolist()) == set(range(5))
+    assert np.array_equal(fold, knn_folds(kept, 5, seed=0)) and not np.array_equal(fold, knn_folds(kept, 5, seed=1))
+    sizes = np.bincount(fold)
+    assert sizes.max() - sizes.min() <= 1  # dealt in turn across topics
+    for topic in {a.topic for a in kept}:
+        per_fold = np.bincount(fold[[a.topic == topic for a in kept]], minlength=5)
+        assert per_fold.max() - per_fold.min() <= 1, (topic, per_fold)  # each topic's share in every fold
+    with pytest.raises(InputError, match="at least 2"):
+        knn_folds(kept, 1)
+
+
+def test_knn_cross_validation_classifies_every_article_once(encoder: MultiScaleEncoder, tmp_path: Path) -> None:
+    """With ``folds`` every kept article is a test article once, voted on by the other folds' articles: the
+    document-scale accuracy equals a hand computation over the folds on the same vectors."""
+    articles = load_wikipedia()
+    model, cache = MusesCorpusEncoder(encoder), EmbeddingCache(tmp_path)
+    out = evaluate_knn(model, articles, cache, dims=[384], max_articles=300, seed=0, folds=4)
+    kept = knn_articles(articles, max_articles=300, seed=0)
+    assert out["knn/n_test"] == len(kept) and out["knn/n_train"] == pytest.approx(len(kept) * 3 / 4, abs=1)
+    vectors = cache.corpus(model, wikipedia_documents(kept))
+    assert cache.hits == 1  # the same vectors
+    topics = sorted({a.topic for a in kept})
+    label = np.array([topics.index(a.topic) for a in kept])
+    fold, right = knn_folds(kept, 4, seed=0), 0
+    for f in range(4):
+        tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
+        right += int(
+            (predict(knn_votes(vectors.document[tr], label[tr], vectors.document[te], len(topics))) == label[te]).sum()
+        )
+    assert out["knn/document/accuracy@384"] == pytest.approx(right / len(kept))
+    assert out["knn/sentence/accuracy@384"] > 0.5 and out["knn/n_test_sentences"] == len(vectors.sentence)
 
 
 # --- efficiency ---------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ OLD_PROFILES = {
         hierarchy_wiki_docs=300,
         hierarchy_scifact_docs=300,
         knn_articles=2000,
+        knn_folds=5,  # added since: cross-validated k-NN
         knn_scales=("document",),
     ),
     "training": Profile(
@@ -70,5 +71,9 @@ def test_bad_profiles_get_one_line(tmp_path: Path) -> None:
     bad.write_text("tasks: [sts, nope]\n", encoding="utf-8")
     with pytest.raises(InputError, match="unknown task"):
         load_profile(bad)
+    for folds in ("1", "two", "true", "2.5"):
+        bad.write_text(f"tasks: [knn]\nknn_folds: {folds}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="knn_folds must be an integer >= 2"):
+            load_profile(bad)
     with pytest.raises(ConfigError, match="cannot read profile"):
         load_profile(tmp_path / "missing.yaml")
