@@ -3,10 +3,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -22,6 +20,7 @@ from typer.testing import CliRunner
 from muses.encoder import MultiScaleEncoder
 from muses.io import read_documents
 from tests.cli_checks import one_line_error
+from tests.procs import kill_session
 
 ray = pytest.importorskip("ray")
 pytest.importorskip("ray.data")
@@ -132,26 +131,6 @@ def test_resume_skips_finished_shards(encoded: Path, corpus: Path, tmp_path: Pat
         encode_with_ray(str(corpus), str(out), EncodeSettings(scales=SCALES, dim=64), shard_rows=6)
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process of session ``sid`` (the driver, Ray's head processes and its workers, which Ray puts in
-    process groups of their own): a node lost at once."""
-    while True:
-        pids = []
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue  # gone meanwhile
-            if int(fields[3]) == sid and fields[0] != "Z":  # fields after the name: state, ppid, pgrp, session
-                pids.append(int(stat.parent.name))
-        if not pids:
-            return
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.05)
-
-
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="finds the run's processes in /proc (Linux)")
 def test_sigkill_mid_run_resumes_without_redoing_shards(
     local_ray: None, corpus: Path, encoded: Path, tmp_path: Path, data_dir: Path
@@ -170,7 +149,7 @@ def test_sigkill_mid_run_resumes_without_redoing_shards(
             if (out / MANIFEST).exists():
                 listed = json.loads((out / MANIFEST).read_text()).get("shards", {})
         assert proc.poll() is None, "the run ended before it could be killed"
-        _kill_session(proc.pid)
+        kill_session(proc.pid)
     finally:
         proc.wait()
     on_disk = sorted(int(p.name[6:11]) for p in out.glob("shard-*.parquet"))

@@ -20,6 +20,7 @@ from muses.training import distributed as dd
 from muses.training.config import TrainConfig, load_config
 from muses.training.data import load_training_data
 from muses.training.trainer import Trainer
+from tests.procs import descendants, wait_reaped
 
 SMOKE = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
 # Seed 8 draws scifact (MNRL), hierarchy (hierarchical InfoNCE) and stsb (CoSENT) in the first 3 steps; odd global
@@ -120,30 +121,13 @@ def _launch(tmp: Path, cfg: TrainConfig, kill_at: int | None = None, launcher: s
             time.sleep(0.2)
         assert run.poll() is None, "the run ended before it could be killed"
     finally:
-        ranks = _descendants(run.pid)  # torchrun starts each rank in a session of its own
+        ranks = descendants(run.pid)  # torchrun starts each rank in a session of its own
         for pid in [run.pid, *ranks]:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)  # the launcher and both ranks, mid-run
         run.wait()
-        for pid in ranks:  # reaped by init once torchrun is gone; wait until they are
-            while Path(f"/proc/{pid}").exists() and "Z" not in _proc_state(pid):
-                time.sleep(0.05)
-
-
-def _descendants(pid: int) -> list[int]:
-    """Every process below ``pid`` (Linux: /proc/PID/task/TID/children)."""
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").glob("*"):
-        with contextlib.suppress(OSError):
-            for child in (task / "children").read_text().split():
-                out += [int(child), *_descendants(int(child))]
-    return out
-
-
-def _proc_state(pid: int) -> str:
-    with contextlib.suppress(OSError):
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    return "X"
+        for pid in ranks:  # reaped by init once the launcher is gone; wait until they are
+            wait_reaped(pid)
 
 
 def _losses(out: Path) -> list[float]:
