@@ -13,7 +13,7 @@ For every model the script measures, with the evaluation suite's own functions:
 
 Why both fusions. A store fuses with the weights in its config, whatever backend encodes the vectors, so the first
 number is what a user who switches backend gets: it isolates what the backend changes in the vectors. The second
-is what ``muses eval all`` reports for the model alone; it adds the noise of a grid fit on 60 dev queries, which can
+is what ``muses eval all`` reports for the model alone; it adds the noise of a grid fit on 151 dev queries, which can
 flip a weight to 0 on a few queries and move test by more than the backend does.
 
 Usage::
