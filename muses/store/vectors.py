@@ -164,12 +164,23 @@ class ScaleIndex:
         fetch = self._over_fetch(k, share)
         while True:
             f = min(fetch, n)
-            scores, ids = self.index.search(q, f)
+            scores, ids = self._search(q, f)
             scores, ids = scores[0], ids[0]
             mask = (ids >= 0) & self._survivors(owners(np.maximum(ids, 0), self.scale), keep)
             if mask.sum() >= k or f >= n:
                 return scores[mask][:k], ids[mask][:k]
             fetch = f * 4
+
+    def _search(self, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search of ``[Q, dim]`` queries for ``k`` results each. An HNSW search keeps at least ``k``
+        candidates (``efSearch = max(ef_search, k)``): FAISS lets ``k`` exceed ``efSearch`` but then explores as if
+        it did not (facebookresearch/faiss#1244), which cost the 64d funnel a fifth of its sentence recall@10 at
+        10^5 sentences when it asked for 400 candidates with ``ef_search`` 64 (docs/benchmarks.md)."""
+        if self.kind != "hnsw":
+            return self.index.search(q, k)
+        ef = max(self.layout.options.get("ef_search", 64), k)
+        params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]  # missing from the stubs
+        return self.index.search(q, k, params=params)
 
     def _over_fetch(self, k: int, share: float) -> int:
         """Results to ask for so that about ``k`` survive a filter keeping ``share`` of the vectors and the
@@ -194,7 +205,7 @@ class ScaleIndex:
         if not n or not len(queries):
             return np.zeros(0, dtype=np.int64)
         fetch = min(n, self._over_fetch(k, share))
-        _, ids = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
+        _, ids = self._search(np.ascontiguousarray(queries, dtype=np.float32), fetch)
         docs = owners(ids[ids >= 0], self.scale)
         return np.unique(docs[self._survivors(docs, keep)])
 

@@ -195,3 +195,28 @@ def test_a_broad_filter_filters_inside_the_index_search_exactly(
             assert results(s, queries[:4], filters=filters, dim=64) == direct_64
         allowed = {str(e.doc.id) for e in embs if all(e.doc.metadata[k] == v for k, v in filters.items())}
         assert {h[0] for scale_hits in direct for h in scale_hits} <= allowed
+
+
+def test_hnsw_keeps_as_many_candidates_as_asked_for() -> None:
+    """A funnel asks HNSW for more candidates (k * funnel_depth) than ``ef_search``: the search widens ``efSearch``
+    to ``k``, so the candidates are nearly the exact top k (with FAISS's own default, efSearch < k, about 0.6 here).
+    Random unit vectors at 64d, the hard case for a graph index."""
+    from muses.store.vectors import Layout, ScaleIndex, make_ids
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((20_000, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    index = ScaleIndex("document", Layout(64, "hnsw", {"hnsw_m": 32, "ef_search": 16}))
+    ids = make_ids(np.arange(len(x)), np.zeros(len(x)), "document")
+    index.add(ids, x)
+    queries = x[:20] + 0.3 * rng.standard_normal((20, 64)).astype(np.float32)
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    exact = np.argsort(-(queries @ x.T), axis=1)[:, :400]
+    recall = []
+    for q, want in zip(queries, exact, strict=True):
+        _, got = index.search(q, 400)
+        assert len(got) == 400
+        recall.append(len(set(got.tolist()) & set(ids[want].tolist())) / 400)
+    assert np.mean(recall) >= 0.95, np.mean(recall)
+    together = index.neighbours(queries, 400)  # the token path: one search for every query vector
+    assert np.isin(np.unique(ids[exact]), together).mean() >= 0.95
