@@ -7,9 +7,10 @@ text). The first entry is the reference (normally ``torch``).
 For every model the script measures, with the evaluation suite's own functions:
 
 - STS-B dev and test Spearman at ``--dims`` (:func:`~muses.evaluation.sts.evaluate_sts`);
-- SciFact test nDCG@10 of every scoring at ``--dims`` (:func:`~muses.evaluation.retrieval.evaluate_beir_retrieval`),
-  fused twice: with the **reference's** fusion weights (fitted once, on SciFact dev, with the reference model) and
-  with weights refitted on dev with the model itself.
+- SciFact test nDCG@10 of every scoring at ``--dims`` (the steps of
+  :func:`~muses.evaluation.retrieval.evaluate_beir_retrieval`, the queries scored once), fused twice: with the
+  **reference's** fusion weights (fitted once, on SciFact dev, with the reference model) and with weights refitted
+  on dev with the model itself.
 
 Why both fusions. A store fuses with the weights in its config, whatever backend encodes the vectors, so the first
 number is what a user who switches backend gets: it isolates what the backend changes in the vectors. The second
@@ -55,9 +56,10 @@ def load_model(spec: str) -> Any:
 
 def measure(spec: str, dims: list[int], data_dir: str | None, cache_dir: str, ref_fusion: Any) -> dict[str, Any]:
     """Every metric of one model; ``ref_fusion`` None makes this model the reference (its fit is returned)."""
+    from muses.data.beir import load_beir
     from muses.data.stsb import load_stsb
     from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
-    from muses.evaluation.retrieval import evaluate_beir_retrieval, fit_fusion
+    from muses.evaluation.retrieval import beir_documents, evaluate_scored, fit_fusion, score_queries
     from muses.evaluation.sts import evaluate_sts
 
     start = time.perf_counter()
@@ -70,9 +72,12 @@ def measure(spec: str, dims: list[int], data_dir: str | None, cache_dir: str, re
     cache = EmbeddingCache(cache_dir)
     own = fit_fusion(corpus, "scifact", "dev", cache=cache, dims=dims, data_dir=data_dir)
     out["fusion"] = own
-    kw: dict[str, Any] = {"cache": cache, "dims": dims, "data_dir": data_dir}
+    # the steps of evaluate_beir_retrieval, with the test queries scored once for both fusions
+    test = load_beir("scifact", "test", data_dir)
+    vecs = cache.corpus(corpus, beir_documents(test.corpus), with_tokens=True)
+    scored = score_queries(corpus, vecs, test.queries, dims, cache)
     for tag, weights in (("own", own), ("ref", ref_fusion if ref_fusion is not None else own)):
-        metrics = evaluate_beir_retrieval(corpus, "scifact", "test", fusion=weights, **kw)
+        metrics = evaluate_scored(scored, test.qrels, (10,), weights)
         for d in dims:
             for s in SCORINGS:
                 out[f"scifact/{s}@{d}"] = metrics[f"{s}/ndcg@10@{d}"]

@@ -178,7 +178,7 @@ class ScaleIndex:
         10^5 sentences when it asked for 400 candidates with ``ef_search`` 64 (docs/benchmarks.md)."""
         if self.kind != "hnsw":
             return self.index.search(q, k)
-        ef = max(self.layout.options.get("ef_search", 64), k)
+        ef = max(self.layout.options["ef_search"], k)
         params = faiss.SearchParametersHNSW(efSearch=ef)  # type: ignore[attr-defined]  # missing from the stubs
         return self.index.search(q, k, params=params)
 
