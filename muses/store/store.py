@@ -68,6 +68,10 @@ EXACT_FILTER_DOCS = 2000
 one filters the index's results (over-fetching)."""
 TOKEN_CANDIDATES = 32
 """Nearest stored token vectors per query token whose documents join the token and fusion candidates."""
+POOL_FUNNEL_DEPTH = 4
+"""Funnel candidates per result when the fusion and token pool ranks its top documents and sentences: the pool is
+hundreds deep and rescored at every scale anyway, so ``funnel_depth`` (tuned for a top 10) would read thousands of
+documents back from SQLite per query."""
 
 
 @dataclass
@@ -592,7 +596,14 @@ class MemoryStore(StoreBase):
         return np.asarray([r[0] for r in self._con.execute(sql, params)], dtype=np.int64)
 
     def _top(
-        self, ix: IndexSet, scale: str, query: np.ndarray, dim: int, k: int, allowed: np.ndarray | None
+        self,
+        ix: IndexSet,
+        scale: str,
+        query: np.ndarray,
+        dim: int,
+        k: int,
+        allowed: np.ndarray | None,
+        depth: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """The ``k`` best ``document`` or ``sentence`` ids for one query ``[D]`` at prefix ``dim``: ``([k'] scores,
         [k'] ids)``, best first, scores exact at ``dim``.
@@ -600,7 +611,8 @@ class MemoryStore(StoreBase):
         - a filter matching at most :data:`EXACT_FILTER_DOCS` documents: exact, over their stored vectors;
         - a query at the index's dim: the index (exact when flat), a broader filter applied inside the search;
         - a flat index and a smaller dim: an exact scan of the index's vectors;
-        - otherwise (the funnel): ``max(k * funnel_depth, 100)`` candidates from the index, rescored exactly.
+        - otherwise (the funnel): ``max(k * depth, 100)`` candidates from the index (``depth``: the config's
+          ``funnel_depth``), rescored exactly.
         """
         q = prefix_normalize(query, dim)
         index = ix.scales[scale]
@@ -621,7 +633,8 @@ class MemoryStore(StoreBase):
             if keep is not None:
                 scores = np.where(keep(owners(ids, scale)), scores, -np.inf)
             return _best(scores, ids, k, finite=True)
-        _, cand = index.search(prefix_normalize(query, index.dim), max(k * self.config.funnel_depth, 100), keep, share)
+        depth = self.config.funnel_depth if depth is None else depth
+        _, cand = index.search(prefix_normalize(query, index.dim), max(k * depth, 100), keep, share)
         rows = self._fetch(scale, np.unique(owners(cand, scale)))
         chosen = np.isin(rows.ids, cand)
         return _best(prefix_normalize(rows.vectors[chosen], dim) @ q, rows.ids[chosen], k)
@@ -674,7 +687,7 @@ class MemoryStore(StoreBase):
         score for every candidate: ``([C] sorted document rows, {scale: [C] scores})``."""
         depth = max(depth, k)
         qv = query.vector
-        _, by_doc = self._top(ix, "document", qv, dim, depth, allowed)
+        _, by_doc = self._top(ix, "document", qv, dim, depth, allowed, POOL_FUNNEL_DEPTH)
         cand = np.union1d(by_doc, self._top_sentence_docs(ix, qv, dim, depth, allowed))
         qt = self._query_tokens(query, dim) if "token" in ix.scales else None
         if qt is not None and dim == self.dim:
@@ -708,7 +721,7 @@ class MemoryStore(StoreBase):
         ranking (fetching four times more sentences until there are enough, or no more)."""
         fetch = depth * 4
         while True:
-            _, ids = self._top(ix, "sentence", query, dim, fetch, allowed)
+            _, ids = self._top(ix, "sentence", query, dim, fetch, allowed, POOL_FUNNEL_DEPTH)
             docs = owners(ids, "sentence")
             _, first = np.unique(docs, return_index=True)
             ranked = docs[np.sort(first)]
