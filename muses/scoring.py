@@ -44,8 +44,8 @@ __all__ = [
     "RRF_K",
     "candidate_pool",
     "fuse",
-    "prefix_inverse_norms",
     "prefix_normalize",
+    "row_norms",
     "segment_max",
     "sentence_maxsim",
     "token_maxsim",
@@ -56,7 +56,16 @@ __all__ = [
 def prefix_normalize(x: np.ndarray, dim: int) -> np.ndarray:
     """``[..., D]`` -> ``[..., dim]``: the ``dim``-prefix of each vector (each row of a matrix), L2-normalised."""
     p = x[..., :dim]
-    return p / np.clip(np.linalg.norm(p, axis=-1, keepdims=True), 1e-12, None)
+    norms = row_norms(p).astype(p.dtype, copy=False) if p.dtype.kind == "f" else row_norms(p)
+    return p / np.clip(norms[..., None], 1e-12, None)
+
+
+def row_norms(x: np.ndarray) -> np.ndarray:
+    """``[..., D]`` -> ``[...]`` L2 norms, summed in float32 or wider (an einsum: unlike ``np.linalg.norm``, no
+    ``[..., D]`` temporary)."""
+    if x.dtype not in (np.float32, np.float64):
+        x = x.astype(np.float32)
+    return np.sqrt(np.einsum("...i,...i->...", x, x))
 
 
 def segment_max(scores: np.ndarray, segment: np.ndarray, n_segments: int) -> np.ndarray:
@@ -136,15 +145,6 @@ def _token_ranges(token_doc: np.ndarray, n_docs: int) -> np.ndarray:
     return np.stack([np.searchsorted(token_doc, docs, "left"), np.searchsorted(token_doc, docs, "right")], axis=1)
 
 
-def prefix_inverse_norms(tokens: np.ndarray, dim: int, chunk: int = 65536) -> np.ndarray:
-    """``[T, D]`` -> ``[T]`` float32: ``1 / ||tokens[:, :dim]||`` (0 for a zero row), computed in chunks."""
-    out = np.empty(tokens.shape[0], dtype=np.float32)
-    for c in range(0, tokens.shape[0], chunk):
-        norm = np.linalg.norm(tokens[c : c + chunk, :dim].astype(np.float32), axis=1)
-        out[c : c + chunk] = np.where(norm > 1e-12, 1.0 / np.maximum(norm, 1e-12), 0.0)
-    return out
-
-
 def token_maxsim(
     query_tokens: Sequence[np.ndarray],
     tokens: np.ndarray,
@@ -159,7 +159,7 @@ def token_maxsim(
 
     Args:
         query_tokens: ``Q`` arrays ``[t_q, D]``, the query token vectors.
-        tokens: ``[T, D]`` corpus token vectors (float16 is fine), stored in document order.
+        tokens: ``[T, D]`` corpus token vectors (float16 or int8 is fine), stored in document order.
         token_doc: ``[T]`` non-decreasing document row of each token.
         candidates: ``[Q, P]`` document rows to score per query, ``-1`` for padding.
         dim: prefix size (default: full ``D``).
@@ -187,7 +187,6 @@ def token_maxsim_dims(
     """
     n_docs = int(max(max(c.max(initial=-1) for c in candidates.values()) + 1, token_doc.max(initial=-1) + 1))
     ranges = _token_ranges(token_doc, n_docs)
-    inverse = {d: prefix_inverse_norms(tokens, d) for d in candidates}
     top = max(candidates)
     out = {d: np.full(c.shape, -np.inf, dtype=np.float32) for d, c in candidates.items()}
     for q, qt in enumerate(query_tokens):
@@ -201,7 +200,9 @@ def token_maxsim_dims(
         gathered = tokens[rows, :top].astype(np.float32)  # [n, D] the candidates' tokens, once for all dims
         q_full = qt.astype(np.float32)
         for d, cand in candidates.items():
-            sims = (prefix_normalize(q_full, d) @ gathered[:, :d].T) * inverse[d][rows]
+            norms = row_norms(gathered[:, :d])
+            inverse = np.divide(1.0, norms, out=np.zeros_like(norms), where=norms > 1e-12)  # a zero row scores 0
+            sims = (prefix_normalize(q_full, d) @ gathered[:, :d].T) * inverse
             per_doc = np.maximum.reduceat(sims, offsets, axis=1).sum(axis=0)  # [len(docs)]
             pos = np.searchsorted(docs, cand[q])
             found = (cand[q] >= 0) & (pos < len(docs)) & (docs[np.minimum(pos, len(docs) - 1)] == cand[q])
