@@ -34,7 +34,7 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,7 @@ from pydantic import ValidationError
 
 from muses.data.beir import load_beir
 from muses.encoder import MultiScaleEncoder
+from muses.errors import validation_problems
 from muses.evaluation.metrics import query_ndcg
 from muses.evaluation.retrieval import beir_documents
 from muses.scoring import candidate_pool, fuse, prefix_normalize, segment_max, sentence_maxsim, token_maxsim
@@ -57,10 +58,13 @@ SCALE_CONFIG = {
     "token_index_dim": 64,
     "token_dtype": "int8",
     "nlist": 1024,
-    "funnel_depth": 40,
+    "funnel_depth": 100,
+    "hnsw_ef_construction": 200,
 }
 """The configuration benchmarked at scale: HNSW at 128d rescored at 384d (at 64d the funnel's sentence recall@10 at 10^5
-was 0.92, at 128d 0.99: docs/benchmarks.md), IVF-PQ token candidates at 64d, int8 tokens."""
+was 0.92, at 128d 0.99), built with efConstruction 200 and searched for 100 x k candidates (FAISS's default 40 and
+40 x k left the sentence recall@10 at 0.78 at 10^6; docs/benchmarks.md), IVF-PQ token candidates at 64d, int8
+tokens."""
 
 
 def _machine() -> dict[str, Any]:
@@ -176,9 +180,12 @@ def _suite_fusion(embs: list, queries: list[EncodedQuery], data: Any, qids: list
 
 
 # ---------------------------------------------------------------------------------------------------- scale
-def _synthesise(real: list[MultiScaleEmbedding], n_sentences: int, noise: float, mix: float, seed: int) -> list:
-    """Copies of the real documents until ``n_sentences`` sentences; copy ``i`` of a document adds ``mix`` times
-    a random other real document's vector ``[D]`` and ``noise`` times a random unit vector to all its vectors."""
+def _synthesise(
+    real: list[MultiScaleEmbedding], n_sentences: int, noise: float, mix: float, seed: int, batch: int = 2000
+) -> Iterator[list[MultiScaleEmbedding]]:
+    """Copies of the real documents until ``n_sentences`` sentences, ``batch`` documents at a time (so a size of
+    10^6 never holds all its vectors at once); copy ``i`` of a document adds ``mix`` times a random other real
+    document's vector ``[D]`` and ``noise`` times a random unit vector to all its vectors."""
     rng = np.random.default_rng(seed)
     out, total, i = [], 0, 0
     dim = real[0].document.shape[-1]
@@ -189,11 +196,14 @@ def _synthesise(real: list[MultiScaleEmbedding], n_sentences: int, noise: float,
         if i >= len(real):  # the first pass keeps the real documents as they are, bar the offset
             partner = real[(i + 1 + int(rng.integers(len(real) - 1))) % len(real)]
             offset = (offset + mix * partner.document).astype(np.float32)
-        copy = _offset(e, offset, f"{e.doc.id}~{i}")
-        out.append(copy)
+        out.append(_offset(e, offset, f"{e.doc.id}~{i}"))
         total += len(e.sentences)
         i += 1
-    return out
+        if len(out) == batch:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 def _offset(e: MultiScaleEmbedding, offset: np.ndarray, new_id: str) -> MultiScaleEmbedding:
@@ -219,32 +229,47 @@ def _rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def _exhaustive(synth: list, queries: list[EncodedQuery], store: MemoryStore, pool: int) -> dict[str, list[list[str]]]:
-    """Top 10 ids per scale per query by exhaustive scoring of the stored vectors (read back from the store, so the
-    same int8 token vectors and the same pooling) with :mod:`muses.scoring`."""
+def _exhaustive(queries: list[EncodedQuery], store: MemoryStore, pool: int, chunk: int = 10000) -> dict[str, list]:
+    """Top 10 ids per scale per query by exhaustive scoring of the stored vectors (read back from SQLite, so the
+    same int8 token vectors and the same pooling) with :mod:`muses.scoring`, ``chunk`` documents at a time (a
+    10^6-sentence store's token vectors would not fit in memory as float32 at once)."""
     con = store._con
     ids = [r[0] for r in con.execute("SELECT id FROM documents ORDER BY row")]
-    docs = store._fetch("document", [r[0] for r in con.execute("SELECT row FROM documents ORDER BY row")])
-    rows = docs.doc
-    sents = store._fetch("sentence", rows)
-    toks = store._fetch("token", rows)
-    seg_s, seg_t = np.searchsorted(rows, sents.doc), np.searchsorted(rows, toks.doc)
-    out: dict[str, list[list[str]]] = {s: [] for s in SCALES}
-    dv, sv = prefix_normalize(docs.vectors, store.dim), prefix_normalize(sents.vectors, store.dim)
-    for q in queries:
-        qv = prefix_normalize(q.vector, store.dim)
-        d = dv @ qv
-        s = sv @ qv
-        out["document"].append([ids[i] for i in np.argsort(-d, kind="stable")[:10]])
-        order = np.argsort(-s, kind="stable")[:10]
-        out["sentence"].append([f"{ids[seg_s[i]]}#{int(sents.sub[i])}" for i in order])
-        smax = segment_max(s[None], seg_s, len(rows))[0]
-        cand = np.union1d(np.argsort(-d)[:pool], np.argsort(-smax)[:pool])
-        assert q.tokens is not None
-        t_all = token_maxsim([q.tokens], toks.vectors, seg_t, np.arange(len(rows))[None])[0]
-        out["token"].append([ids[i] for i in np.argsort(-t_all, kind="stable")[:10]])
-        cand = np.union1d(cand, np.argsort(-t_all)[:pool])
-        per = {"document": d[cand][None], "sentence": smax[cand][None], "token": t_all[cand][None]}
+    all_rows = np.asarray([r[0] for r in con.execute("SELECT row FROM documents ORDER BY row")], dtype=np.int64)
+    qv = np.stack([prefix_normalize(q.vector, store.dim) for q in queries])
+    q_tokens = [q.tokens for q in queries if q.tokens is not None]
+    assert len(q_tokens) == len(queries)
+    n = len(all_rows)
+    d, smax, t_all = (np.full((len(queries), n), -np.inf, dtype=np.float32) for _ in range(3))
+    best_s = [np.zeros(0, dtype=np.float32)] * len(queries)  # each query's best sentence scores so far
+    best_k: list[list[str]] = [[] for _ in queries]  # and their keys
+    for a in range(0, n, chunk):
+        rows = all_rows[a : a + chunk]
+        docs = store._fetch("document", rows)
+        sents = store._fetch("sentence", rows)
+        toks = store._fetch("token", rows)
+        seg_s, seg_t = np.searchsorted(rows, sents.doc), np.searchsorted(rows, toks.doc)
+        d[:, a : a + len(rows)] = qv @ prefix_normalize(docs.vectors, store.dim).T
+        s = qv @ prefix_normalize(sents.vectors, store.dim).T
+        smax[:, a : a + len(rows)] = segment_max(s, seg_s, len(rows))
+        cand = np.broadcast_to(np.arange(len(rows)), (len(queries), len(rows)))
+        t_all[:, a : a + len(rows)] = token_maxsim(q_tokens, toks.vectors, seg_t, np.ascontiguousarray(cand))
+        keys = [f"{ids[a + seg_s[i]]}#{int(sents.sub[i])}" for i in range(len(seg_s))]
+        for j in range(len(queries)):
+            top = np.argsort(-s[j], kind="stable")[:10]
+            merged = np.concatenate([best_s[j], s[j, top]])
+            order = np.argsort(-merged, kind="stable")[:10]
+            pooled = best_k[j] + [keys[i] for i in top]
+            best_s[j], best_k[j] = merged[order], [pooled[i] for i in order]
+    out: dict[str, list] = {s: [] for s in SCALES}
+    for j in range(len(queries)):
+        out["document"].append([ids[i] for i in np.argsort(-d[j], kind="stable")[:10]])
+        out["sentence"].append(best_k[j])
+        out["token"].append([ids[i] for i in np.argsort(-t_all[j], kind="stable")[:10]])
+        cand = np.union1d(
+            np.union1d(np.argsort(-d[j])[:pool], np.argsort(-smax[j])[:pool]), np.argsort(-t_all[j])[:pool]
+        )
+        per = {"document": d[j, cand][None], "sentence": smax[j, cand][None], "token": t_all[j, cand][None]}
         fused = fuse(per, store.config.fusion_weights)[0]
         out["fusion"].append([ids[cand[i]] for i in np.argsort(-fused, kind="stable")[:10]])
     return out
@@ -259,15 +284,16 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
     queries: list[EncodedQuery] = []
     rows = []
     for size in [int(x) for x in args.sizes.split(",")]:
-        synth = _synthesise(real, size, args.noise, args.mix, seed=size)
         work = Path(tempfile.mkdtemp(prefix="muses-store-scale-", dir=args.work))
         path = work / "store"
         config = StoreConfig(**{**SCALE_CONFIG, **args.set}, snapshot_every=10**9)
         try:
             t = time.perf_counter()
             store = MemoryStore.create(path, encoder, config, model=args.model)
-            for i in range(0, len(synth), 2000):
-                store.add_encoded(synth[i : i + 2000])
+            for i, batch in enumerate(_synthesise(real, size, args.noise, args.mix, seed=size)):
+                store.add_encoded(batch)
+                if i == 0:
+                    store.checkpoint()  # trains IVF-PQ on the first batch, as a store's first snapshot would
             store.checkpoint()
             build_s = time.perf_counter() - t
             sentences = store.stats()["sentences"]
@@ -287,7 +313,7 @@ def scale(args: argparse.Namespace) -> dict[str, Any]:
                     store.search(q, scale_name, k=10)
                     times.append(time.perf_counter() - t)
                 latency[scale_name] = _percentiles(times)
-            exact = _exhaustive(synth, queries[: args.recall_queries], store, 100)
+            exact = _exhaustive(queries[: args.recall_queries], store, 100)
             recall = {}
             for scale_name in args.scales:
                 hits = []
@@ -390,7 +416,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             StoreConfig(**{**SCALE_CONFIG, **args.set})
         except ValidationError as e:
-            parser.error("--set: " + "; ".join(f"{'.'.join(map(str, x['loc']))}: {x['msg']}" for x in e.errors()))
+            parser.error(f"--set: {validation_problems(e.errors())}")
     result = scale(args) if args.what == "scale" else quality(args)
     text = json.dumps(result, indent=2) + "\n"
     if args.json:

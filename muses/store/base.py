@@ -36,6 +36,12 @@ class StoreConfig(BaseModel):
     index: IndexKind = "flat"
     token_pool: int = Field(4, ge=0, description="tokens pooled per stored token vector; 0: no token scale")
     hnsw_m: int = Field(32, ge=4)
+    hnsw_ef_construction: int | None = Field(
+        None,
+        ge=1,
+        description="HNSW build beam (FAISS efConstruction, Qdrant ef_construct; default: the engine's own, 40 and "
+        "100): wider builds slower and finds more of the true neighbours",
+    )
     ef_search: int = Field(64, ge=1)
     nlist: int = Field(64, ge=1)
     pq_m: int = Field(16, ge=1)

@@ -181,13 +181,20 @@ def in_rows(rows: Iterable[int]) -> str:
 TOKEN_DTYPES = ("float32", "int8")
 
 
+def to_int8(x: np.ndarray) -> np.ndarray:
+    """``[..., D]`` -> ``[..., D]`` int8: each vector times ``127 / max|x|``, rounded (a zero vector stays zero).
+    Idempotent on its own output read back as float (the peak is 127 already)."""
+    x = np.asarray(x, dtype=np.float32)
+    peak = np.abs(x).max(axis=-1, keepdims=True, initial=0.0)
+    scale = np.divide(127.0, peak, out=np.zeros_like(peak), where=peak > 0)
+    return np.round(x * scale).astype(np.int8)
+
+
 def to_blob(x: np.ndarray, dtype: str = "float32") -> bytes:
-    """A vector as float32 bytes, or as int8 (``x / max|x| * 127``, rounded): 4x smaller. The int8 vector's length is
-    lost, which cosine scoring does not need (vectors are renormalised when scored)."""
+    """A vector as float32 bytes, or as int8 (:func:`to_int8`): 4x smaller. The int8 vector's length is lost, which
+    cosine scoring does not need (vectors are renormalised when scored)."""
     if dtype == "int8":
-        x = np.asarray(x, dtype=np.float32)
-        peak = float(np.abs(x).max(initial=0.0))
-        return np.round(x * (127.0 / peak if peak > 0 else 0.0)).astype(np.int8).tobytes()
+        return to_int8(x).tobytes()
     return np.ascontiguousarray(x, dtype=np.float32).tobytes()
 
 

@@ -506,7 +506,7 @@ class QdrantStore(StoreBase):
         """Create the sentences collection, then the documents collection with the settings (the store exists once
         that one does). A sentences collection left by an interrupted creation is reused."""
         on_disk = qdrant.on_disk or None
-        hnsw = models.HnswConfigDiff(m=config.hnsw_m)
+        hnsw = models.HnswConfigDiff(m=config.hnsw_m, ef_construct=config.hnsw_ef_construction)
         dense = {
             _vec(d): models.VectorParams(size=d, distance=models.Distance.COSINE, on_disk=on_disk)
             for d in qdrant.dims or [dim]

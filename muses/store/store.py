@@ -56,7 +56,7 @@ from muses.store.base import (
     check_conflicts,
     resolve_model,
 )
-from muses.store.vectors import INDEX_FOLDER, IndexSet, Layout, ScaleIndex, make_ids, owners
+from muses.store.vectors import INDEX_FOLDER, IndexSet, Layout, ScaleIndex, make_ids, ordinals, owners
 from muses.types import Document, MultiScaleEmbedding
 from muses.validation import check_id
 
@@ -430,10 +430,17 @@ class MemoryStore(StoreBase):
         """Each scale's index, from the store's config."""
         c = self.config
         opts = {"hnsw_m": c.hnsw_m, "ef_search": c.ef_search, "nlist": c.nlist, "pq_m": c.pq_m, "nprobe": c.nprobe}
-        top = c.funnel_dim or self.dim
-        out = {"document": Layout(top, c.index, opts), "sentence": Layout(top, c.index, opts)}
+        if c.hnsw_ef_construction:  # only when set, so the stores made before the setting keep their layout
+            opts["hnsw_ef_construction"] = c.hnsw_ef_construction
+        top, full = c.funnel_dim or self.dim, self.dim
+        out = {
+            "document": Layout(top, c.index, opts, stored_dim=full),
+            "sentence": Layout(top, c.index, opts, stored_dim=full),
+        }
         if c.token_pool:
-            out["token"] = Layout(c.token_index_dim or top, c.token_index or c.index, opts)
+            out["token"] = Layout(
+                c.token_index_dim or top, c.token_index or c.index, opts, stored_dim=full, stored_dtype=c.token_dtype
+            )
         return out
 
     def _sync(self) -> IndexSet:
@@ -441,6 +448,7 @@ class MemoryStore(StoreBase):
         built from SQLite; then the commits since (this process's or another's) applied from the change log.
         The caller holds ``_mutex``."""
         con = self._con
+        built = False
         with db.readable(self.path / DB_FILE):
             con.execute("BEGIN")  # one consistent snapshot of the log and the vectors
             try:
@@ -451,13 +459,30 @@ class MemoryStore(StoreBase):
                     if ix is not None and not start <= ix.generation <= gen:
                         ix = None  # older than the log reaches, or newer than the database (restored from a backup)
                 if ix is None:
-                    ix = self._build(gen)
+                    ix, built = self._build(gen), True
                 elif ix.generation < gen:
                     self._replay(ix, gen)
             finally:
                 con.execute("COMMIT")
         self._ix = ix
+        if built and IndexSet.saved_generation(self.path) is not None:  # none at all: close() saves one
+            self._save_built(ix)
         return ix
+
+    def _save_built(self, ix: IndexSet) -> None:
+        """Save indexes just built from SQLite (the snapshot was missing, damaged, outdated or of an older format),
+        so that the next open loads them instead of building them again. Skipped when another process holds the
+        write lock, when a commit came in since the build (that writer saves), or when the disk refuses."""
+        try:
+            with self._lock.acquire(timeout=0):
+                with db.readable(self.path / DB_FILE):
+                    if db.generation(self._con) != ix.generation:
+                        return
+                ix.save(self.path)
+                with db.readable(self.path / DB_FILE):
+                    db.prune_log(self._con, ix.generation)
+        except (TimeoutError, OSError):
+            pass
 
     def _build(self, gen: int) -> IndexSet:
         """Every index built from SQLite (IVF-PQ trained on a sample of each scale's vectors)."""
@@ -616,9 +641,11 @@ class MemoryStore(StoreBase):
         """
         q = prefix_normalize(query, dim)
         index = ix.scales[scale]
+        exact = index.exact
+        assert exact is not None  # every scale of a store keeps its full-dim vectors (_layouts)
         if allowed is not None and len(allowed) <= EXACT_FILTER_DOCS:
-            rows = self._fetch(scale, allowed)
-            return _best(prefix_normalize(rows.vectors, dim) @ q, rows.ids, k)
+            doc, ordinal, x = exact.documents(allowed)
+            return _best(prefix_normalize(x, dim) @ q, make_ids(doc, ordinal, scale), k)
         keep, share = None, 1.0
         if allowed is not None:
             allowed_rows = allowed
@@ -635,9 +662,8 @@ class MemoryStore(StoreBase):
             return _best(scores, ids, k, finite=True)
         depth = self.config.funnel_depth if depth is None else depth
         _, cand = index.search(prefix_normalize(query, index.dim), max(k * depth, 100), keep, share)
-        rows = self._fetch(scale, np.unique(owners(cand, scale)))
-        chosen = np.isin(rows.ids, cand)
-        return _best(prefix_normalize(rows.vectors[chosen], dim) @ q, rows.ids[chosen], k)
+        found, x = exact.take(owners(cand, scale), ordinals(cand, scale))
+        return _best(prefix_normalize(x, dim) @ q, cand[found], k)
 
     def _search(
         self,
@@ -699,18 +725,19 @@ class MemoryStore(StoreBase):
                 cand, tix.neighbours(prefix_normalize(query.tokens, tix.dim), TOKEN_CANDIDATES, keep, share)
             )
         q = prefix_normalize(qv, dim)
-        docs = self._fetch("document", cand)
-        cand = docs.doc  # documents deleted since the index saw them drop out here
-        sents = self._fetch("sentence", cand)
-        seg = np.searchsorted(cand, sents.doc)
+        exact = {s: x.exact for s, x in ix.scales.items()}
+        assert all(x is not None for x in exact.values())  # every scale keeps its full-dim vectors (_layouts)
+        cand, _, doc_vectors = exact["document"].documents(cand)  # type: ignore[union-attr]
+        sent_doc, _, sent_vectors = exact["sentence"].documents(cand)  # type: ignore[union-attr]
+        seg = np.searchsorted(cand, sent_doc)
         per_scale = {
-            "document": prefix_normalize(docs.vectors, dim) @ q,
-            "sentence": segment_max((prefix_normalize(sents.vectors, dim) @ q)[None], seg, len(cand))[0],
+            "document": prefix_normalize(doc_vectors, dim) @ q,
+            "sentence": segment_max((prefix_normalize(sent_vectors, dim) @ q)[None], seg, len(cand))[0],
         }
         if qt is not None:
-            toks = self._fetch("token", cand)
+            tok_doc, _, tok_vectors = exact["token"].documents(cand)  # type: ignore[union-attr]
             pos = np.arange(len(cand))[None]
-            token = token_maxsim([qt], toks.vectors, np.searchsorted(cand, toks.doc), pos, dim)[0]
+            token = token_maxsim([qt], tok_vectors, np.searchsorted(cand, tok_doc), pos, dim)[0]
             per_scale["token"] = np.where(np.isfinite(token), token, 0.0).astype(np.float32)  # no tokens: 0
         return cand, {s: v.astype(np.float32) for s, v in per_scale.items()}
 

@@ -9,6 +9,8 @@ Ids carry their document, so a hit names its document without a lookup and delet
 Each :class:`ScaleIndex` wraps a FAISS ``IndexIDMap2`` over L2-normalised ``[N, d]`` vectors (``d`` may be a
 Matryoshka prefix of the stored dim: the funnel). Flat and IVF-PQ indexes remove ids in place; HNSW cannot, so a
 deleted document's vectors stay in the graph as tombstones, filtered out of every search, until a rebuild.
+Beside each index, an :class:`~muses.store.exact.ExactVectors` keeps the scale's full-dim vectors by document row,
+which the store rescores candidates and scores token MaxSim with, instead of reading them back from SQLite.
 
 An :class:`IndexSet` (every scale, and the store's commit counter ``generation`` it reflects) is saved as a
 snapshot folder ``index/g<generation>/`` beside the database; ``index/CURRENT`` names the newest complete one and is
@@ -30,17 +32,23 @@ import faiss
 import numpy as np
 
 from muses.scoring import prefix_normalize
+from muses.store.exact import ExactVectors
 
 SHIFT = {"document": 0, "sentence": 20, "token": 24}
 """Bits below the document row in each scale's ids."""
 INDEX_FOLDER = "index"
-FORMAT = 1
+FORMAT = 2  # 2: each scale's full-dim vectors saved beside its index (ExactVectors)
 MIN_TRAIN_PER_LIST = 39  # FAISS's minimum training points per IVF cell
 
 
 def owners(ids: np.ndarray, scale: str) -> np.ndarray:
     """``[n]`` ids of ``scale`` -> ``[n]`` document rows."""
     return np.asarray(ids, dtype=np.int64) >> SHIFT[scale]
+
+
+def ordinals(ids: np.ndarray, scale: str) -> np.ndarray:
+    """``[n]`` ids of ``scale`` -> ``[n]`` positions inside their documents (0 for documents)."""
+    return np.asarray(ids, dtype=np.int64) & ((1 << SHIFT[scale]) - 1)
 
 
 def make_ids(doc_rows: np.ndarray, ordinals: np.ndarray, scale: str) -> np.ndarray:
@@ -53,14 +61,22 @@ def make_ids(doc_rows: np.ndarray, ordinals: np.ndarray, scale: str) -> np.ndarr
 
 @dataclass(frozen=True)
 class Layout:
-    """How one scale is indexed: FAISS ``kind`` over ``dim``-prefix vectors, with the kind's options."""
+    """How one scale is indexed: FAISS ``kind`` over ``dim``-prefix vectors, with the kind's options; and, when
+    ``stored_dim`` is set, an exact copy of the full ``[n, stored_dim]`` vectors as ``stored_dtype`` for rescoring
+    (:class:`~muses.store.exact.ExactVectors`)."""
 
     dim: int
     kind: str
     options: dict[str, int] = field(default_factory=dict)
+    stored_dim: int | None = None
+    stored_dtype: str = "float32"
 
     def key(self) -> dict[str, Any]:
-        return {"dim": self.dim, "kind": self.kind, **self.options}
+        exact = {"stored_dim": self.stored_dim, "stored_dtype": self.stored_dtype} if self.stored_dim else {}
+        return {"dim": self.dim, "kind": self.kind, **self.options, **exact}
+
+    def new_exact(self) -> ExactVectors | None:
+        return ExactVectors(self.stored_dim, self.stored_dtype) if self.stored_dim else None
 
 
 def _new_index(layout: Layout, train: np.ndarray | None) -> tuple[faiss.IndexIDMap2, str]:
@@ -74,6 +90,8 @@ def _new_index(layout: Layout, train: np.ndarray | None) -> tuple[faiss.IndexIDM
     if kind == "hnsw":
         inner = faiss.IndexHNSWFlat(d, o["hnsw_m"], faiss.METRIC_INNER_PRODUCT)
         inner.hnsw.efSearch = o["ef_search"]
+        if o.get("hnsw_ef_construction"):
+            inner.hnsw.efConstruction = o["hnsw_ef_construction"]
     elif kind == "ivfpq":
         inner = faiss.index_factory(d, f"IVF{o['nlist']},PQ{o['pq_m']}", faiss.METRIC_INNER_PRODUCT)
         assert train is not None
@@ -93,6 +111,7 @@ class ScaleIndex:
         index: the FAISS index (an empty one is made when None).
         kind: the kind ``index`` is (may be ``flat`` where ``layout`` asks for IVF-PQ but there was too little data).
         dead: tombstoned document rows (HNSW only).
+        exact: the full-dim vectors (default: an empty copy when ``layout.stored_dim`` is set, else none).
     """
 
     def __init__(
@@ -103,9 +122,11 @@ class ScaleIndex:
         kind: str | None = None,
         dead: Iterable[int] = (),
         train: np.ndarray | None = None,
+        exact: ExactVectors | None = None,
     ) -> None:
         self.scale = scale
         self.layout = layout
+        self.exact = exact if exact is not None else layout.new_exact()
         if index is None:
             index, kind = _new_index(layout, None if train is None else prefix_normalize(train, layout.dim))
         self.index = index
@@ -123,10 +144,13 @@ class ScaleIndex:
         return int(self.index.ntotal)
 
     def add(self, ids: np.ndarray, vectors: np.ndarray) -> None:
-        """Add ``[n, D]`` vectors (``D >= dim``; the ``dim``-prefix is indexed, renormalised) under ``[n]`` ids."""
+        """Add ``[n, D]`` vectors (``D >= dim``; the ``dim``-prefix is indexed, renormalised) under ``[n]`` ids: all
+        the vectors of some documents, in document order (the exact copy keeps them whole, by document row)."""
         if len(ids):
             x = np.ascontiguousarray(prefix_normalize(np.asarray(vectors, dtype=np.float32), self.dim))
             self.index.add_with_ids(x, np.ascontiguousarray(ids, dtype=np.int64))
+            if self.exact is not None:
+                self.exact.add(owners(ids, self.scale), vectors)
 
     def ids(self) -> np.ndarray:
         """``[N]`` the ids in the index, in FAISS's internal order."""
@@ -137,6 +161,8 @@ class ScaleIndex:
         rows = np.fromiter((int(r) for r in rows), dtype=np.int64)
         if not len(rows) or not self.ntotal:
             return
+        if self.exact is not None:
+            self.exact.remove(rows)
         if self.kind == "hnsw":
             ids = self.ids()
             self.dead_vectors += int(np.isin(owners(ids, self.scale), rows).sum())
@@ -229,12 +255,15 @@ class ScaleIndex:
         return int(self.ntotal * (per + 8))
 
     def describe(self) -> dict[str, Any]:
+        """Kind, dim, vectors, tombstones, ``bytes`` of the index in memory, and ``exact_bytes`` of the full-dim copy
+        (memory-mapped from the snapshot: on disk, paged in as searches read it)."""
         return {
             "kind": self.kind,
             "dim": self.dim,
             "vectors": self.ntotal,
             "tombstoned": self.dead_vectors,
             "bytes": self.nbytes(),
+            "exact_bytes": self.exact.nbytes() if self.exact is not None else 0,
         }
 
 
@@ -258,6 +287,8 @@ class IndexSet:
         state: dict[str, Any] = {"format": FORMAT, "generation": self.generation, "scales": {}}
         for scale, ix in self.scales.items():
             faiss.write_index(ix.index, str(tmp / f"{scale}.faiss"))
+            if ix.exact is not None:
+                ix.exact.save(tmp / f"{scale}.vectors.npy")
             state["scales"][scale] = {
                 "layout": ix.layout.key(),
                 "kind": ix.kind,
@@ -270,6 +301,9 @@ class IndexSet:
             shutil.rmtree(final)
         os.replace(tmp, final)
         _write_atomic(root / "CURRENT", final.name)
+        for scale, ix in self.scales.items():  # the saved copy, memory-mapped, replaces the chunks held in memory
+            if ix.exact is not None:
+                ix.exact = ExactVectors.load(final / f"{scale}.vectors.npy", ix.exact.dim, ix.layout.stored_dtype)
         for old in root.iterdir():
             if old.is_dir() and old.name != final.name:
                 shutil.rmtree(old, ignore_errors=True)
@@ -294,7 +328,10 @@ class IndexSet:
                 index = faiss.read_index(str(folder / f"{scale}.faiss"), flags)
                 if not isinstance(index, faiss.IndexIDMap2) or index.d != layout.dim:
                     return None
-                ix = ScaleIndex(scale, layout, index, info["kind"], info["dead"])
+                exact = None
+                if layout.stored_dim:
+                    exact = ExactVectors.load(folder / f"{scale}.vectors.npy", layout.stored_dim, layout.stored_dtype)
+                ix = ScaleIndex(scale, layout, index, info["kind"], info["dead"], exact=exact)
                 ix.dead_vectors = int(info["dead_vectors"])
                 scales[scale] = ix
             return cls(int(state["generation"]), scales)

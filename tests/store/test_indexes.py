@@ -4,6 +4,7 @@ and the funnel, HNSW tombstones, int8 tokens and broad filters agree with exact 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,8 @@ from muses.encoder import MultiScaleEncoder
 from muses.evaluation.evidence import squad_documents, squad_qrels
 from muses.store import EncodedQuery, MemoryStore, StoreConfig
 from muses.store import store as store_module
+from muses.store.db import to_blob, to_int8
+from muses.store.exact import ExactVectors
 from muses.store.vectors import INDEX_FOLDER, IndexSet
 from muses.types import MultiScaleEmbedding
 
@@ -220,3 +223,60 @@ def test_hnsw_keeps_as_many_candidates_as_asked_for() -> None:
     assert np.mean(recall) >= 0.95, np.mean(recall)
     together = index.neighbours(queries, 400)  # the token path: one search for every query vector
     assert np.isin(np.unique(ids[exact]), together).mean() >= 0.95
+
+
+def test_a_snapshot_it_cannot_use_is_rebuilt_and_saved_once(
+    tmp_path: Path, encoder: MultiScaleEncoder, corpus: tuple, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A snapshot of an older format (here: its state file says format 1) is rebuilt from SQLite on open and
+    saved, so the open after loads it instead of rebuilding again."""
+    embs, queries = corpus
+    path = tmp_path / "mem"
+    s = MemoryStore.create(path, encoder, StoreConfig(dim=DIM), model="default")
+    s.add_encoded(embs[:20])
+    expected = results(s, queries)
+    s.close()
+    folder = path / INDEX_FOLDER / (path / INDEX_FOLDER / "CURRENT").read_text().strip()
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "state.json").write_text(json.dumps(state | {"format": 1}))
+    builds = []
+    real_build = MemoryStore._build
+    monkeypatch.setattr(MemoryStore, "_build", lambda self, gen: builds.append(gen) or real_build(self, gen))
+    assert results(MemoryStore.open(path, encoder), queries) == expected
+    assert builds == [1]
+    assert results(MemoryStore.open(path, encoder), queries) == expected
+    assert builds == [1]  # the second open loaded the snapshot the first one saved
+
+
+def test_exact_vectors_follow_adds_and_removes_and_reload_from_their_file(tmp_path: Path) -> None:
+    """The full-dim copy the store rescores with returns each document's vectors in order, at (row, ordinal)
+    pairs, after removals, and the same from its saved, memory-mapped file; int8 keeps SQLite's bytes."""
+    rng = np.random.default_rng(0)
+    docs = np.repeat([3, 5, 9], [2, 0, 3])[:5]  # row 5 has no vectors here
+    x = rng.standard_normal((5, 8)).astype(np.float32)
+    for dtype in ("float32", "int8"):
+        ev = ExactVectors(8, dtype)
+        ev.add(docs, x)
+        ev.add(np.array([12, 12]), x[:2] * 2)
+        want = x if dtype == "float32" else to_int8(x)
+        rows, ordinal, got = ev.documents([12, 9, 3, 7])
+        assert rows.tolist() == [3, 3, 9, 9, 9, 12, 12] and ordinal.tolist() == [0, 1, 0, 1, 2, 0, 1]
+        np.testing.assert_array_equal(got[:5], want)
+        if dtype == "int8":
+            blob = np.frombuffer(b"".join(to_blob(v, "int8") for v in x), dtype=np.int8).reshape(5, 8)
+            np.testing.assert_array_equal(got[:5], blob)
+            np.testing.assert_array_equal(to_int8(got.astype(np.float32)), got)  # idempotent: re-adding keeps bytes
+        found, picked = ev.take(np.array([9, 3, 9, 4]), np.array([2, 1, 3, 0]))
+        assert found.tolist() == [True, True, False, False]
+        np.testing.assert_array_equal(picked, want[[4, 1]])
+        ev.remove([3, 40])
+        assert len(ev) == 5 and ev.present(np.array([3, 9, 12])).tolist() == [False, True, True]
+        ev.save(tmp_path / f"{dtype}.npy")
+        back = ExactVectors.load(tmp_path / f"{dtype}.npy", 8, dtype)
+        assert isinstance(back.arrays[0], np.memmap) and len(back) == 5
+        for a, b in zip(back.documents([3, 9, 12]), ev.documents([3, 9, 12]), strict=True):
+            np.testing.assert_array_equal(a, b)
+        back.add(np.array([20]), x[:1])  # adds after a load go to memory, beside the read-only file
+        assert back.documents([20])[0].tolist() == [20]
+        with pytest.raises(ValueError):
+            ExactVectors.load(tmp_path / f"{dtype}.npy", 16, dtype)
