@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from muses.errors import ConfigError, InputError
+from muses.errors import ConfigError, InputError, validation_problems
 
 if TYPE_CHECKING:
     from muses.training.config import TrainConfig
@@ -59,8 +59,7 @@ def load_bench_settings(path: str | os.PathLike[str]) -> BenchSettings:
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {e}") from None
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{p}: invalid bench profile: {problems}") from None
+        raise ConfigError(f"{p}: invalid bench profile: {validation_problems(e.errors())}") from None
 
 
 def load_recipes(

@@ -191,12 +191,13 @@ def evaluate_knn(
     topics = sorted({a.topic for a in kept})
     label = np.array([topics.index(a.topic) for a in kept], dtype=np.int64)
     vectors = (cache or EmbeddingCache(None)).corpus(model, wikipedia_documents(kept))
+    sentence_splits = [(_rows(vectors, tr), _rows(vectors, te)) for tr, te in splits]  # the same splits, by sentence
     out: dict[str, float] = {}
     for d in dims or model.dims:
         if "document" in scales:
             out.update(_document_scale(vectors, label, splits, len(topics), d, k, weighting))
         if "sentence" in scales:
-            out.update(_sentence_scale(vectors, label, splits, len(topics), d, k, weighting))
+            out.update(_sentence_scale(vectors, label, splits, sentence_splits, len(topics), d, k, weighting))
     te = np.concatenate([t for _, t in splits])
     counts = np.bincount(label[te], minlength=len(topics))
     out.update(
@@ -204,8 +205,8 @@ def evaluate_knn(
             "knn/n_train": float(np.mean([len(tr) for tr, _ in splits])),
             "knn/n_test": float(len(te)),
             "knn/n_classes": float(len(topics)),
-            "knn/n_train_sentences": float(np.mean([len(_rows(vectors, tr)) for tr, _ in splits])),
-            "knn/n_test_sentences": float(len(_rows(vectors, te))),
+            "knn/n_train_sentences": float(np.mean([len(tr) for tr, _ in sentence_splits])),
+            "knn/n_test_sentences": float(sum(len(te) for _, te in sentence_splits)),
             "knn/k": float(k),
             "knn/chance": 1.0 / len(topics),
             "knn/majority": float(counts.max() / max(len(te), 1)),
@@ -255,16 +256,17 @@ def _sentence_scale(
     vectors: CorpusVectors,
     label: np.ndarray,
     splits: Splits,
+    sentence_splits: Splits,
     n_classes: int,
     d: int,
     k: int,
     weighting: Weighting,
 ) -> dict[str, float]:
+    """``splits`` of articles and the same ``sentence_splits`` of their sentence rows (:func:`_rows`)."""
     sent = prefix_normalize(vectors.sentence, d)
     s_label = label[vectors.sentence_doc]
     truth, pred, s_truth, s_pred = [], [], [], []
-    for tr, te in splits:
-        s_tr, s_te = _rows(vectors, tr), _rows(vectors, te)
+    for (_, te), (s_tr, s_te) in zip(splits, sentence_splits, strict=True):
         votes = knn_votes(sent[s_tr], s_label[s_tr], sent[s_te], n_classes, k, weighting)
         test_row = np.full(len(vectors.document), -1, dtype=np.int64)
         test_row[te] = np.arange(len(te))

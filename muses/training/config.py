@@ -10,7 +10,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from muses.adapters.config import AdapterConfig
-from muses.errors import ConfigError
+from muses.errors import ConfigError, validation_problems
 from muses.heads import HeadKind
 from muses.losses.matryoshka import ScheduleKind
 from muses.pooling import PoolingMode
@@ -294,11 +294,4 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, object] | Non
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as e:
-        problems = "; ".join(f"{'.'.join(_field(x) for x in err['loc'])}: {err['msg']}" for err in e.errors())
-        raise ConfigError(f"{p}: invalid config: {' '.join(problems.split())}") from None
-
-
-def _field(part: object) -> str:
-    """One part of a setting's name in an error: as written, or quoted when it is empty or holds spaces or breaks."""
-    text = str(part)
-    return text if text and not any(c.isspace() for c in text) else repr(text)
+        raise ConfigError(f"{p}: invalid config: {validation_problems(e.errors())}") from None
