@@ -225,6 +225,22 @@ def test_hnsw_keeps_as_many_candidates_as_asked_for() -> None:
     assert np.isin(np.unique(ids[exact]), together).mean() >= 0.95
 
 
+def test_hnsw_ef_construction_reaches_faiss_and_the_snapshot_key() -> None:
+    """``hnsw_ef_construction`` builds the graph with that beam; unset, FAISS's default stands and the layout key
+    (what a saved snapshot is checked against) is what stores made before the setting recorded."""
+    import faiss
+
+    from muses.store.vectors import Layout, ScaleIndex
+
+    opts = {"hnsw_m": 16, "ef_search": 16}
+    wide = ScaleIndex("document", Layout(32, "hnsw", opts | {"hnsw_ef_construction": 200}))
+    plain = ScaleIndex("document", Layout(32, "hnsw", opts))
+    assert faiss.downcast_index(wide.index.index).hnsw.efConstruction == 200
+    default = faiss.IndexHNSWFlat(32, 16).hnsw.efConstruction
+    assert faiss.downcast_index(plain.index.index).hnsw.efConstruction == default
+    assert "hnsw_ef_construction" not in plain.layout.key()
+
+
 def test_a_snapshot_it_cannot_use_is_rebuilt_and_saved_once(
     tmp_path: Path, encoder: MultiScaleEncoder, corpus: tuple, monkeypatch: pytest.MonkeyPatch
 ) -> None:
