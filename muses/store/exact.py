@@ -65,21 +65,17 @@ class ExactVectors:
     def add(self, docs: np.ndarray, vectors: np.ndarray) -> None:
         """Add the ``[n, D]`` vectors of ``[n]`` document rows (each document's vectors together, in their order)."""
         docs = np.asarray(docs, dtype=np.int64)
-        present = np.unique(docs)
-        if not len(present):
+        if not len(docs):
             return
-        self._reserve(int(present.max()) + 1)
+        if np.any(np.diff(docs) < 0):  # checked before anything changes
+            raise ValueError("vectors must come grouped by document row, in increasing row order")
+        present, first, counts = np.unique(docs, return_index=True, return_counts=True)
+        self._reserve(int(present[-1]) + 1)
         self.remove(present)  # a row is added once; re-adding one replaces it
-        array = len(self.arrays)
         self.arrays.append(self._convert(vectors))
-        self._array[present] = array
-        self._count[present] = 0
-        if len(docs):
-            if np.any(np.diff(docs) < 0):
-                raise ValueError("vectors must come grouped by document row, in increasing row order")
-            unique, first, counts = np.unique(docs, return_index=True, return_counts=True)
-            self._start[unique] = first
-            self._count[unique] = counts
+        self._array[present] = len(self.arrays) - 1
+        self._start[present] = first
+        self._count[present] = counts
         self.live_vectors += len(docs)
 
     def remove(self, rows: Sequence[int] | np.ndarray) -> None:
