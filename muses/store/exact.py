@@ -89,17 +89,19 @@ class ExactVectors:
 
     def present(self, rows: Sequence[int] | np.ndarray) -> np.ndarray:
         """``[n]`` bool: which document ``rows`` are held."""
-        rows = np.asarray(rows, dtype=np.int64)
-        inside = (rows >= 0) & (rows < len(self._array))
-        out = np.zeros(len(rows), dtype=bool)
-        out[inside] = self._array[rows[inside]] >= 0
-        return out
+        return self._per_row(self._array, rows, -1) >= 0
 
     def counts(self, rows: np.ndarray) -> np.ndarray:
         """``[n]`` vectors held for each of the document ``rows`` (0 when absent)."""
-        out = np.zeros(len(rows), dtype=np.int64)
-        inside = (rows >= 0) & (rows < len(self._array))
-        out[inside] = self._count[rows[inside]]
+        return self._per_row(self._count, rows, 0)
+
+    @staticmethod
+    def _per_row(table: np.ndarray, rows: Sequence[int] | np.ndarray, missing: int) -> np.ndarray:
+        """``[n]`` entries of a per-row ``table`` at ``rows``, ``missing`` for rows outside it."""
+        rows = np.asarray(rows, dtype=np.int64)
+        inside = (rows >= 0) & (rows < len(table))
+        out = np.full(len(rows), missing, dtype=np.int64)
+        out[inside] = table[rows[inside]]
         return out
 
     def documents(self, rows: Sequence[int] | np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

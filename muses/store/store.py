@@ -641,8 +641,7 @@ class MemoryStore(StoreBase):
         """
         q = prefix_normalize(query, dim)
         index = ix.scales[scale]
-        exact = index.exact
-        assert exact is not None  # every scale of a store keeps its full-dim vectors (_layouts)
+        exact = index.stored
         if allowed is not None and len(allowed) <= EXACT_FILTER_DOCS:
             doc, ordinal, x = exact.documents(allowed)
             return _best(prefix_normalize(x, dim) @ q, make_ids(doc, ordinal, scale), k)
@@ -725,17 +724,15 @@ class MemoryStore(StoreBase):
                 cand, tix.neighbours(prefix_normalize(query.tokens, tix.dim), TOKEN_CANDIDATES, keep, share)
             )
         q = prefix_normalize(qv, dim)
-        exact = {s: x.exact for s, x in ix.scales.items()}
-        assert all(x is not None for x in exact.values())  # every scale keeps its full-dim vectors (_layouts)
-        cand, _, doc_vectors = exact["document"].documents(cand)  # type: ignore[union-attr]
-        sent_doc, _, sent_vectors = exact["sentence"].documents(cand)  # type: ignore[union-attr]
+        cand, _, doc_vectors = ix.scales["document"].stored.documents(cand)
+        sent_doc, _, sent_vectors = ix.scales["sentence"].stored.documents(cand)
         seg = np.searchsorted(cand, sent_doc)
         per_scale = {
             "document": prefix_normalize(doc_vectors, dim) @ q,
             "sentence": segment_max((prefix_normalize(sent_vectors, dim) @ q)[None], seg, len(cand))[0],
         }
         if qt is not None:
-            tok_doc, _, tok_vectors = exact["token"].documents(cand)  # type: ignore[union-attr]
+            tok_doc, _, tok_vectors = ix.scales["token"].stored.documents(cand)
             pos = np.arange(len(cand))[None]
             token = token_maxsim([qt], tok_vectors, np.searchsorted(cand, tok_doc), pos, dim)[0]
             per_scale["token"] = np.where(np.isfinite(token), token, 0.0).astype(np.float32)  # no tokens: 0

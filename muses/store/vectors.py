@@ -235,6 +235,14 @@ class ScaleIndex:
         docs = owners(ids[ids >= 0], self.scale)
         return np.unique(docs[self._survivors(docs, keep)])
 
+    @property
+    def stored(self) -> ExactVectors:
+        """The scale's full-dim vectors for rescoring; a store's every scale keeps them (its layouts set
+        ``stored_dim``), so their absence is a programming error."""
+        if self.exact is None:
+            raise RuntimeError(f"the {self.scale} index keeps no stored vectors: its layout has no stored_dim")
+        return self.exact
+
     def exact_matrix(self) -> tuple[np.ndarray, np.ndarray] | None:
         """A flat index's ``([N] ids, [N, dim] vectors)`` (a read-only view; None for other kinds), for an exact scan
         at a smaller prefix."""
