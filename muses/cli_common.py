@@ -68,7 +68,8 @@ def load_recipe(config: Path, overrides: list[str] | None) -> TrainConfig:
 
 
 def run_training(cfg: TrainConfig, data_dir: Path | None, fresh: bool, device: str | None, what: str) -> None:
-    """Load the recipe's data, train (resuming unless ``fresh``) and print the summary as JSON."""
+    """Load the recipe's data, train (resuming unless ``fresh``) and print the summary as JSON, then one line on
+    what WiSE-FT kept, if the recipe mixes."""
     import json
 
     from muses.training.data import load_training_data
@@ -78,6 +79,10 @@ def run_training(cfg: TrainConfig, data_dir: Path | None, fresh: bool, device: s
     console.print(f"training {what}: {data.sizes()} items, {cfg.steps} steps -> {cfg.output_dir}")
     summary = Trainer(cfg, data, device=device).train(resume=not fresh)
     console.print_json(json.dumps(summary))
+    if "interpolation" in summary:
+        from muses.training.dev import interpolation_summary
+
+        console.print(interpolation_summary(summary["interpolation"]), highlight=False)
 
 
 @contextmanager

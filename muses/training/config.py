@@ -200,6 +200,11 @@ class TrainConfig(_Strict):
         description="weights of the dev metrics in the score that selects the best checkpoint, per task (every dim "
         "of a task alike; a task not named weighs 0); null: the plain mean of every dev metric",
     )
+    eval_unweighted: bool = Field(
+        False,
+        description="at every evaluation also compute the dev metrics dev_weights gives no weight (their curves in "
+        "history.jsonl, at their cost); the mixes of interpolate are always scored on every dev metric",
+    )
     patience: int = Field(4, ge=1, description="evaluations without improvement before stopping")
     eval_at_start: bool = Field(True, description="log the dev metrics of the untrained model as step 0")
     interpolate: list[float] = Field(
@@ -212,6 +217,12 @@ class TrainConfig(_Strict):
         None,
         description="the dev weights that choose among the checkpoint and its mixes (as dev_weights; null: "
         "dev_weights), e.g. STS-B selects the checkpoint while STS-B and SciFact choose how much of it to keep",
+    )
+    interpolate_tolerance: dict[DevMetric, float] | None = Field(
+        None,
+        description="how far each named dev metric (at every dim) may fall below the starting model's (alpha 0, "
+        "which interpolate must list) for a mix or the checkpoint to be kept at all; the best-scoring of those "
+        "within it is kept, e.g. {scifact-document: 0.002} keeps STS-B gains only while retrieval holds",
     )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
@@ -234,6 +245,13 @@ class TrainConfig(_Strict):
                 raise ValueError(f"{name}: weights must be >= 0, got {weights}")
         if self.interpolate_weights is not None and not self.interpolate:
             raise ValueError("interpolate_weights chooses among the mixes of interpolate: list some alphas too")
+        if self.interpolate_tolerance is not None:
+            if 0.0 not in self.interpolate:
+                raise ValueError(
+                    "interpolate_tolerance is measured from the starting model: list alpha 0.0 in interpolate"
+                )
+            if any(t < 0 for t in self.interpolate_tolerance.values()):
+                raise ValueError(f"interpolate_tolerance: tolerances must be >= 0, got {self.interpolate_tolerance}")
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
         if not any(w > 0 for w in self.task_weights.values()):

@@ -3,7 +3,7 @@
 - STS-B dev Spearman at the full dim and at 64;
 - SciFact ``dev`` retrieval (the 20% of train claims that training never sees, :func:`~muses.data.beir.load_beir`)
   against a small corpus: their cited abstracts plus seeded random distractors; nDCG@10 of document vectors and of
-  sentence max-sim at the full dim;
+  sentence max-sim at the full dim and at 64;
 - hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles;
 - with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
   sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim.
@@ -15,8 +15,9 @@ mean, with weights per metric name without the dim (``stsb``, ``scifact-document
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -72,10 +73,18 @@ def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int, max_claims
 
 
 def evaluate_dev(
-    encoder: MultiScaleEncoder, dev: DevSet, weights: Mapping[str, float] | None = None
+    encoder: MultiScaleEncoder,
+    dev: DevSet,
+    weights: Mapping[str, float] | None = None,
+    tasks: Collection[str] | None = None,
 ) -> dict[str, float]:
     """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``) and ``"dev/score"``: their mean, or with ``weights``
-    (``{task: weight}``, e.g. ``{"stsb": 1.0}``) the weighted mean (:func:`dev_score`)."""
+    (``{task: weight}``, e.g. ``{"stsb": 1.0}``) the weighted mean (:func:`dev_score`). ``tasks`` limits them to
+    those tasks (``scifact-document`` and ``scifact-sentence`` come together); None: every task ``dev`` has."""
+
+    def wanted(*names: str) -> bool:
+        return tasks is None or any(n in tasks for n in names)
+
     from muses.data.stsb import STSPairs
     from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
     from muses.evaluation.hierarchy import evaluate_hierarchy
@@ -87,25 +96,25 @@ def evaluate_dev(
     full = encoder.embed_dim
     dims = sorted({min(64, full), full})
     out: dict[str, float] = {}
-    if dev.stsb:
+    if dev.stsb and wanted("stsb"):
         pairs = STSPairs([r[0] for r in dev.stsb], [r[1] for r in dev.stsb], [r[2] for r in dev.stsb], "stsb dev")
         sts = evaluate_sts(encoder, pairs, dims)
         out.update({f"dev/stsb@{d}": sts[f"spearman@{d}"] for d in dims})
     model = MusesCorpusEncoder(encoder, name="training")
     no_cache = EmbeddingCache(None)
-    if dev.scifact is not None:
+    if dev.scifact is not None and wanted("scifact-document", "scifact-sentence"):
         vecs = no_cache.corpus(model, beir_documents(dev.scifact.corpus))
-        scored = score_queries(model, vecs, dev.scifact.queries, [full], no_cache, with_tokens=False)
+        scored = score_queries(model, vecs, dev.scifact.queries, dims, no_cache, with_tokens=False)
         m = evaluate_scored(scored, dev.scifact.qrels, ks=(10,))
-        out.update({f"dev/scifact-{s}@{full}": m[f"{s}/ndcg@10@{full}"] for s in ("document", "sentence")})
-    if dev.evidence is not None and dev.evidence.queries:
+        out.update({f"dev/scifact-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
+    if dev.evidence is not None and dev.evidence.queries and wanted("scifact-evidence"):
         from muses.evaluation.evidence import evaluate_sentence_retrieval
 
         ev = evaluate_sentence_retrieval(
             model, dev.evidence.documents, dev.evidence.queries, {"": dev.evidence.qrels}, [full], no_cache
         )
         out[f"dev/scifact-evidence@{full}"] = ev[f"flat/mrr@100@{full}"]
-    if dev.documents:
+    if dev.documents and wanted("hierarchy"):
         h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)
         out[f"dev/hierarchy@{full}"] = h[f"hierarchy/batch32@{full}"]
     out["dev/score"] = dev_score(out, weights)
@@ -130,3 +139,45 @@ def dev_score(metrics: Mapping[str, float], weights: Mapping[str, float] | None 
     w = {k: weights.get(k.removeprefix("dev/").split("@")[0], 0.0) for k in values}
     total = sum(w.values())
     return float(sum(w[k] * v for k, v in values.items()) / total) if total > 0 else 0.0
+
+
+def tolerance_misses(
+    metrics: Mapping[str, float], reference: Mapping[str, float], tolerance: Mapping[str, float]
+) -> list[str]:
+    """The ``"dev/<task>@<dim>"`` metrics of ``metrics`` that fall more than ``tolerance[<task>]`` below
+    ``reference`` (the same metric of another model, e.g. the starting one); a task not in ``tolerance``, or a
+    metric ``reference`` lacks, is never a miss.
+
+    Example::
+
+        >>> tolerance_misses({"dev/stsb@64": 0.80, "dev/scifact-document@64": 0.70},
+        ...                  {"dev/stsb@64": 0.85, "dev/scifact-document@64": 0.71}, {"scifact-document": 0.002})
+        ['dev/scifact-document@64']
+    """
+    return sorted(
+        k
+        for k, v in metrics.items()
+        if k != "dev/score"
+        and k in reference
+        and (task := k.removeprefix("dev/").split("@")[0]) in tolerance
+        and v < reference[k] - tolerance[task]
+    )
+
+
+def interpolation_summary(record: Mapping[str, Any]) -> str:
+    """One line on what WiSE-FT kept (a trainer's ``interpolation.json`` record; alpha 0 is the starting model, 1.0
+    the checkpoint) and which mixes the tolerance refused.
+
+    Example::
+
+        >>> interpolation_summary({"alphas": {"0.0": 0.85, "0.5": 0.87}, "kept": 0.0, "dev_score": 0.85,
+        ...                        "misses": {"0.0": [], "0.5": ["dev/stsb@64", "dev/stsb@384"]}})
+        'WiSE-FT kept alpha 0.0 (dev score 0.8500); over the tolerance: 0.5 (stsb@64, stsb@384)'
+    """
+    line = f"WiSE-FT kept alpha {record['kept']} (dev score {record['dev_score']:.4f})"
+    refused = [
+        f"{alpha} ({', '.join(m.removeprefix('dev/') for m in missed)})"
+        for alpha, missed in record.get("misses", {}).items()
+        if missed
+    ]
+    return f"{line}; over the tolerance: {', '.join(refused)}" if refused else line

@@ -60,7 +60,7 @@ from muses.training.checkpoint import (
 )
 from muses.training.config import DevMetric, TrainConfig
 from muses.training.data import TrainingData
-from muses.training.dev import dev_score, evaluate_dev
+from muses.training.dev import dev_score, evaluate_dev, tolerance_misses
 from muses.training.tasks import PAD_GROUP, Retention, make_sampler, make_tasks
 from muses.types import Document
 
@@ -191,11 +191,17 @@ class Trainer:
         log["step"] = float(self.step)
         return log
 
-    def evaluate(self) -> dict[str, float]:
+    def evaluate(self, every: bool = False) -> dict[str, float]:
         """Dev metrics (:func:`~muses.training.dev.evaluate_dev`); ``"dev/score"`` selects the best checkpoint.
-        Under torchrun rank 0 evaluates and every rank gets its numbers."""
+        Only the metrics ``dev_weights`` weighs, unless ``every`` or ``config.eval_unweighted``. Under torchrun
+        rank 0 evaluates and every rank gets its numbers."""
         weights = _str_keys(self.config.dev_weights)
-        return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev, weights) if dd.is_main() else {})
+        tasks = (
+            None
+            if every or self.config.eval_unweighted or weights is None
+            else {t for t, w in weights.items() if w > 0}
+        )
+        return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev, weights, tasks) if dd.is_main() else {})
 
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""
@@ -339,6 +345,8 @@ class Trainer:
         alpha, each scored on dev. ``best/`` becomes whichever scores highest (the checkpoint itself if no mix beats
         it); ``interpolation.json`` records every alpha's score and dev metrics and the one kept (1.0: the
         checkpoint). With ``interpolate_weights`` the checkpoint is scored again and every score uses those weights.
+        With ``interpolate_tolerance`` only the checkpoint and mixes whose named dev metrics stay within it of the
+        starting model's (alpha 0) can be kept; the record lists each one's misses.
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
@@ -369,14 +377,22 @@ class Trainer:
         scores, kept = {1.0: self.best_score}, 1.0
         if weights is not None:  # the checkpoint was selected on dev_weights: score it again on these
             self.encoder.load_state_dict(best)
-            metrics[1.0] = self.evaluate()
+            metrics[1.0] = self.evaluate(every=True)
             scores[1.0] = score(metrics[1.0])
         for alpha in self.config.interpolate:
             self.encoder.load_state_dict(mix(alpha))
-            metrics[alpha] = self.evaluate()
+            metrics[alpha] = self.evaluate(every=True)
             scores[alpha] = score(metrics[alpha])
-        for alpha in self.config.interpolate:
-            if scores[alpha] > scores[kept]:
+        tolerance = _str_keys(self.config.interpolate_tolerance)
+        misses: dict[float, list[str]] = {}
+        if tolerance is not None:  # the checkpoint and every mix against the starting model (alpha 0)
+            if 1.0 not in metrics:
+                self.encoder.load_state_dict(best)
+                metrics[1.0] = self.evaluate(every=True)
+            misses = {a: tolerance_misses(m, metrics[0.0], tolerance) for a, m in metrics.items()}
+            kept = 0.0
+        for alpha in [*self.config.interpolate, 1.0]:
+            if not misses.get(alpha) and scores[alpha] > scores[kept]:
                 kept = alpha
         self.encoder.load_state_dict(best if kept == 1.0 else mix(kept))  # the encoder holds the kept weights
         record = {
@@ -384,6 +400,7 @@ class Trainer:
             "kept": kept,
             "dev_score": scores[kept],
             "metrics": {str(a): m for a, m in sorted(metrics.items())},
+            **({"misses": {str(a): m for a, m in sorted(misses.items())}} if tolerance is not None else {}),
         }
         self.best_score = scores[kept]
         if dd.is_main():

@@ -57,7 +57,18 @@ _VALUES = st.recursive(
     max_leaves=12,
 )
 _KEYS = st.sampled_from(
-    ["steps", "dev_weights", "interpolate", "interpolate_weights", "task_weights", "loss", "model", "data", "extends"]
+    [
+        "steps",
+        "dev_weights",
+        "interpolate",
+        "interpolate_weights",
+        "interpolate_tolerance",
+        "task_weights",
+        "loss",
+        "model",
+        "data",
+        "extends",
+    ]
 )
 
 

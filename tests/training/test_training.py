@@ -162,6 +162,8 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("interpolate: [0.5]\nmodel: {adapter: {}}\n", "not for an adapter"),
         ("interpolate_weights: {stsb: 1}\n", "list some alphas too"),
         ("interpolate: [0.5]\ninterpolate_weights: {stsb: 0}\n", "interpolate_weights: at least one dev metric"),
+        ("interpolate: [0.5]\ninterpolate_tolerance: {stsb: 0.01}\n", "list alpha 0.0 in interpolate"),
+        ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: -0.01}\n", "tolerances must be >= 0"),
     ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words):
@@ -214,11 +216,41 @@ def test_interpolate_weights_choose_the_mix_on_other_dev_metrics(tmp_path: Path,
     metrics = record["metrics"]
     assert set(metrics) == set(record["alphas"]) == {"0.0", "0.5", "1.0"}
     assert metrics["1.0"]["dev/score"] == pytest.approx(max(h["dev/score"] for h in evals[1:]), abs=1e-6)
-    assert metrics["0.0"]["dev/scifact-document@384"] == pytest.approx(evals[0]["dev/scifact-document@384"], abs=1e-6)
+    # training computes only what selects its checkpoints (STS-B); the mixes are scored on every dev metric
+    assert all(k.startswith("dev/stsb@") for h in evals for k in h if k.startswith("dev/") and k != "dev/score")
+    assert metrics["0.0"]["dev/stsb@384"] == pytest.approx(evals[0]["dev/stsb@384"], abs=1e-6)
+    assert {"dev/scifact-document@64", "dev/scifact-sentence@384", "dev/hierarchy@384"} <= set(metrics["0.0"])
     for alpha, m in metrics.items():
         assert record["alphas"][alpha] == pytest.approx(dev_score(m, {"scifact-document": 1.0}))
         assert record["alphas"][alpha] != pytest.approx(m["dev/score"])  # not the STS-B score that selected steps
     assert record["dev_score"] == max(record["alphas"].values()) == record["alphas"][str(record["kept"])]
+
+
+@pytest.mark.slow
+def test_interpolate_tolerance_keeps_only_mixes_that_hold_the_starting_model(tmp_path: Path, data_dir: Path) -> None:
+    """With a zero tolerance on SciFact dev, a mix (or the checkpoint) that loses any SciFact dev number to the
+    starting model cannot be kept, however well it scores on STS-B; the record says what each one missed."""
+    from muses.training.dev import tolerance_misses
+
+    tolerance = {"scifact-document": 0.0, "scifact-sentence": 0.0}
+    cfg = TrainConfig.model_validate(
+        {
+            **TINY,
+            "output_dir": str(tmp_path / "wise"),
+            "dev_weights": {"stsb": 1.0},
+            "interpolate": [0.0, 0.25, 0.5],
+            "interpolate_tolerance": tolerance,
+        }
+    )
+    record = Trainer(cfg, load_training_data(cfg, data_dir)).train(progress=False)["interpolation"]
+    metrics, misses = record["metrics"], record["misses"]
+    assert set(misses) == set(metrics) == set(record["alphas"]) == {"0.0", "0.25", "0.5", "1.0"}
+    assert {d for m in metrics.values() for d in m} >= {"dev/scifact-document@64", "dev/scifact-sentence@384"}
+    for alpha, m in metrics.items():
+        assert misses[alpha] == tolerance_misses(m, metrics["0.0"], tolerance)
+    assert misses["0.0"] == [] and misses[str(record["kept"])] == []
+    better = [a for a, s in record["alphas"].items() if s > record["dev_score"]]
+    assert all(misses[a] for a in better)  # every higher STS-B score was refused for a SciFact loss
 
 
 def test_shipped_recipes_validate() -> None:
