@@ -264,9 +264,10 @@ def test_shipped_recipes_validate() -> None:
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
     assert budget.model_dump(exclude=same) == multitask.model_dump(exclude=same)
     assert multitask.interpolate and not budget.interpolate
-    # make run's recipe trains STS-B alone and chooses its WiSE-FT mix on STS-B and SciFact dev
+    # make run's recipe: STS-B dev selects; its WiSE-FT mix must hold SciFact dev to the base's (alpha 0 listed)
     default = recipes["default"]
-    assert [t for t, w in default.task_weights.items() if w > 0] == ["stsb"] and default.interpolate_weights
+    assert default.dev_weights == default.interpolate_weights == {"stsb": 1.0}
+    assert default.interpolate_tolerance and 0.0 in default.interpolate
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
