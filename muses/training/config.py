@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -241,8 +242,8 @@ class TrainConfig(_Strict):
         for name, weights in (("dev_weights", self.dev_weights), ("interpolate_weights", self.interpolate_weights)):
             if weights is not None and not any(w > 0 for w in weights.values()):
                 raise ValueError(f"{name}: at least one dev metric needs a positive weight (or null: the default)")
-            if weights is not None and any(w < 0 for w in weights.values()):
-                raise ValueError(f"{name}: weights must be >= 0, got {weights}")
+            if weights is not None and any(not w >= 0 or math.isinf(w) for w in weights.values()):
+                raise ValueError(f"{name}: weights must be finite and >= 0, got {weights}")
         if self.interpolate_weights is not None and not self.interpolate:
             raise ValueError("interpolate_weights chooses among the mixes of interpolate: list some alphas too")
         if self.interpolate_tolerance is not None:
@@ -250,8 +251,10 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     "interpolate_tolerance is measured from the starting model: list alpha 0.0 in interpolate"
                 )
-            if any(t < 0 for t in self.interpolate_tolerance.values()):
-                raise ValueError(f"interpolate_tolerance: tolerances must be >= 0, got {self.interpolate_tolerance}")
+            if any(not t >= 0 or math.isinf(t) for t in self.interpolate_tolerance.values()):
+                raise ValueError(
+                    f"interpolate_tolerance: tolerances must be finite and >= 0, got {self.interpolate_tolerance}"
+                )
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
         if not any(w > 0 for w in self.task_weights.values()):

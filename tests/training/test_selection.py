@@ -36,6 +36,7 @@ def test_dev_weights_are_checked() -> None:
     for bad, match in (
         ({"stsb": 0.0}, "positive weight"),
         ({"stsb": 1.0, "hierarchy": -1.0}, ">= 0"),
+        ({"stsb": 1.0, "hierarchy": float("nan")}, "finite"),
         ({"sts": 1.0}, "dev_weights"),
     ):
         with pytest.raises(ValueError, match=match):
@@ -88,3 +89,4 @@ def test_fuzzed_recipes_load_or_fail_in_one_line(body: bytes, tmp_path: Path) ->
     else:
         assert isinstance(cfg, TrainConfig)
         assert not cfg.interpolate_weights or cfg.interpolate  # weights only with alphas to choose among
+        assert not cfg.interpolate_tolerance or 0.0 in cfg.interpolate  # measured from the starting model

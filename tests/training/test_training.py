@@ -163,7 +163,9 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("interpolate_weights: {stsb: 1}\n", "list some alphas too"),
         ("interpolate: [0.5]\ninterpolate_weights: {stsb: 0}\n", "interpolate_weights: at least one dev metric"),
         ("interpolate: [0.5]\ninterpolate_tolerance: {stsb: 0.01}\n", "list alpha 0.0 in interpolate"),
-        ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: -0.01}\n", "tolerances must be >= 0"),
+        ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: -0.01}\n", "tolerances must be finite and >= 0"),
+        ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: .nan}\n", "tolerances must be finite and >= 0"),
+        ("interpolate: [0.0]\ninterpolate_weights: {stsb: 1, scifact-document: .inf}\n", "must be finite"),
     ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words):
