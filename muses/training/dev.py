@@ -122,6 +122,11 @@ def evaluate_dev(
     return out
 
 
+def metric_task(key: str) -> str:
+    """The task of a ``"dev/<task>@<dim>"`` metric name: ``"dev/scifact-document@64"`` -> ``"scifact-document"``."""
+    return key.removeprefix("dev/").split("@")[0]
+
+
 def dev_score(metrics: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
     """The selection score of ``"dev/<task>@<dim>"`` metrics: their mean, or the ``weights``-weighted mean (weight
     by ``<task>``, every dim of a task weighing the same; a task not in ``weights`` weighs 0); 0 without metrics.
@@ -136,7 +141,7 @@ def dev_score(metrics: Mapping[str, float], weights: Mapping[str, float] | None 
         return 0.0
     if weights is None:
         return float(np.mean(list(values.values())))
-    w = {k: weights.get(k.removeprefix("dev/").split("@")[0], 0.0) for k in values}
+    w = {k: weights.get(metric_task(k), 0.0) for k in values}
     total = sum(w.values())
     return float(sum(w[k] * v for k, v in values.items()) / total) if total > 0 else 0.0
 
@@ -159,7 +164,7 @@ def tolerance_misses(
         for k, v in metrics.items()
         if k != "dev/score"
         and k in reference
-        and (task := k.removeprefix("dev/").split("@")[0]) in tolerance
+        and (task := metric_task(k)) in tolerance
         and v < reference[k] - tolerance[task]
     )
 
