@@ -373,22 +373,20 @@ class Trainer:
         def score(m: dict[str, float]) -> float:
             return m["dev/score"] if weights is None else dev_score(m, weights)
 
+        tolerance = _str_keys(self.config.interpolate_tolerance)
         metrics: dict[float, dict[str, float]] = {}
         scores, kept = {1.0: self.best_score}, 1.0
-        if weights is not None:  # the checkpoint was selected on dev_weights: score it again on these
+        if weights is not None or tolerance is not None:  # the checkpoint, on every dev metric
             self.encoder.load_state_dict(best)
             metrics[1.0] = self.evaluate(every=True)
-            scores[1.0] = score(metrics[1.0])
+            if weights is not None:  # it was selected on dev_weights: score it again on these
+                scores[1.0] = score(metrics[1.0])
         for alpha in self.config.interpolate:
             self.encoder.load_state_dict(mix(alpha))
             metrics[alpha] = self.evaluate(every=True)
             scores[alpha] = score(metrics[alpha])
-        tolerance = _str_keys(self.config.interpolate_tolerance)
         misses: dict[float, list[str]] = {}
         if tolerance is not None:  # the checkpoint and every mix against the starting model (alpha 0)
-            if 1.0 not in metrics:
-                self.encoder.load_state_dict(best)
-                metrics[1.0] = self.evaluate(every=True)
             misses = {a: tolerance_misses(m, metrics[0.0], tolerance) for a, m in metrics.items()}
             kept = 0.0
         for alpha in [*self.config.interpolate, 1.0]:
