@@ -242,7 +242,7 @@ class TrainConfig(_Strict):
         for name, weights in (("dev_weights", self.dev_weights), ("interpolate_weights", self.interpolate_weights)):
             if weights is not None and not any(w > 0 for w in weights.values()):
                 raise ValueError(f"{name}: at least one dev metric needs a positive weight (or null: the default)")
-            if weights is not None and any(not w >= 0 or math.isinf(w) for w in weights.values()):
+            if weights is not None and any(not (math.isfinite(w) and w >= 0) for w in weights.values()):
                 raise ValueError(f"{name}: weights must be finite and >= 0, got {weights}")
         if self.interpolate_weights is not None and not self.interpolate:
             raise ValueError("interpolate_weights chooses among the mixes of interpolate: list some alphas too")
@@ -251,7 +251,7 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     "interpolate_tolerance is measured from the starting model: list alpha 0.0 in interpolate"
                 )
-            if any(not t >= 0 or math.isinf(t) for t in self.interpolate_tolerance.values()):
+            if any(not (math.isfinite(t) and t >= 0) for t in self.interpolate_tolerance.values()):
                 raise ValueError(
                     f"interpolate_tolerance: tolerances must be finite and >= 0, got {self.interpolate_tolerance}"
                 )
