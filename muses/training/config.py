@@ -16,7 +16,7 @@ from muses.heads import HeadKind
 from muses.losses.matryoshka import ScheduleKind
 from muses.pooling import PoolingMode
 
-TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale"]
+TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale", "siblings"]
 DevMetric = Literal["stsb", "scifact-document", "scifact-sentence", "scifact-evidence", "hierarchy"]
 
 
@@ -153,6 +153,9 @@ class LossConfig(_Strict):
     cosent_weight: float = Field(1.0, ge=0)
     mnrl_weight: float = Field(1.0, ge=0)
     rationale_weight: float = Field(1.0, ge=0, description="weight of the rationale task's ranking loss")
+    siblings_weight: float = Field(
+        1.0, ge=0, description="weight of the siblings task's ranking loss (in-context sentence -> its standalone)"
+    )
     retention: Literal["cosine", "mse", "kl", "none"] = "cosine"
     retention_weight: float = Field(1.0, ge=0)
     retention_task_weights: dict[TaskName, float] = Field(
@@ -239,6 +242,11 @@ class TrainConfig(_Strict):
             raise ValueError(f"loss.retention_task_weights: weights must be >= 0, got {bad}")
         if self.model.scratch is not None and self.loss.retention != "none":
             raise ValueError("a from-scratch model has no base model to retain: set loss.retention: none")
+        if self.task_weights.get("siblings", 0) > 0 and self.loss.retention == "none":
+            raise ValueError(
+                "the siblings task's targets are the base model's standalone vectors: set loss.retention (e.g. "
+                "cosine, with retention_task_weights at 0 to train without it) or give siblings weight 0"
+            )
         for name, weights in (("dev_weights", self.dev_weights), ("interpolate_weights", self.interpolate_weights)):
             if weights is not None and not any(w > 0 for w in weights.values()):
                 raise ValueError(f"{name}: at least one dev metric needs a positive weight (or null: the default)")

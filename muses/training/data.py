@@ -21,7 +21,7 @@ from muses.training.config import TrainConfig
 from muses.training.dev import DevSet, EvidenceDev, scifact_dev_subset
 from muses.types import Document, Span
 
-TASKS = ("hierarchy", "stsb", "scifact", "ict", "rationale")
+TASKS = ("hierarchy", "stsb", "scifact", "ict", "rationale", "siblings")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,7 @@ class TrainingData:
             "scifact": len(self.scifact),
             "ict": len(self.ict),
             "rationale": len(self.rationales),
+            "siblings": len(self.documents),
         }
 
 

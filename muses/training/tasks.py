@@ -6,6 +6,8 @@
   inverse-cloze sentence-article);
 - :class:`RationaleTask`: query -> its gold sentences among in-context sentences (SciFact claim -> rationale
   sentences, the abstract's other sentences as hard negatives);
+- :class:`SiblingsTask`: self-supervised, each in-context sentence vector -> the base model's standalone vector of
+  the same sentence, among those of its siblings (the other sentences of its document) and the batch's;
 - :class:`Retention`: the retention terms, distilling the student's vectors to the frozen base model's.
 
 Every task's loss goes through one Matryoshka wrapper (:class:`~muses.losses.CurriculumMatryoshkaLoss` or
@@ -442,6 +444,58 @@ class RationaleTask:
         return res
 
 
+class SiblingsTask:
+    """Self-supervised sentence identity in context: each in-context sentence vector must pick the frozen base
+    model's standalone vector of its own sentence among those of every sentence of the batch
+    (:class:`~muses.losses.InContextSentenceRanking`, one positive each). Its siblings, the other sentences of the
+    same document, are the hard negatives: context may shape a sentence's vector but may not make it say what its
+    neighbours say. This is the failure the hierarchy's sentence -> document term causes, and the one SQuAD's answer
+    sentences show (in context below standalone at Recall@1).
+
+    A batch of ``B`` Wikipedia documents (cut to ``max_doc_tokens``) passes through the model once, giving
+    in-context sentence vectors ``[S, D]`` (S: all sentences of the batch) and document vectors ``[B, D]``; the
+    targets are the teacher's standalone vectors of the ``S`` sentence texts ``[S, D]`` (computed once per text,
+    no gradient). Retention (``retention_task_weights.siblings``): the document vectors to the teacher's standalone
+    vectors of the document texts, and the student's standalone vectors of the ``S`` sentences ``[S, D]`` (one more
+    pass, of short texts) to the targets, since queries are encoded alone. Needs the teacher (``loss.retention`` not
+    ``none``). Under torchrun every rank computes the whole batch.
+    """
+
+    name = "siblings"
+
+    def __init__(self, ctx: TaskContext, documents: Sequence[Document], max_doc_tokens: int) -> None:
+        self.ctx = ctx
+        self.documents = documents
+        self.max_doc_tokens = max_doc_tokens
+        self.ranking = InContextSentenceRanking(scale=1.0 / ctx.loss.temperature)
+
+    def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
+        enc = self.ctx.encoder
+        docs = [self.documents[i] for i in items]
+        offsets = enc.tokenizer(
+            [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+        )["offset_mapping"]
+        docs = [truncate_document(d, o, self.max_doc_tokens) for d, o in zip(docs, offsets, strict=True)]
+        states = enc.token_states([d.text for d in docs], batch_size=PAD_GROUP)
+        vecs = [enc.document_vectors(d, st, ("sentence", "document")) for d, st in zip(docs, states, strict=True)]
+        sentence = torch.cat([v["sentence"] for v in vecs])
+        document = torch.stack([v["document"] for v in vecs])
+        target = self.ctx.retention.targets([s for d in docs for s in d.sentence_texts()])
+        positives = torch.eye(len(sentence), dtype=torch.bool)
+
+        def loss_fn(d: int) -> Tensor:
+            ranked = self.ranking(matryoshka(sentence, d), matryoshka(target, d), positives)
+            return self.ctx.loss.siblings_weight * ranked
+
+        res = self.ctx.matryoshka(loss_fn, [sentence, document], progress)
+        res["retention"] = self.ctx.retention.standalone(document, [d.text for d in docs], self.name)
+        if self.ctx.retention.weight(self.name) > 0:  # queries are encoded alone: that space must not follow
+            texts = [s for d in docs for s in d.sentence_texts()]
+            alone = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+            res["retention"] = res["retention"] + self.ctx.retention.standalone(alone, texts, self.name)
+        return res
+
+
 def make_tasks(
     config: TrainConfig,
     data: TrainingData,
@@ -449,8 +503,8 @@ def make_tasks(
     retention: Retention,
     generator: torch.Generator,
 ) -> dict[str, Task]:
-    """The recipe's tasks by name (``hierarchy``, ``stsb``, ``scifact``, ``ict``, ``rationale``), sharing one
-    Matryoshka wrapper, one generator and one retention."""
+    """The recipe's tasks by name (``hierarchy``, ``stsb``, ``scifact``, ``ict``, ``rationale``, ``siblings``),
+    sharing one Matryoshka wrapper, one generator and one retention."""
     ctx = TaskContext(encoder, matryoshka_wrapper(encoder.dims, config.loss), generator, retention, config.loss)
     pair_tokens = config.data.max_pair_tokens
     return {
@@ -459,6 +513,7 @@ def make_tasks(
         "scifact": ContrastivePairTask(ctx, "scifact", data.scifact, pair_tokens),
         "ict": ContrastivePairTask(ctx, "ict", data.ict, pair_tokens),
         "rationale": RationaleTask(ctx, data.rationales, config.data.max_rationale_tokens),
+        "siblings": SiblingsTask(ctx, data.documents, config.data.max_doc_tokens),
     }
 
 
@@ -473,6 +528,7 @@ def make_sampler(config: TrainConfig, data: TrainingData) -> MixedTaskSampler:
             "scifact": config.pairs_per_batch,
             "ict": config.pairs_per_batch,
             "rationale": config.docs_per_batch,
+            "siblings": config.docs_per_batch,
         },
         seed=config.seed,
     )
