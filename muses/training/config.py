@@ -153,6 +153,11 @@ class LossConfig(_Strict):
     cosent_weight: float = Field(1.0, ge=0)
     mnrl_weight: float = Field(1.0, ge=0)
     rationale_weight: float = Field(1.0, ge=0, description="weight of the rationale task's ranking loss")
+    rationale_candidates: Literal["batch", "document"] = Field(
+        "batch",
+        description="rationale task: a claim ranks every sentence of the batch's abstracts (batch) or only those of "
+        "its own abstract (document: only the hard negatives, the space between abstracts is left alone)",
+    )
     siblings_weight: float = Field(
         1.0, ge=0, description="weight of the siblings task's ranking loss (in-context sentence -> its standalone)"
     )

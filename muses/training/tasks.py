@@ -363,9 +363,10 @@ class RationaleTask:
     :meth:`window`; gold sentences outside it are dropped, and an item left without one is skipped) in one pass,
     giving in-context sentence vectors ``[S, D]`` (S: all sentences of the batch's abstracts), and the claims
     standalone, ``[B, D]``. Every claim ranks all ``S`` sentences: its abstract's other sentences are the hard
-    negatives, the other abstracts' the easy ones. Retention (``retention_task_weights.rationale``): the in-context
-    sentences to the base model's, and the claims to the base model's standalone vectors. Under torchrun every
-    rank computes the whole batch (gradients averaged over ranks are then the batch's own).
+    negatives, the other abstracts' the easy ones (with ``loss.rationale_candidates: document``, only its own
+    abstract's sentences are candidates, ``[B, S]`` bool). Retention (``retention_task_weights.rationale``): the
+    in-context sentences to the base model's, and the claims to the base model's standalone vectors. Under torchrun
+    every rank computes the whole batch (gradients averaged over ranks are then the batch's own).
     """
 
     name = "rationale"
@@ -427,13 +428,19 @@ class RationaleTask:
             ]
         )
         positives = torch.zeros(len(kept), len(sentence), dtype=torch.bool)
-        for i, rows in enumerate(gold):
+        candidates = None
+        if self.ctx.loss.rationale_candidates == "document":
+            candidates = torch.zeros(len(kept), len(sentence), dtype=torch.bool)
+        for i, (r, rows) in enumerate(zip(kept, gold, strict=True)):
             positives[i, rows] = True
+            if candidates is not None:
+                first_row = start[str(r.document.id)]
+                candidates[i, first_row : first_row + len(docs[str(r.document.id)][0].sentences)] = True
         texts = [r.query for r in kept]
         query = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
 
         def loss_fn(d: int) -> Tensor:
-            ranked = self.ranking(matryoshka(query, d), matryoshka(sentence, d), positives)
+            ranked = self.ranking(matryoshka(query, d), matryoshka(sentence, d), positives, candidates)
             return self.ctx.loss.rationale_weight * ranked
 
         res = self.ctx.matryoshka(loss_fn, [query, sentence], progress)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from muses.data.beir import is_heldout_dev, load_beir
@@ -97,3 +98,23 @@ def test_dev_evidence_metric_uses_held_out_claims_only(tmp_path: Path, data_dir:
     trainer = Trainer(cfg, data)
     out = evaluate_dev(trainer.encoder, data.dev)
     assert 0.2 < out["dev/scifact-evidence@384"] <= 1.0
+
+
+def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:
+    """With ``rationale_candidates: document`` a claim in a batch of four abstracts scores exactly as it does alone
+    in a batch of its own abstract (its only candidates), and below its loss among every abstract's sentences."""
+    cfg = _config(tmp_path, dev_scifact_distractors=None)
+    trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+    task = trainer.tasks["rationale"]
+    assert isinstance(task, RationaleTask)
+    seen: dict[str, int] = {}
+    for i, r in enumerate(trainer.data.rationales):
+        seen.setdefault(str(r.document.id), i)
+    batch = list(seen.values())[:4]  # four claims, four different abstracts
+    with torch.no_grad():
+        every = float(task(batch, 1.0)["task"])
+        alone = [float(task([i], 1.0)["task"]) for i in batch]
+        task.ctx.loss = cfg.loss.model_copy(update={"rationale_candidates": "document"})
+        own = float(task(batch, 1.0)["task"])
+    assert own == pytest.approx(sum(alone) / len(alone), rel=1e-4)
+    assert 0.0 < own < every

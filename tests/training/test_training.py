@@ -166,6 +166,8 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: -0.01}\n", "tolerances must be finite and >= 0"),
         ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: .nan}\n", "tolerances must be finite and >= 0"),
         ("interpolate: [0.0]\ninterpolate_weights: {stsb: 1, scifact-document: .inf}\n", "must be finite"),
+        ("task_weights: {siblings: 1}\nloss: {retention: none}\n", "siblings task's targets"),
+        ("loss: {rationale_candidates: abstract}\n", "loss.rationale_candidates"),
     ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words):
