@@ -159,6 +159,14 @@ class TaskContext:
         return dict(self.wrapper(loss_fn, embeddings, progress, self.generator))
 
 
+def cut_documents(encoder: MultiScaleEncoder, docs: Sequence[Document], max_tokens: int) -> list[Document]:
+    """``docs`` cut to the sentences that end within their first ``max_tokens`` tokens (at least one sentence)."""
+    offsets = encoder.tokenizer(
+        [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
+    )["offset_mapping"]
+    return [truncate_document(d, o, max_tokens) for d, o in zip(docs, offsets, strict=True)]
+
+
 class HierarchyTask:
     """Hierarchical InfoNCE on whole documents (:class:`~muses.losses.HierarchicalInfoNCE`).
 
@@ -181,11 +189,7 @@ class HierarchyTask:
 
     def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
         enc, lc = self.ctx.encoder, self.ctx.loss
-        docs = [self.documents[i] for i in items]
-        offsets = enc.tokenizer(
-            [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )["offset_mapping"]
-        docs = [truncate_document(d, o, self.max_doc_tokens) for d, o in zip(docs, offsets, strict=True)]
+        docs = cut_documents(enc, [self.documents[i] for i in items], self.max_doc_tokens)
         local = dd.shard(docs)  # this rank's slice of the global batch (all of it in one process)
         states = enc.token_states([d.text for d in local], batch_size=PAD_GROUP)
         tok, tok_sent, sent, sent_doc, doc_vecs = [], [], [], [], []
@@ -478,11 +482,7 @@ class SiblingsTask:
 
     def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
         enc = self.ctx.encoder
-        docs = [self.documents[i] for i in items]
-        offsets = enc.tokenizer(
-            [d.text for d in docs], add_special_tokens=False, return_offsets_mapping=True, verbose=False
-        )["offset_mapping"]
-        docs = [truncate_document(d, o, self.max_doc_tokens) for d, o in zip(docs, offsets, strict=True)]
+        docs = cut_documents(enc, [self.documents[i] for i in items], self.max_doc_tokens)
         states = enc.token_states([d.text for d in docs], batch_size=PAD_GROUP)
         vecs = [enc.document_vectors(d, st, ("sentence", "document")) for d, st in zip(docs, states, strict=True)]
         sentence = torch.cat([v["sentence"] for v in vecs])

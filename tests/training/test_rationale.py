@@ -13,31 +13,11 @@ from muses.training.data import load_training_data, scifact_rationales
 from muses.training.dev import evaluate_dev
 from muses.training.tasks import RationaleTask
 from muses.training.trainer import Trainer
+from tests.training.one_task import one_task_config, train_on_one_batch
 
 
 def _config(tmp: Path, **data: object) -> TrainConfig:
-    return TrainConfig.model_validate(
-        {
-            "steps": 3,
-            "docs_per_batch": 4,
-            "eval_every": 3,
-            "checkpoint_every": 3,
-            "eval_at_start": False,
-            "seed": 1,
-            "output_dir": str(tmp / "r"),
-            "task_weights": {"hierarchy": 0.0, "stsb": 0.0, "scifact": 0.0, "rationale": 1.0},
-            "loss": {"matryoshka": "full"},  # always the full dim: losses of two calls compare
-            "optim": {"lr": 1e-4},
-            "data": {
-                "wikipedia_articles": 0,
-                "stsb": False,
-                "scifact": False,
-                "scifact_rationales": True,
-                "dev_stsb_pairs": 0,
-                **data,
-            },
-        }
-    )
+    return one_task_config(tmp, "rationale", {"wikipedia_articles": 0, "scifact_rationales": True, **data})
 
 
 def test_rationales_come_from_train_fit_claims_and_point_at_gold_sentences(data_dir: Path) -> None:
@@ -70,18 +50,10 @@ def test_rationale_loss_ranks_gold_sentences_and_training_lowers_it(tmp_path: Pa
         long += len(window.sentences) < len(r.document.sentences)
     assert long > 10  # the data has them: cut from the start, 152 of the 455 items lose every gold sentence
     batch = [0, 1, 2, 3]
-    with torch.no_grad():
-        before = task(batch, 0.0)
+    before, after = train_on_one_batch(trainer, task, batch)
     n_sentences = sum(len(trainer.data.rationales[i].document.sentences) for i in batch)
     assert 0.0 < float(before["task"]) < 0.5 * float(torch.log(torch.tensor(float(n_sentences))))
     assert float(before["retention"]) < 1e-5  # the untrained student equals the base model
-    for _ in range(3):
-        res = task(batch, 1.0)
-        (res["loss"] + res["retention"]).backward()
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
-    with torch.no_grad():
-        after = task(batch, 1.0)
     assert float(after["task"]) < float(before["task"])
     assert float(after["retention"]) > 0.0
 

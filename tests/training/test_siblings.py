@@ -13,31 +13,12 @@ from muses.training.config import TrainConfig
 from muses.training.data import load_training_data
 from muses.training.tasks import SiblingsTask
 from muses.training.trainer import Trainer
+from tests.training.one_task import one_task_config, train_on_one_batch
 
 
 def _config(tmp: Path, **loss: object) -> TrainConfig:
-    return TrainConfig.model_validate(
-        {
-            "steps": 3,
-            "docs_per_batch": 4,
-            "eval_every": 3,
-            "checkpoint_every": 3,
-            "eval_at_start": False,
-            "seed": 1,
-            "output_dir": str(tmp / "s"),
-            "task_weights": {"hierarchy": 0.0, "stsb": 0.0, "scifact": 0.0, "siblings": 1.0},
-            "loss": {"matryoshka": "full", "retention_task_weights": {"siblings": 1.0}, **loss},
-            "optim": {"lr": 1e-4},
-            "data": {
-                "wikipedia_articles": 40,
-                "stsb": False,
-                "scifact": False,
-                "dev_stsb_pairs": 0,
-                "dev_scifact_distractors": None,
-                "max_doc_tokens": 128,
-            },
-        }
-    )
+    data = {"wikipedia_articles": 40, "dev_scifact_distractors": None, "max_doc_tokens": 128}
+    return one_task_config(tmp, "siblings", data, {"retention_task_weights": {"siblings": 1.0}, **loss})
 
 
 def test_siblings_loss_is_below_chance_for_the_base_and_training_lowers_it(tmp_path: Path, data_dir: Path) -> None:
@@ -50,18 +31,10 @@ def test_siblings_loss_is_below_chance_for_the_base_and_training_lowers_it(tmp_p
     assert isinstance(task, SiblingsTask)
     batch = [i for i, d in enumerate(trainer.data.documents) if len(d.sentences) >= 3][:4]
     assert len(batch) == 4
-    with torch.no_grad():
-        before = task(batch, 0.0)
+    before, after = train_on_one_batch(trainer, task, batch)
     n_sentences = sum(len(trainer.data.documents[i].sentences) for i in batch)  # at least, before the cut
     assert 0.0 < float(before["task"]) < 0.5 * float(torch.log(torch.tensor(float(n_sentences))))
     assert float(before["retention"]) < 1e-5  # the untrained student equals the base model
-    for _ in range(3):
-        res = task(batch, 1.0)
-        (res["loss"] + res["retention"]).backward()
-        trainer.optimizer.step()
-        trainer.optimizer.zero_grad()
-    with torch.no_grad():
-        after = task(batch, 1.0)
     assert float(after["task"]) < float(before["task"])
     assert float(after["retention"]) > 0.0
 
