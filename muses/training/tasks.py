@@ -487,7 +487,8 @@ class SiblingsTask:
         vecs = [enc.document_vectors(d, st, ("sentence", "document")) for d, st in zip(docs, states, strict=True)]
         sentence = torch.cat([v["sentence"] for v in vecs])
         document = torch.stack([v["document"] for v in vecs])
-        target = self.ctx.retention.targets([s for d in docs for s in d.sentence_texts()])
+        texts = [s for d in docs for s in d.sentence_texts()]
+        target = self.ctx.retention.targets(texts)
         positives = torch.eye(len(sentence), dtype=torch.bool)
 
         def loss_fn(d: int) -> Tensor:
@@ -497,7 +498,6 @@ class SiblingsTask:
         res = self.ctx.matryoshka(loss_fn, [sentence, document], progress)
         res["retention"] = self.ctx.retention.standalone(document, [d.text for d in docs], self.name)
         if self.ctx.retention.weight(self.name) > 0:  # queries are encoded alone: that space must not follow
-            texts = [s for d in docs for s in d.sentence_texts()]
             alone = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
             res["retention"] = res["retention"] + self.ctx.retention.standalone(alone, texts, self.name)
         return res
