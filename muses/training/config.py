@@ -158,6 +158,11 @@ class LossConfig(_Strict):
         description="rationale task: a claim ranks every sentence of the batch's abstracts (batch) or only those of "
         "its own abstract (document: only the hard negatives, the space between abstracts is left alone)",
     )
+    rationale_retain_documents: bool = Field(
+        False,
+        description="rationale task: also distil each abstract's document vector (from the same pass) to the base "
+        "model's, so the document scale stays where the ranking loss would move it from",
+    )
     siblings_weight: float = Field(
         1.0, ge=0, description="weight of the siblings task's ranking loss (in-context sentence -> its standalone)"
     )

@@ -369,7 +369,9 @@ class RationaleTask:
     standalone, ``[B, D]``. Every claim ranks all ``S`` sentences: its abstract's other sentences are the hard
     negatives, the other abstracts' the easy ones (with ``loss.rationale_candidates: document``, only its own
     abstract's sentences are candidates, ``[B, S]`` bool). Retention (``retention_task_weights.rationale``): the
-    in-context sentences to the base model's, and the claims to the base model's standalone vectors. Under torchrun
+    in-context sentences to the base model's, and the claims to the base model's standalone vectors; with
+    ``loss.rationale_retain_documents`` also the abstracts' document vectors ``[A, D]`` (from the same pass) to the
+    base model's standalone ones. Under torchrun
     every rank computes the whole batch (gradients averaged over ranks are then the batch's own).
     """
 
@@ -425,12 +427,10 @@ class RationaleTask:
                 kept.append(r)
                 gold.append(rows)
         states = enc.token_states([docs[d][0].text for d in order], batch_size=PAD_GROUP)
-        sentence = torch.cat(
-            [
-                enc.document_vectors(docs[d][0], st, ("sentence",))["sentence"]
-                for d, st in zip(order, states, strict=True)
-            ]
-        )
+        retain_documents = self.ctx.loss.rationale_retain_documents
+        scales = ("sentence", "document") if retain_documents else ("sentence",)
+        vectors = [enc.document_vectors(docs[d][0], st, scales) for d, st in zip(order, states, strict=True)]
+        sentence = torch.cat([v["sentence"] for v in vectors])
         positives = torch.zeros(len(kept), len(sentence), dtype=torch.bool)
         candidates = None
         if self.ctx.loss.rationale_candidates == "document":
@@ -452,6 +452,11 @@ class RationaleTask:
         res["retention"] = self.ctx.retention.standalone(query, texts, self.name) + self.ctx.retention.in_context(
             sentence, ordered, task=self.name
         )
+        if retain_documents:
+            document = torch.stack([v["document"] for v in vectors])
+            res["retention"] = res["retention"] + self.ctx.retention.standalone(
+                document, [w.text for w in ordered], self.name
+            )
         return res
 
 

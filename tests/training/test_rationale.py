@@ -90,3 +90,32 @@ def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_pat
         own = float(task(batch, 1.0)["task"])
     assert own == pytest.approx(sum(alone) / len(alone), rel=1e-4)
     assert 0.0 < own < every
+
+
+def test_rationale_document_retention_holds_the_abstracts_document_vectors(tmp_path: Path, data_dir: Path) -> None:
+    """Three steps on the same batch from the same start: with ``rationale_retain_documents`` the abstracts' document
+    vectors (one pass, as the task computes them) stay closer to the base model's than without it."""
+    drift = {}
+    for keep in (False, True):
+        cfg = one_task_config(
+            tmp_path / str(keep),
+            "rationale",
+            {"wikipedia_articles": 0, "scifact_rationales": True, "dev_scifact_distractors": None},
+            {"rationale_candidates": "document", "rationale_retain_documents": keep},
+        )
+        trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+        task = trainer.tasks["rationale"]
+        assert isinstance(task, RationaleTask)
+        batch = [0, 1, 2, 3]
+        windows = list({str(w.id): w for w in (task.window(trainer.data.rationales[i])[0] for i in batch)}.values())
+        before, _ = train_on_one_batch(trainer, task, batch)
+        assert float(before["retention"]) < 1e-5  # the untrained student's documents are the base model's too
+        enc = trainer.encoder
+        with torch.no_grad():
+            states = enc.token_states([w.text for w in windows], batch_size=8)
+            docs = torch.stack(
+                [enc.document_vectors(w, st, ("document",))["document"] for w, st in zip(windows, states, strict=True)]
+            )
+            target = trainer.retention.targets([w.text for w in windows])
+        drift[keep] = float((1 - torch.nn.functional.cosine_similarity(docs, target)).mean())
+    assert 0.0 < drift[True] < drift[False]
