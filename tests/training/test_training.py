@@ -272,6 +272,11 @@ def test_shipped_recipes_validate() -> None:
     default = recipes["default"]
     assert default.dev_weights == default.interpolate_weights == {"stsb": 1.0}
     assert default.interpolate_tolerance and 0.0 in default.interpolate
+    # the sentence-heads recipe trains heads and pooling only, and its mix answers to the same SciFact tolerance
+    heads = recipes["sentence-heads"]
+    assert heads.model.freeze_base and heads.model.head_kind == "residual-mlp" and 0.0 in heads.interpolate
+    assert heads.interpolate_tolerance == default.interpolate_tolerance
+    assert heads.interpolate_weights == heads.dev_weights == {"stsb": 0.0, "scifact-evidence": 1.0}  # not merged
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
