@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -98,35 +99,40 @@ def test_vectors_equal_single_process(encoded: Path, corpus: Path, encoder: Mult
 
 
 def test_resume_skips_finished_shards(encoded: Path, corpus: Path, tmp_path: Path) -> None:
-    """An interrupted run (stopped after 1 shard) resumes: finished shards stay untouched, the rest is encoded."""
+    """An interrupted run resumes: shards on disk stay untouched (listed in the manifest or not), a shard the manifest
+    lists but the folder lacks is encoded again, and so is a missing one. One encode, from a copy of a finished run."""
     settings = EncodeSettings(scales=SCALES)
     out = tmp_path / "enc"
-    first = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6, max_shards=1)
-    assert first.shards_written == [0]
+    shutil.copytree(encoded, out)
+    manifest = json.loads((out / MANIFEST).read_text())
+    (out / shard_name(1)).unlink()  # listed, then lost
+    (out / shard_name(2)).unlink()
+    del manifest["shards"]["2"]  # never written
+    del manifest["shards"]["3"]  # renamed into place, killed before the manifest listed it
+    manifest["complete"] = False
+    (out / MANIFEST).write_text(json.dumps(manifest))
     with pytest.raises(InputError, match="unfinished"):
         read_manifest(out)
-    mtime0 = (out / shard_name(0)).stat().st_mtime_ns
-    second = encode_with_ray(str(corpus), str(out), settings, workers=2, shard_rows=6)
-    assert second.shards_skipped == [0] and second.shards_written == [1, 2, 3]
-    assert (out / shard_name(0)).stat().st_mtime_ns == mtime0
+    mtimes = {k: (out / shard_name(k)).stat().st_mtime_ns for k in (0, 3)}
+
+    # max_shards=0 encodes nothing but adopts shard 3 into the manifest
+    none = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6, max_shards=0)
+    assert none.shards_written == [] and none.shards_skipped == [0, 3]
+    assert sorted(json.loads((out / MANIFEST).read_text())["shards"]) == ["0", "3"]
+
+    again = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6)
+    assert again.shards_skipped == [0, 3] and again.shards_written == [1, 2]
+    assert {k: (out / shard_name(k)).stat().st_mtime_ns for k in (0, 3)} == mtimes
     assert not [p for p in os.listdir(out) if ".tmp-" in p]
+    assert read_manifest(out)["complete"]
     _, a = read_encoded(out)
     _, b = read_encoded(encoded)
     assert [e.doc.id for e in a] == [e.doc.id for e in b]
     assert max(float(np.abs(x.sentences - y.sentences).max()) for x, y in zip(a, b, strict=True)) <= 1e-5
 
-    # killed after shard 3 was renamed into place, before the manifest listed it: the shard is kept, nothing redone
-    manifest = json.loads((out / MANIFEST).read_text())
-    del manifest["shards"]["3"]
-    manifest["complete"] = False
-    (out / MANIFEST).write_text(json.dumps(manifest))
-    mtimes = {k: (out / shard_name(k)).stat().st_mtime_ns for k in range(4)}
-    third = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6)
-    assert third.shards_written == [] and third.shards_skipped == [0, 1, 2, 3]
-    assert {k: (out / shard_name(k)).stat().st_mtime_ns for k in range(4)} == mtimes
-    assert read_manifest(out)["complete"]
-
-    # another setting in the same folder is refused (rerun the same command, or --overwrite)
+    # a finished folder is a no-op; another setting in it is refused (rerun the same command, or --overwrite)
+    done = encode_with_ray(str(corpus), str(out), settings, workers=1, shard_rows=6)
+    assert done.shards_written == [] and done.shards_skipped == [0, 1, 2, 3]
     with pytest.raises(InputError, match="other settings"):
         encode_with_ray(str(corpus), str(out), EncodeSettings(scales=SCALES, dim=64), shard_rows=6)
 
