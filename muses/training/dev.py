@@ -5,17 +5,19 @@
   against a small corpus: their cited abstracts plus seeded random distractors; nDCG@10 of document vectors and of
   sentence max-sim at the full dim and at 64;
 - hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles;
+- with ``data.dev_wikipedia_ict``, inverse-cloze retrieval over those articles (a held-out sentence of each ->
+  the article without it, among all of them): a second retrieval collection, outside SciFact, scored like it;
 - with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
   sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim.
 
 The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
 mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,
-``scifact-evidence``, ``hierarchy``; a metric not named weighs 0).
+``scifact-evidence``, ``ict-document``, ``ict-sentence``, ``hierarchy``; a metric not named weighs 0).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,12 +47,26 @@ class DevSet:
         documents: held-out Wikipedia articles for hierarchy consistency.
         scifact: SciFact dev claims with a reduced corpus (cited abstracts + distractors), or None.
         evidence: SciFact dev claims -> rationale sentences in that corpus, or None.
+        ict: inverse-cloze retrieval over ``documents`` (:func:`wikipedia_ict`), or None.
     """
 
     stsb: list[tuple[str, str, float]] = field(default_factory=list)
     documents: list[Document] = field(default_factory=list)
     scifact: BeirDataset | None = None
     evidence: EvidenceDev | None = None
+    ict: BeirDataset | None = None
+
+
+def wikipedia_ict(pairs: Sequence[tuple[str, str]]) -> BeirDataset:
+    """Inverse-cloze retrieval from ``(held-out sentence, article without it)`` pairs: query ``q<i>`` has one
+    relevant document, ``d<i>``, among all of them."""
+    return BeirDataset(
+        {f"d{i}": {"title": "", "text": rest} for i, (_, rest) in enumerate(pairs)},
+        {f"q{i}": sentence for i, (sentence, _) in enumerate(pairs)},
+        {f"q{i}": {f"d{i}": 1} for i in range(len(pairs))},
+        name="wikipedia-ict",
+        split="dev",
+    )
 
 
 def scifact_dev_subset(dev: BeirDataset, distractors: int, seed: int, max_claims: int | None = None) -> BeirDataset:
@@ -80,7 +96,8 @@ def evaluate_dev(
 ) -> dict[str, float]:
     """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``) and ``"dev/score"``: their mean, or with ``weights``
     (``{task: weight}``, e.g. ``{"stsb": 1.0}``) the weighted mean (:func:`dev_score`). ``tasks`` limits them to
-    those tasks (``scifact-document`` and ``scifact-sentence`` come together); None: every task ``dev`` has."""
+    those tasks (``scifact-document`` and ``scifact-sentence`` come together, as do the two ``ict-`` ones); None:
+    every task ``dev`` has."""
 
     def wanted(*names: str) -> bool:
         return tasks is None or any(n in tasks for n in names)
@@ -102,11 +119,12 @@ def evaluate_dev(
         out.update({f"dev/stsb@{d}": sts[f"spearman@{d}"] for d in dims})
     model = MusesCorpusEncoder(encoder, name="training")
     no_cache = EmbeddingCache(None)
-    if dev.scifact is not None and wanted("scifact-document", "scifact-sentence"):
-        vecs = no_cache.corpus(model, beir_documents(dev.scifact.corpus))
-        scored = score_queries(model, vecs, dev.scifact.queries, dims, no_cache, with_tokens=False)
-        m = evaluate_scored(scored, dev.scifact.qrels, ks=(10,))
-        out.update({f"dev/scifact-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
+    for prefix, ds in (("scifact", dev.scifact), ("ict", dev.ict)):
+        if ds is not None and wanted(f"{prefix}-document", f"{prefix}-sentence"):
+            vecs = no_cache.corpus(model, beir_documents(ds.corpus))
+            scored = score_queries(model, vecs, ds.queries, dims, no_cache, with_tokens=False)
+            m = evaluate_scored(scored, ds.qrels, ks=(10,))
+            out.update({f"dev/{prefix}-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
     if dev.evidence is not None and dev.evidence.queries and wanted("scifact-evidence"):
         from muses.evaluation.evidence import evaluate_sentence_retrieval
 

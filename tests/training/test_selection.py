@@ -9,6 +9,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError
 from muses.training.config import TrainConfig, load_config
 from muses.training.dev import dev_score
@@ -90,3 +91,32 @@ def test_fuzzed_recipes_load_or_fail_in_one_line(body: bytes, tmp_path: Path) ->
         assert isinstance(cfg, TrainConfig)
         assert not cfg.interpolate_weights or cfg.interpolate  # weights only with alphas to choose among
         assert not cfg.interpolate_tolerance or 0.0 in cfg.interpolate  # measured from the starting model
+
+
+def test_wikipedia_ict_dev_is_a_second_retrieval_collection(encoder: MultiScaleEncoder, data_dir: Path) -> None:
+    """``data.dev_wikipedia_ict``: each held-out training-side article's held-out sentence finds the article without
+    it among all of them (document vectors and sentence max-sim, full dim and 64); it is scored only when asked."""
+    from muses.training.data import load_training_data
+    from muses.training.dev import evaluate_dev
+
+    data = {"wikipedia_articles": 5, "dev_wikipedia_articles": 60, "dev_wikipedia_ict": True, "stsb": False}
+    data["dev_scifact_distractors"] = None
+    weights = {"hierarchy": 1.0, "stsb": 0.0, "scifact": 0.0}
+    cfg = TrainConfig.model_validate({"task_weights": weights, "data": {**data, "scifact": False, "dev_stsb_pairs": 0}})
+    dev = load_training_data(cfg, data_dir).dev
+    assert dev.ict is not None and dev.scifact is None and len(dev.documents) == 60
+    ict = dev.ict
+    assert 40 <= len(ict.queries) <= 60 and set(ict.qrels) == set(ict.queries)
+    articles = {d.text for d in dev.documents}
+    for q, sentence in ict.queries.items():
+        (doc_id,) = ict.qrels[q]
+        rest = ict.corpus[doc_id]["text"]
+        assert sentence not in rest and any(sentence in a and len(a) > len(rest) for a in articles)
+    m = evaluate_dev(encoder, dev, tasks=["ict-document"])
+    keys = {f"dev/ict-{s}@{d}" for s in ("document", "sentence") for d in (64, 384)}
+    assert set(m) == keys | {"dev/score"}
+    assert all(0.6 < m[k] <= 1.0 for k in keys), m  # 60 leads: the base model finds most articles
+    assert m["dev/ict-document@384"] > m["dev/ict-document@64"] - 0.05
+    assert "dev/ict-document@384" not in evaluate_dev(encoder, dev, tasks=["hierarchy"])
+    with pytest.raises(ValueError, match="dev_wikipedia_articles"):
+        TrainConfig.model_validate({"data": {"dev_wikipedia_ict": True}})

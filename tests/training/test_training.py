@@ -16,6 +16,7 @@ import yaml
 
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError
+from muses.training.build import build_full
 from muses.training.config import TrainConfig, load_config
 from muses.training.data import MixedTaskSampler, load_training_data
 from muses.training.trainer import Trainer
@@ -132,6 +133,40 @@ def test_standalone_sentence_retention_pulls_sentences_encoded_alone_back(tmp_pa
     assert float(term) > 1e-3 and term.requires_grad
 
 
+def test_fresh_heads_train_on_a_saved_models_transformer(tmp_path: Path) -> None:
+    """``model.fresh_heads``: a saved MuSES model (identity heads, mean pooling) as ``model.base`` gets the recipe's
+    fresh heads and attention pooling on its transformer, starting at the saved model's vectors; without the flag a
+    recipe that would change its heads is refused in one line. Retention's teacher is the saved model as it is."""
+    saved = tmp_path / "saved"
+    MultiScaleEncoder.from_base(head_kind="identity").save(saved)
+    model = {"base": str(saved), "head_kind": "residual-mlp", "sentence_pooling": "attention"}
+    with pytest.raises(
+        ConfigError,
+        match=r"head_kind identity -> residual-mlp; sentence_pooling mean -> attention.*"
+        r"model\.fresh_heads: true",
+    ):
+        build_full(TrainConfig.model_validate({**TINY, "model": model}))
+    setup = build_full(TrainConfig.model_validate({**TINY, "model": {**model, "fresh_heads": True}}))
+    student, teacher = setup.encoder, setup.teacher
+    assert teacher is not None and teacher.heads.head_kind == "identity" and teacher.heads.sentence_pooling == "mean"
+    heads = student.heads
+    assert heads.head_kind == "residual-mlp" and heads.sentence_pooling == "attention" and heads.dims == teacher.dims
+    assert {id(p) for p in heads.parameters()} == {id(p) for p in setup.param_groups[1]["params"]}
+    assert len(setup.param_groups[1]["params"]) > 6  # three residual MLPs and the attention query
+    text = ["Roots anchor a plant in the soil. They absorb water and minerals. Root hairs widen the surface."]
+    student.eval()
+    a = student.encode_documents(text, scales=("document", "sentence", "token"))[0]
+    b = teacher.encode_documents(text, scales=("document", "sentence", "token"))[0]
+    assert a.sentences.shape == (3, 384) and a.tokens is not None and b.tokens is not None
+    for x, y in ((a.document, b.document), (a.sentences, b.sentences), (a.tokens, b.tokens)):
+        assert float(abs(x - y).max()) < 1e-5
+    with torch.no_grad():
+        for p in heads.heads["sentence"].parameters():
+            p.add_(0.1)
+    moved = student.encode_documents(text, scales=("sentence",))[0]
+    assert float(abs(moved.sentences - a.sentences).max()) > 1e-3  # the new heads are the ones in the pass
+
+
 def test_sampler_state_round_trips() -> None:
     s = MixedTaskSampler({"a": 10, "b": 7}, {"a": 1.0, "b": 2.0}, {"a": 3, "b": 2}, seed=0)
     for _ in range(5):
@@ -158,6 +193,10 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("task_weights: {hierarchy: 0, stsb: 0, scifact: 0}\n", "at least one task"),
         ("model: {upcycle: {n_experts: 1, top_k: 2}}\n", r"model\.upcycle.*top_k 2 is more than n_experts 1"),
         ("model: {scratch: {}}\nloss: {retention: none}\n", "freeze_embeddings: false"),
+        (
+            "model: {scratch: {}, fresh_heads: true, freeze_embeddings: false}\nloss: {retention: none}\n",
+            "fresh_heads is for a saved MuSES base",
+        ),
         ("interpolate: [0.5, 1.0]\n", r"interpolate: each alpha must be in \[0, 1\)"),
         ("interpolate: [0.5]\nmodel: {adapter: {}}\n", "not for an adapter"),
         ("interpolate_weights: {stsb: 1}\n", "list some alphas too"),
