@@ -319,11 +319,38 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of settings, got {type(raw).__name__}.")
     parent = raw.pop("extends", None)
+    replace = _replaced_keys(p, raw)
     if parent is None:
+        if replace:
+            raise ConfigError(f"{p}: 'replace' is for a recipe that extends another; add 'extends:' or drop it.")
         return raw
     if not isinstance(parent, str):
         raise ConfigError(f"{p}: 'extends' must be a path to another recipe, got {parent!r}.")
-    return _merge(_read_yaml(p.parent / parent, (*seen, p.resolve())), raw)
+    merged = _merge(_read_yaml(p.parent / parent, (*seen, p.resolve())), raw)
+    for key in replace:  # the child's mapping, whole: the parent's other keys are dropped
+        *parents, leaf = key.split(".")
+        node, mine = merged, raw
+        for part in parents:
+            node, mine = node[part], mine[part]
+        node[leaf] = mine[leaf]
+    return merged
+
+
+def _replaced_keys(p: Path, raw: dict[str, Any]) -> list[str]:
+    """``replace: [dev_weights, loss.retention_task_weights]``: dotted keys of the recipe's own settings that
+    replace the parent's instead of merging with them (popped from ``raw``)."""
+    keys = raw.pop("replace", None)
+    if keys is None:
+        return []
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise ConfigError(f"{p}: 'replace' must be a list of setting names, e.g. [dev_weights], got {keys!r}.")
+    for key in keys:
+        node: Any = raw
+        for part in key.split("."):
+            if not isinstance(node, dict) or part not in node:
+                raise ConfigError(f"{p}: 'replace' names {key}, which this recipe does not set; set it or drop it.")
+            node = node[part]
+    return keys
 
 
 def _merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
@@ -337,7 +364,8 @@ def load_config(path: str | os.PathLike[str], overrides: dict[str, object] | Non
     """Read and validate a YAML recipe; ``overrides`` are dotted keys (``{"optim.lr": 1e-5}``).
 
     A recipe may start with ``extends: other.yaml``: its settings are laid over the other's (mappings merge key
-    by key), so an ablation states only what it changes.
+    by key), so an ablation states only what it changes; ``replace: [dev_weights]`` lists (dotted) mappings the
+    recipe gives whole instead.
 
     Raises:
         ConfigError: naming the file, each bad field and what was expected.

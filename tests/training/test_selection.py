@@ -120,3 +120,26 @@ def test_wikipedia_ict_dev_is_a_second_retrieval_collection(encoder: MultiScaleE
     assert "dev/ict-document@384" not in evaluate_dev(encoder, dev, tasks=["hierarchy"])
     with pytest.raises(ValueError, match="dev_wikipedia_articles"):
         TrainConfig.model_validate({"data": {"dev_wikipedia_ict": True}})
+
+
+_NAMES = st.sampled_from(["dev_weights", "loss", "loss.alpha", "model.base", "steps", "data.stsb", "x.y", ""])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    replace=st.lists(_NAMES, max_size=3) | _VALUES,
+    own=st.dictionaries(_KEYS.filter(lambda k: k != "extends"), _VALUES, max_size=3),
+)
+def test_fuzzed_replace_lists_load_or_fail_in_one_line(replace: object, own: dict[str, object], tmp_path: Path) -> None:
+    """A child recipe's ``replace`` (any value, naming any key) gives a config or one ConfigError line; what it
+    names is the child's own setting, whole."""
+    (tmp_path / "parent.yaml").write_text("dev_weights: {stsb: 1.0}\nloss: {alpha: 0.5, retention: cosine}\n")
+    path = tmp_path / "child.yaml"
+    path.write_text(yaml.safe_dump({"extends": "parent.yaml", "replace": replace, **own}))
+    try:
+        cfg = load_config(path)
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e)
+    else:
+        if isinstance(replace, list) and "dev_weights" in replace:
+            assert cfg.dev_weights == own["dev_weights"]

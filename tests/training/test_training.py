@@ -315,7 +315,7 @@ def test_shipped_recipes_validate() -> None:
     heads = recipes["sentence-heads"]
     assert heads.model.freeze_base and heads.model.head_kind == "residual-mlp" and 0.0 in heads.interpolate
     assert heads.interpolate_tolerance == default.interpolate_tolerance
-    assert heads.interpolate_weights == heads.dev_weights == {"stsb": 0.0, "scifact-evidence": 1.0}  # not merged
+    assert heads.interpolate_weights == heads.dev_weights == {"scifact-evidence": 1.0}  # replaced, not merged
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
@@ -337,6 +337,29 @@ def test_extends_errors(tmp_path: Path) -> None:
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml does not exist"):
         load_config(tmp_path / "c.yaml")
+    # mappings merge with the parent's, unless the recipe lists them in 'replace'
+    parent = "dev_weights: {stsb: 1.0}\nloss: {retention_task_weights: {stsb: 0.0, scifact: 0.5}}\n"
+    (tmp_path / "p.yaml").write_text(parent)
+    child = "extends: p.yaml\ndev_weights: {scifact-evidence: 1.0}\nloss: {retention_task_weights: {scifact: 1.0}}\n"
+    (tmp_path / "merged.yaml").write_text(child)
+    merged = load_config(tmp_path / "merged.yaml")
+    assert merged.dev_weights == {"stsb": 1.0, "scifact-evidence": 1.0}
+    assert merged.loss.retention_task_weights == {"stsb": 0.0, "scifact": 1.0}
+    (tmp_path / "replaced.yaml").write_text(f"{child}replace: [dev_weights, loss.retention_task_weights]\n")
+    replaced = load_config(tmp_path / "replaced.yaml")
+    assert replaced.dev_weights == {"scifact-evidence": 1.0} and replaced.loss.retention_task_weights == {
+        "scifact": 1.0
+    }
+    assert replaced.model_dump(exclude={"dev_weights", "loss"}) == merged.model_dump(exclude={"dev_weights", "loss"})
+    for text, words in (
+        (f"{child}replace: dev_weights\n", "must be a list of setting names"),
+        (f"{child}replace: [interpolate_weights]\n", "names interpolate_weights, which this recipe does not set"),
+        (f"{child}replace: [loss.alpha]\n", "names loss.alpha"),
+        ("replace: [steps]\nsteps: 3\n", "for a recipe that extends another"),
+    ):
+        (tmp_path / "bad.yaml").write_text(text)
+        with pytest.raises(ConfigError, match=words):
+            load_config(tmp_path / "bad.yaml")
 
 
 def test_ablation_table_has_a_row_per_model_and_384_64_columns() -> None:
