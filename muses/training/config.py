@@ -17,6 +17,7 @@ from muses.losses.matryoshka import ScheduleKind
 from muses.pooling import PoolingMode
 
 TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale", "siblings"]
+HeadName = Literal["token", "sentence", "document", "context"]
 DevMetric = Literal[
     "stsb", "scifact-document", "scifact-sentence", "scifact-evidence", "ict-document", "ict-sentence", "hierarchy"
 ]
@@ -77,6 +78,17 @@ class ModelConfig(_Strict):
     head_kind: HeadKind = "residual-mlp"
     sentence_pooling: PoolingMode | None = None
     document_pooling: PoolingMode | None = None
+    context_head: HeadKind | None = Field(
+        None,
+        description="a separate head for sentences pooled in context (with its own pooling, context_pooling); "
+        "standalone sentences and queries keep the sentence head. null: one sentence head for both",
+    )
+    context_pooling: PoolingMode | None = Field(None, description="the context head's pooling (default: sentence's)")
+    train_heads: list[HeadName] | None = Field(
+        None,
+        description="the heads that train, each with its pooling (token, sentence, document, context); the others "
+        "stay as they start. null: every head",
+    )
     freeze_base: bool = False
     fresh_heads: bool = Field(
         False,
@@ -97,6 +109,8 @@ class ModelConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_kind(self) -> ModelConfig:
+        if self.context_head is None and (self.context_pooling is not None or "context" in (self.train_heads or [])):
+            raise ValueError("model.context_pooling and train_heads [context] need model.context_head, e.g. identity")
         if self.scratch is not None:
             if self.upcycle is not None or self.adapter is not None:
                 raise ValueError("model.scratch cannot be combined with model.upcycle or model.adapter")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from muses.data.beir import is_heldout_dev, load_beir
+from muses.encoder import MultiScaleEncoder
 from muses.training.config import TrainConfig
 from muses.training.data import load_training_data, scifact_rationales
 from muses.training.dev import evaluate_dev
@@ -119,3 +120,21 @@ def test_rationale_document_retention_holds_the_abstracts_document_vectors(tmp_p
             target = trainer.retention.targets([w.text for w in windows])
         drift[keep] = float((1 - torch.nn.functional.cosine_similarity(docs, target)).mean())
     assert 0.0 < drift[True] < drift[False]
+
+
+def test_a_context_head_learns_the_rationale_task_alone(tmp_path: Path, data_dir: Path) -> None:
+    """configs/context-head.yaml's set-up on a saved model: three steps of the rationale task lower its loss and
+    change only the context head and its pooling; every other weight is the saved model's, bit for bit."""
+    saved = tmp_path / "saved"
+    MultiScaleEncoder.from_base(head_kind="identity").save(saved)
+    cfg = _config(tmp_path, dev_scifact_distractors=None)
+    heads = {"head_kind": "identity", "context_head": "residual-mlp", "context_pooling": "attention"}
+    model = {"base": str(saved), "fresh_heads": True, "freeze_base": True, "train_heads": ["context"], **heads}
+    cfg = TrainConfig.model_validate({**cfg.model_dump(), "model": model, "optim": {"head_lr": 1e-3}})
+    trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+    start = {k: v.clone() for k, v in trainer.encoder.state_dict().items()}
+    before, after = train_on_one_batch(trainer, trainer.tasks["rationale"], [0, 1, 2, 3])
+    assert float(before["retention"]) < 1e-5  # a fresh context head starts at the saved in-context vectors
+    assert float(after["task"]) < float(before["task"])
+    moved = {k for k, v in trainer.encoder.state_dict().items() if not torch.equal(v, start[k])}
+    assert moved and all(k.startswith(("model.1.heads.context.", "model.1.pool_context.")) for k in moved), moved

@@ -167,6 +167,53 @@ def test_fresh_heads_train_on_a_saved_models_transformer(tmp_path: Path) -> None
     assert float(abs(moved.sentences - a.sentences).max()) > 1e-3  # the new heads are the ones in the pass
 
 
+def test_a_context_head_moves_sentences_in_context_and_nothing_else(tmp_path: Path) -> None:
+    """``model.context_head`` with ``train_heads: [context]``: fresh on a saved model, only the context head and its
+    pooling train; moving it moves sentences pooled in context, while documents, tokens, standalone sentences and
+    queries stay the saved model's. It saves and loads with the model."""
+    saved = tmp_path / "saved"
+    MultiScaleEncoder.from_base(head_kind="identity").save(saved)
+    model = {"base": str(saved), "head_kind": "identity", "fresh_heads": True, "train_heads": ["context"]}
+    model |= {"context_head": "residual-mlp", "context_pooling": "attention"}
+    setup = build_full(TrainConfig.model_validate({**TINY, "model": model}))
+    student, teacher = setup.encoder, setup.teacher
+    assert teacher is not None and teacher.heads.context_head is None
+    heads = student.heads
+    trainable = {n for n, p in heads.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("heads.context.", "pool_context.")) for n in trainable), trainable
+    assert "pool_context.query" in trainable
+    text = ["Roots anchor a plant in the soil. They absorb water and minerals. Root hairs widen the surface."]
+    scales = ("document", "sentence", "token")
+    b = teacher.encode_documents(text, scales=scales)[0]
+    with torch.no_grad():
+        for p in heads.heads["context"].parameters():
+            p.add_(0.1)
+    student.eval()
+    for model_ in (student, MultiScaleEncoder.load(_saved(student, tmp_path / "trained"))):
+        a = model_.encode_documents(text, scales=scales)[0]
+        assert a.tokens is not None and b.tokens is not None
+        assert float(abs(a.sentences - b.sentences).max()) > 1e-3  # in context: the context head
+        for x, y in ((a.document, b.document), (a.tokens, b.tokens)):
+            assert float(abs(x - y).max()) < 1e-5
+        q = ["how do plants take up water?"]
+        assert float(abs(model_.encode_queries(q) - teacher.encode_queries(q)).max()) < 1e-5
+        alone = teacher.encode_sentences(["They absorb water and minerals."])
+        assert float(abs(model_.encode_sentences(["They absorb water and minerals."]) - alone).max()) < 1e-5
+    with pytest.raises(ConfigError, match=r"model\.context_head"):
+        load_config_text(tmp_path, "model: {train_heads: [context]}\n")
+
+
+def _saved(encoder: MultiScaleEncoder, path: Path) -> Path:
+    encoder.save(path)
+    return path
+
+
+def load_config_text(tmp: Path, text: str) -> TrainConfig:
+    path = tmp / "recipe.yaml"
+    path.write_text(text)
+    return load_config(path)
+
+
 def test_sampler_state_round_trips() -> None:
     s = MixedTaskSampler({"a": 10, "b": 7}, {"a": 1.0, "b": 2.0}, {"a": 3, "b": 2}, seed=0)
     for _ in range(5):
@@ -316,6 +363,13 @@ def test_shipped_recipes_validate() -> None:
     assert heads.model.freeze_base and heads.model.head_kind == "residual-mlp" and 0.0 in heads.interpolate
     assert heads.interpolate_tolerance == default.interpolate_tolerance
     assert heads.interpolate_weights == heads.dev_weights == {"scifact-evidence": 1.0}  # replaced, not merged
+    # the context head on make run's model: only it trains; two dev collections guard the mix
+    ctx = recipes["context-head"]
+    assert ctx.model.base == "runs/default/best" and ctx.model.fresh_heads and ctx.model.train_heads == ["context"]
+    assert ctx.model.head_kind == default.model.head_kind and ctx.model.context_head and ctx.data.dev_wikipedia_ict
+    assert ctx.interpolate_tolerance is not None and {"ict-document", "scifact-document"} <= set(
+        ctx.interpolate_tolerance
+    )
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
