@@ -153,28 +153,15 @@ def scratch_base_path(config: TrainConfig, data: TrainingData, out: Path) -> str
 
 def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScaleEncoder:
     m = config.model
-    encoder = MultiScaleEncoder.from_base(
-        base,
-        dims=m.dims,
-        head_kind=m.head_kind,
-        sentence_pooling=m.sentence_pooling,
-        document_pooling=m.document_pooling,
-        context_head=m.context_head,
-        context_pooling=m.context_pooling,
-        device=device,
-        backend="torch",  # an exported folder trains on its PyTorch weights
+    heads: dict[str, Any] = m.model_dump(
+        include={"dims", "head_kind", "sentence_pooling", "document_pooling", "context_head", "context_pooling"}
     )
+    # an exported folder trains on its PyTorch weights
+    encoder = MultiScaleEncoder.from_base(base, **heads, device=device, backend="torch")
     if base == DEFAULT_BASE or not is_saved_model(base):
         return encoder
     if m.fresh_heads:
-        return encoder.with_fresh_heads(
-            head_kind=m.head_kind,
-            sentence_pooling=m.sentence_pooling,
-            document_pooling=m.document_pooling,
-            dims=m.dims,
-            context_head=m.context_head,
-            context_pooling=m.context_pooling,
-        )
+        return encoder.with_fresh_heads(**heads)
     differs = _saved_head_differences(config, encoder)
     if differs:
         raise ConfigError(
