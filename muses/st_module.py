@@ -1,9 +1,9 @@
 """The MuSES head bank as a sentence-transformers module.
 
 A saved MuSES model is a plain sentence-transformers folder: ``[Transformer, MultiScaleHeads]``. This module holds
-every MuSES parameter: the sentence and document poolings and the token, sentence and document heads (and, optionally,
-a separate pooling and head for sentences in context). Inside a
-``SentenceTransformer`` it produces the sentence scale (standalone sentence, full dim, L2-normalised), so
+every MuSES parameter: the sentence and document poolings, the token, sentence and document heads, and optionally a
+separate pooling and head for sentences in context. Inside a ``SentenceTransformer`` it produces the sentence scale
+(standalone sentence, full dim, L2-normalised), so
 
     SentenceTransformer(path, trust_remote_code=True)
 
