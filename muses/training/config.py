@@ -93,8 +93,8 @@ class ModelConfig(_Strict):
     fresh_heads: bool = Field(
         False,
         description="when `base` is a saved MuSES model: train fresh heads and poolings (head_kind, sentence_pooling, "
-        "document_pooling, dims) on its transformer instead of loading its own; identity heads and mean pooling "
-        "start the same vectors",
+        "document_pooling, dims, context_head, context_pooling) on its transformer instead of loading its own; "
+        "identity heads and mean pooling start the same vectors",
     )
     freeze_embeddings: bool = Field(
         True, description="keep the word-piece embedding table frozen (half the parameters; cheaper steps, less drift)"
@@ -338,7 +338,7 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         if replace:
             raise ConfigError(f"{p}: 'replace' is for a recipe that extends another; add 'extends:' or drop it.")
         return raw
-    if not isinstance(parent, str):
+    if not isinstance(parent, str) or not parent.isprintable():
         raise ConfigError(f"{p}: 'extends' must be a path to another recipe, got {parent!r}.")
     merged = _merge(_read_yaml(p.parent / parent, (*seen, p.resolve())), raw)
     for key in replace:  # the child's mapping, whole: the parent's other keys are dropped

@@ -388,6 +388,9 @@ def test_extends_errors(tmp_path: Path) -> None:
     (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
     with pytest.raises(ConfigError, match="loops"):
         load_config(tmp_path / "a.yaml")
+    (tmp_path / "n.yaml").write_text("extends: '\n\n  '\n")  # a path with a line break: found by the fuzz test
+    with pytest.raises(ConfigError, match="'extends' must be a path"):
+        load_config(tmp_path / "n.yaml")
     (tmp_path / "c.yaml").write_text("extends: missing.yaml\n")
     with pytest.raises(ConfigError, match=r"missing\.yaml does not exist"):
         load_config(tmp_path / "c.yaml")
