@@ -179,6 +179,16 @@ def document_from_sentences(
     return Document(text, spans, [Span(0, len(text))], [0] * len(spans), id=id, metadata=dict(metadata or {}))
 
 
+def word_window(text: str, fraction: float, start: float, min_words: int = 4) -> str:
+    """A contiguous run of ``fraction`` of ``text``'s whitespace words (at least ``min_words``, at most all),
+    beginning ``start`` (in [0, 1)) of the way through the possible starts: part of a sentence as a query, like a
+    question that shares only some words with the sentence that answers it."""
+    words = text.split()
+    n = min(len(words), max(min_words, round(fraction * len(words))))
+    first = min(int(start * (len(words) - n + 1)), len(words) - n)
+    return " ".join(words[first : first + n])
+
+
 def _check_text(text: object, what: str) -> None:
     if not isinstance(text, str):
         raise InputError(f"{what} is a {type(text).__name__}, not a string. Pass text as str.")

@@ -19,7 +19,14 @@ from muses.pooling import PoolingMode
 TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale", "siblings"]
 HeadName = Literal["token", "sentence", "document", "context"]
 DevMetric = Literal[
-    "stsb", "scifact-document", "scifact-sentence", "scifact-evidence", "ict-document", "ict-sentence", "hierarchy"
+    "stsb",
+    "scifact-document",
+    "scifact-sentence",
+    "scifact-evidence",
+    "ict-document",
+    "ict-sentence",
+    "wikipedia-sentence",
+    "hierarchy",
 ]
 
 
@@ -165,6 +172,13 @@ class DataConfig(_Strict):
         "SciFact): each dev_wikipedia_articles article's held-out sentence -> the article without it, among all of "
         "them; nDCG@10 of document vectors and sentence max-sim (dev metrics ict-document, ict-sentence)",
     )
+    dev_wikipedia_sentences: bool = Field(
+        False,
+        description="also score picking a sentence in context from part of it, outside SciFact: half of a held-out "
+        "sentence of each dev_wikipedia_articles article (a seeded run of its words) -> that sentence among every "
+        "sentence of those articles, pooled in context; MRR@100 at the full dim and 64 (dev metric "
+        "wikipedia-sentence)",
+    )
     dev_scifact_evidence: bool = Field(
         False,
         description="also select on SciFact dev claims -> their rationale sentences (MRR@100 among all sentences of "
@@ -195,6 +209,19 @@ class LossConfig(_Strict):
     )
     siblings_weight: float = Field(
         1.0, ge=0, description="weight of the siblings task's ranking loss (in-context sentence -> its standalone)"
+    )
+    siblings_direction: Literal["retrieval", "identify"] = Field(
+        "retrieval",
+        description="siblings task: each standalone (teacher) vector ranks the batch's in-context sentences, as a "
+        "query ranks sentences at search time (retrieval), or each in-context sentence ranks the standalone vectors "
+        "(identify: round 6's direction; it leaves the search direction free to get worse)",
+    )
+    siblings_query_words: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="siblings task: the fraction of a sentence's words (a seeded contiguous window, at least 4) "
+        "whose standalone vector is its query; 1 keeps the whole sentence",
     )
     retention: Literal["cosine", "mse", "kl", "none"] = "cosine"
     retention_weight: float = Field(1.0, ge=0)
@@ -306,6 +333,10 @@ class TrainConfig(_Strict):
         if self.data.dev_wikipedia_ict and not self.data.dev_wikipedia_articles:
             raise ValueError(
                 "data.dev_wikipedia_ict needs held-out articles: set data.dev_wikipedia_articles, e.g. 1000"
+            )
+        if self.data.dev_wikipedia_sentences and not self.data.dev_wikipedia_articles:
+            raise ValueError(
+                "data.dev_wikipedia_sentences needs held-out articles: set data.dev_wikipedia_articles, e.g. 1000"
             )
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")

@@ -44,7 +44,7 @@ from muses.losses import (
     MultipleNegativesRanking,
     RetentionLoss,
 )
-from muses.text import document_from_sentences
+from muses.text import document_from_sentences, word_window
 from muses.training import distributed as dd
 from muses.training.config import LossConfig, TrainConfig
 from muses.training.data import MixedTaskSampler, Rationale, TrainingData, truncate_document, truncate_text
@@ -461,12 +461,15 @@ class RationaleTask:
 
 
 class SiblingsTask:
-    """Self-supervised sentence identity in context: each in-context sentence vector must pick the frozen base
-    model's standalone vector of its own sentence among those of every sentence of the batch
-    (:class:`~muses.losses.InContextSentenceRanking`, one positive each). Its siblings, the other sentences of the
-    same document, are the hard negatives: context may shape a sentence's vector but may not make it say what its
-    neighbours say. This is the failure the hierarchy's sentence -> document term causes, and the one SQuAD's answer
-    sentences show (in context below standalone at Recall@1).
+    """Self-supervised sentence identity in context: the frozen base model's standalone vector of each sentence
+    (the query, as at search time) must pick that sentence's in-context vector among those of every sentence of the
+    batch (:class:`~muses.losses.InContextSentenceRanking`, one positive each; ``loss.siblings_direction:
+    identify`` swaps the roles, as round 6 did). Its siblings, the other sentences of the same document, are the
+    hard negatives: context may shape a sentence's vector but may not make it say what its neighbours say. This is
+    the failure the hierarchy's sentence -> document term causes, and the one SQuAD's answer sentences show (in
+    context below standalone at Recall@1). With ``loss.siblings_query_words`` below 1 the query is a seeded run of
+    that fraction of the sentence's words (:func:`~muses.text.word_window`), as a question shares only part of
+    its answer's words.
 
     A batch of ``B`` Wikipedia documents (cut to ``max_doc_tokens``) passes through the model once, giving
     in-context sentence vectors ``[S, D]`` (S: all sentences of the batch) and document vectors ``[B, D]``; the
@@ -493,11 +496,16 @@ class SiblingsTask:
         sentence = torch.cat([v["sentence"] for v in vecs])
         document = torch.stack([v["document"] for v in vecs])
         texts = [s for d in docs for s in d.sentence_texts()]
-        target = self.ctx.retention.targets(texts)
+        frac = self.ctx.loss.siblings_query_words
+        draws = torch.rand(len(texts), generator=self.ctx.generator).tolist()
+        queries = texts if frac >= 1 else [word_window(t, frac, u) for t, u in zip(texts, draws, strict=True)]
+        target = self.ctx.retention.targets(queries)
         positives = torch.eye(len(sentence), dtype=torch.bool)
+        retrieval = self.ctx.loss.siblings_direction == "retrieval"
 
         def loss_fn(d: int) -> Tensor:
-            ranked = self.ranking(matryoshka(sentence, d), matryoshka(target, d), positives)
+            s, t = matryoshka(sentence, d), matryoshka(target, d)
+            ranked = self.ranking(t, s, positives) if retrieval else self.ranking(s, t, positives)
             return self.ctx.loss.siblings_weight * ranked
 
         res = self.ctx.matryoshka(loss_fn, [sentence, document], progress)

@@ -9,6 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from muses.text import word_window
 from muses.training.config import TrainConfig
 from muses.training.data import load_training_data
 from muses.training.tasks import SiblingsTask
@@ -42,3 +43,38 @@ def test_siblings_loss_is_below_chance_for_the_base_and_training_lowers_it(tmp_p
 def test_siblings_needs_the_teacher(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="siblings task's targets"):
         _config(tmp_path, retention="none")
+
+
+@pytest.mark.parametrize("fraction", [0.5, 0.2, 1.0])
+def test_word_window_is_a_contiguous_part_of_the_sentence(fraction: float) -> None:
+    text = "Root hairs greatly increase the surface area of the root for absorption of water and minerals ."
+    words = text.split()
+    starts = [i / 20 for i in range(20)] + [0.9999]
+    windows = [word_window(text, fraction, u) for u in starts]
+    n = min(len(words), max(4, round(fraction * len(words))))
+    for w in windows:
+        assert len(w.split()) == n and f" {w} " in f" {text} "  # contiguous, whole words
+    assert word_window("536\xa0m high, on hilly terrain", 0.5, 0.0) == "536 m high, on"  # any whitespace splits
+    assert windows[0].split() == words[:n] and windows[-1].split() == words[-n:]  # every start is reachable
+    assert word_window("too short here", 0.5, 0.7) == "too short here"
+
+
+def test_siblings_direction_and_partial_queries_change_the_ranking(tmp_path: Path, data_dir: Path) -> None:
+    """On one batch of real leads: the search direction (each standalone vector ranks the in-context sentences)
+    and round 6's (each in-context sentence ranks the standalone vectors) give different losses, both under
+    chance; half-sentence queries are harder to place than whole ones (a higher loss), still under chance."""
+    losses = {}
+    for name, loss in {
+        "retrieval": {},
+        "identify": {"siblings_direction": "identify"},
+        "half": {"siblings_query_words": 0.5},
+    }.items():
+        cfg = _config(tmp_path / name, **loss)
+        trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+        batch = [i for i, d in enumerate(trainer.data.documents) if len(d.sentences) >= 3][:4]
+        n_sentences = sum(len(trainer.data.documents[i].sentences) for i in batch)
+        with torch.no_grad():
+            losses[name] = float(trainer.tasks["siblings"](batch, 0.0)["task"])
+        assert 0.0 < losses[name] < float(torch.log(torch.tensor(float(n_sentences))))
+    assert abs(losses["retrieval"] - losses["identify"]) > 1e-4
+    assert losses["half"] > losses["retrieval"]
