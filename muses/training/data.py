@@ -16,7 +16,7 @@ from muses.data.stsb import load_stsb
 from muses.data.wikipedia import WikiArticle, load_wikipedia, stratified_split
 from muses.errors import DataError
 from muses.evaluation.retrieval import doc_text
-from muses.text import document_from_sentences, make_document
+from muses.text import document_from_sentences, make_document, word_window
 from muses.training.config import TrainConfig
 from muses.training.dev import DevSet, EvidenceDev, scifact_dev_subset, wikipedia_ict
 from muses.types import Document, Span
@@ -108,6 +108,8 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
     if d.dev_wikipedia_ict:
         dev.ict = wikipedia_ict(inverse_cloze_pairs(dev.documents, seed=config.seed))
+    if d.dev_wikipedia_sentences:
+        dev.sentences = partial_sentence_queries(dev.documents, seed=config.seed)
     ict = inverse_cloze_pairs(documents, seed=config.seed) if d.ict else []
     rationales = scifact_rationales(data_dir) if d.scifact_rationales else []
     data = TrainingData(documents, stsb, scifact, dev, ict, rationales)
@@ -167,6 +169,27 @@ def inverse_cloze_pairs(documents: Sequence[Document], seed: int) -> list[tuple[
     """One :func:`held_out_sentence` pair per document that has one (seeded), in document order."""
     rng = np.random.default_rng(seed)
     return [p for p in (held_out_sentence(d, rng) for d in documents) if p is not None]
+
+
+def partial_sentence_queries(
+    documents: Sequence[Document], seed: int, fraction: float = 0.5, min_words: int = 8
+) -> EvidenceDev:
+    """Sentence picking from part of a sentence: for each document of 3 or more sentences, a seeded sentence (not
+    the first, at least ``min_words`` words) whose seeded run of ``fraction`` of its words is query ``q<i>``, with
+    that sentence (``"<doc id>:<index>"``) its one gold among every sentence of ``documents``."""
+    rng = np.random.default_rng(seed)
+    queries: dict[str, str] = {}
+    qrels: dict[str, dict[str, int]] = {}
+    for doc in documents:
+        texts = doc.sentence_texts()
+        picks = [j for j in range(1, len(texts)) if len(texts[j].split()) >= min_words]
+        if len(texts) < 3 or not picks:
+            continue
+        j = picks[int(rng.integers(len(picks)))]
+        qid = f"q{len(queries)}"
+        queries[qid] = word_window(texts[j], fraction, float(rng.random()))
+        qrels[qid] = {f"{doc.id}:{j}": 1}
+    return EvidenceDev(list(documents), queries, qrels)
 
 
 def _only_topics(articles: list[WikiArticle], topics: Sequence[str]) -> list[WikiArticle]:

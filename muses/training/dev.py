@@ -7,12 +7,15 @@
 - hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles;
 - with ``data.dev_wikipedia_ict``, inverse-cloze retrieval over those articles (a held-out sentence of each ->
   the article without it, among all of them): a second retrieval collection, outside SciFact, scored like it;
+- with ``data.dev_wikipedia_sentences``, picking a sentence from half of it (a seeded run of its words) among every
+  sentence of those articles, pooled in context: MRR@100 at the full dim and at 64;
 - with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
   sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim.
 
 The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
 mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,
-``scifact-evidence``, ``ict-document``, ``ict-sentence``, ``hierarchy``; a metric not named weighs 0).
+``scifact-evidence``, ``ict-document``, ``ict-sentence``, ``wikipedia-sentence``, ``hierarchy``; a metric not named
+weighs 0).
 """
 
 from __future__ import annotations
@@ -30,8 +33,9 @@ from muses.types import Document
 
 @dataclass
 class EvidenceDev:
-    """Dev evidence sentences: claims, the gold-segmented abstracts of the dev pool, and qrels over sentence ids
-    ``"<doc id>:<sentence index>"`` (as :func:`muses.evaluation.evidence.scifact_evidence_qrels`)."""
+    """Dev sentence retrieval: queries (SciFact claims, or parts of Wikipedia sentences), the documents whose
+    sentences are the candidates, and qrels over sentence ids ``"<doc id>:<sentence index>"`` (as
+    :func:`muses.evaluation.evidence.scifact_evidence_qrels`)."""
 
     documents: list[Document]
     queries: dict[str, str]
@@ -48,6 +52,7 @@ class DevSet:
         scifact: SciFact dev claims with a reduced corpus (cited abstracts + distractors), or None.
         evidence: SciFact dev claims -> rationale sentences in that corpus, or None.
         ict: inverse-cloze retrieval over ``documents`` (:func:`wikipedia_ict`), or None.
+        sentences: parts of sentences of ``documents`` -> those sentences, or None.
     """
 
     stsb: list[tuple[str, str, float]] = field(default_factory=list)
@@ -55,6 +60,7 @@ class DevSet:
     scifact: BeirDataset | None = None
     evidence: EvidenceDev | None = None
     ict: BeirDataset | None = None
+    sentences: EvidenceDev | None = None
 
 
 def wikipedia_ict(pairs: Sequence[tuple[str, str]]) -> BeirDataset:
@@ -125,13 +131,12 @@ def evaluate_dev(
             scored = score_queries(model, vecs, ds.queries, dims, no_cache, with_tokens=False)
             m = evaluate_scored(scored, ds.qrels, ks=(10,))
             out.update({f"dev/{prefix}-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
-    if dev.evidence is not None and dev.evidence.queries and wanted("scifact-evidence"):
-        from muses.evaluation.evidence import evaluate_sentence_retrieval
+    for name, sd, sd_dims in (("scifact-evidence", dev.evidence, [full]), ("wikipedia-sentence", dev.sentences, dims)):
+        if sd is not None and sd.queries and wanted(name):
+            from muses.evaluation.evidence import evaluate_sentence_retrieval
 
-        ev = evaluate_sentence_retrieval(
-            model, dev.evidence.documents, dev.evidence.queries, {"": dev.evidence.qrels}, [full], no_cache
-        )
-        out[f"dev/scifact-evidence@{full}"] = ev[f"flat/mrr@100@{full}"]
+            ev = evaluate_sentence_retrieval(model, sd.documents, sd.queries, {"": sd.qrels}, sd_dims, no_cache)
+            out.update({f"dev/{name}@{d}": ev[f"flat/mrr@100@{d}"] for d in sd_dims})
     if dev.documents and wanted("hierarchy"):
         h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)
         out[f"dev/hierarchy@{full}"] = h[f"hierarchy/batch32@{full}"]

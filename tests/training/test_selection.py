@@ -122,6 +122,36 @@ def test_wikipedia_ict_dev_is_a_second_retrieval_collection(encoder: MultiScaleE
         TrainConfig.model_validate({"data": {"dev_wikipedia_ict": True}})
 
 
+def test_wikipedia_sentence_dev_picks_a_sentence_from_half_of_it(encoder: MultiScaleEncoder, data_dir: Path) -> None:
+    """``data.dev_wikipedia_sentences``: half of a held-out article's sentence (a run of its words, not the first
+    sentence) finds that sentence, pooled in context, among every sentence of the held-out articles; in context
+    the sentence's neighbours compete, so it is harder at 64 than at 384, and it is scored only when asked."""
+    from muses.training.data import load_training_data
+    from muses.training.dev import evaluate_dev
+
+    data = {"wikipedia_articles": 5, "dev_wikipedia_articles": 60, "dev_wikipedia_sentences": True}
+    data |= {"dev_scifact_distractors": None, "stsb": False, "scifact": False, "dev_stsb_pairs": 0}
+    cfg = TrainConfig.model_validate({"task_weights": {"hierarchy": 1.0, "stsb": 0.0, "scifact": 0.0}, "data": data})
+    dev = load_training_data(cfg, data_dir).dev
+    assert dev.sentences is not None and dev.ict is None
+    ws = dev.sentences
+    assert 40 <= len(ws.queries) <= 60 and set(ws.qrels) == set(ws.queries) and ws.documents == dev.documents
+    by_id = {d.id: d for d in dev.documents}
+    for q, part in ws.queries.items():
+        ((gold, rel),) = ws.qrels[q].items()
+        doc_id, index = gold.rsplit(":", 1)
+        sentence = by_id[doc_id].sentence_texts()[int(index)]
+        words, n = sentence.split(), len(part.split())
+        assert rel == 1 and int(index) >= 1 and 4 <= n <= len(words) // 2 + 1
+        assert any(words[i : i + n] == part.split() for i in range(len(words) - n + 1))  # a run of its words
+    m = evaluate_dev(encoder, dev, tasks=["wikipedia-sentence"])
+    assert set(m) == {"dev/wikipedia-sentence@64", "dev/wikipedia-sentence@384", "dev/score"}
+    assert 0.3 < m["dev/wikipedia-sentence@64"] < m["dev/wikipedia-sentence@384"] <= 1.0, m
+    assert "dev/wikipedia-sentence@384" not in evaluate_dev(encoder, dev, tasks=["hierarchy"])
+    with pytest.raises(ValueError, match="dev_wikipedia_articles"):
+        TrainConfig.model_validate({"data": {"dev_wikipedia_sentences": True}})
+
+
 _NAMES = st.sampled_from(["dev_weights", "loss", "loss.alpha", "model.base", "steps", "data.stsb", "x.y", ""])
 
 
