@@ -367,9 +367,8 @@ def test_shipped_recipes_validate() -> None:
     ctx = recipes["context-head"]
     assert ctx.model.base == "runs/default/best" and ctx.model.fresh_heads and ctx.model.train_heads == ["context"]
     assert ctx.model.head_kind == default.model.head_kind and ctx.model.context_head and ctx.data.dev_wikipedia_ict
-    assert ctx.interpolate_tolerance is not None and {"ict-document", "scifact-document"} <= set(
-        ctx.interpolate_tolerance
-    )
+    assert ctx.data.dev_wikipedia_sentences and ctx.interpolate_tolerance is not None
+    assert {"ict-document", "scifact-document", "wikipedia-sentence"} <= set(ctx.interpolate_tolerance)
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
