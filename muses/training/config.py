@@ -208,7 +208,7 @@ class LossConfig(_Strict):
         "model's, so the document scale stays where the ranking loss would move it from",
     )
     siblings_weight: float = Field(
-        1.0, ge=0, description="weight of the siblings task's ranking loss (in-context sentence -> its standalone)"
+        1.0, ge=0, description="weight of the siblings task's ranking loss (a sentence alone <-> in context)"
     )
     siblings_direction: Literal["retrieval", "identify"] = Field(
         "retrieval",

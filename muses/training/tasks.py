@@ -497,8 +497,10 @@ class SiblingsTask:
         document = torch.stack([v["document"] for v in vecs])
         texts = [s for d in docs for s in d.sentence_texts()]
         frac = self.ctx.loss.siblings_query_words
-        draws = torch.rand(len(texts), generator=self.ctx.generator).tolist()
-        queries = texts if frac >= 1 else [word_window(t, frac, u) for t, u in zip(texts, draws, strict=True)]
+        queries = texts
+        if frac < 1:  # only then a draw: whole-sentence runs keep the generator's stream
+            draws = torch.rand(len(texts), generator=self.ctx.generator).tolist()
+            queries = [word_window(t, frac, u) for t, u in zip(texts, draws, strict=True)]
         target = self.ctx.retention.targets(queries)
         positives = torch.eye(len(sentence), dtype=torch.bool)
         retrieval = self.ctx.loss.siblings_direction == "retrieval"
