@@ -153,14 +153,22 @@ def scifact_dev_evidence(pool: BeirDataset, data_dir: str | os.PathLike[str] | N
     return EvidenceDev(docs, {c.id: c.claim for c in claims}, qrels)
 
 
+def _inner_sentence(texts: Sequence[str], rng: np.random.Generator, min_words: int) -> int | None:
+    """The index of a random sentence of ``texts`` (not the first, at least ``min_words`` words); None for fewer
+    than 3 sentences or no such sentence (then nothing is drawn)."""
+    picks = [j for j in range(1, len(texts)) if len(texts[j].split()) >= min_words]
+    if len(texts) < 3 or not picks:
+        return None
+    return picks[int(rng.integers(len(picks)))]
+
+
 def held_out_sentence(doc: Document, rng: np.random.Generator, min_words: int = 6) -> tuple[str, str] | None:
     """An inverse-cloze pair of a document: a random sentence (not the first, at least ``min_words`` words) and the
     document's text without it; None for a document of fewer than 3 sentences or with no such sentence."""
     texts = doc.sentence_texts()
-    picks = [j for j in range(1, len(texts)) if len(texts[j].split()) >= min_words]
-    if len(texts) < 3 or not picks:
+    j = _inner_sentence(texts, rng, min_words)
+    if j is None:
         return None
-    j = picks[int(rng.integers(len(picks)))]
     span = doc.sentences[j]
     return texts[j], f"{doc.text[: span.start].rstrip()} {doc.text[span.end :].lstrip()}".strip()
 
@@ -182,10 +190,9 @@ def partial_sentence_queries(
     qrels: dict[str, dict[str, int]] = {}
     for doc in documents:
         texts = doc.sentence_texts()
-        picks = [j for j in range(1, len(texts)) if len(texts[j].split()) >= min_words]
-        if len(texts) < 3 or not picks:
+        j = _inner_sentence(texts, rng, min_words)
+        if j is None:
             continue
-        j = picks[int(rng.integers(len(picks)))]
         qid = f"q{len(queries)}"
         queries[qid] = word_window(texts[j], fraction, float(rng.random()))
         qrels[qid] = {f"{doc.id}:{j}": 1}
