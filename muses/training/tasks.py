@@ -82,8 +82,12 @@ class Retention:
         """The retention weight of ``task``: ``retention_weight`` x its task weight (default 1); 0 when off."""
         return 0.0 if self.loss is None else self.base_weight * self.task_weights.get(task, 1.0)
 
-    def targets(self, texts: Sequence[str]) -> Tensor:
-        """Frozen base-model sentence vectors ``[N, D]`` (full dim, normalised), computed once per text."""
+    def targets(self, texts: Sequence[str], cache: bool = True) -> Tensor:
+        """Frozen base-model sentence vectors ``[N, D]`` (full dim, normalised), computed once per text; with
+        ``cache=False`` (texts drawn afresh each step, e.g. random parts of sentences) computed and not kept."""
+        if not cache:
+            assert self.teacher is not None, "retention without a teacher"
+            return torch.from_numpy(self.teacher.encode_sentences(list(texts), batch_size=64)).to(self.device)
         missing = sorted({t for t in texts if t not in self._cache})
         if missing:
             assert self.teacher is not None, "retention without a teacher"
@@ -501,7 +505,7 @@ class SiblingsTask:
         if frac < 1:  # only then a draw: whole-sentence runs keep the generator's stream
             draws = torch.rand(len(texts), generator=self.ctx.generator).tolist()
             queries = [word_window(t, frac, u) for t, u in zip(texts, draws, strict=True)]
-        target = self.ctx.retention.targets(queries)
+        target = self.ctx.retention.targets(queries, cache=frac >= 1)  # random parts are rarely drawn twice
         positives = torch.eye(len(sentence), dtype=torch.bool)
         retrieval = self.ctx.loss.siblings_direction == "retrieval"
 
