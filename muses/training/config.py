@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -227,6 +227,11 @@ class LossConfig(_Strict):
     retention_weight: float = Field(1.0, ge=0)
     retention_task_weights: dict[TaskName, float] = Field(
         {}, description="per-task multiplier of retention_weight (missing task: 1.0)"
+    )
+    retention_dims: list[Annotated[int, Field(ge=1)]] = Field(
+        [],
+        description="Matryoshka prefix dims where retention also applies (each adds the same term on the first d "
+        "coordinates): the full-dim term alone leaves a small prefix free to drift",
     )
     retain_sentences: bool = Field(
         False, description="hierarchy task: also distil in-context sentence vectors to the base model's"

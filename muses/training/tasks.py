@@ -66,7 +66,8 @@ class Retention:
 
     Args:
         teacher: the frozen base model, or None (retention off: every term is 0).
-        loss: the loss config (``retention``, ``retention_weight``, ``retention_task_weights``).
+        loss: the loss config (``retention``, ``retention_weight``, ``retention_task_weights``,
+            ``retention_dims``: prefix dims whose term is added to the full-dim one).
         device: where the student's vectors live (targets are moved there).
     """
 
@@ -75,12 +76,22 @@ class Retention:
         self.loss = RetentionLoss(loss.retention) if loss.retention != "none" else None
         self.base_weight = loss.retention_weight
         self.task_weights = {str(k): v for k, v in loss.retention_task_weights.items()}
+        self.dims = sorted(set(loss.retention_dims))
         self.device = device
         self._cache: dict[str, Tensor] = {}
 
     def weight(self, task: str) -> float:
         """The retention weight of ``task``: ``retention_weight`` x its task weight (default 1); 0 when off."""
         return 0.0 if self.loss is None else self.base_weight * self.task_weights.get(task, 1.0)
+
+    def distil(self, student: Tensor, target: Tensor) -> Tensor:
+        """The retention loss of ``student`` ``[N, D]`` to ``target`` ``[N, D]`` at the full dim plus, for each of
+        ``retention_dims`` below ``D``, on the first ``d`` coordinates; 0-d, unweighted."""
+        assert self.loss is not None, "retention is off"
+        target = target.to(student.device)
+        terms = [self.loss(student, target)]
+        terms += [self.loss(student[:, :d], target[:, :d]) for d in self.dims if d < student.shape[-1]]
+        return torch.stack(terms).sum()
 
     def targets(self, texts: Sequence[str], cache: bool = True) -> Tensor:
         """Frozen base-model sentence vectors ``[N, D]`` (full dim, normalised), computed once per text; with
@@ -100,7 +111,7 @@ class Retention:
         w = self.weight(task)
         if w == 0 or self.loss is None:
             return student.new_zeros(())
-        return w * self.loss(student, self.targets(texts))
+        return w * self.distil(student, self.targets(texts))
 
     def in_context_target(self, docs: Sequence[Document], task: str = "hierarchy") -> Tensor | None:
         """The base model's in-context sentence vectors ``[S, D]`` (S: all sentences of ``docs``, in order,
@@ -130,7 +141,7 @@ class Retention:
         if target is None:
             target = self.in_context_target(docs, task)
             assert target is not None
-        return w * self.loss(sentence, target.to(sentence.device))
+        return w * self.distil(sentence, target)
 
 
 def matryoshka_wrapper(dims: Sequence[int], loss: LossConfig) -> MatryoshkaWrapper:

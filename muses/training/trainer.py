@@ -124,6 +124,11 @@ class Trainer:
         set_seed(config.seed)
         setup = build_model(config, data, self.out, device or dd.default_device(), encoder)
         self.encoder, self.teacher, self.adapter_key = setup.encoder, setup.teacher, setup.adapter_key
+        off = sorted(set(config.loss.retention_dims) - set(self.encoder.dims))
+        if off:
+            raise ConfigError(
+                f"loss.retention_dims {off} are not Matryoshka dims of the model; use some of {list(self.encoder.dims)}"
+            )
         self.retention = Retention(self.teacher, config.loss, self.encoder.device)
         oc = config.optim
         self.optimizer = torch.optim.AdamW(setup.param_groups, weight_decay=oc.weight_decay)

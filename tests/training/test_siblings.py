@@ -9,6 +9,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from muses.errors import ConfigError
 from muses.text import word_window
 from muses.training.config import TrainConfig
 from muses.training.data import load_training_data
@@ -78,3 +79,38 @@ def test_siblings_direction_and_partial_queries_change_the_ranking(tmp_path: Pat
         assert 0.0 < losses[name] < float(torch.log(torch.tensor(float(n_sentences))))
     assert abs(losses["retrieval"] - losses["identify"]) > 1e-4
     assert losses["half"] > losses["retrieval"]
+
+
+def _document_drift(trainer: Trainer, batch: list[int], dim: int) -> float:
+    """Mean cosine distance between the student's and the base model's document vectors of ``batch`` on their first
+    ``dim`` coordinates."""
+    docs = [trainer.data.documents[i] for i in batch]
+    with torch.no_grad():
+        states = trainer.encoder.token_states([d.text for d in docs])
+        student = torch.stack(
+            [
+                trainer.encoder.document_vectors(d, s, ("document",))["document"]
+                for d, s in zip(docs, states, strict=True)
+            ]
+        )
+    target = trainer.retention.targets([d.text for d in docs]).to(student.device)
+    return float(1 - torch.nn.functional.cosine_similarity(student[:, :dim], target[:, :dim]).mean())
+
+
+def test_retention_dims_hold_the_small_prefix_of_the_documents(tmp_path: Path, data_dir: Path) -> None:
+    """The same three siblings steps move the documents' 64-dim prefix less when retention also applies there
+    (``loss.retention_dims``); the untrained student has no retention loss either way; a dim the model does not
+    have is refused."""
+    drift = {}
+    for dims in ([], [64]):
+        cfg = _config(tmp_path / str(dims), retention_dims=dims)
+        trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+        task = trainer.tasks["siblings"]
+        batch = [i for i, d in enumerate(trainer.data.documents) if len(d.sentences) >= 3][:4]
+        before, _ = train_on_one_batch(trainer, task, batch)
+        assert float(before["retention"]) < 1e-5
+        drift[len(dims)] = _document_drift(trainer, batch, 64)
+    assert 0.0 < drift[1] < drift[0]
+    cfg = _config(tmp_path / "bad", retention_dims=[100])
+    with pytest.raises(ConfigError, match=r"retention_dims \[100\] are not Matryoshka dims"):
+        Trainer(cfg, load_training_data(cfg, data_dir))

@@ -254,6 +254,7 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("interpolate: [0.0]\ninterpolate_weights: {stsb: 1, scifact-document: .inf}\n", "must be finite"),
         ("task_weights: {siblings: 1}\nloss: {retention: none}\n", "siblings task's targets"),
         ("loss: {rationale_candidates: abstract}\n", "loss.rationale_candidates"),
+        ("loss: {retention_dims: [64, 0]}\n", "loss.retention_dims"),
     ]:
         bad.write_text(text)
         with pytest.raises(ConfigError, match=words):
