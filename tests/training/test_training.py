@@ -370,6 +370,14 @@ def test_shipped_recipes_validate() -> None:
     assert ctx.model.head_kind == default.model.head_kind and ctx.model.context_head and ctx.data.dev_wikipedia_ict
     assert ctx.data.dev_wikipedia_sentences and ctx.interpolate_tolerance is not None
     assert {"ict-document", "scifact-document", "wikipedia-sentence"} <= set(ctx.interpolate_tolerance)
+    # siblings on make run's model: the whole model trains, with the documents' 64-dim prefix retained and the same
+    # guards as the context head plus STS-B; picking a held-out sentence from half of it selects
+    sib = recipes["siblings"]
+    assert sib.model.base == "runs/default/best" and sib.task_weights["siblings"] > 0 and sib.data.ict
+    assert sib.loss.retention_dims == [64] and sib.loss.matryoshka == "full" and 0.0 in sib.interpolate
+    assert sib.dev_weights == sib.interpolate_weights == {"wikipedia-sentence": 1.0}  # replaced, not merged
+    assert sib.interpolate_tolerance is not None and sib.loss.retention_task_weights == {"stsb": 0.0, "siblings": 1.0}
+    assert {"stsb", "ict-document", "ict-sentence", "scifact-document"} <= set(sib.interpolate_tolerance)
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"
