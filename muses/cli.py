@@ -20,7 +20,7 @@ from muses.cli_common import (
     backend_option,
     console,
     err_console,
-    load_recipe,
+    load_stages,
     run_training,
     user_errors,
 )
@@ -461,25 +461,40 @@ def bench_efficiency(
 
 @app.command()
 def train(
-    config: Annotated[Path, typer.Option("--config", "-c", help="YAML recipe, e.g. configs/default.yaml.")],
+    config: Annotated[
+        list[Path],
+        typer.Option(
+            "--config",
+            "-c",
+            help="YAML recipe, e.g. configs/default.yaml. Repeat it to train stages in turn, each from the model "
+            "the one before it keeps: -c configs/default.yaml -c configs/siblings.yaml.",
+        ),
+    ],
     data_dir: DataDirOpt = None,
     set_: Annotated[
-        list[str] | None, typer.Option("--set", help="Override a setting: --set optim.lr=1e-5 (YAML value).")
+        list[str] | None,
+        typer.Option("--set", help="Override a setting of every stage: --set optim.lr=1e-5 (YAML value)."),
     ] = None,
     fresh: FreshOpt = False,
     device: DeviceOpt = None,
 ) -> None:
     """Train a MuSES model from a recipe; resumes from output_dir/checkpoint unless --fresh.
 
+    With several recipes, each stage after the first starts from the previous stage's output_dir/best (its own
+    model.base is replaced); all are validated before the first trains, and a rerun resumes each in turn.
+
     Data-parallel under `torchrun --nproc_per_node N` (gloo on CPU, NCCL on GPU): same command, same results as one
     process with the same global batch; rank 0 alone prints, logs and writes."""
     with user_errors():
-        cfg = load_recipe(config, set_)
+        stages = load_stages(config, set_)
         from muses.training import distributed
 
         if distributed.init_from_env() and not distributed.is_main():
             console.quiet = True
-        run_training(cfg, data_dir, fresh, device, cfg.name)
+        for i, cfg in enumerate(stages, 1):
+            if len(stages) > 1:
+                console.print(f"stage {i}/{len(stages)} {cfg.name}: starts from {cfg.model.base}", highlight=False)
+            run_training(cfg, data_dir, fresh, device, cfg.name)
 
 
 @app.command()
@@ -622,7 +637,7 @@ def run(
             from muses.training.config import load_config
 
             model = str(Path(load_config(config).output_dir) / "best")
-            train(config=config, data_dir=data_dir, set_=overrides, fresh=False, device=None)
+            train(config=[config], data_dir=data_dir, set_=overrides, fresh=False, device=None)
         _show_sample(model)
         if not have_data:
             err_console.print(f"evaluation skipped: no --data-dir and no ${ENV_VAR}.")

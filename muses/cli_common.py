@@ -52,8 +52,9 @@ FreshOpt = Annotated[bool, typer.Option(help="Ignore an existing checkpoint in o
 DeviceOpt = Annotated[str | None, typer.Option(help="cpu, cuda, ... (default: cuda if available).")]
 
 
-def load_recipe(config: Path, overrides: list[str] | None) -> TrainConfig:
-    """A YAML recipe with ``--set key.path=value`` overrides (values parsed as YAML), validated."""
+def load_recipe(config: Path, overrides: list[str] | None, base: str | None = None) -> TrainConfig:
+    """A YAML recipe with ``--set key.path=value`` overrides (values parsed as YAML), validated; ``base``, if given,
+    replaces its ``model.base``."""
     import yaml
 
     from muses.training.config import load_config
@@ -64,7 +65,33 @@ def load_recipe(config: Path, overrides: list[str] | None) -> TrainConfig:
         if not sep or not key:
             raise InputError(f"--set {item!r} must look like key.path=value.")
         parsed[key] = yaml.safe_load(value)
+    if base is not None:
+        parsed["model.base"] = base
     return load_config(config, parsed)
+
+
+def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainConfig]:
+    """Recipes trained one after another, all validated before the first starts. Each after the first starts from
+    the model the one before it keeps: its ``model.base`` becomes that stage's ``output_dir/best``. ``--set``
+    overrides apply to every stage.
+
+    Raises:
+        InputError: two stages write to the same output_dir (the second would resume the first's checkpoint).
+    """
+    stages: list[TrainConfig] = []
+    written: dict[Path, Path] = {}
+    for config in configs:
+        base = str(Path(stages[-1].output_dir) / "best") if stages else None
+        cfg = load_recipe(config, overrides, base)
+        out = Path(cfg.output_dir).resolve()
+        if out in written:
+            raise InputError(
+                f"{config} and {written[out]} both write to {cfg.output_dir}: give each stage its own output_dir "
+                "(a --set output_dir=... applies to every stage)."
+            )
+        written[out] = config
+        stages.append(cfg)
+    return stages
 
 
 def run_training(cfg: TrainConfig, data_dir: Path | None, fresh: bool, device: str | None, what: str) -> None:

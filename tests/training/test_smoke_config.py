@@ -32,22 +32,28 @@ def test_smoke_recipe_is_small() -> None:
 @pytest.mark.slow
 def test_smoke_recipe_trains_through_the_cli(tmp_path: Path, data_dir: Path) -> None:
     """`muses train --config configs/smoke.yaml` finishes, writes a loadable model that moved from the base, and a
-    history of finite losses for every task. Its wall time is printed, not asserted (timing belongs in benchmarks:
-    docs/benchmarks.md); it runs on one thread, which keeps it short on a shared machine."""
-    out = tmp_path / "smoke"
-    cmd = [sys.executable, "-m", "muses.cli", "train", "--config", str(SMOKE), "--data-dir", str(data_dir)]
-    cmd += ["--set", f"output_dir={out}"]
+    history of finite losses for every task. A second `-c` stage (two more steps) then starts from the model the
+    first kept: its step-0 dev score is the first stage's best, not the base's. Its wall time is printed, not
+    asserted (timing belongs in benchmarks: docs/benchmarks.md); it runs on one thread, which keeps it short on a
+    shared machine."""
+    out, out2 = tmp_path / "smoke", tmp_path / "stage2"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(f"extends: {SMOKE}\noutput_dir: {out}\n")
+    second.write_text(f"extends: {SMOKE}\nname: stage2\nsteps: 2\neval_every: 2\noutput_dir: {out2}\n")
+    cmd = [sys.executable, "-m", "muses.cli", "train", "-c", str(first), "-c", str(second), "--data-dir", str(data_dir)]
+    cmd += ["--set", "eval_at_start=true"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     seconds = time.perf_counter() - t0
     assert proc.returncode == 0, proc.stderr[-3000:]
-    print(f"smoke recipe: {seconds:.1f} s")
+    print(f"smoke recipe and a 2-step second stage: {seconds:.1f} s")
+    assert f"stage 2/2 stage2: starts from {out / 'best'}" in " ".join(proc.stdout.split())
 
     cfg = load_config(SMOKE)
     history = [json.loads(ln) for ln in (out / "history.jsonl").read_text().splitlines()]
-    assert [int(h["step"]) for h in history] == list(range(1, cfg.steps + 1))
-    losses = [h["loss"] for h in history]
+    assert [int(h["step"]) for h in history] == list(range(cfg.steps + 1))
+    losses = [h["loss"] for h in history[1:]]
     assert all(math.isfinite(x) and x >= 0 for x in losses)
     assert {k.split("/")[0] for h in history for k in h if k.endswith("/loss")} == {"hierarchy", "stsb", "scifact"}
     assert "dev/score" in history[-1] and math.isfinite(history[-1]["dev/score"])
@@ -58,3 +64,22 @@ def test_smoke_recipe_trains_through_the_cli(tmp_path: Path, data_dir: Path) -> 
     base = MultiScaleEncoder.from_base()
     moved = np.abs(trained.encode_sentences(TEXTS) - base.encode_sentences(TEXTS)).max()
     assert moved > 1e-4, "the smoke run did not change the model"
+
+    # the second stage starts where the first ended (its only dev evaluation: step 6), not at the base
+    history2 = [json.loads(ln) for ln in (out2 / "history.jsonl").read_text().splitlines()]
+    assert [int(h["step"]) for h in history2] == [0, 1, 2]
+    assert abs(history[-1]["dev/score"] - history[0]["dev/score"]) > 1e-4
+    assert history2[0]["dev/score"] == pytest.approx(history[-1]["dev/score"], abs=1e-6)
+    assert (out2 / "best").is_dir()
+
+
+def test_stages_need_their_own_output_dirs(tmp_path: Path) -> None:
+    """Two stages writing one output_dir would make the second resume the first's checkpoint: refused before
+    anything trains, in one line, exit code 2."""
+    cmd = [sys.executable, "-m", "muses.cli", "train", "-c", str(SMOKE), "-c", str(SMOKE)]
+    cmd += ["--set", f"output_dir={tmp_path / 'x'}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert proc.returncode == 2
+    line = " ".join(proc.stderr.split())
+    assert "give each stage its own output_dir" in line and "Traceback" not in proc.stderr
+    assert not (tmp_path / "x").exists()
