@@ -310,28 +310,40 @@ def eval_all(
 
 @eval_app.command("compare")
 def eval_compare(
-    a: Annotated[Path, typer.Argument(help="results.json (or report folder) of model A.")],
-    b: Annotated[Path, typer.Argument(help="results.json (or report folder) of model B.")],
+    reports: Annotated[
+        list[Path],
+        typer.Argument(
+            help="results.json files or report folders: each of their models (and baselines) is a column, the first "
+            "the reference; a model's reports merge into one column."
+        ),
+    ],
+    as_: Annotated[
+        list[str] | None,
+        typer.Option("--as", help="Name a model's column: --as /work/exp/v5=v5 (models named alike merge)."),
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Also write the table as markdown here.")] = None,
 ) -> None:
-    """Side-by-side headline metrics of two reports, with B - A."""
+    """Headline metrics of several reports side by side, each against the first model."""
     with user_errors():
-        from muses.evaluation.report import compare_rows, load_results
+        from muses.evaluation.compare import cell, compare_rows, load_columns, parse_rename, render_markdown
 
-        ra, rb = load_results(a), load_results(b)
-        table = Table(title=f"A = {ra['models'][0]['model']}   B = {rb['models'][0]['model']}")
-        for col in ("task", "metric", "A", "B", "B - A"):
+        columns = load_columns(reports, dict(parse_rename(a) for a in as_ or []))
+        rows = compare_rows(columns)
+        table = Table(title=f"against {columns[0].label}")
+        for col in ("task", "metric", *(c.label for c in columns)):
             table.add_column(col, justify="left" if col in ("task", "metric") else "right")
-        for task, metric, va, vb in compare_rows(ra, rb):
-            delta = "" if va is None or vb is None else f"{vb - va:+.4f}"
-            style = "green" if delta.startswith("+") and delta != "+0.0000" else "red" if delta.startswith("-") else ""
-            table.add_row(
-                task,
-                metric,
-                "" if va is None else f"{va:.4f}",
-                "" if vb is None else f"{vb:.4f}",
-                f"[{style}]{delta}[/]" if style else delta,
-            )
+        for task, metric, values in rows:
+            cells = [cell(values[0], None)]
+            for v in values[1:]:
+                text = cell(v, values[0])
+                style = "green" if "(+" in text and "(+0.0000)" not in text else "red" if "(-" in text else ""
+                cells.append(f"[{style}]{text}[/]" if style else text)
+            table.add_row(task, metric, *cells)
         console.print(table)
+        if out is not None:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            out.write_text(render_markdown(columns, rows), encoding="utf-8")
+            console.print(f"wrote {out}")
 
 
 @bench_app.command("encode")

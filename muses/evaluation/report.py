@@ -415,21 +415,3 @@ def load_results(path: str | os.PathLike[str]) -> dict[str, Any]:
     if "models" not in data:
         raise InputError(f"{p} is not a MuSES results.json (no 'models').")
     return data
-
-
-def compare_rows(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[tuple[str, str, float | None, float | None]]:
-    """Side-by-side headline metrics of the first model of each results: ``(task, metric@dim, a, b)``."""
-    ma, mb = a["models"][0]["tasks"], b["models"][0]["tasks"]
-    rows: list[tuple[str, str, float | None, float | None]] = []
-    for task in ALL_TASKS:
-        if task not in ma and task not in mb:
-            continue
-        heads = HEADLINES.get(task, ())
-        da, ra = dim_table(ma.get(task, {}).get("metrics", {}), heads)
-        db, rb = dim_table(mb.get(task, {}).get("metrics", {}), heads)
-        for name in heads:
-            for d in sorted(set(da) | set(db)):
-                va, vb = ra.get(name, {}).get(d), rb.get(name, {}).get(d)
-                if va is not None or vb is not None:
-                    rows.append((task, f"{name}@{d}", va, vb))
-    return rows

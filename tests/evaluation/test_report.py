@@ -6,11 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from muses.cli import _print_summary, app
 from muses.cli_common import console
-from muses.evaluation.report import compare_rows, dim_table, load_results
+from muses.errors import InputError
+from muses.evaluation.compare import compare_rows, load_columns, parse_rename
+from muses.evaluation.report import dim_table, load_results
 
 runner = CliRunner()
 
@@ -46,10 +50,48 @@ def test_eval_all_and_compare(tmp_path: Path, data_dir: Path) -> None:
     out_b = tmp_path / "b"
     result = runner.invoke(app, [*args, "--out", str(out_b), "--model", "flat:default"])
     assert result.exit_code == 0, result.output
-    rows_ab = compare_rows(results, load_results(out_b))
-    assert ("sts", "spearman@384", muses_sts["spearman@384"], flat_sts["spearman@384"]) in rows_ab
+    rows_ab = compare_rows(load_columns([str(out_a), str(out_b / "results.json")]))
+    assert ("sts", "spearman@384", [muses_sts["spearman@384"], flat_sts["spearman@384"]]) in rows_ab
     result = runner.invoke(app, ["eval", "compare", str(out_a), str(out_b / "results.json")])
     assert result.exit_code == 0 and "spearman@384" in result.output
+
+    # a model's reports merge into one column, task by task, a later report's task replacing an earlier one's: the
+    # flat baseline of run A, an edited copy (another STS-B value, and a k-NN task), then run B's
+    edited = json.loads((out_b / "results.json").read_text())
+    edited["models"][0]["tasks"] = {
+        "sts": {"metrics": {"spearman@384": 0.5}},
+        "knn": {"metrics": {"knn/document/accuracy@64": 0.7}},
+    }
+    (tmp_path / "c.json").write_text(json.dumps(edited))
+    rename = {"default": "base", "flat:default": "flat"}
+    columns = load_columns([out_a, tmp_path / "c.json"], rename)
+    assert [c.label for c in columns] == ["base", "flat"] and len(columns[1].sources) == 2
+    rows = {(task, metric): values for task, metric, values in compare_rows(columns)}
+    a384 = muses_sts["spearman@384"]
+    assert rows["sts", "spearman@384"] == [a384, 0.5]
+    assert rows["knn", "knn/document/accuracy@64"] == [None, 0.7]
+    rows = {(t, m): v for t, m, v in compare_rows(load_columns([out_a, tmp_path / "c.json", out_b], rename))}
+    assert rows["sts", "spearman@384"] == [a384, flat_sts["spearman@384"]]
+    assert rows["knn", "knn/document/accuracy@64"] == [None, 0.7]
+
+    page = tmp_path / "side" / "compare.md"
+    cmd = ["eval", "compare", str(out_a), str(tmp_path / "c.json"), "--as", "default=base", "--as", "flat:default=flat"]
+    result = runner.invoke(app, [*cmd, "-o", str(page)])
+    assert result.exit_code == 0, result.output
+    text = page.read_text()
+    assert "| task | metric | base | flat |" in text
+    assert f"| sts | spearman@384 | {a384:.4f} | 0.5000 ({0.5 - a384:+.4f}) |" in text
+    assert "muses eval all" in text  # where each column's numbers come from
+
+
+@given(st.text(min_size=1), st.text(alphabet=st.characters(blacklist_characters="="), min_size=1))
+def test_compare_names_split_at_the_last_equals_sign(model: str, name: str) -> None:
+    """`--as MODEL=NAME` gives the model (which may hold '=') and its column's name; text without '=', or with
+    nothing on one side of it, is refused in one line."""
+    assert parse_rename(f"{model}={name}") == (model, name)
+    for bad in (name, f"{model}=", f"={name}"):
+        with pytest.raises(InputError, match="must look like MODEL=NAME"):
+            parse_rename(bad)
 
 
 def test_report_input_errors(tmp_path: Path) -> None:
@@ -60,3 +102,8 @@ def test_report_input_errors(tmp_path: Path) -> None:
     (tmp_path / "x.json").write_text(json.dumps({"no": "models"}))
     result = runner.invoke(app, ["eval", "compare", str(tmp_path / "x.json"), str(tmp_path / "missing.json")])
     assert result.exit_code == 2 and "not a MuSES results.json" in result.output
+    (tmp_path / "one.json").write_text(json.dumps({"models": [{"model": "m", "tasks": {}}]}))
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "one.json"), str(tmp_path / "one.json")])
+    assert result.exit_code == 2 and "compare needs two or more" in result.output
+    result = runner.invoke(app, ["eval", "compare", str(tmp_path / "one.json"), "--as", "m"])
+    assert result.exit_code == 2 and "must look like MODEL=NAME" in result.output
