@@ -4,7 +4,7 @@
 - :class:`DimSchedule`, :class:`CurriculumMatryoshkaLoss`, :class:`MatryoshkaAll`: Matryoshka training over dims,
   with a consistency term tying small dims to the full one.
 - :class:`InContextSentenceRanking`: query -> its gold sentences among in-context sentences, siblings as hard
-  negatives.
+  negatives; :class:`MaxSimDocumentRanking`: query -> its document, scored by max-sim over its sentences.
 - :class:`RetentionLoss`: distillation from the frozen base model, against catastrophic forgetting.
 - :class:`CoSENT`, :class:`MultipleNegativesRanking`, :class:`Contrastive`, :class:`Triplet`,
   :class:`CosineSimilarity`: supervised pair losses (sentence-transformers' own, on embeddings).
@@ -26,7 +26,7 @@ from muses.losses.matryoshka import (
 )
 from muses.losses.pairs import Contrastive, CoSENT, CosineSimilarity, MultipleNegativesRanking, Triplet
 from muses.losses.retention import RETENTION_KINDS, RetentionKind, RetentionLoss, in_batch_kl
-from muses.losses.sentence_ranking import InContextSentenceRanking
+from muses.losses.sentence_ranking import InContextSentenceRanking, MaxSimDocumentRanking
 
 __all__ = [
     "CONSISTENCY_KINDS",
@@ -42,6 +42,7 @@ __all__ = [
     "HierarchicalInfoNCE",
     "InContextSentenceRanking",
     "MatryoshkaAll",
+    "MaxSimDocumentRanking",
     "MultipleNegativesRanking",
     "RetentionKind",
     "RetentionLoss",

@@ -57,3 +57,45 @@ class InContextSentenceRanking(nn.Module):
         all_ = torch.logsumexp(logits, dim=1)
         pos = torch.logsumexp(logits.masked_fill(~positives, float("-inf")), dim=1)
         return (all_ - pos).mean()
+
+
+class MaxSimDocumentRanking(nn.Module):
+    """InfoNCE of queries against documents scored by max-sim over their in-context sentences: each query's own
+    document must come first, the way sentence max-sim retrieval ranks documents.
+
+    A sentence-ranking loss with the document's other sentences as hard negatives sharpens which sentence a query
+    points at, and can lower the document's best match when that match is not a gold sentence; this term, added
+    beside it, holds the document's best sentence above every other document's.
+
+    Inputs (forward):
+        query: ``[B, D]`` un-normalised query vectors.
+        sentence: ``[S, D]`` un-normalised sentence vectors (all sentences of the batch's ``A`` documents).
+        owner: ``[S]`` long, the document (``0 .. A-1``) each sentence belongs to; every document has one or more.
+        target: ``[B]`` long, each query's own document.
+
+    Returns:
+        Scalar: the mean over queries of ``-log softmax_a(scale * max_{j in a} cos(query_i, sentence_j))[target_i]``.
+
+    Example::
+
+        >>> q = torch.tensor([[1.0, 0.0]]); s = torch.tensor([[0.0, 1.0], [1.0, 0.0], [0.0, 1.0]])
+        >>> float(MaxSimDocumentRanking()(q, s, torch.tensor([0, 0, 1]), torch.tensor([0]))) < 1e-8
+        True
+    """
+
+    def __init__(self, scale: float = 20.0) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = scale
+
+    def forward(self, query: Tensor, sentence: Tensor, owner: Tensor, target: Tensor) -> Tensor:
+        """``[B, D]``, ``[S, D]``, ``[S]`` long, ``[B]`` long -> scalar."""
+        if owner.shape != (sentence.shape[0],) or target.shape != (query.shape[0],):
+            raise ValueError(f"owner must be [{sentence.shape[0]}] and target [{query.shape[0]}]")
+        owner, target = owner.to(query.device), target.to(query.device)
+        logits = (F.normalize(query, dim=-1) @ F.normalize(sentence, dim=-1).T * self.scale).float()
+        n_docs = int(owner.max()) + 1
+        per_doc = logits.new_full((len(query), n_docs), float("-inf"))
+        per_doc = per_doc.scatter_reduce(1, owner.expand_as(logits), logits, reduce="amax", include_self=False)
+        return F.cross_entropy(per_doc, target)

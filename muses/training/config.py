@@ -202,6 +202,12 @@ class LossConfig(_Strict):
         description="rationale task: a claim ranks every sentence of the batch's abstracts (batch) or only those of "
         "its own abstract (document: only the hard negatives, the space between abstracts is left alone)",
     )
+    rationale_maxsim_weight: float = Field(
+        0.0,
+        ge=0,
+        description="rationale task: also rank the batch's abstracts by max-sim over their in-context sentences, the "
+        "claim's own first (as sentence max-sim retrieval ranks documents), at this weight beside the ranking loss",
+    )
     rationale_retain_documents: bool = Field(
         False,
         description="rationale task: also distil each abstract's document vector (from the same pass) to the base "

@@ -41,6 +41,7 @@ from muses.losses import (
     HierarchicalInfoNCE,
     InContextSentenceRanking,
     MatryoshkaAll,
+    MaxSimDocumentRanking,
     MultipleNegativesRanking,
     RetentionLoss,
 )
@@ -383,11 +384,13 @@ class RationaleTask:
     giving in-context sentence vectors ``[S, D]`` (S: all sentences of the batch's abstracts), and the claims
     standalone, ``[B, D]``. Every claim ranks all ``S`` sentences: its abstract's other sentences are the hard
     negatives, the other abstracts' the easy ones (with ``loss.rationale_candidates: document``, only its own
-    abstract's sentences are candidates, ``[B, S]`` bool). Retention (``retention_task_weights.rationale``): the
-    in-context sentences to the base model's, and the claims to the base model's standalone vectors; with
-    ``loss.rationale_retain_documents`` also the abstracts' document vectors ``[A, D]`` (from the same pass) to the
-    base model's standalone ones. Under torchrun
-    every rank computes the whole batch (gradients averaged over ranks are then the batch's own).
+    abstract's sentences are candidates, ``[B, S]`` bool). With ``loss.rationale_maxsim_weight`` the claims also
+    rank the batch's ``A`` abstracts, each scored by its best sentence
+    (:class:`~muses.losses.MaxSimDocumentRanking`), as sentence max-sim retrieval ranks documents. Retention
+    (``retention_task_weights.rationale``): the in-context sentences to the base model's, and the claims to the base
+    model's standalone vectors; with ``loss.rationale_retain_documents`` also the abstracts' document vectors
+    ``[A, D]`` (from the same pass) to the base model's standalone ones. Under torchrun every rank computes the
+    whole batch (gradients averaged over ranks are then the batch's own).
     """
 
     name = "rationale"
@@ -397,6 +400,7 @@ class RationaleTask:
         self.items = items
         self.max_tokens = max_tokens
         self.ranking = InContextSentenceRanking(scale=1.0 / ctx.loss.temperature)
+        self.maxsim = MaxSimDocumentRanking(scale=1.0 / ctx.loss.temperature)
 
     def window(self, r: Rationale) -> tuple[Document, int]:
         """The consecutive sentences of ``r.document`` around its first gold sentence that fit ``max_tokens`` (grown
@@ -457,10 +461,14 @@ class RationaleTask:
                 candidates[i, first_row : first_row + len(docs[str(r.document.id)][0].sentences)] = True
         texts = [r.query for r in kept]
         query = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+        owner = torch.repeat_interleave(torch.arange(len(order)), torch.tensor(sizes))  # [S]: each row's abstract
+        own = torch.tensor([order.index(str(r.document.id)) for r in kept])  # [B]: each claim's abstract
+        maxsim_weight = self.ctx.loss.rationale_maxsim_weight
 
         def loss_fn(d: int) -> Tensor:
-            ranked = self.ranking(matryoshka(query, d), matryoshka(sentence, d), positives, candidates)
-            return self.ctx.loss.rationale_weight * ranked
+            q, s = matryoshka(query, d), matryoshka(sentence, d)
+            ranked = self.ctx.loss.rationale_weight * self.ranking(q, s, positives, candidates)
+            return ranked + maxsim_weight * self.maxsim(q, s, owner, own) if maxsim_weight else ranked
 
         res = self.ctx.matryoshka(loss_fn, [query, sentence], progress)
         ordered = [docs[d][0] for d in order]

@@ -32,6 +32,7 @@ from muses.losses import (
     HierarchicalInfoNCE,
     InContextSentenceRanking,
     MatryoshkaAll,
+    MaxSimDocumentRanking,
     MultipleNegativesRanking,
     RetentionLoss,
     Triplet,
@@ -352,6 +353,22 @@ def test_pair_losses_match_sentence_transformers_model_level_forward() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- in-context sentences
+def test_maxsim_document_ranking_scores_each_document_by_its_best_sentence() -> None:
+    """Documents scored by their best sentence, by hand; only those best sentences get a gradient."""
+    q, s = seeded(3, 8), seeded(7, 8, seed=2).requires_grad_(True)
+    owner, target = torch.tensor([0, 0, 0, 1, 1, 2, 2]), torch.tensor([0, 2, 1])
+    loss = MaxSimDocumentRanking(scale=20.0)(q, s, owner, target)
+    cos = torch.nn.functional.normalize(q, dim=-1) @ torch.nn.functional.normalize(s, dim=-1).T * 20.0
+    per_doc = torch.stack([cos[:, :3].max(1).values, cos[:, 3:5].max(1).values, cos[:, 5:].max(1).values], dim=1)
+    assert torch.allclose(loss, torch.nn.functional.cross_entropy(per_doc, target), atol=1e-5)
+    loss.backward()
+    assert s.grad is not None
+    best = {int(j) for lo, hi in ((0, 3), (3, 5), (5, 7)) for j in cos[:, lo:hi].argmax(1) + lo}
+    assert {j for j in range(7) if s.grad[j].abs().sum() > 0} == best
+    with pytest.raises(ValueError, match="owner must be"):
+        MaxSimDocumentRanking()(q, s.detach(), owner[:3], target)
+
+
 def test_sentence_ranking_equals_infonce_with_one_positive_and_sums_several() -> None:
     q, s = seeded(3, 8), seeded(7, 8, seed=1)
     target = torch.tensor([0, 4, 6])

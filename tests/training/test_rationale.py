@@ -59,6 +59,20 @@ def test_rationale_loss_ranks_gold_sentences_and_training_lowers_it(tmp_path: Pa
     assert float(after["retention"]) > 0.0
 
 
+def test_rationale_maxsim_term_ranks_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:
+    """`loss.rationale_maxsim_weight` adds the max-sim document ranking to the rationale loss on the same batch:
+    positive (each claim's best sentence rarely beats every other abstract's by the whole scale), and it adds
+    exactly its weight times that term."""
+    losses = []
+    for weight in (0.0, 1.0, 2.0):
+        cfg = _config(tmp_path / str(weight), dev_scifact_distractors=None)
+        cfg.loss.rationale_maxsim_weight = weight
+        trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+        torch.manual_seed(0)
+        losses.append(float(trainer.tasks["rationale"]([0, 1, 2, 3, 4, 5], 0.5)["task"].detach()))
+    assert losses[1] > losses[0] and losses[1] - losses[0] == pytest.approx((losses[2] - losses[0]) / 2, rel=1e-4)
+
+
 def test_dev_evidence_metric_uses_held_out_claims_only(tmp_path: Path, data_dir: Path) -> None:
     cfg = _config(tmp_path, dev_scifact_distractors=10, dev_scifact_claims=12, dev_scifact_evidence=True)
     data = load_training_data(cfg, data_dir)
