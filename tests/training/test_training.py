@@ -368,6 +368,7 @@ def test_shipped_recipes_validate() -> None:
     ctx = recipes["context-head"]
     assert ctx.model.base == "runs/default/best" and ctx.model.fresh_heads and ctx.model.train_heads == ["context"]
     assert ctx.model.head_kind == default.model.head_kind and ctx.model.context_head and ctx.data.dev_wikipedia_ict
+    assert ctx.loss.rationale_maxsim_weight > 0  # its abstracts stay first by their best sentence (round 12)
     assert ctx.data.dev_wikipedia_sentences and ctx.interpolate_tolerance is not None
     assert {"ict-document", "scifact-document", "wikipedia-sentence"} <= set(ctx.interpolate_tolerance)
     # siblings on make run's model: the whole model trains, with the documents' 64-dim prefix retained and the same
