@@ -7,7 +7,20 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-class InContextSentenceRanking(nn.Module):
+class _ScaledCosine(nn.Module):
+    """Shared by the losses below: ``scale * cos(query_i, sentence_j)``, ``[B, D]``, ``[S, D]`` -> ``[B, S]`` float."""
+
+    def __init__(self, scale: float = 20.0) -> None:
+        super().__init__()
+        if not scale > 0:
+            raise ValueError(f"scale must be positive, got {scale}")
+        self.scale = scale
+
+    def logits(self, query: Tensor, sentence: Tensor) -> Tensor:
+        return (F.normalize(query, dim=-1) @ F.normalize(sentence, dim=-1).T * self.scale).float()
+
+
+class InContextSentenceRanking(_ScaledCosine):
     """InfoNCE of queries against the in-context sentence vectors of a batch of documents, with several positives.
 
     Each query ``i`` (e.g. a SciFact claim) has one or more gold sentences (its rationale) among the ``S``
@@ -38,12 +51,6 @@ class InContextSentenceRanking(nn.Module):
         True
     """
 
-    def __init__(self, scale: float = 20.0) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.scale = scale
-
     def forward(self, query: Tensor, sentence: Tensor, positives: Tensor, candidates: Tensor | None = None) -> Tensor:
         """``[B, D]``, ``[S, D]``, ``[B, S]`` bool (, ``[B, S]`` bool) -> scalar."""
         if positives.shape != (query.shape[0], sentence.shape[0]):
@@ -51,7 +58,7 @@ class InContextSentenceRanking(nn.Module):
         if not bool(positives.any(dim=1).all()):
             raise ValueError("every query needs at least one positive sentence")
         positives = positives.to(query.device)
-        logits = (F.normalize(query, dim=-1) @ F.normalize(sentence, dim=-1).T * self.scale).float()
+        logits = self.logits(query, sentence)
         if candidates is not None:
             logits = logits.masked_fill(~(candidates.to(query.device) | positives), float("-inf"))
         all_ = torch.logsumexp(logits, dim=1)
@@ -59,7 +66,7 @@ class InContextSentenceRanking(nn.Module):
         return (all_ - pos).mean()
 
 
-class MaxSimDocumentRanking(nn.Module):
+class MaxSimDocumentRanking(_ScaledCosine):
     """InfoNCE of queries against documents scored by max-sim over their in-context sentences: each query's own
     document must come first, the way sentence max-sim retrieval ranks documents.
 
@@ -83,18 +90,12 @@ class MaxSimDocumentRanking(nn.Module):
         True
     """
 
-    def __init__(self, scale: float = 20.0) -> None:
-        super().__init__()
-        if not scale > 0:
-            raise ValueError(f"scale must be positive, got {scale}")
-        self.scale = scale
-
     def forward(self, query: Tensor, sentence: Tensor, owner: Tensor, target: Tensor) -> Tensor:
         """``[B, D]``, ``[S, D]``, ``[S]`` long, ``[B]`` long -> scalar."""
         if owner.shape != (sentence.shape[0],) or target.shape != (query.shape[0],):
             raise ValueError(f"owner must be [{sentence.shape[0]}] and target [{query.shape[0]}]")
         owner, target = owner.to(query.device), target.to(query.device)
-        logits = (F.normalize(query, dim=-1) @ F.normalize(sentence, dim=-1).T * self.scale).float()
+        logits = self.logits(query, sentence)
         n_docs = int(owner.max()) + 1
         per_doc = logits.new_full((len(query), n_docs), float("-inf"))
         per_doc = per_doc.scatter_reduce(1, owner.expand_as(logits), logits, reduce="amax", include_self=False)
