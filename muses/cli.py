@@ -335,9 +335,9 @@ def eval_compare(
         for task, metric, values in rows:
             cells = [cell(values[0], None)]
             for v in values[1:]:
-                text = cell(v, values[0])
-                style = "green" if "(+" in text and "(+0.0000)" not in text else "red" if "(-" in text else ""
-                cells.append(f"[{style}]{text}[/]" if style else text)
+                delta = None if v is None or values[0] is None else round(v - values[0], 4)
+                style = "" if not delta else "green" if delta > 0 else "red"
+                cells.append(f"[{style}]{cell(v, values[0])}[/]" if style else cell(v, values[0]))
             table.add_row(task, metric, *cells)
         console.print(table)
         if out is not None:

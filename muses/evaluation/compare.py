@@ -51,15 +51,23 @@ def load_columns(reports: Sequence[str | Path], rename: Mapping[str, str] | None
     columns: dict[str, Column] = {}
     for path in reports:
         results = load_results(path)
-        for model in results["models"]:
+        models = results["models"]
+        if not isinstance(models, list) or not all(
+            isinstance(m, dict) and isinstance(m.get("tasks"), dict) for m in models
+        ):
+            raise InputError(
+                f"{path}: 'models' must be a list of {{model, tasks}} entries, as `muses eval all` writes."
+            )
+        for model in models:
             name = str(model.get("model", "?"))
-            column = columns.setdefault((rename or {}).get(name, name), Column((rename or {}).get(name, name)))
-            column.tasks.update(model.get("tasks", {}))
+            label = (rename or {}).get(name, name)
+            column = columns.setdefault(label, Column(label))
+            column.tasks.update(model["tasks"])
             column.sources.append(f"{path}: {results.get('command', '(no command recorded)')}")
     if len(columns) < 2:
         raise InputError(
-            f"the reports hold one model ({next(iter(columns), '-')}): compare needs two or more (models with the "
-            "same name, or renamed alike with --as, merge into one column)."
+            f"the reports hold {len(columns)} model(s) ({', '.join(columns) or '-'}): compare needs two or more "
+            "(models with the same name, or renamed alike with --as, merge into one column)."
         )
     return list(columns.values())
 

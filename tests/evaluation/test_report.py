@@ -107,3 +107,7 @@ def test_report_input_errors(tmp_path: Path) -> None:
     assert result.exit_code == 2 and "compare needs two or more" in result.output
     result = runner.invoke(app, ["eval", "compare", str(tmp_path / "one.json"), "--as", "m"])
     assert result.exit_code == 2 and "must look like MODEL=NAME" in result.output
+    for bad in ({"models": {"m": 1}}, {"models": ["m"]}, {"models": [{"model": "m", "tasks": 3}]}):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        result = runner.invoke(app, ["eval", "compare", str(tmp_path / "bad.json"), str(tmp_path / "one.json")])
+        assert result.exit_code == 2 and "'models' must be a list" in result.output, bad
