@@ -22,6 +22,7 @@ from muses.cli_common import (
     err_console,
     load_stages,
     run_training,
+    task_adapter_target,
     user_errors,
 )
 from muses.cli_index import index_app, serve
@@ -185,6 +186,15 @@ def _check_dim(dim: int | None, dims: list[int]) -> None:
         raise InputError(f"dim {dim} is not available: this model's Matryoshka dims are {dims}; pass one with --dim.")
 
 
+TaskAdaptersOpt = Annotated[
+    bool,
+    typer.Option(
+        "--task-adapters/--no-task-adapters",
+        help="Run a task on the model's adapter for it where the model ships one (STS: 'similarity').",
+    ),
+]
+
+
 @eval_app.command("sts")
 def eval_sts(
     model: ModelOpt = "default",
@@ -193,9 +203,11 @@ def eval_sts(
     hub: Annotated[bool, typer.Option(help="Load STS-B from the Hugging Face hub instead of --data-dir.")] = False,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write the metrics as JSON here.")] = None,
     backend: BackendOpt = None,
+    task_adapters: TaskAdaptersOpt = True,
 ) -> None:
-    """STS-B Spearman of cosine similarity at every Matryoshka dim."""
+    """STS-B Spearman of cosine similarity at every Matryoshka dim (with the model's similarity adapter, if any)."""
     with user_errors():
+        from muses.adapters.tasks import SIMILARITY, list_tasks
         from muses.data.stsb import load_stsb
         from muses.encoder import MultiScaleEncoder
         from muses.evaluation.sts import evaluate_sts
@@ -203,12 +215,16 @@ def eval_sts(
         chosen = backend_option(backend)
         pairs = load_stsb(split, data_dir, hub=hub)
         enc = MultiScaleEncoder.from_base(model, backend=chosen)
+        if task_adapters and enc.backend == "torch" and SIMILARITY in list_tasks(enc.folder):
+            enc = MultiScaleEncoder.load(enc.folder, task=SIMILARITY)  # type: ignore[arg-type]
         metrics = evaluate_sts(enc, pairs, enc.dims)
-        _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model} on {enc.backend}")
+        via = f" + its {enc.task} adapter" if enc.task else ""
+        _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model}{via} on {enc.backend}")
         result = {
             "task": "sts-b",
             "split": split,
             "model": model,
+            "task_adapter": enc.task,
             "backend": enc.backend,
             "n_pairs": len(pairs),
             "metrics": metrics,
@@ -258,6 +274,7 @@ def eval_all(
     cache_dir: CacheOpt = None,
     no_cache: Annotated[bool, typer.Option(help="Encode everything afresh.")] = False,
     backend: BackendOpt = None,
+    task_adapters: TaskAdaptersOpt = True,
 ) -> None:
     """Run every evaluation task for a model (and baselines); write results.json, report.md and plots."""
     with user_errors():
@@ -281,6 +298,7 @@ def eval_all(
                 "--profile",
                 prof.name,
                 *(["--tasks", ",".join(task_list)] if tasks else []),
+                *([] if task_adapters else ["--no-task-adapters"]),
                 "--out",
                 str(out),
             ]
@@ -292,7 +310,9 @@ def eval_all(
             "models": [],
         }
         for i, m in enumerate(models):
-            ctx = TaskContext(data_dir, cache, prof, extra_models=models[1:] if i == 0 else [])
+            ctx = TaskContext(
+                data_dir, cache, prof, extra_models=models[1:] if i == 0 else [], task_adapters=task_adapters
+            )
             wanted = task_list if i == 0 else [t for t in task_list if t != "efficiency"]
 
             def done(name: str, metrics: dict[str, float], seconds: float, who: str = m.name) -> None:
@@ -507,6 +527,14 @@ def train(
             if len(stages) > 1:
                 console.print(f"stage {i}/{len(stages)} {cfg.name}: starts from {cfg.model.base}", highlight=False)
             run_training(cfg, data_dir, fresh, device, cfg.name)
+            model = task_adapter_target(stages[: i - 1])
+            if cfg.model.adapter is not None and model is not None and distributed.is_main():
+                from muses.adapters.tasks import add_task_adapter
+                from muses.training.build import adapter_key
+
+                key = adapter_key(cfg)
+                add_task_adapter(model, Path(cfg.output_dir) / "best", key, replace=True)
+                console.print(f"{model} now ships the {key!r} task adapter (muses.adapters.tasks)", highlight=False)
 
 
 @app.command()
@@ -616,20 +644,30 @@ def plot_map(
 
 @app.command()
 def run(
-    config: Annotated[Path, typer.Option("--config", "-c", help="Training recipe.")] = Path("configs/default.yaml"),
+    config: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--config",
+            "-c",
+            help="Training recipe(s), trained as stages as in `muses train` (default: configs/default.yaml, then its "
+            "similarity adapter configs/similarity.yaml).",
+        ),
+    ] = None,
     data_dir: DataDirOpt = None,
     out: Annotated[Path, typer.Option("--out", "-o", help="Report folder.")] = Path("reports/run"),
     train_model: Annotated[bool, typer.Option("--train/--no-train", help="Train first (else: the base).")] = True,
 ) -> None:
     """The main job: train the recipe, show it on a built-in sample, and report it against the base model.
 
-    Training resumes from the recipe's output_dir if a checkpoint is there (a rerun finishes an interrupted run).
-    Without a data dir, it trains on the Wikipedia articles alone and skips the data-dir tasks of the report.
+    Training resumes from each stage's output_dir if a checkpoint is there (a rerun finishes an interrupted run).
+    Without a data dir, it trains the first recipe on the Wikipedia articles alone, skips adapter stages (they need
+    their task's data) and skips the data-dir tasks of the report.
     """
     with user_errors():
         from muses.data.paths import ENV_VAR
 
         have_data = data_dir is not None or bool(os.environ.get(ENV_VAR))
+        configs = config or [Path("configs/default.yaml"), Path("configs/similarity.yaml")]
         model = "default"
         if train_model:
             overrides = (
@@ -644,12 +682,18 @@ def run(
                     "task_weights={hierarchy: 1.0, stsb: 0.0, scifact: 0.0}",
                 ]
             )
+            stages = load_stages(configs, None)
             if not have_data:
                 err_console.print(f"no --data-dir and no ${ENV_VAR}: training on the Wikipedia articles only.")
-            from muses.training.config import load_config
-
-            model = str(Path(load_config(config).output_dir) / "best")
-            train(config=[config], data_dir=data_dir, set_=overrides, fresh=False, device=None)
+                kept = [(c, s) for c, s in zip(configs, stages, strict=True) if s.model.adapter is None]
+                if len(kept) < len(stages):
+                    err_console.print("adapter stages skipped: they train on their task's data.")
+                configs, stages = [c for c, _ in kept], [s for _, s in kept]
+            target = task_adapter_target(stages)
+            if target is None:
+                raise InputError(f"{configs[0]} trains an adapter: muses run needs a whole-model recipe first.")
+            model = str(target)
+            train(config=configs, data_dir=data_dir, set_=overrides, fresh=False, device=None)
         _show_sample(model)
         if not have_data:
             err_console.print(f"evaluation skipped: no --data-dir and no ${ENV_VAR}.")

@@ -54,6 +54,21 @@ def train_adapter(
         run_training(cfg, data_dir, fresh, device, f"adapter of {cfg.name}")
 
 
+@adapters_app.command("add")
+def add_cmd(
+    model: Annotated[Path, typer.Argument(help="A saved MuSES model folder.")],
+    adapter: Annotated[Path, typer.Argument(help="An adapter folder trained on that model (e.g. runs/X/best).")],
+    task: Annotated[str, typer.Option(help="The task it serves; evaluation uses 'similarity' for STS.")] = "similarity",
+    replace: Annotated[bool, typer.Option(help="Overwrite the model's adapter for this task.")] = False,
+) -> None:
+    """Ship an adapter inside a model folder as its adapter for a task (model/adapters/TASK/)."""
+    with user_errors():
+        from muses.adapters.tasks import add_task_adapter, list_tasks
+
+        folder = add_task_adapter(model, adapter, task, replace=replace)
+        console.print(f"wrote {folder}; {model} now has task adapters: {', '.join(list_tasks(model))}")
+
+
 @adapters_app.command("list")
 def list_cmd(
     root: RootArg,

@@ -72,17 +72,24 @@ def load_recipe(config: Path, overrides: list[str] | None, base: str | None = No
 
 def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainConfig]:
     """Recipes trained one after another, all validated before the first starts. Each after the first starts from
-    the model the one before it keeps: its ``model.base`` becomes that stage's ``output_dir/best``. ``--set``
-    overrides apply to every stage.
+    the model the stages before it keep: its ``model.base`` becomes the last whole-model stage's
+    ``output_dir/best``. Adapter stages (``model.adapter``) come last; each becomes a task adapter of that model
+    (:func:`task_adapter_target`). ``--set`` overrides apply to every stage.
 
     Raises:
-        InputError: two stages write to the same output_dir (the second would resume the first's checkpoint).
+        InputError: two stages write to the same output_dir (the second would resume the first's checkpoint), or a
+            whole-model stage follows an adapter stage (the adapter would serve weights that are gone).
     """
     stages: list[TrainConfig] = []
     written: dict[Path, Path] = {}
     for config in configs:
-        base = str(Path(stages[-1].output_dir) / "best") if stages else None
-        cfg = load_recipe(config, overrides, base)
+        model = task_adapter_target(stages)
+        cfg = load_recipe(config, overrides, str(model) if model else None)
+        if cfg.model.adapter is None and stages and stages[-1].model.adapter is not None:
+            raise InputError(
+                f"{config} trains the whole model after an adapter stage; put adapter stages last (an adapter "
+                "serves the weights it was trained on)."
+            )
         out = Path(cfg.output_dir).resolve()
         if out in written:
             raise InputError(
@@ -92,6 +99,13 @@ def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainC
         written[out] = config
         stages.append(cfg)
     return stages
+
+
+def task_adapter_target(stages: list[TrainConfig]) -> Path | None:
+    """The model the next stage starts from: the last whole-model stage's ``output_dir/best``, or None before the
+    first; an adapter stage after it is added to that folder as its task adapter."""
+    models = [s for s in stages if s.model.adapter is None]
+    return Path(models[-1].output_dir) / "best" if models else None
 
 
 def run_training(cfg: TrainConfig, data_dir: Path | None, fresh: bool, device: str | None, what: str) -> None:

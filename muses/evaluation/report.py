@@ -34,6 +34,7 @@ from typing import Any
 
 import yaml
 
+from muses.adapters.tasks import EVAL_TASK_ADAPTERS
 from muses.data.stsb import load_stsb
 from muses.data.wikipedia import load_wikipedia, stratified_split
 from muses.errors import ConfigError, InputError
@@ -122,6 +123,7 @@ class TaskContext:
     cache: EmbeddingCache
     profile: Profile
     extra_models: Sequence[CorpusEncoder] = field(default_factory=list)
+    task_adapters: bool = True  # a task runs on the model's adapter for it, where the model ships one
 
 
 def _task_sts(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
@@ -255,10 +257,14 @@ def run_report(
     )
     for name in tasks:
         t0 = time.perf_counter()
-        metrics = TASKS[name](model, ctx)
+        adapter = EVAL_TASK_ADAPTERS.get(name) if ctx.task_adapters else None
+        view = model.with_task_adapter(adapter) if adapter and isinstance(model, MusesCorpusEncoder) else None
+        metrics = TASKS[name](view or model, ctx)
         seconds = time.perf_counter() - t0
         if metrics:
             out["tasks"][name] = {"metrics": metrics, "seconds": seconds}
+            if view is not None:
+                out["tasks"][name]["task_adapter"] = adapter
         if on_task:
             on_task(name, metrics, seconds)
     return out
@@ -310,8 +316,9 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 lines.append("")
                 continue
             dims, rows = dim_table(block["metrics"], HEADLINES.get(task, ()))
+            via = f", with its `{block['task_adapter']}` task adapter" if block.get("task_adapter") else ""
             lines += [
-                f"**{model['model']}** ({block['seconds']:.0f} s)",
+                f"**{model['model']}** ({block['seconds']:.0f} s{via})",
                 "",
                 "| metric | " + " | ".join(f"{d}d" for d in dims) + " |",
                 "|---|" + "---:|" * len(dims),
@@ -384,6 +391,9 @@ def side_by_side(model: Mapping[str, Any], baseline: Mapping[str, Any]) -> list[
         "|---|---|" + "---:|" * (3 * len(c.dims)),
     ]
     lines += [f"| {row[0]} | {row[1]} | " + " | ".join(c.cells(row)) + " |" for row in c.rows]
+    for who in (model, baseline):
+        via = {t: b["task_adapter"] for t, b in who["tasks"].items() if b.get("task_adapter")}
+        lines += [f"\n`{who['model']}` ran {t} with its `{a}` task adapter." for t, a in via.items()]
     return [*lines, ""]
 
 

@@ -379,6 +379,11 @@ def test_shipped_recipes_validate() -> None:
     assert sib.dev_weights == sib.interpolate_weights == {"wikipedia-sentence": 1.0}  # replaced, not merged
     assert sib.interpolate_tolerance is not None and sib.loss.retention_task_weights == {"stsb": 0.0, "siblings": 1.0}
     assert {"stsb", "ict-document", "ict-sentence", "scifact-document"} <= set(sib.interpolate_tolerance)
+    # make run's second stage: a similarity adapter on STS-B alone, chosen on STS-B dev, the shared weights untouched
+    sim = recipes["similarity"]
+    assert sim.model.adapter is not None and sim.model.adapter.key == "similarity" and not sim.interpolate
+    assert {t: w for t, w in sim.task_weights.items() if w} == {"stsb": 1.0} and sim.dev_weights == {"stsb": 1.0}
+    assert sim.loss.matryoshka == "all" and sim.loss.retention_weight == 0.0 and not sim.data.scifact
     # an ablation arm changes only what it names; everything else is the budget recipe's
     ablation = recipes["b-no-retention"]
     assert ablation.loss.retention == "none" and default.loss.retention != "none"

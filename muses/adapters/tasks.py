@@ -1,0 +1,153 @@
+"""Task adapters: LoRA adapters shipped inside a MuSES model folder, one per task, under ``adapters/<task>/``.
+
+The shared weights serve every scale and every retrieval task. A task adapter specialises them for one use without
+touching them, as jina-embeddings-v3 does with its task LoRAs: ``similarity`` (symmetric sentence similarity, what
+STS-B measures) is the one evaluation uses today (:data:`EVAL_TASK_ADAPTERS`).
+
+Loaded with a task (:meth:`MultiScaleEncoder.load(path, task=...) <muses.encoder.MultiScaleEncoder.load>`), the
+adapter is merged into the transformer's weights (``W + alpha / r * B @ A`` for each adapted layer), so the encoder
+runs at the base model's speed and every code path (encoding, stores, the service) works unchanged.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+
+from muses.adapters.config import check_key
+from muses.adapters.lora import (
+    ADAPTER_META,
+    PEFT_PREFIX,
+    AdapterFiles,
+    AdapterMeta,
+    base_fingerprint,
+    hf_model,
+    read_adapter,
+    write_adapter_folder,
+)
+from muses.errors import InputError, ModelError
+
+if TYPE_CHECKING:
+    from muses.encoder import MultiScaleEncoder
+
+TASKS_FOLDER = "adapters"
+SIMILARITY = "similarity"
+# evaluation task -> the task adapter it uses when the model ships one
+EVAL_TASK_ADAPTERS: dict[str, str] = {"sts": SIMILARITY}
+
+
+def task_folder(model_dir: str | os.PathLike[str], task: str) -> Path:
+    """Where model ``model_dir`` keeps its adapter for ``task`` (which need not exist)."""
+    return Path(model_dir) / TASKS_FOLDER / task
+
+
+def list_tasks(model_dir: str | os.PathLike[str] | None) -> list[str]:
+    """The tasks a model folder ships adapters for (sorted); none for a hub name or a base model."""
+    if model_dir is None:
+        return []
+    root = Path(model_dir) / TASKS_FOLDER
+    if not root.is_dir():
+        return []
+    return sorted(p.name for p in root.iterdir() if (p / ADAPTER_META).is_file())
+
+
+def read_task_adapter(model_dir: str | os.PathLike[str], task: str) -> AdapterFiles:
+    """Read model ``model_dir``'s adapter for ``task``.
+
+    Raises:
+        InputError: when the model ships no adapter for ``task`` (the message lists those it has).
+    """
+    folder = task_folder(model_dir, task)
+    if not (folder / ADAPTER_META).is_file():
+        have = list_tasks(model_dir)
+        raise InputError(
+            f"{model_dir} has no adapter for task {task!r} (it has: {', '.join(have) or 'none'}); add one with "
+            "`muses adapters add MODEL ADAPTER --task TASK`."
+        )
+    return read_adapter(folder)
+
+
+def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
+    """Add a LoRA adapter's update to the encoder's transformer weights, in place.
+
+    Each adapted linear layer ``W`` (``[out, in]``) becomes ``W + s * B @ A`` with ``A``: ``[r, in]``, ``B``:
+    ``[out, r]`` and ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA), which is what PEFT computes unmerged.
+
+    Raises:
+        ModelError: for an adapter kind this cannot merge (DoRA, bias training) or weights that name layers the
+            model does not have.
+    """
+    cfg = files.peft_config
+    unusual = (
+        getattr(cfg, "use_dora", False)
+        or getattr(cfg, "bias", "none") != "none"
+        or getattr(cfg, "lora_bias", False)
+        or getattr(cfg, "rank_pattern", None)
+        or getattr(cfg, "alpha_pattern", None)
+        or getattr(cfg, "modules_to_save", None)
+    )
+    if unusual:
+        raise ModelError(
+            f"{files.path}: only plain LoRA (one rank and alpha, no DoRA, biases or saved modules) can be merged; "
+            "train it with `muses adapters train`."
+        )
+    rank = int(cfg.r)
+    scale = float(cfg.lora_alpha) / (math.sqrt(rank) if getattr(cfg, "use_rslora", False) else rank)
+    model = hf_model(encoder)
+    layers: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in files.weights.items():
+        layer, _, kind = key.removeprefix(PEFT_PREFIX).rpartition(".lora_")
+        layers.setdefault(layer, {})[kind.split(".")[0]] = value
+    targets: list[tuple[torch.nn.Linear, torch.Tensor, torch.Tensor]] = []
+    for layer, ab in layers.items():  # every layer checked before any weight changes
+        try:
+            linear = model.get_submodule(layer)
+        except AttributeError:
+            raise ModelError(f"{files.path}: the adapter names layer {layer!r}, which this model lacks.") from None
+        if set(ab) != {"A", "B"} or not isinstance(linear, torch.nn.Linear):
+            raise ModelError(f"{files.path}: layer {layer!r} has no plain LoRA pair (A, B) to merge.")
+        targets.append((linear, ab["A"].to(linear.weight), ab["B"].to(linear.weight)))
+    with torch.no_grad():
+        for linear, a, b in targets:
+            linear.weight += scale * (b @ a)
+
+
+def add_task_adapter(
+    model_dir: str | os.PathLike[str], adapter_dir: str | os.PathLike[str], task: str, replace: bool = False
+) -> Path:
+    """Copy an adapter folder into a saved MuSES model as its adapter for ``task``.
+
+    The adapter must have been trained on this model's transformer (the fingerprints in ``muses_adapter.json`` and
+    of the model's weights agree), else its update would be applied to other weights.
+
+    Returns:
+        The new adapter folder, ``model_dir/adapters/<task>``.
+
+    Raises:
+        InputError: for a bad task name, an adapter of another model, or an existing task without ``replace``.
+    """
+    from muses.encoder import MultiScaleEncoder
+
+    try:
+        check_key(task)
+    except ValueError as e:
+        raise InputError(str(e)) from None
+    target = task_folder(model_dir, task)
+    if target.exists() and not replace:
+        raise InputError(f"{model_dir} already has an adapter for task {task!r}; pass --replace to overwrite it.")
+    files = read_adapter(adapter_dir)
+    encoder = MultiScaleEncoder.load(model_dir)
+    have = base_fingerprint(encoder)
+    meta = files.meta or AdapterMeta(key=task)
+    if meta.base_fingerprint != have:
+        raise InputError(
+            f"{adapter_dir} was trained on other weights (fingerprint {meta.base_fingerprint or 'none'}, this model "
+            f"{have}); train it with model.base set to {model_dir}."
+        )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    new_meta = AdapterMeta(**{**meta.__dict__, "key": task})
+    return write_adapter_folder(target, files.peft_config, files.weights, new_meta)

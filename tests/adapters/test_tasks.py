@@ -1,0 +1,135 @@
+"""Task adapters (muses.adapters.tasks): an adapter shipped inside a model folder, merged into the weights on load,
+on the real all-MiniLM-L6-v2 with a tiny adapter (rank 2, random non-zero B); the CLI's add and its checks; the
+evaluation running STS-B on a model's similarity adapter and saying so."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from muses.adapters import AdapterConfig, attach_adapter, load_adapter, remove_adapter, save_adapter
+from muses.adapters.lora import adapter_parameters, read_adapter
+from muses.adapters.tasks import SIMILARITY, add_task_adapter, list_tasks, merge_adapter, task_folder
+from muses.cli import app
+from muses.encoder import MultiScaleEncoder
+from muses.errors import InputError, ModelError
+
+TINY = AdapterConfig(rank=2, alpha=4, target_modules=["query", "value", "intermediate.dense"])
+TEXTS = ["A man is playing a guitar.", "The cat sits on the mat. It purrs.", "Stocks fell sharply on Monday."]
+runner = CliRunner()
+
+
+def _adapter(enc: MultiScaleEncoder, folder: Path, seed: int = 0) -> Path:
+    """Attach a rank-2 adapter with random B to ``enc``, save it to ``folder`` and detach it again."""
+    attach_adapter(enc, "tiny", TINY)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in adapter_parameters(enc, "tiny").items():
+            if "lora_B" in name:
+                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+    save_adapter(enc, "tiny", folder)
+    remove_adapter(enc, "tiny")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A saved model (the base's weights) shipping a similarity adapter trained on it."""
+    root = tmp_path_factory.mktemp("task")
+    enc = MultiScaleEncoder.from_base()
+    enc.save(root / "model")
+    add_task_adapter(root / "model", _adapter(enc, root / "adapter"), SIMILARITY)
+    return root / "model"
+
+
+def test_a_merged_task_adapter_encodes_as_the_attached_one(model_dir: Path) -> None:
+    """Loading with a task merges ``W + alpha / r * B @ A``: the vectors are PEFT's (adapter attached, unmerged) to
+    float precision and differ from the shared weights'; the encoder says which task it carries."""
+    assert list_tasks(model_dir) == [SIMILARITY] and list_tasks(None) == []
+    merged = MultiScaleEncoder.load(model_dir, task=SIMILARITY)
+    shared = MultiScaleEncoder.load(model_dir)
+    plain = shared.encode_sentences(TEXTS)
+    load_adapter(shared, task_folder(model_dir, SIMILARITY))
+    attached, vecs = shared.encode_sentences(TEXTS), merged.encode_sentences(TEXTS)
+    assert np.abs(vecs - attached).max() < 1e-5
+    assert np.abs(vecs - plain).max() > 1e-3
+    assert (merged.task, shared.task) == (SIMILARITY, None) and merged.folder == model_dir
+    assert merged.fingerprint() != MultiScaleEncoder.load(model_dir).fingerprint()  # caches keep them apart
+    assert MultiScaleEncoder.from_base(model_dir, task=SIMILARITY).task == SIMILARITY
+
+
+def test_task_adapter_errors_are_one_line(model_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="has no adapter for task 'retrieval' \\(it has: similarity\\)"):
+        MultiScaleEncoder.load(model_dir, task="retrieval")
+    with pytest.raises(InputError, match="inside a saved MuSES model folder"):
+        MultiScaleEncoder.from_base(task=SIMILARITY)
+    with pytest.raises(InputError, match="already has an adapter for task 'similarity'; pass --replace"):
+        add_task_adapter(model_dir, task_folder(model_dir, SIMILARITY), SIMILARITY)
+    with pytest.raises(InputError, match="is not usable"):
+        add_task_adapter(model_dir, task_folder(model_dir, SIMILARITY), "two words")
+    # an adapter trained on other weights would add its update to the wrong matrices: refused
+    other = MultiScaleEncoder.from_base()
+    with torch.no_grad():
+        other.transformer.auto_model.encoder.layer[0].attention.self.query.weight[0, 0] += 0.5
+    other.save(tmp_path / "other")
+    with pytest.raises(InputError, match="was trained on other weights"):
+        add_task_adapter(tmp_path / "other", task_folder(model_dir, SIMILARITY), SIMILARITY)
+    assert list_tasks(tmp_path / "other") == []
+
+
+def test_merge_refuses_adapters_it_cannot_reproduce(model_dir: Path) -> None:
+    """Per-layer ranks (or DoRA, biases...) would merge to other vectors than PEFT's, and a layer the model lacks
+    cannot merge at all: both refused, leaving the weights as they were."""
+    files = read_adapter(task_folder(model_dir, SIMILARITY))
+    enc = MultiScaleEncoder.load(model_dir)
+    before = enc.encode_sentences(TEXTS[:1])
+    files.peft_config.rank_pattern = {"query": 4}
+    with pytest.raises(ModelError, match="only plain LoRA"):
+        merge_adapter(enc, files)
+    files.peft_config.rank_pattern = {}
+    files.weights = {k.replace("attention.self.query", "attention.self.nowhere"): v for k, v in files.weights.items()}
+    with pytest.raises(ModelError, match=r"names layer .*nowhere.*which this model lacks"):
+        merge_adapter(enc, files)
+    assert np.array_equal(enc.encode_sentences(TEXTS[:1]), before)  # checked before any weight changed
+
+
+def test_cli_add_and_sts_on_the_similarity_adapter(model_dir: Path, tmp_path: Path, data_dir: Path) -> None:
+    """`muses adapters add` ships an adapter in a model folder (exit 2, one line, when it does not fit); `muses eval
+    sts` and `muses eval all` run STS-B on it by default and say so, and `--no-task-adapters` runs the shared weights
+    (the base's Spearman here)."""
+    enc = MultiScaleEncoder.load(model_dir)
+    copy = tmp_path / "copy"
+    enc.save(copy)
+    adapter = str(task_folder(model_dir, SIMILARITY))
+    out = runner.invoke(app, ["adapters", "add", str(copy), adapter, "--task", "paraphrase"])
+    assert out.exit_code == 0, out.output
+    assert list_tasks(copy) == ["paraphrase"]
+    bad = runner.invoke(app, ["adapters", "add", str(copy), str(tmp_path / "missing")])
+    assert bad.exit_code == 2 and "no adapter_config.json" in " ".join(bad.output.split())
+    assert "Traceback" not in bad.output
+
+    results = {}
+    for flag in ("--task-adapters", "--no-task-adapters"):
+        path = tmp_path / f"{flag}.json"
+        args = ["eval", "sts", "--model", str(model_dir), "--data-dir", str(data_dir), "--json", str(path), flag]
+        out = runner.invoke(app, args)
+        assert out.exit_code == 0, out.output
+        results[flag] = json.loads(path.read_text())
+    with_it, without = results["--task-adapters"], results["--no-task-adapters"]
+    assert (with_it["task_adapter"], without["task_adapter"]) == (SIMILARITY, None)
+    assert without["metrics"]["spearman@384"] == pytest.approx(0.8203, abs=5e-4)  # the base's, docs/results.md
+    assert with_it["metrics"]["spearman@384"] != without["metrics"]["spearman@384"]
+
+    report = tmp_path / "report"
+    args = ["eval", "all", "--model", str(model_dir), "--profile", "quick", "--tasks", "sts", "--no-cache"]
+    out = runner.invoke(app, [*args, "--data-dir", str(data_dir), "-o", str(report)])
+    assert out.exit_code == 0, out.output
+    block = json.loads((report / "results.json").read_text())["models"][0]["tasks"]["sts"]
+    assert block["task_adapter"] == SIMILARITY
+    assert block["metrics"]["spearman@384"] == pytest.approx(with_it["metrics"]["spearman@384"], abs=1e-6)
+    assert "with its `similarity` task adapter" in (report / "report.md").read_text()
