@@ -19,10 +19,11 @@ from muses.types import Document, MultiScaleEmbedding, Span
 __version__ = "0.1.0"
 
 
-def load(path: str, backend: Backend | None = None) -> MultiScaleEncoder:
+def load(path: str, backend: Backend | None = None, task: str | None = None) -> MultiScaleEncoder:
     """Load a saved or exported MuSES model folder (see :meth:`MultiScaleEncoder.save`, ``muses export``), running
-    its transformer on ``backend`` (default: the one recorded in the folder; see :mod:`muses.backends`)."""
-    return MultiScaleEncoder.load(path, backend=backend)
+    its transformer on ``backend`` (default: the one recorded in the folder; see :mod:`muses.backends`), with its
+    adapter for ``task`` merged in (e.g. ``"similarity"``; see :mod:`muses.adapters.tasks`)."""
+    return MultiScaleEncoder.load(path, backend=backend, task=task)
 
 
 __all__ = [

@@ -91,10 +91,18 @@ def encode(
     address: Annotated[str | None, typer.Option(help="--engine ray: a running Ray cluster (default: local).")] = None,
     workers: Annotated[int, typer.Option(min=1, help="--engine ray: model copies (actors; 1 GPU each if any).")] = 1,
     shard_rows: Annotated[int, typer.Option(min=1, help="--engine ray: input lines per Parquet shard.")] = 1000,
+    task: Annotated[
+        str | None, typer.Option(help="Encode with the model folder's adapter for this task (e.g. similarity).")
+    ] = None,
 ) -> None:
     """Embed documents at several scales; write arrays plus a JSONL index of documents, spans and tokens."""
     with user_errors():
         if engine != "local":
+            if task is not None:
+                raise InputError(
+                    "--task runs with --engine local; for Ray, save the merged model first "
+                    "(MultiScaleEncoder.load(MODEL, task=TASK).save(DIR)) and pass --model DIR."
+                )
             from muses.distributed_encode import EncodeSettings, encode_cli
 
             settings = EncodeSettings(
@@ -116,7 +124,7 @@ def encode(
             )
             if not docs:
                 raise InputError(f"{input_path} holds no documents (every line is empty).")
-            enc = MultiScaleEncoder.from_base(model, backend=chosen)
+            enc = MultiScaleEncoder.from_base(model, backend=chosen, task=task)
             _check_dim(dim, enc.dims)
             embs = enc.encode_documents(
                 docs,
@@ -129,6 +137,7 @@ def encode(
             meta = {
                 "model": model,
                 "backend": enc.backend,
+                "task": task,
                 "input": str(input_path),
                 "context": context,
                 "n_documents": len(docs),

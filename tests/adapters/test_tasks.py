@@ -12,6 +12,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import muses
 from muses.adapters import AdapterConfig, attach_adapter, load_adapter, remove_adapter, save_adapter
 from muses.adapters.lora import adapter_parameters, read_adapter
 from muses.adapters.tasks import SIMILARITY, add_task_adapter, list_tasks, merge_adapter, task_folder
@@ -60,7 +61,8 @@ def test_a_merged_task_adapter_encodes_as_the_attached_one(model_dir: Path) -> N
     assert np.abs(vecs - plain).max() > 1e-3
     assert (merged.task, shared.task) == (SIMILARITY, None) and merged.folder == model_dir
     assert merged.fingerprint() != MultiScaleEncoder.load(model_dir).fingerprint()  # caches keep them apart
-    assert MultiScaleEncoder.from_base(model_dir, task=SIMILARITY).task == SIMILARITY
+    for again in (MultiScaleEncoder.from_base(model_dir, task=SIMILARITY), muses.load(str(model_dir), task=SIMILARITY)):
+        assert again.task == SIMILARITY and np.array_equal(again.encode_sentences(TEXTS), vecs)
 
 
 def test_task_adapter_errors_are_one_line(model_dir: Path, tmp_path: Path) -> None:
@@ -133,3 +135,20 @@ def test_cli_add_and_sts_on_the_similarity_adapter(model_dir: Path, tmp_path: Pa
     assert block["task_adapter"] == SIMILARITY
     assert block["metrics"]["spearman@384"] == pytest.approx(with_it["metrics"]["spearman@384"], abs=1e-6)
     assert "with its `similarity` task adapter" in (report / "report.md").read_text()
+
+
+def test_cli_encode_with_a_task(model_dir: Path, tmp_path: Path) -> None:
+    """`muses encode --task` writes the merged model's vectors and records the task; an unknown task is one line,
+    exit 2, and leaves no output folder."""
+    docs = tmp_path / "docs.txt"
+    docs.write_text("\n".join(TEXTS) + "\n", encoding="utf-8")
+    out = runner.invoke(
+        app, ["encode", str(docs), "-o", str(tmp_path / "v"), "--model", str(model_dir), "--task", SIMILARITY]
+    )
+    assert out.exit_code == 0, out.output
+    assert json.loads((tmp_path / "v" / "meta.json").read_text())["task"] == SIMILARITY
+    want = MultiScaleEncoder.load(model_dir, task=SIMILARITY).encode_documents(TEXTS)
+    assert np.abs(np.load(tmp_path / "v" / "document.npy") - np.stack([e.document for e in want])).max() < 1e-5
+    bad = runner.invoke(app, ["encode", str(docs), "-o", str(tmp_path / "w"), "--model", str(model_dir), "--task", "x"])
+    assert bad.exit_code == 2 and "has no adapter for task 'x'" in " ".join(bad.output.split())
+    assert not (tmp_path / "w").exists()
