@@ -333,13 +333,13 @@ class MultiScaleEncoder(nn.Module):
         enc.folder = folder
         chosen = backend or str(meta.get("backend", "torch"))
         if task is not None:
-            from muses.adapters.tasks import merge_adapter, read_task_adapter
+            from muses.adapters.tasks import merge_task_adapter
 
             if chosen != "torch":
                 raise InputError(
                     f"task adapters are merged into PyTorch weights; load {folder} with backend torch to use {task!r}."
                 )
-            merge_adapter(enc, read_task_adapter(folder, task))
+            merge_task_adapter(enc, folder, task)
             enc.task = task
         return enc.use_backend(chosen, folder=folder)  # type: ignore[arg-type]
 

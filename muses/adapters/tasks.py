@@ -71,6 +71,30 @@ def read_task_adapter(model_dir: str | os.PathLike[str], task: str) -> AdapterFi
     return read_adapter(folder)
 
 
+def check_trained_on(encoder: MultiScaleEncoder, files: AdapterFiles, model: str | os.PathLike[str]) -> None:
+    """Refuse an adapter whose recorded base fingerprint is not ``encoder``'s: its update was learnt against other
+    weights (e.g. the model was retrained after the adapter was added).
+
+    Raises:
+        InputError: naming both fingerprints and the fix.
+    """
+    have = base_fingerprint(encoder)
+    was = files.meta.base_fingerprint if files.meta else ""
+    if was != have:
+        raise InputError(
+            f"{files.path} was trained on other weights (fingerprint {was or 'none'}, {model} has {have}); train it "
+            f"again with model.base set to {model}."
+        )
+
+
+def merge_task_adapter(encoder: MultiScaleEncoder, model_dir: str | os.PathLike[str], task: str) -> None:
+    """Merge model ``model_dir``'s adapter for ``task`` into ``encoder`` (that model, loaded), after checking that it
+    was trained on these weights."""
+    files = read_task_adapter(model_dir, task)
+    check_trained_on(encoder, files, model_dir)
+    merge_adapter(encoder, files)
+
+
 def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
     """Add a LoRA adapter's update to the encoder's transformer weights, in place.
 
@@ -140,14 +164,7 @@ def add_task_adapter(
     if target.exists() and not replace:
         raise InputError(f"{model_dir} already has an adapter for task {task!r}; pass --replace to overwrite it.")
     files = read_adapter(adapter_dir)
-    encoder = MultiScaleEncoder.load(model_dir)
-    have = base_fingerprint(encoder)
-    meta = files.meta or AdapterMeta(key=task)
-    if meta.base_fingerprint != have:
-        raise InputError(
-            f"{adapter_dir} was trained on other weights (fingerprint {meta.base_fingerprint or 'none'}, this model "
-            f"{have}); train it with model.base set to {model_dir}."
-        )
+    check_trained_on(MultiScaleEncoder.load(model_dir), files, model_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
-    new_meta = AdapterMeta(**{**meta.__dict__, "key": task})
+    new_meta = AdapterMeta(**{**(files.meta or AdapterMeta(key=task)).__dict__, "key": task})
     return write_adapter_folder(target, files.peft_config, files.weights, new_meta)

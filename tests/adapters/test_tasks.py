@@ -5,6 +5,7 @@ evaluation running STS-B on a model's similarity adapter and saying so."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -82,6 +83,13 @@ def test_task_adapter_errors_are_one_line(model_dir: Path, tmp_path: Path) -> No
     with pytest.raises(InputError, match="was trained on other weights"):
         add_task_adapter(tmp_path / "other", task_folder(model_dir, SIMILARITY), SIMILARITY)
     assert list_tasks(tmp_path / "other") == []
+    # a model retrained in place keeps its adapters/ folder (the trainer saves into best/): loading with the task
+    # then refuses the stale adapter instead of merging it into weights it was not trained on
+    shutil.copytree(model_dir, tmp_path / "retrained")
+    other.save(tmp_path / "retrained")
+    assert list_tasks(tmp_path / "retrained") == [SIMILARITY]
+    with pytest.raises(InputError, match=r"was trained on other weights .* train it again with model.base"):
+        MultiScaleEncoder.load(tmp_path / "retrained", task=SIMILARITY)
 
 
 def test_merge_refuses_adapters_it_cannot_reproduce(model_dir: Path) -> None:
