@@ -23,7 +23,11 @@ def load(path: str, backend: Backend | None = None, task: str | None = None) -> 
     """Load a saved or exported MuSES model folder (see :meth:`MultiScaleEncoder.save`, ``muses export``), running
     its transformer on ``backend`` (default: the one recorded in the folder; see :mod:`muses.backends`), with its
     adapter for ``task`` merged in (e.g. ``"similarity"``; see :mod:`muses.adapters.tasks`)."""
-    return MultiScaleEncoder.load(path, backend=backend, task=task)
+    if task is None:
+        return MultiScaleEncoder.load(path, backend=backend)
+    from muses.adapters.tasks import load_for_task
+
+    return load_for_task(path, task, backend=backend)
 
 
 __all__ = [

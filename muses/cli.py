@@ -101,7 +101,7 @@ def encode(
             if task is not None:
                 raise InputError(
                     "--task runs with --engine local; for Ray, save the merged model first "
-                    "(MultiScaleEncoder.load(MODEL, task=TASK).save(DIR)) and pass --model DIR."
+                    "(muses.load(MODEL, task=TASK).save(DIR)) and pass --model DIR."
                 )
             from muses.distributed_encode import EncodeSettings, encode_cli
 
@@ -124,7 +124,12 @@ def encode(
             )
             if not docs:
                 raise InputError(f"{input_path} holds no documents (every line is empty).")
-            enc = MultiScaleEncoder.from_base(model, backend=chosen, task=task)
+            if task is None:
+                enc = MultiScaleEncoder.from_base(model, backend=chosen)
+            else:
+                from muses.adapters.tasks import load_for_task
+
+                enc = load_for_task(model, task, backend=chosen)
             _check_dim(dim, enc.dims)
             embs = enc.encode_documents(
                 docs,
@@ -216,7 +221,7 @@ def eval_sts(
 ) -> None:
     """STS-B Spearman of cosine similarity at every Matryoshka dim (with the model's similarity adapter, if any)."""
     with user_errors():
-        from muses.adapters.tasks import SIMILARITY, list_tasks
+        from muses.adapters.tasks import SIMILARITY, list_tasks, load_for_task
         from muses.data.stsb import load_stsb
         from muses.encoder import MultiScaleEncoder
         from muses.evaluation.sts import evaluate_sts
@@ -225,7 +230,7 @@ def eval_sts(
         pairs = load_stsb(split, data_dir, hub=hub)
         enc = MultiScaleEncoder.from_base(model, backend=chosen)
         if task_adapters and enc.backend == "torch" and SIMILARITY in list_tasks(enc.folder):
-            enc = MultiScaleEncoder.load(enc.folder, task=SIMILARITY)  # type: ignore[arg-type]
+            enc = load_for_task(enc.folder, SIMILARITY)  # type: ignore[arg-type]
         metrics = evaluate_sts(enc, pairs, enc.dims)
         via = f" + its {enc.task} adapter" if enc.task else ""
         _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model}{via} on {enc.backend}")

@@ -125,7 +125,7 @@ class MultiScaleEncoder(nn.Module):
         self._runner_folder = Path()  # the model folder holding the runner's file(s)
         self._runner_digest = ""
         self.folder: Path | None = None  # the saved model folder it was loaded from, if any
-        self.task: str | None = None  # the task adapter merged into its weights, if any
+        self.task: str | None = None  # the task adapter merged into its weights, if any (muses.adapters.tasks)
 
     # ------------------------------------------------------------------ construction, saving, loading
     @classmethod
@@ -144,7 +144,6 @@ class MultiScaleEncoder(nn.Module):
         splitter: str | Splitter = DEFAULT_SPLITTER,
         device: str | None = None,
         backend: Backend | None = None,
-        task: str | None = None,
     ) -> MultiScaleEncoder:
         """Wrap a sentence-transformers model with fresh (identity) heads.
 
@@ -158,14 +157,11 @@ class MultiScaleEncoder(nn.Module):
                 :class:`~muses.st_module.MultiScaleHeads`); None: they share the sentence head.
             backend: where the transformer pass runs (see :mod:`muses.backends`, :meth:`use_backend`); default: the
                 one a saved or exported MuSES folder records, else ``torch``.
-            task: a saved MuSES folder's task adapter to merge into the weights (see :mod:`muses.adapters.tasks`).
         """
         name = str(base) if base is not None else DEFAULT_BASE
         path = default_base_path() if name == DEFAULT_BASE else Path(name)
         if is_saved_model(path):
-            return cls.load(path, device=device, backend=backend, task=task)
-        if task is not None:
-            raise InputError(f"task adapters ship inside a saved MuSES model folder; {name} is a base model.")
+            return cls.load(path, device=device, backend=backend)
         st = load_sentence_transformer(str(path) if path.exists() else name, device)
         transformer, base_pooling = _split_base(st, name)
         _check_poolings(sentence_pooling, document_pooling, context_pooling)
@@ -288,7 +284,6 @@ class MultiScaleEncoder(nn.Module):
         path: str | os.PathLike[str],
         device: str | None = None,
         backend: Backend | None = None,
-        task: str | None = None,
     ) -> MultiScaleEncoder:
         """Load a folder written by :meth:`save` (or ``muses export``). Reads only JSON, safetensors and, for
         another backend, its ONNX / OpenVINO file: nothing is unpickled.
@@ -296,8 +291,6 @@ class MultiScaleEncoder(nn.Module):
         Args:
             backend: where the transformer pass runs; default: the backend recorded in the folder (``torch`` for a
                 plain save).
-            task: merge the folder's adapter for this task (``adapters/<task>/``, see :mod:`muses.adapters.tasks`)
-                into the transformer's weights; PyTorch backend only.
         """
         folder = Path(path)
         meta_path = folder / MUSES_META
@@ -331,17 +324,7 @@ class MultiScaleEncoder(nn.Module):
             base_name=str(meta.get("base_model", "")),
         )
         enc.folder = folder
-        chosen = backend or str(meta.get("backend", "torch"))
-        if task is not None:
-            from muses.adapters.tasks import merge_task_adapter
-
-            if chosen != "torch":
-                raise InputError(
-                    f"task adapters are merged into PyTorch weights; load {folder} with backend torch to use {task!r}."
-                )
-            merge_task_adapter(enc, folder, task)
-            enc.task = task
-        return enc.use_backend(chosen, folder=folder)  # type: ignore[arg-type]
+        return enc.use_backend(backend or str(meta.get("backend", "torch")), folder=folder)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ backends
     @property

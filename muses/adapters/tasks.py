@@ -4,8 +4,8 @@ The shared weights serve every scale and every retrieval task. A task adapter sp
 touching them, as jina-embeddings-v3 does with its task LoRAs: ``similarity`` (symmetric sentence similarity, what
 STS-B measures) is the one evaluation uses today (:data:`EVAL_TASK_ADAPTERS`).
 
-Loaded with a task (:meth:`MultiScaleEncoder.load(path, task=...) <muses.encoder.MultiScaleEncoder.load>`), the
-adapter is merged into the transformer's weights (``W + alpha / r * B @ A`` for each adapted layer), so the encoder
+Loaded with a task (:func:`load_for_task`, or ``muses.load(path, task=...)``), the adapter is merged into the
+transformer's weights (``W + alpha / r * B @ A`` for each adapted layer), so the encoder
 runs at the base model's speed and every code path (encoding, stores, the service) works unchanged.
 """
 
@@ -29,10 +29,11 @@ from muses.adapters.lora import (
     read_adapter,
     write_adapter_folder,
 )
+from muses.encoder import MultiScaleEncoder, is_saved_model
 from muses.errors import InputError, ModelError
 
 if TYPE_CHECKING:
-    from muses.encoder import MultiScaleEncoder
+    from muses.backends import Backend
 
 TASKS_FOLDER = "adapters"
 SIMILARITY = "similarity"
@@ -85,6 +86,31 @@ def check_trained_on(encoder: MultiScaleEncoder, files: AdapterFiles, model: str
             f"{files.path} was trained on other weights (fingerprint {was or 'none'}, {model} has {have}); train it "
             f"again with model.base set to {model}."
         )
+
+
+def load_for_task(
+    model: str | os.PathLike[str],
+    task: str | None,
+    device: str | None = None,
+    backend: Backend | None = None,
+) -> MultiScaleEncoder:
+    """Load a model (a saved MuSES folder, a base model or a hub name; see ``MultiScaleEncoder.from_base``) with
+    its adapter for ``task`` merged into the weights; ``task=None`` loads it as it is.
+
+    Raises:
+        InputError: a task for a model that is not a saved MuSES folder, a task on another backend than PyTorch, or
+            a task the folder has no adapter for.
+    """
+    if task is None:
+        return MultiScaleEncoder.from_base(model, device=device, backend=backend)
+    if not is_saved_model(Path(model)):
+        raise InputError(f"task adapters ship inside a saved MuSES model folder; {model} is not one.")
+    enc = MultiScaleEncoder.load(model, device=device, backend=backend)
+    if enc.backend != "torch":
+        raise InputError(f"task adapters merge into PyTorch weights; load {model} with backend torch to use {task!r}.")
+    merge_task_adapter(enc, model, task)
+    enc.task = task
+    return enc
 
 
 def merge_task_adapter(encoder: MultiScaleEncoder, model_dir: str | os.PathLike[str], task: str) -> None:
@@ -154,8 +180,6 @@ def add_task_adapter(
     Raises:
         InputError: for a bad task name, an adapter of another model, or an existing task without ``replace``.
     """
-    from muses.encoder import MultiScaleEncoder
-
     try:
         check_key(task)
     except ValueError as e:

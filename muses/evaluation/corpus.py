@@ -118,13 +118,13 @@ class MusesCorpusEncoder:
     def with_task_adapter(self, task: str) -> MusesCorpusEncoder | None:
         """This model with its adapter for ``task`` merged (loaded once, under the same name), or None when the
         model folder ships no adapter for it or runs on another backend (see :mod:`muses.adapters.tasks`)."""
-        from muses.adapters.tasks import list_tasks
+        from muses.adapters.tasks import list_tasks, load_for_task
 
         folder = self.encoder.folder
         if self.encoder.task is not None or self.encoder.backend != "torch" or task not in list_tasks(folder):
             return None
         if task not in self._task_views:
-            merged = MultiScaleEncoder.load(folder, device=str(self.encoder.device), task=task)  # type: ignore[arg-type]
+            merged = load_for_task(folder, task, device=str(self.encoder.device))  # type: ignore[arg-type]
             self._task_views[task] = MusesCorpusEncoder(merged, self.name, self.context, self.batch_size)
         return self._task_views[task]
 

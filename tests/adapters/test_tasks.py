@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 import muses
 from muses.adapters import AdapterConfig, attach_adapter, load_adapter, remove_adapter, save_adapter
 from muses.adapters.lora import adapter_parameters, read_adapter
-from muses.adapters.tasks import SIMILARITY, add_task_adapter, list_tasks, merge_adapter, task_folder
+from muses.adapters.tasks import SIMILARITY, add_task_adapter, list_tasks, load_for_task, merge_adapter, task_folder
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
@@ -53,7 +53,7 @@ def test_a_merged_task_adapter_encodes_as_the_attached_one(model_dir: Path) -> N
     """Loading with a task merges ``W + alpha / r * B @ A``: the vectors are PEFT's (adapter attached, unmerged) to
     float precision and differ from the shared weights'; the encoder says which task it carries."""
     assert list_tasks(model_dir) == [SIMILARITY] and list_tasks(None) == []
-    merged = MultiScaleEncoder.load(model_dir, task=SIMILARITY)
+    merged = load_for_task(model_dir, SIMILARITY)
     shared = MultiScaleEncoder.load(model_dir)
     plain = shared.encode_sentences(TEXTS)
     load_adapter(shared, task_folder(model_dir, SIMILARITY))
@@ -62,15 +62,15 @@ def test_a_merged_task_adapter_encodes_as_the_attached_one(model_dir: Path) -> N
     assert np.abs(vecs - plain).max() > 1e-3
     assert (merged.task, shared.task) == (SIMILARITY, None) and merged.folder == model_dir
     assert merged.fingerprint() != MultiScaleEncoder.load(model_dir).fingerprint()  # caches keep them apart
-    for again in (MultiScaleEncoder.from_base(model_dir, task=SIMILARITY), muses.load(str(model_dir), task=SIMILARITY)):
+    for again in (load_for_task(str(model_dir), SIMILARITY), muses.load(str(model_dir), task=SIMILARITY)):
         assert again.task == SIMILARITY and np.array_equal(again.encode_sentences(TEXTS), vecs)
 
 
 def test_task_adapter_errors_are_one_line(model_dir: Path, tmp_path: Path) -> None:
     with pytest.raises(InputError, match="has no adapter for task 'retrieval' \\(it has: similarity\\)"):
-        MultiScaleEncoder.load(model_dir, task="retrieval")
+        load_for_task(model_dir, "retrieval")
     with pytest.raises(InputError, match="inside a saved MuSES model folder"):
-        MultiScaleEncoder.from_base(task=SIMILARITY)
+        load_for_task("default", SIMILARITY)
     with pytest.raises(InputError, match="already has an adapter for task 'similarity'; pass --replace"):
         add_task_adapter(model_dir, task_folder(model_dir, SIMILARITY), SIMILARITY)
     with pytest.raises(InputError, match="is not usable"):
@@ -89,7 +89,7 @@ def test_task_adapter_errors_are_one_line(model_dir: Path, tmp_path: Path) -> No
     other.save(tmp_path / "retrained")
     assert list_tasks(tmp_path / "retrained") == [SIMILARITY]
     with pytest.raises(InputError, match=r"was trained on other weights .* train it again with model.base"):
-        MultiScaleEncoder.load(tmp_path / "retrained", task=SIMILARITY)
+        load_for_task(tmp_path / "retrained", SIMILARITY)
 
 
 def test_merge_refuses_adapters_it_cannot_reproduce(model_dir: Path) -> None:
@@ -155,7 +155,7 @@ def test_cli_encode_with_a_task(model_dir: Path, tmp_path: Path) -> None:
     )
     assert out.exit_code == 0, out.output
     assert json.loads((tmp_path / "v" / "meta.json").read_text())["task"] == SIMILARITY
-    want = MultiScaleEncoder.load(model_dir, task=SIMILARITY).encode_documents(TEXTS)
+    want = load_for_task(model_dir, SIMILARITY).encode_documents(TEXTS)
     assert np.abs(np.load(tmp_path / "v" / "document.npy") - np.stack([e.document for e in want])).max() < 1e-5
     bad = runner.invoke(app, ["encode", str(docs), "-o", str(tmp_path / "w"), "--model", str(model_dir), "--task", "x"])
     assert bad.exit_code == 2 and "has no adapter for task 'x'" in " ".join(bad.output.split())
