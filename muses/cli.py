@@ -223,14 +223,12 @@ def eval_sts(
     with user_errors():
         from muses.adapters.tasks import SIMILARITY, list_tasks, load_for_task
         from muses.data.stsb import load_stsb
-        from muses.encoder import MultiScaleEncoder
         from muses.evaluation.sts import evaluate_sts
 
         chosen = backend_option(backend)
         pairs = load_stsb(split, data_dir, hub=hub)
-        enc = MultiScaleEncoder.from_base(model, backend=chosen)
-        if task_adapters and enc.backend == "torch" and SIMILARITY in list_tasks(enc.folder):
-            enc = load_for_task(enc.folder, SIMILARITY)  # type: ignore[arg-type]
+        use = task_adapters and chosen in (None, "torch") and SIMILARITY in list_tasks(model)
+        enc = load_for_task(model, SIMILARITY if use else None, backend=chosen)
         metrics = evaluate_sts(enc, pairs, enc.dims)
         via = f" + its {enc.task} adapter" if enc.task else ""
         _print_sts(metrics, enc.dims, f"STS-B {split} ({len(pairs)} pairs), model {model}{via} on {enc.backend}")
