@@ -111,7 +111,7 @@ def encode(
             encode_cli(input, str(out), settings, engine, fmt, one_document, overwrite, address, workers, shard_rows)
             return
         input_path = Path(input)
-        from muses.encoder import MultiScaleEncoder
+        from muses.adapters.tasks import load_for_task
         from muses.io import check_format, read_documents, write_embedding_files
         from muses.output_folder import OutputFolder
 
@@ -124,12 +124,7 @@ def encode(
             )
             if not docs:
                 raise InputError(f"{input_path} holds no documents (every line is empty).")
-            if task is None:
-                enc = MultiScaleEncoder.from_base(model, backend=chosen)
-            else:
-                from muses.adapters.tasks import load_for_task
-
-                enc = load_for_task(model, task, backend=chosen)
+            enc = load_for_task(model, task, backend=chosen)  # task None: the model as it is
             _check_dim(dim, enc.dims)
             embs = enc.encode_documents(
                 docs,

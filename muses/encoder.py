@@ -280,10 +280,7 @@ class MultiScaleEncoder(nn.Module):
 
     @classmethod
     def load(
-        cls,
-        path: str | os.PathLike[str],
-        device: str | None = None,
-        backend: Backend | None = None,
+        cls, path: str | os.PathLike[str], device: str | None = None, backend: Backend | None = None
     ) -> MultiScaleEncoder:
         """Load a folder written by :meth:`save` (or ``muses export``). Reads only JSON, safetensors and, for
         another backend, its ONNX / OpenVINO file: nothing is unpickled.
