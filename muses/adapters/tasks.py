@@ -42,7 +42,15 @@ EVAL_TASK_ADAPTERS: dict[str, str] = {"sts": SIMILARITY}
 
 
 def task_folder(model_dir: str | os.PathLike[str], task: str) -> Path:
-    """Where model ``model_dir`` keeps its adapter for ``task`` (which need not exist)."""
+    """Where model ``model_dir`` keeps its adapter for ``task`` (which need not exist).
+
+    Raises:
+        InputError: for a task name that is not a usable key (e.g. ``../x``: it would point outside the model).
+    """
+    try:
+        check_key(task)
+    except ValueError as e:
+        raise InputError(str(e)) from None
     return Path(model_dir) / TASKS_FOLDER / task
 
 
@@ -180,10 +188,6 @@ def add_task_adapter(
     Raises:
         InputError: for a bad task name, an adapter of another model, or an existing task without ``replace``.
     """
-    try:
-        check_key(task)
-    except ValueError as e:
-        raise InputError(str(e)) from None
     target = task_folder(model_dir, task)
     if target.exists() and not replace:
         raise InputError(f"{model_dir} already has an adapter for task {task!r}; pass --replace to overwrite it.")

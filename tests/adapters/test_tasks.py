@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 import muses
@@ -160,3 +162,21 @@ def test_cli_encode_with_a_task(model_dir: Path, tmp_path: Path) -> None:
     bad = runner.invoke(app, ["encode", str(docs), "-o", str(tmp_path / "w"), "--model", str(model_dir), "--task", "x"])
     assert bad.exit_code == 2 and "has no adapter for task 'x'" in " ".join(bad.output.split())
     assert not (tmp_path / "w").exists()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(task=st.text(max_size=80) | st.sampled_from(["base", "../similarity", "similarity", "a" * 65]))
+def test_any_task_name_is_a_folder_inside_the_model_or_one_line_error(model_dir: Path, task: str) -> None:
+    """Fuzzed task names: a usable key names a folder under the model's adapters/ (a missing one is refused in one
+    line), anything else (``../x``, spaces, empty, too long) is an InputError before any file is read or written."""
+    try:
+        folder = task_folder(model_dir, task)
+    except InputError as e:
+        assert "\n" not in str(e) and ("is not usable" in str(e) or "is reserved" in str(e))
+        with pytest.raises(InputError):
+            add_task_adapter(model_dir, task_folder(model_dir, SIMILARITY), task)
+        return
+    assert folder.parent == model_dir / "adapters" and folder.name == task
+    if task != SIMILARITY:
+        with pytest.raises(InputError, match="has no adapter for task"):
+            load_for_task(model_dir, task)
