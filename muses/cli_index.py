@@ -114,6 +114,13 @@ NewModelOpt = Annotated[
         "all-MiniLM-L6-v2). An existing store loads the model it records.",
     ),
 ]
+TaskOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="Build the store with the model folder's adapter for this task (e.g. similarity; new stores). Searches "
+        "then load the model with it: an existing store loads the task it records.",
+    ),
+]
 
 
 @index_app.command("add")
@@ -121,6 +128,7 @@ def add(
     paths: Annotated[list[Path] | None, typer.Argument(help="JSONL / text files, or folders of them.")] = None,
     store: StoreOpt = None,
     model: NewModelOpt = None,
+    task: TaskOpt = None,
     dim: Annotated[int | None, typer.Option(help="Stored Matryoshka dim (new stores; default: full).")] = None,
     index: Annotated[str | None, typer.Option(help="flat (exact), hnsw or ivfpq (new stores; default: flat).")] = None,
     token_pool: Annotated[
@@ -152,7 +160,7 @@ def add(
         int | None, typer.Option(help="Qdrant: copies of each shard on a cluster (new stores; default 1).")
     ] = None,
 ) -> None:
-    """Add documents to a store (created on first use with --model, --dim, --index, --token-pool, --durable,
+    """Add documents to a store (created on first use with --model, --task, --dim, --index, --token-pool, --durable,
     --funnel-dim, --token-dtype; on Qdrant, --dim, --token-pool, --shards, --replication-factor).
 
     On an existing store, leave those options out: one that differs from the store's is refused.
@@ -179,11 +187,13 @@ def add(
         if from_encoded is not None:
             from muses.distributed_encode import add_encoded_folder
 
+            if task is not None:
+                raise InputError("--task is for documents encoded here; --from-encoded adds vectors made already.")
             ids = add_encoded_folder(from_encoded, path, model, given, backend, upsert, opener)
             console.print(f"added {len(ids)} documents to {qdrant_url or path} from {from_encoded}")
             return
         docs = _read_inputs(paths or [], one_document)
-        with _closing(opener(path, model, {k: v for k, v in given.items() if v is not None}, backend)) as s:
+        with _closing(opener(path, model, {k: v for k, v in given.items() if v is not None}, backend, task)) as s:
             ids = s.add(docs, upsert=upsert)
             console.print(f"added {len(ids)} documents to {s.path} ({len(s)} in all)")
 
@@ -204,11 +214,19 @@ def _qdrant_settings(given: dict[str, Any], shards: int | None, replication_fact
 
 
 def _open_or_create_qdrant(
-    url: str, collection: str, _path: Path, model: str | None, settings: dict[str, Any], backend: str | None = None
+    url: str,
+    collection: str,
+    _path: Path,
+    model: str | None,
+    settings: dict[str, Any],
+    backend: str | None = None,
+    task: str | None = None,
 ) -> StoreBackend:
-    """The Qdrant store ``collection`` at ``url``, created with ``model`` and ``settings`` (StoreConfig and
-    QdrantConfig fields) when there is none yet; an existing one is used if the settings given agree with its own."""
-    from muses.encoder import DEFAULT_BASE, MultiScaleEncoder
+    """The Qdrant store ``collection`` at ``url``, created with ``model`` (with its ``task`` adapter) and ``settings``
+    (StoreConfig and QdrantConfig fields) when there is none yet; an existing one is used if the settings given agree
+    with its own."""
+    from muses.adapters.tasks import load_for_task
+    from muses.encoder import DEFAULT_BASE
     from muses.store import StoreExistsError
     from muses.store.qdrant import QdrantConfig, QdrantStore
 
@@ -218,7 +236,7 @@ def _open_or_create_qdrant(
     chosen = backend_option(backend)
     if not QdrantStore.exists(url, collection):
         name = model or DEFAULT_BASE
-        encoder = MultiScaleEncoder.from_base(name, backend=chosen)
+        encoder = load_for_task(name, task, backend=chosen)
         try:
             return QdrantStore.create(
                 url, encoder, config, model=name, collection=collection, qdrant=QdrantConfig(**qdrant_keys)
@@ -227,7 +245,7 @@ def _open_or_create_qdrant(
             pass  # another process created it while the model loaded: use theirs, if the settings agree
     s = QdrantStore.open(url, backend=chosen, collection=collection)
     try:
-        s.check_settings(model=model, **settings)
+        s.check_settings(model=model, **settings, **_given_task(task))
     except BaseException:
         s.close()
         raise
@@ -247,11 +265,20 @@ def _store_config(settings: dict[str, Any]) -> StoreConfig:
         raise InputError(f"bad store setting --{str(err['loc'][0]).replace('_', '-')}: {err['msg']}.") from None
 
 
-def _open_or_create(path: Path, model: str | None, settings: dict[str, Any], backend: str | None = None) -> MemoryStore:
-    """The store in ``path``, created with ``model`` and ``settings`` when there is none yet (or only an unfinished
-    one). An existing store, even one that a concurrent ``index add`` created a moment ago, is used if the model
-    and settings given (only those given) agree with its own, and refused with the differences otherwise."""
-    from muses.encoder import DEFAULT_BASE, MultiScaleEncoder
+def _given_task(task: str | None) -> dict[str, Any]:
+    """``--task`` as a store setting to compare: only when given (an existing store otherwise loads its own)."""
+    return {} if task is None else {"task": task}
+
+
+def _open_or_create(
+    path: Path, model: str | None, settings: dict[str, Any], backend: str | None = None, task: str | None = None
+) -> MemoryStore:
+    """The store in ``path``, created with ``model`` (with its ``task`` adapter) and ``settings`` when there is none
+    yet (or only an unfinished one). An existing store, even one that a concurrent ``index add`` created a moment
+    ago, is used if the model, task and settings given (only those given) agree with its own, and refused with the
+    differences otherwise."""
+    from muses.adapters.tasks import load_for_task
+    from muses.encoder import DEFAULT_BASE
     from muses.store import MemoryStore, StoreExistsError
 
     config = _store_config(settings)  # a bad value is an error for an existing store too
@@ -259,11 +286,11 @@ def _open_or_create(path: Path, model: str | None, settings: dict[str, Any], bac
     if not MemoryStore.exists(path):
         name = model or DEFAULT_BASE
         try:
-            return MemoryStore.create(path, MultiScaleEncoder.from_base(name, backend=chosen), config, model=name)
+            return MemoryStore.create(path, load_for_task(name, task, backend=chosen), config, model=name)
         except StoreExistsError:
             pass  # another process created it while the model loaded: use theirs, if the settings agree
     s = MemoryStore.open(path, backend=chosen)
-    s.check_settings(model=model, **settings)
+    s.check_settings(model=model, **settings, **_given_task(task))
     return s
 
 

@@ -19,6 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from muses.backends import Backend
 from muses.encoder import DEFAULT_BASE, MultiScaleEncoder, default_base_path
 from muses.errors import InputError, ModelError
 from muses.store.index import IndexKind
@@ -151,6 +152,30 @@ def same_model(a: str, b: str) -> bool:
         return name
 
     return canonical(a) == canonical(b)
+
+
+def load_recorded_model(meta: Mapping[str, Any], backend: Backend | None = None) -> MultiScaleEncoder:
+    """The encoder a store's settings ``meta`` record: its model on ``backend`` (default: the backend that built the
+    store), with the task adapter it was built with merged in (``meta["task"]``; see :mod:`muses.adapters.tasks`)."""
+    from muses.adapters.tasks import load_for_task
+
+    return load_for_task(meta["model"], meta.get("task"), backend=backend or meta.get("backend", "torch"))
+
+
+def check_task(where: object, task: str | None, encoder: MultiScaleEncoder) -> None:
+    """Refuse an encoder loaded for another task than the store's ``task`` (its vectors would not compare).
+
+    Raises:
+        ModelError: naming both tasks and how to open the store.
+    """
+    if encoder.task != task:
+        given = f"with its {encoder.task!r} task adapter" if encoder.task else "without a task adapter"
+        fix = f"load the model with task={task!r} (muses.load)" if task else "load the model without a task"
+        raise ModelError(
+            f"store {where} was built {f'with the {task!r} task adapter' if task else 'without a task adapter'}; "
+            f"the model given is loaded {given}, so its vectors would not be comparable: {fix}, or open the store "
+            "without a model to load the one it records."
+        )
 
 
 def check_conflicts(

@@ -65,6 +65,8 @@ from muses.store.base import (
     StoreConfig,
     ZoomResult,
     check_conflicts,
+    check_task,
+    load_recorded_model,
     resolve_model,
 )
 from muses.store.store import StoreExistsError, pool_tokens
@@ -331,9 +333,11 @@ class QdrantStore(StoreBase):
         self.dim: int = int(meta["dim"])
         self.fingerprint: str = meta["fingerprint"]
         self.backend: str = meta.get("backend", "torch")
+        self.task: str | None = meta.get("task")  # the task adapter the store's vectors were made with
         self.config = StoreConfig.model_validate(meta["config"])
         self.qdrant = QdrantConfig.model_validate(meta["qdrant"])
         self.dims: list[int] = list(self.qdrant.dims or [self.dim])
+        check_task(self.path, self.task, encoder)
         given = encoder.fingerprint()
         if given != self.fingerprint:
             raise ModelError(
@@ -464,6 +468,7 @@ class QdrantStore(StoreBase):
             "model": model,
             "fingerprint": encoder.fingerprint(),
             "backend": encoder.backend,
+            "task": encoder.task,
             "dim": dim,
             "config": config.model_dump(),
             "qdrant": qdrant.model_dump(),
@@ -560,7 +565,7 @@ class QdrantStore(StoreBase):
             if meta is None:
                 raise InputError(f"{location} holds no MuSES store named {collection!r}; create one first.")
             if encoder is None:
-                encoder = MultiScaleEncoder.from_base(meta["model"], backend=backend or meta.get("backend", "torch"))
+                encoder = load_recorded_model(meta, backend)
             return cls(qc, location, collection, encoder, meta, owned)
         except BaseException:
             if owned:
@@ -568,9 +573,9 @@ class QdrantStore(StoreBase):
             raise
 
     def check_settings(self, model: str | None = None, **settings: Any) -> None:
-        """Refuse settings that differ from this store's: ``model``, ``dim``, any :class:`StoreConfig` or
-        :class:`QdrantConfig` field. Only the settings given are compared."""
-        recorded = {**self.config.model_dump(), **self.qdrant.model_dump(), "dim": self.dim}
+        """Refuse settings that differ from this store's: ``model``, ``dim``, ``task`` (its task adapter), any
+        :class:`StoreConfig` or :class:`QdrantConfig` field. Only the settings given are compared."""
+        recorded = {**self.config.model_dump(), **self.qdrant.model_dump(), "dim": self.dim, "task": self.task}
         check_conflicts(self.path, recorded, self.model_name, model, settings, "another store name")
 
     def close(self) -> None:
@@ -976,6 +981,7 @@ class QdrantStore(StoreBase):
             "store_backend": "qdrant",
             "model": self.model_name,
             "fingerprint": self.fingerprint,
+            "task": self.task,
             "dim": self.dim,
             "documents": int(docs),
             "sentences": int(sents),

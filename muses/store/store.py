@@ -54,6 +54,8 @@ from muses.store.base import (
     StoreConfig,
     ZoomResult,
     check_conflicts,
+    check_task,
+    load_recorded_model,
     resolve_model,
 )
 from muses.store.vectors import INDEX_FOLDER, IndexSet, Layout, ScaleIndex, make_ids, ordinals, owners
@@ -167,6 +169,7 @@ def _check_settings(folder: Path, meta: Mapping[str, Any], model: str | None, se
     """Refuse ``model`` and ``settings`` (``dim`` and :class:`StoreConfig` fields) that differ from ``meta``'s."""
     recorded = StoreConfig.model_validate(meta["config"]).model_dump()
     recorded["dim"] = meta["dim"]
+    recorded["task"] = meta.get("task")
     check_conflicts(folder, recorded, meta["model"], model, settings, "another folder")
 
 
@@ -185,6 +188,8 @@ class MemoryStore(StoreBase):
         self.dim: int = meta["dim"]
         self.fingerprint: str = meta["fingerprint"]
         self.backend: str = meta.get("backend", "torch")
+        self.task: str | None = meta.get("task")  # the task adapter the store's vectors were made with
+        check_task(path, self.task, encoder)
         given = encoder.fingerprint()
         if given != self.fingerprint and encoder.backend != self.backend:
             raise ModelError(
@@ -271,6 +276,7 @@ class MemoryStore(StoreBase):
                     model=model,
                     fingerprint=encoder.fingerprint(),
                     backend=encoder.backend,
+                    task=encoder.task,
                     dim=dim,
                     config=config.model_dump(),
                     generation=0,
@@ -304,17 +310,17 @@ class MemoryStore(StoreBase):
                 f"Create the store again in {folder} (muses index add, or MemoryStore.create): it takes the file over."
             )
         if encoder is None:
-            encoder = MultiScaleEncoder.from_base(meta["model"], backend=backend or meta.get("backend", "torch"))
+            encoder = load_recorded_model(meta, backend)
         return cls(folder, encoder, meta["model"])
 
     def check_settings(self, model: str | None = None, **settings: Any) -> None:
-        """Refuse settings that differ from this store's: ``model`` (a name or path), ``dim``, and any
-        :class:`StoreConfig` field. Only the settings given are compared.
+        """Refuse settings that differ from this store's: ``model`` (a name or path), ``dim``, ``task`` (its task
+        adapter), and any :class:`StoreConfig` field. Only the settings given are compared.
 
         Raises:
             InputError: naming every conflict, and the fix.
         """
-        meta = {"model": self.model_name, "dim": self.dim, "config": self.config.model_dump()}
+        meta = {"model": self.model_name, "dim": self.dim, "task": self.task, "config": self.config.model_dump()}
         _check_settings(self.path, meta, model, settings)
 
     def close(self) -> None:
@@ -840,6 +846,7 @@ class MemoryStore(StoreBase):
             "path": str(self.path),
             "model": self.model_name,
             "fingerprint": self.fingerprint,
+            "task": self.task,
             "dim": self.dim,
             "documents": count["documents"],
             "sentences": count["sentences"],

@@ -164,6 +164,55 @@ def test_cli_encode_with_a_task(model_dir: Path, tmp_path: Path) -> None:
     assert not (tmp_path / "w").exists()
 
 
+def test_a_store_keeps_the_task_it_was_built_with(model_dir: Path, tmp_path: Path) -> None:
+    """`muses index add --task` builds a store with the merged model and records the task: reopening loads it again
+    (searches encode queries with the adapter, as the documents were), a model loaded for another task is refused,
+    and `--task` on an existing store must agree with the store's (exit 2, one line, nothing written otherwise)."""
+    from muses.store import MemoryStore
+    from muses.store.qdrant import QdrantStore
+
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)), "utf-8")
+    store = tmp_path / "store"
+    add = ["index", "add", str(docs), "--store", str(store), "--model", str(model_dir)]
+    out = runner.invoke(app, [*add, "--task", SIMILARITY])
+    assert out.exit_code == 0, out.output
+    merged = load_for_task(model_dir, SIMILARITY)
+    s = MemoryStore.open(store)
+    assert s.task == SIMILARITY == s.encoder.task and s.stats()["task"] == SIMILARITY
+    assert s.fingerprint == merged.fingerprint()
+    assert np.array_equal(s.encoder.encode_sentences(TEXTS), merged.encode_sentences(TEXTS))
+    assert s.search("someone plays the guitar", "document", 1)[0].id == "d0"
+    s.close()
+    with pytest.raises(ModelError, match="was built with the 'similarity' task adapter; the model given is loaded "):
+        MemoryStore.open(store, MultiScaleEncoder.load(model_dir))
+    again = runner.invoke(app, [*add, "--task", SIMILARITY, "--upsert"])  # the same task, or none: the store's
+    assert again.exit_code == 0, again.output
+    found = runner.invoke(app, ["index", "search", "stock prices dropped", "--store", str(store), "--json"])
+    assert found.exit_code == 0 and json.loads(found.stdout)[0]["id"] == "d2", found.output
+
+    plain = tmp_path / "plain"
+    assert (
+        runner.invoke(app, ["index", "add", str(docs), "--store", str(plain), "--model", str(model_dir)]).exit_code == 0
+    )
+    bad = runner.invoke(app, ["index", "add", str(docs), "--store", str(plain), "--task", SIMILARITY, "--upsert"])
+    assert bad.exit_code == 2 and "task 'similarity' (the store has None)" in " ".join(bad.output.split())
+    assert "Traceback" not in bad.output
+    s = MemoryStore.open(plain)
+    assert s.task is None and s.encoder.task is None and s.stats()["task"] is None
+    assert s.stats()["generation"] == 1 and len(s) == len(TEXTS)  # the refused add wrote nothing
+    s.close()
+
+    q = QdrantStore.create(str(tmp_path / "qdrant"), merged, model=str(model_dir))  # Qdrant's local mode
+    q.add([{"id": "d1", "text": TEXTS[1]}])
+    q.close()
+    q = QdrantStore.open(str(tmp_path / "qdrant"))
+    assert q.task == SIMILARITY == q.encoder.task and q.stats()["task"] == SIMILARITY
+    q.close()
+    with pytest.raises(ModelError, match="built with the 'similarity' task adapter; the model given is loaded without"):
+        QdrantStore.open(str(tmp_path / "qdrant"), MultiScaleEncoder.load(model_dir))
+
+
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(task=st.text(max_size=80) | st.sampled_from(["base", "../similarity", "similarity", "a" * 65]))
 def test_any_task_name_is_a_folder_inside_the_model_or_one_line_error(model_dir: Path, task: str) -> None:
