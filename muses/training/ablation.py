@@ -44,11 +44,17 @@ DIMS = (384, 64)
 
 
 def _load_results(path: Path, profile: str, log: Callable[[str], None]) -> dict[str, Any]:
-    """The saved results, if they were made with the same profile settings; else a fresh record."""
+    """The saved results, if they were made with the same profile settings; else a fresh record.
+
+    A setting added to the profiles after the results were saved (absent from their record) does not make them
+    stale: a new setting's default is the behaviour the results were made with.
+    """
     settings = json.loads(json.dumps(asdict(PROFILES[profile])))  # tuples -> lists, as saved
     if path.is_file():
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        if data.get("profile_settings") == settings:
+        saved = data.get("profile_settings")
+        if isinstance(saved, dict) and saved == {k: v for k, v in settings.items() if k in saved}:
+            data["profile_settings"] = settings
             return data
         log(f"{path} was made with other profile settings: evaluating every model again")
     return {"profile": profile, "profile_settings": settings, "environment": environment(), "models": {}}

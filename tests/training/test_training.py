@@ -395,6 +395,12 @@ def test_shipped_recipes_validate() -> None:
     assert recipes["d-ours"].model_dump(exclude={"name", "output_dir"}) == budget.model_dump(
         exclude={"name", "output_dir"}
     )
+    # arm (e): make run's recipe at the budget's steps, its WiSE-FT step kept
+    v5 = recipes["e-v5"]
+    assert (v5.steps, v5.interpolate) == (budget.steps, default.interpolate)
+    assert v5.model_dump(exclude={"name", "output_dir", "steps", "eval_every"}) == default.model_dump(
+        exclude={"name", "output_dir", "steps", "eval_every"}
+    )
 
 
 def test_extends_errors(tmp_path: Path) -> None:
@@ -431,6 +437,26 @@ def test_extends_errors(tmp_path: Path) -> None:
         (tmp_path / "bad.yaml").write_text(text)
         with pytest.raises(ConfigError, match=words):
             load_config(tmp_path / "bad.yaml")
+
+
+def test_ablation_results_stay_valid_when_a_profile_setting_is_added(tmp_path: Path) -> None:
+    """Saved ablation results are kept when the profile only gained a setting since (new settings default to the
+    old behaviour), and started afresh when a setting they were made with changed or went away."""
+    from dataclasses import asdict
+
+    from muses.evaluation.report import PROFILES
+    from muses.training.ablation import _load_results
+
+    settings = json.loads(json.dumps(asdict(PROFILES["ablation"])))
+    models = {"d-ours": {"tasks": {"sts": {"metrics": {"spearman@384": 0.85}}}}}
+    path = tmp_path / "results.json"
+    logged: list[str] = []
+    older = {k: v for k, v in settings.items() if k != "routing_articles"}  # saved before that setting existed
+    for saved, kept in ((older, True), ({**settings, "squad_docs": -1}, False), ({**older, "gone": 1}, False)):
+        path.write_text(json.dumps({"profile": "ablation", "profile_settings": saved, "models": models}))
+        data = _load_results(path, "ablation", logged.append)
+        assert (data["models"] == models) is kept and data["profile_settings"] == settings
+    assert len(logged) == 2 and "evaluating every model again" in logged[0]
 
 
 def test_ablation_table_has_a_row_per_model_and_384_64_columns() -> None:
