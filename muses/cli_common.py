@@ -71,7 +71,8 @@ def load_recipe(config: Path, overrides: list[str] | None, base: str | None = No
 
 
 def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainConfig]:
-    """Recipes trained one after another, all validated before the first starts. Each after the first starts from
+    """Recipes trained one after another, all validated before the first starts; a stage list
+    (:func:`~muses.training.config.read_stage_list`) stands for the recipes it names. Each after the first starts from
     the model the stages before it keep: its ``model.base`` becomes the last whole-model stage's
     ``output_dir/best``. Adapter stages (``model.adapter``) come last; each becomes a task adapter of that model
     (:func:`task_adapter_target`). ``--set`` overrides apply to every stage.
@@ -80,9 +81,11 @@ def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainC
         InputError: two stages write to the same output_dir (the second would resume the first's checkpoint), or a
             whole-model stage follows an adapter stage (the adapter would serve weights that are gone).
     """
+    from muses.training.config import read_stage_list
+
     stages: list[TrainConfig] = []
     written: dict[Path, Path] = {}
-    for config in configs:
+    for config in [stage for c in configs for stage in read_stage_list(c) or [c]]:
         model = task_adapter_target(stages)
         cfg = load_recipe(config, overrides, str(model) if model else None)
         if cfg.model.adapter is None and stages and stages[-1].model.adapter is not None:

@@ -360,6 +360,54 @@ class TrainConfig(_Strict):
         return self
 
 
+STAGES = "stages"  # the one key of a stage list: recipes trained one after another
+
+
+def read_stage_list(path: str | os.PathLike[str]) -> list[Path] | None:
+    """The recipes a stage list names, in order, or None when ``path`` is one recipe.
+
+    A stage list is a YAML file holding only ``stages: [a.yaml, b.yaml, ...]`` (paths relative to the file); ``muses
+    train -c`` trains them one after another, as if each were given with its own ``-c``.
+
+    Raises:
+        ConfigError: an unreadable file, a stage list with other settings, an empty one, an entry that is not a path
+            to an existing recipe, or a stage list inside another.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist.")
+    raw = _stage_list(p)
+    if raw is None:
+        return None
+    others = sorted(str(k) for k in raw if k != STAGES)
+    if others:
+        raise ConfigError(f"{p}: a stage list holds only 'stages'; move {others[:3]} into one of its recipes.")
+    entries = raw[STAGES]
+    if not isinstance(entries, list) or not entries:
+        raise ConfigError(f"{p}: 'stages' must be a non-empty list of recipe paths, got {entries!r}.")
+    stages = []
+    for entry in entries:
+        if not isinstance(entry, str) or not entry.strip() or not entry.isprintable():
+            raise ConfigError(f"{p}: each stage must be a path to a recipe, got {entry!r}.")
+        stage = p.parent / entry
+        if not stage.is_file():
+            raise ConfigError(f"{p}: stage {entry} does not exist (paths are relative to {p.parent}).")
+        if _stage_list(stage) is not None:
+            raise ConfigError(f"{p}: stage {entry} is itself a stage list; list its recipes here instead.")
+        stages.append(stage)
+    return stages
+
+
+def _stage_list(p: Path) -> dict[Any, Any] | None:
+    """The YAML mapping in file ``p`` if it is a stage list (has ``stages``), else None (unreadable files too:
+    :func:`load_config` names their problem)."""
+    try:
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return raw if isinstance(raw, dict) and STAGES in raw else None
+
+
 def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe's settings, with ``extends: other.yaml`` (relative to the file) merged underneath."""
     if not p.is_file():
@@ -374,6 +422,8 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of settings, got {type(raw).__name__}.")
+    if STAGES in raw:
+        raise ConfigError(f"{p} is a list of stages, not one recipe: train it with `muses train -c {p}`.")
     parent = raw.pop("extends", None)
     replace = _replaced_keys(p, raw)
     if parent is None:

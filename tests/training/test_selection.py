@@ -10,8 +10,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from muses.encoder import MultiScaleEncoder
-from muses.errors import ConfigError
-from muses.training.config import TrainConfig, load_config
+from muses.errors import ConfigError, InputError
+from muses.training.config import TrainConfig, load_config, read_stage_list
 from muses.training.dev import dev_score
 
 METRICS = {
@@ -70,6 +70,7 @@ _KEYS = st.sampled_from(
         "model",
         "data",
         "extends",
+        "stages",
     ]
 )
 
@@ -173,3 +174,40 @@ def test_fuzzed_replace_lists_load_or_fail_in_one_line(replace: object, own: dic
     else:
         if isinstance(replace, list) and "dev_weights" in replace:
             assert cfg.dev_weights == own["dev_weights"]
+
+
+_STAGE_ENTRIES = st.sampled_from(["a.yaml", "b.yaml", "list.yaml", "inner.yaml", "missing.yaml", "", "../a.yaml"])
+
+
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    stages=st.lists(_STAGE_ENTRIES | _VALUES, max_size=4) | _VALUES,
+    other=st.dictionaries(_KEYS.filter(lambda k: k != "stages"), _VALUES, max_size=1),
+)
+def test_fuzzed_stage_lists_expand_or_fail_in_one_line(
+    stages: object, other: dict[str, object], tmp_path: Path
+) -> None:
+    """A stage list (``stages: [...]``, any value, beside any other key) names existing recipes, in order, relative
+    to its own folder, or is refused in one ConfigError line: a stage list inside another, a missing recipe, other
+    settings beside it. It is never read as one recipe."""
+    from muses.cli_common import load_stages
+
+    (tmp_path / "a.yaml").write_text("name: a\noutput_dir: runs/a\n")
+    (tmp_path / "b.yaml").write_text("name: b\noutput_dir: runs/b\n")
+    (tmp_path / "inner.yaml").write_text("stages: [a.yaml]\n")
+    path = tmp_path / "list.yaml"
+    path.write_text(yaml.safe_dump({"stages": stages, **other}))
+    with pytest.raises(ConfigError, match="is a list of stages, not one recipe"):
+        load_config(path)
+    try:
+        found = read_stage_list(path)
+        configs = load_stages([path], None)
+    except ConfigError as e:
+        assert "\n" not in str(e) and str(e)
+        return
+    except InputError as e:  # two stages writing to one output_dir
+        assert "both write to" in str(e) and isinstance(stages, list) and len(stages) != len(set(stages))
+        return
+    assert isinstance(stages, list) and stages and not other
+    assert found == [tmp_path / s for s in stages] and {s for s in stages} <= {"a.yaml", "b.yaml"}
+    assert [c.name for c in configs] == [Path(str(s)).stem for s in stages]
