@@ -20,6 +20,7 @@ from muses.cli_common import (
     backend_option,
     console,
     err_console,
+    expand_stage_lists,
     load_stages,
     run_training,
     task_adapter_target,
@@ -689,6 +690,7 @@ def run(
                     "task_weights={hierarchy: 1.0, stsb: 0.0, scifact: 0.0}",
                 ]
             )
+            configs = expand_stage_lists(configs)
             stages = load_stages(configs, None)
             if not have_data:
                 err_console.print(f"no --data-dir and no ${ENV_VAR}: training on the Wikipedia articles only.")

@@ -70,6 +70,13 @@ def load_recipe(config: Path, overrides: list[str] | None, base: str | None = No
     return load_config(config, parsed)
 
 
+def expand_stage_lists(configs: list[Path]) -> list[Path]:
+    """``configs`` with each stage list (:func:`~muses.training.config.read_stage_list`) replaced by its recipes."""
+    from muses.training.config import read_stage_list
+
+    return [stage for c in configs for stage in read_stage_list(c) or [c]]
+
+
 def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainConfig]:
     """Recipes trained one after another, all validated before the first starts; a stage list
     (:func:`~muses.training.config.read_stage_list`) stands for the recipes it names. Each after the first starts from
@@ -81,11 +88,9 @@ def load_stages(configs: list[Path], overrides: list[str] | None) -> list[TrainC
         InputError: two stages write to the same output_dir (the second would resume the first's checkpoint), or a
             whole-model stage follows an adapter stage (the adapter would serve weights that are gone).
     """
-    from muses.training.config import read_stage_list
-
     stages: list[TrainConfig] = []
     written: dict[Path, Path] = {}
-    for config in [stage for c in configs for stage in read_stage_list(c) or [c]]:
+    for config in expand_stage_lists(configs):
         model = task_adapter_target(stages)
         cfg = load_recipe(config, overrides, str(model) if model else None)
         if cfg.model.adapter is None and stages and stages[-1].model.adapter is not None:

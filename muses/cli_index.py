@@ -188,7 +188,10 @@ def add(
             from muses.distributed_encode import add_encoded_folder
 
             if task is not None:
-                raise InputError("--task is for documents encoded here; --from-encoded adds vectors made already.")
+                raise InputError(
+                    "--from-encoded adds vectors made already: leave --task out (a store keeps the task it was built "
+                    "with)."
+                )
             ids = add_encoded_folder(from_encoded, path, model, given, backend, upsert, opener)
             console.print(f"added {len(ids)} documents to {qdrant_url or path} from {from_encoded}")
             return

@@ -113,6 +113,8 @@ def load_for_task(
         return MultiScaleEncoder.from_base(model, device=device, backend=backend)
     if not is_saved_model(Path(model)):
         raise InputError(f"task adapters ship inside a saved MuSES model folder; {model} is not one.")
+    if backend not in (None, "torch"):
+        raise InputError(f"task adapters merge into PyTorch weights; use --backend torch for task {task!r}.")
     enc = MultiScaleEncoder.load(model, device=device, backend=backend)
     if enc.backend != "torch":
         raise InputError(f"task adapters merge into PyTorch weights; load {model} with backend torch to use {task!r}.")

@@ -163,7 +163,8 @@ def load_recorded_model(meta: Mapping[str, Any], backend: Backend | None = None)
 
 
 def check_task(where: object, task: str | None, encoder: MultiScaleEncoder) -> None:
-    """Refuse an encoder loaded for another task than the store's ``task`` (its vectors would not compare).
+    """Refuse an encoder loaded for another task than the store's ``task`` (its vectors would not compare); called
+    when the fingerprints differ, so a store built before tasks were recorded still opens with the encoder that made it.
 
     Raises:
         ModelError: naming both tasks and how to open the store.

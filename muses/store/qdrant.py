@@ -337,9 +337,9 @@ class QdrantStore(StoreBase):
         self.config = StoreConfig.model_validate(meta["config"])
         self.qdrant = QdrantConfig.model_validate(meta["qdrant"])
         self.dims: list[int] = list(self.qdrant.dims or [self.dim])
-        check_task(self.path, self.task, encoder)
         given = encoder.fingerprint()
         if given != self.fingerprint:
+            check_task(self.path, self.task, encoder)  # the likeliest cause, named first
             raise ModelError(
                 f"store {self.path} was built with model {self.model_name!r} on {self.backend} (fingerprint "
                 f"{self.fingerprint}); the model given, on {encoder.backend}, is another (fingerprint {given}). Its "
@@ -489,6 +489,8 @@ class QdrantStore(StoreBase):
                 raise StoreExistsError(
                     f"{location}#{collection} already holds a store; open it with QdrantStore.open (or `muses index`)."
                 )
+            where, task = f"{location}#{collection}", {"task": recorded.get("task")}
+            check_conflicts(where, task, recorded["model"], None, {"task": encoder.task}, "another store name")
             store = cls(qc, location, collection, encoder, recorded, owned)
             qdrant_settings = qdrant.model_dump() if given else {}
             store.check_settings(None, **config.model_dump(exclude={"dim"}), **qdrant_settings, dim=dim)

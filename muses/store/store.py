@@ -189,8 +189,9 @@ class MemoryStore(StoreBase):
         self.fingerprint: str = meta["fingerprint"]
         self.backend: str = meta.get("backend", "torch")
         self.task: str | None = meta.get("task")  # the task adapter the store's vectors were made with
-        check_task(path, self.task, encoder)
         given = encoder.fingerprint()
+        if given != self.fingerprint:
+            check_task(path, self.task, encoder)  # the likeliest cause, named first
         if given != self.fingerprint and encoder.backend != self.backend:
             raise ModelError(
                 f"store {path} was built with the {self.backend} backend; the model given runs on {encoder.backend}, "
@@ -251,7 +252,7 @@ class MemoryStore(StoreBase):
             return cls(folder, encoder, model)
         if not exist_ok:
             raise StoreExistsError(f"{folder} already holds a store; open it with MemoryStore.open (or `muses index`).")
-        _check_settings(folder, meta, None, {**config.model_dump(exclude={"dim"}), "dim": dim})
+        _check_settings(folder, meta, None, {**config.model_dump(exclude={"dim"}), "dim": dim, "task": encoder.task})
         return cls(folder, encoder, meta["model"])  # a model with another fingerprint is refused there
 
     @staticmethod

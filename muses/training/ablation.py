@@ -13,13 +13,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
 from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
-from muses.evaluation.report import PROFILES, TaskContext, environment, run_report
+from muses.evaluation.report import PROFILES, Profile, TaskContext, environment, run_report
 
 # (column label, task, headline metric); each is shown at 384 and 64 dims.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -47,14 +47,23 @@ def _load_results(path: Path, profile: str, log: Callable[[str], None]) -> dict[
     """The saved results, if they were made with the same profile settings; else a fresh record.
 
     A setting added to the profiles after the results were saved (absent from their record) does not make them
-    stale: a new setting's default is the behaviour the results were made with.
+    stale while the profile leaves it at its default, the behaviour the results were made with; the record then
+    lists it under ``settings_added``.
     """
     settings = json.loads(json.dumps(asdict(PROFILES[profile])))  # tuples -> lists, as saved
+    defaults = {f.name: f.default for f in fields(Profile)}
     if path.is_file():
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         saved = data.get("profile_settings")
-        if isinstance(saved, dict) and saved == {k: v for k, v in settings.items() if k in saved}:
-            data["profile_settings"] = settings
+        added = {k: v for k, v in settings.items() if not isinstance(saved, dict) or k not in saved}
+        if (
+            isinstance(saved, dict)
+            and saved == {k: v for k, v in settings.items() if k in saved}
+            and all(defaults.get(k) == v for k, v in added.items())
+        ):
+            if added:
+                data["profile_settings"] = settings
+                data["settings_added"] = sorted({*data.get("settings_added", []), *added})
             return data
         log(f"{path} was made with other profile settings: evaluating every model again")
     return {"profile": profile, "profile_settings": settings, "environment": environment(), "models": {}}

@@ -374,7 +374,7 @@ def read_stage_list(path: str | os.PathLike[str]) -> list[Path] | None:
             to an existing recipe, or a stage list inside another.
     """
     p = Path(path)
-    if not p.is_file():
+    if not _is_file(p):
         raise ConfigError(f"config file {p} does not exist.")
     raw = _stage_list(p)
     if raw is None:
@@ -390,7 +390,7 @@ def read_stage_list(path: str | os.PathLike[str]) -> list[Path] | None:
         if not isinstance(entry, str) or not entry.strip() or not entry.isprintable():
             raise ConfigError(f"{p}: each stage must be a path to a recipe, got {entry!r}.")
         stage = p.parent / entry
-        if not stage.is_file():
+        if not _is_file(stage):
             raise ConfigError(f"{p}: stage {entry} does not exist (paths are relative to {p.parent}).")
         if _stage_list(stage) is not None:
             raise ConfigError(f"{p}: stage {entry} is itself a stage list; list its recipes here instead.")
@@ -403,14 +403,22 @@ def _stage_list(p: Path) -> dict[Any, Any] | None:
     :func:`load_config` names their problem)."""
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return None
     return raw if isinstance(raw, dict) and STAGES in raw else None
 
 
+def _is_file(p: Path) -> bool:
+    """Whether ``p`` is a readable file; False for a name the system refuses (too long, ...)."""
+    try:
+        return p.is_file()
+    except OSError:
+        return False
+
+
 def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
     """A recipe's settings, with ``extends: other.yaml`` (relative to the file) merged underneath."""
-    if not p.is_file():
+    if not _is_file(p):
         raise ConfigError(f"config file {p} does not exist.")
     if p.resolve() in seen:
         raise ConfigError(f"{p}: 'extends' loops back to itself.")
@@ -418,12 +426,17 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start}); save the recipe as UTF-8.") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot be read ({e.strerror}).") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{p}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"{p}: the top level must be a mapping of settings, got {type(raw).__name__}.")
     if STAGES in raw:
-        raise ConfigError(f"{p} is a list of stages, not one recipe: train it with `muses train -c {p}`.")
+        raise ConfigError(
+            f"{p} is a list of stages, not one recipe (a recipe cannot extend it, nor `muses ablation` take it): "
+            f"train it with `muses train -c {p}`."
+        )
     parent = raw.pop("extends", None)
     replace = _replaced_keys(p, raw)
     if parent is None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 from pathlib import Path
 
 import numpy as np
@@ -186,6 +187,19 @@ def test_a_store_keeps_the_task_it_was_built_with(model_dir: Path, tmp_path: Pat
     s.close()
     with pytest.raises(ModelError, match="was built with the 'similarity' task adapter; the model given is loaded "):
         MemoryStore.open(store, MultiScaleEncoder.load(model_dir))
+    with pytest.raises(InputError, match=r"you asked for task None \(the store has 'similarity'\)"):
+        MemoryStore.create(store, MultiScaleEncoder.load(model_dir), exist_ok=True)
+    with pytest.raises(InputError, match="use --backend torch for task 'similarity'"):
+        load_for_task(model_dir, SIMILARITY, backend="onnx")  # refused before anything is exported
+    # a store built with a merged model before stores recorded tasks: the encoder that made it still opens it
+    shutil.copytree(store, tmp_path / "older")
+    con = sqlite3.connect(tmp_path / "older" / "store.sqlite")
+    con.execute("DELETE FROM meta WHERE key = 'task'")
+    con.commit()
+    con.close()
+    s = MemoryStore.open(tmp_path / "older", merged)
+    assert s.task is None and len(s) == len(TEXTS)
+    s.close()
     again = runner.invoke(app, [*add, "--task", SIMILARITY, "--upsert"])  # the same task, or none: the store's
     assert again.exit_code == 0, again.output
     found = runner.invoke(app, ["index", "search", "stock prices dropped", "--store", str(store), "--json"])

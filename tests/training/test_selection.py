@@ -176,7 +176,9 @@ def test_fuzzed_replace_lists_load_or_fail_in_one_line(replace: object, own: dic
             assert cfg.dev_weights == own["dev_weights"]
 
 
-_STAGE_ENTRIES = st.sampled_from(["a.yaml", "b.yaml", "list.yaml", "inner.yaml", "missing.yaml", "", "../a.yaml"])
+_STAGE_ENTRIES = st.sampled_from(
+    ["a.yaml", "b.yaml", "list.yaml", "inner.yaml", "missing.yaml", "", "../a.yaml", "x" * 300 + ".yaml", "a\0.yaml"]
+)
 
 
 @settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

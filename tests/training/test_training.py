@@ -444,10 +444,12 @@ def test_extends_errors(tmp_path: Path) -> None:
             load_config(tmp_path / "bad.yaml")
 
 
-def test_ablation_results_stay_valid_when_a_profile_setting_is_added(tmp_path: Path) -> None:
+def test_ablation_results_stay_valid_when_a_profile_setting_is_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Saved ablation results are kept when the profile only gained a setting since (new settings default to the
     old behaviour), and started afresh when a setting they were made with changed or went away."""
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
     from muses.evaluation.report import PROFILES
     from muses.training.ablation import _load_results
@@ -461,7 +463,13 @@ def test_ablation_results_stay_valid_when_a_profile_setting_is_added(tmp_path: P
         path.write_text(json.dumps({"profile": "ablation", "profile_settings": saved, "models": models}))
         data = _load_results(path, "ablation", logged.append)
         assert (data["models"] == models) is kept and data["profile_settings"] == settings
-    assert len(logged) == 2 and "evaluating every model again" in logged[0]
+    assert data.get("settings_added") is None and len(logged) == 2 and "evaluating every model again" in logged[0]
+    path.write_text(json.dumps({"profile": "ablation", "profile_settings": older, "models": models}))
+    assert _load_results(path, "ablation", logged.append)["settings_added"] == ["routing_articles"]
+    # a setting added since, but not at its default in this profile, changes what the results would be
+    path.write_text(json.dumps({"profile": "ablation", "profile_settings": older, "models": models}))
+    monkeypatch.setitem(PROFILES, "ablation", replace(PROFILES["ablation"], routing_articles=5))
+    assert _load_results(path, "ablation", logged.append)["models"] == {}
 
 
 def test_ablation_table_has_a_row_per_model_and_384_64_columns() -> None:
