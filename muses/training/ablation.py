@@ -55,16 +55,14 @@ def _load_results(path: Path, profile: str, log: Callable[[str], None]) -> dict[
     if path.is_file():
         data: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
         saved = data.get("profile_settings")
-        added = {k: v for k, v in settings.items() if not isinstance(saved, dict) or k not in saved}
-        if (
-            isinstance(saved, dict)
-            and saved == {k: v for k, v in settings.items() if k in saved}
-            and all(defaults.get(k) == v for k, v in added.items())
-        ):
-            if added:
-                data["profile_settings"] = settings
-                data["settings_added"] = sorted({*data.get("settings_added", []), *added})
-            return data
+        if isinstance(saved, dict):
+            added = [k for k in settings if k not in saved]
+            same = saved == {k: v for k, v in settings.items() if k in saved}
+            if same and all(settings[k] == defaults.get(k) for k in added):
+                if added:
+                    data["profile_settings"] = settings
+                    data["settings_added"] = sorted({*data.get("settings_added", []), *added})
+                return data
         log(f"{path} was made with other profile settings: evaluating every model again")
     return {"profile": profile, "profile_settings": settings, "environment": environment(), "models": {}}
 
