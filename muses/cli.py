@@ -283,11 +283,26 @@ def eval_all(
     no_cache: Annotated[bool, typer.Option(help="Encode everything afresh.")] = False,
     backend: BackendOpt = None,
     task_adapters: TaskAdaptersOpt = True,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help="Keep each model's finished tasks from OUT/results.json and run only the rest; a model with tasks "
+            "left must have the fingerprint recorded there, a model with none left is not loaded."
+        ),
+    ] = False,
 ) -> None:
     """Run every evaluation task for a model (and baselines); write results.json, report.md and plots."""
     with user_errors():
         from muses.evaluation.baselines import load_corpus_encoder
-        from muses.evaluation.report import TaskContext, environment, get_profile, parse_tasks, run_report
+        from muses.evaluation.report import (
+            TaskContext,
+            environment,
+            finished_blocks,
+            get_profile,
+            parse_tasks,
+            run_report,
+            tasks_left,
+        )
         from muses.evaluation.report import write_report as write
         from muses.extras import require
 
@@ -296,7 +311,27 @@ def eval_all(
         task_list = parse_tasks(tasks, prof)
         cache = _cache(cache_dir, no_cache)
         chosen = backend_option(backend)
-        models = [load_corpus_encoder(model, backend=chosen)] + [load_corpus_encoder(b) for b in baseline or []]
+        specs = list(dict.fromkeys([model, *(baseline or [])]))  # a model named twice runs once
+        earlier = {b["model"]: b for b in finished_blocks(out, prof.name)} if resume else {}
+        left = {
+            spec: tasks_left(
+                earlier.get(spec), task_list if i == 0 else [t for t in task_list if t != "efficiency"], task_adapters
+            )
+            for i, spec in enumerate(specs)
+        }
+        load_all = "efficiency" in left[model]  # the efficiency task measures every model side by side
+        models = {
+            spec: load_corpus_encoder(spec, backend=chosen if i == 0 else None)
+            for i, spec in enumerate(specs)
+            if left[spec] or load_all or spec not in earlier
+        }
+        for spec, m in models.items():  # before anything is written: a changed model must not mix with its old numbers
+            recorded = earlier.get(spec, {}).get("fingerprint")
+            if recorded is not None and recorded != m.fingerprint():
+                raise InputError(
+                    f"{spec} has changed since {out}/results.json was written (fingerprint {m.fingerprint()}, "
+                    f"recorded {recorded}): drop --resume to start over, or pass another --out."
+                )
         command = " ".join(
             [
                 "muses eval all --model",
@@ -317,19 +352,23 @@ def eval_all(
             "environment": environment(),
             "models": [],
         }
-        for i, m in enumerate(models):
-            ctx = TaskContext(
-                data_dir, cache, prof, extra_models=models[1:] if i == 0 else [], task_adapters=task_adapters
-            )
-            wanted = task_list if i == 0 else [t for t in task_list if t != "efficiency"]
+        others = [models[s] for s in specs[1:] if s in models]
+        blocks = [*(dict(earlier.get(spec, {})) for spec in specs), *(b for s, b in earlier.items() if s not in specs)]
+        results["models"] = blocks  # an earlier run's models that this command does not name are kept, at the end
+        for i, spec in enumerate(specs):
+            if spec not in models:
+                console.print(f"kept {spec}: every task finished in {out}/results.json")
+                continue
+            m = models[spec]
+            ctx = TaskContext(data_dir, cache, prof, extra_models=others if i == 0 else [], task_adapters=task_adapters)
 
             def done(name: str, metrics: dict[str, float], seconds: float, who: str = m.name) -> None:
                 console.print(f"[green]done[/] {who} {name}: {len(metrics)} metrics in {seconds:.0f} s")
-                write(results, out)  # after every task: an interrupted run keeps what it finished
+                write(results, out)  # after every task: an interrupted run keeps what it finished (see --resume)
 
-            block: dict[str, object] = {}
-            results["models"].append(block)  # type: ignore[attr-defined]
-            run_report(m, wanted, ctx, on_task=done, into=block)
+            if "environment" in blocks[i]:  # an earlier run's block, topped up here: both runs are on record
+                blocks[i]["resumed_in"] = results["environment"]
+            run_report(m, left[spec], ctx, on_task=done, into=blocks[i])
         path = write(results, out)
         console.print(
             f"wrote {path}/results.json, report.md and plots (cache hits {cache.hits}, misses {cache.misses})"

@@ -252,9 +252,9 @@ def run_report(
             "fingerprint": model.fingerprint(),
             "dims": list(model.dims),
             "profile": ctx.profile.name,
-            "tasks": {},
         }
     )
+    out.setdefault("tasks", {})  # a resumed block keeps its finished tasks (see :func:`finished_blocks`)
     for name in tasks:
         t0 = time.perf_counter()
         adapter = EVAL_TASK_ADAPTERS.get(name) if ctx.task_adapters else None
@@ -268,6 +268,37 @@ def run_report(
         if on_task:
             on_task(name, metrics, seconds)
     return out
+
+
+def finished_blocks(out_dir: str | os.PathLike[str], profile: str) -> list[dict[str, Any]]:
+    """The model blocks of an earlier run into ``out_dir`` (``muses eval all --resume``), each with the
+    ``environment`` it ran in; none when there is no ``results.json`` there yet.
+
+    Raises:
+        InputError: the file is not a MuSES results.json, or was written with another profile (its numbers would not
+            line up with this run's).
+    """
+    if not (Path(out_dir) / "results.json").is_file():
+        return []
+    earlier = load_results(out_dir)
+    if earlier.get("profile") != profile:
+        raise InputError(
+            f"{out_dir} holds a report of profile {earlier.get('profile')!r}, not {profile!r}: pass "
+            f"--profile {earlier.get('profile')} to resume it, or another --out."
+        )
+    blocks: list[dict[str, Any]] = [dict(b) for b in earlier["models"] if isinstance(b, dict) and "model" in b]
+    for block in blocks:
+        block.setdefault("environment", earlier.get("environment", {}))
+    return blocks
+
+
+def tasks_left(block: Mapping[str, Any] | None, wanted: Sequence[str], task_adapters: bool = True) -> list[str]:
+    """The tasks of ``wanted`` that ``block`` (an earlier run's results of one model, or None) has not finished; a
+    task that ran on a task adapter counts as unfinished when this run turns task adapters off."""
+    finished = (block or {}).get("tasks", {})
+    return [
+        t for t in wanted if t not in finished or (not task_adapters and finished[t].get("task_adapter") is not None)
+    ]
 
 
 def environment() -> dict[str, Any]:

@@ -111,3 +111,58 @@ def test_report_input_errors(tmp_path: Path) -> None:
         (tmp_path / "bad.json").write_text(json.dumps(bad))
         result = runner.invoke(app, ["eval", "compare", str(tmp_path / "bad.json"), str(tmp_path / "one.json")])
         assert result.exit_code == 2 and "'models' must be a list" in result.output, bad
+
+
+def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
+    """`--resume` keeps each model's finished tasks, runs only the rest, does not load a model that has none left, and
+    refuses (exit 2, the file untouched) a model whose weights changed or a report of another profile."""
+    from muses.evaluation.baselines import load_corpus_encoder
+
+    profile = tmp_path / "tiny.yaml"
+    profile.write_text("name: tiny\ntasks: [sts, hierarchy]\nhierarchy_wiki_docs: 12\nhierarchy_scifact_docs: 12\n")
+    out = tmp_path / "report"
+    out.mkdir()
+    fingerprint = load_corpus_encoder("default").fingerprint()
+    finished = {"sts": {"metrics": {"spearman@384": 0.5}, "seconds": 1.0}}  # a sentinel: it must survive the rerun
+    earlier = {
+        "command": "muses eval all (an earlier run)",
+        "profile": "tiny",
+        "environment": {"date": "2026-01-01", "machine": "elsewhere", "gpu": "none", "torch": "x"},
+        "models": [
+            {"model": "default", "fingerprint": fingerprint, "dims": [384], "profile": "tiny", "tasks": finished},
+            # every task finished: never loaded, so a path that no longer exists is fine
+            {
+                "model": "flat:/nowhere",
+                "fingerprint": "0",
+                "dims": [384],
+                "profile": "tiny",
+                "tasks": {**finished, "hierarchy": {"metrics": {"wikipedia/accuracy@384": 0.25}, "seconds": 1.0}},
+            },
+            {"model": "gone", "fingerprint": "1", "dims": [384], "profile": "tiny", "tasks": finished},
+        ],
+    }
+    (out / "results.json").write_text(json.dumps(earlier))
+    args = ["eval", "all", "--profile", str(profile), "--data-dir", str(data_dir), "--out", str(out), "--resume"]
+    result = runner.invoke(app, [*args, "--baseline", "flat:/nowhere", "--cache-dir", str(tmp_path / "cache")])
+    assert result.exit_code == 0, result.output
+    assert "kept flat:/nowhere: every task finished" in result.output
+    results = load_results(out)
+    assert [m["model"] for m in results["models"]] == ["default", "flat:/nowhere", "gone"]  # nothing is lost
+    model, flat, gone = results["models"]
+    assert model["tasks"]["sts"]["metrics"] == {"spearman@384": 0.5}  # kept, not rerun
+    hierarchy = model["tasks"]["hierarchy"]["metrics"]  # run now, on the real model
+    assert 0.5 < hierarchy["wikipedia/hierarchy/all@384"] <= 1.0 and hierarchy["scifact/hierarchy/n_docs"] == 12
+    assert model["environment"]["machine"] == "elsewhere" and model["resumed_in"] == results["environment"]
+    assert flat == earlier["models"][1] | {"environment": earlier["environment"]} and gone["tasks"] == finished
+
+    before = (out / "results.json").read_text()
+    earlier["models"][0]["fingerprint"] = "changed"
+    earlier["models"][0]["tasks"] = finished
+    (out / "results.json").write_text(json.dumps(earlier))
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and "default has changed since" in result.output
+    assert json.loads((out / "results.json").read_text()) == earlier  # refused before anything was written
+    (out / "results.json").write_text(before)
+    result = runner.invoke(app, [*args[:2], "--profile", "quick", *args[4:]])
+    assert result.exit_code == 2 and "holds a report of profile 'tiny'" in result.output
+    assert (out / "results.json").read_text() == before
