@@ -224,10 +224,11 @@ def _open_or_create_qdrant(
     settings: dict[str, Any],
     backend: str | None = None,
     task: str | None = None,
+    default_model: str | None = None,
 ) -> StoreBackend:
-    """The Qdrant store ``collection`` at ``url``, created with ``model`` (with its ``task`` adapter) and ``settings``
-    (StoreConfig and QdrantConfig fields) when there is none yet; an existing one is used if the settings given agree
-    with its own."""
+    """The Qdrant store ``collection`` at ``url``, created with ``model`` (else ``default_model``, else the default
+    base; with its ``task`` adapter) and ``settings`` (StoreConfig and QdrantConfig fields) when there is none yet; an
+    existing one is used if the settings given agree with its own."""
     from muses.adapters.tasks import load_for_task
     from muses.encoder import DEFAULT_BASE
     from muses.store import StoreExistsError
@@ -238,7 +239,7 @@ def _open_or_create_qdrant(
     config = _store_config({k: v for k, v in settings.items() if k not in qdrant_keys})
     chosen = backend_option(backend)
     if not QdrantStore.exists(url, collection):
-        name = model or DEFAULT_BASE
+        name = model or default_model or DEFAULT_BASE
         encoder = load_for_task(name, task, backend=chosen)
         try:
             return QdrantStore.create(
@@ -274,12 +275,17 @@ def _given_task(task: str | None) -> dict[str, Any]:
 
 
 def _open_or_create(
-    path: Path, model: str | None, settings: dict[str, Any], backend: str | None = None, task: str | None = None
+    path: Path,
+    model: str | None,
+    settings: dict[str, Any],
+    backend: str | None = None,
+    task: str | None = None,
+    default_model: str | None = None,
 ) -> MemoryStore:
-    """The store in ``path``, created with ``model`` (with its ``task`` adapter) and ``settings`` when there is none
-    yet (or only an unfinished one). An existing store, even one that a concurrent ``index add`` created a moment
-    ago, is used if the model, task and settings given (only those given) agree with its own, and refused with the
-    differences otherwise."""
+    """The store in ``path``, created with ``model`` (else ``default_model``, else the default base; with its ``task``
+    adapter) and ``settings`` when there is none yet (or only an unfinished one). An existing store, even one that a
+    concurrent ``index add`` created a moment ago, is used if the model, task and settings given (only those given)
+    agree with its own, and refused with the differences otherwise."""
     from muses.adapters.tasks import load_for_task
     from muses.encoder import DEFAULT_BASE
     from muses.store import MemoryStore, StoreExistsError
@@ -287,7 +293,7 @@ def _open_or_create(
     config = _store_config(settings)  # a bad value is an error for an existing store too
     chosen = backend_option(backend)
     if not MemoryStore.exists(path):
-        name = model or DEFAULT_BASE
+        name = model or default_model or DEFAULT_BASE
         try:
             return MemoryStore.create(path, load_for_task(name, task, backend=chosen), config, model=name)
         except StoreExistsError:

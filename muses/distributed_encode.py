@@ -607,14 +607,18 @@ def add_encoded_folder(
     open_or_create: Callable[..., MemoryStore],
 ) -> list[str]:
     """``muses index add --from-encoded``: the folder's documents into the store (created with the manifest's model
-    and dim when there is none), refused unless the store's model fingerprint and dim are the manifest's."""
+    and dim when there is none), refused unless the store's model fingerprint and dim are the manifest's.
+
+    The fingerprint, not the model's name, says whether the vectors fit an existing store: a store built with a task
+    adapter (``index add --task``) takes the vectors of that model merged and saved under another name.
+    """
     from muses.store import MemoryStore
 
     meta = read_manifest(folder)
     given = {k: v for k, v in settings.items() if v is not None}
     if not MemoryStore.exists(store_path):
         given.setdefault("dim", int(meta["dim"]))
-    store = open_or_create(store_path, model or meta["model"], given, backend)
+    store = open_or_create(store_path, model, given, backend, default_model=meta["model"])
     if store.fingerprint != meta["fingerprint"]:
         raise InputError(
             f"{folder} was encoded by another model (fingerprint {meta['fingerprint']}, model {meta['model']!r}, "

@@ -489,8 +489,9 @@ class QdrantStore(StoreBase):
                 raise StoreExistsError(
                     f"{location}#{collection} already holds a store; open it with QdrantStore.open (or `muses index`)."
                 )
-            where, task = f"{location}#{collection}", {"task": recorded.get("task")}
-            check_conflicts(where, task, recorded["model"], None, {"task": encoder.task}, "another store name")
+            if "task" in recorded:  # a store from before tasks were recorded: the fingerprint, checked on open, decides
+                where, task = f"{location}#{collection}", {"task": recorded["task"]}
+                check_conflicts(where, task, recorded["model"], None, {"task": encoder.task}, "another store name")
             store = cls(qc, location, collection, encoder, recorded, owned)
             qdrant_settings = qdrant.model_dump() if given else {}
             store.check_settings(None, **config.model_dump(exclude={"dim"}), **qdrant_settings, dim=dim)

@@ -252,7 +252,10 @@ class MemoryStore(StoreBase):
             return cls(folder, encoder, model)
         if not exist_ok:
             raise StoreExistsError(f"{folder} already holds a store; open it with MemoryStore.open (or `muses index`).")
-        _check_settings(folder, meta, None, {**config.model_dump(exclude={"dim"}), "dim": dim, "task": encoder.task})
+        given: dict[str, Any] = {**config.model_dump(exclude={"dim"}), "dim": dim}
+        if "task" in meta:  # a store from before tasks were recorded: the fingerprint, checked on open, decides
+            given["task"] = encoder.task
+        _check_settings(folder, meta, None, given)
         return cls(folder, encoder, meta["model"])  # a model with another fingerprint is refused there
 
     @staticmethod

@@ -200,6 +200,11 @@ def test_a_store_keeps_the_task_it_was_built_with(model_dir: Path, tmp_path: Pat
     s = MemoryStore.open(tmp_path / "older", merged)
     assert s.task is None and len(s) == len(TEXTS)
     s.close()
+    s = MemoryStore.create(tmp_path / "older", merged, exist_ok=True)  # and so does create(exist_ok=True)
+    assert s.task is None and len(s) == len(TEXTS)
+    s.close()
+    with pytest.raises(ModelError, match=r"is another \(fingerprint"):  # but not one whose vectors differ
+        MemoryStore.create(tmp_path / "older", MultiScaleEncoder.load(model_dir), exist_ok=True)
     again = runner.invoke(app, [*add, "--task", SIMILARITY, "--upsert"])  # the same task, or none: the store's
     assert again.exit_code == 0, again.output
     found = runner.invoke(app, ["index", "search", "stock prices dropped", "--store", str(store), "--json"])
@@ -225,6 +230,35 @@ def test_a_store_keeps_the_task_it_was_built_with(model_dir: Path, tmp_path: Pat
     q.close()
     with pytest.raises(ModelError, match="built with the 'similarity' task adapter; the model given is loaded without"):
         QdrantStore.open(str(tmp_path / "qdrant"), MultiScaleEncoder.load(model_dir))
+
+
+def test_vectors_encoded_elsewhere_fill_a_task_store(model_dir: Path, tmp_path: Path) -> None:
+    """`index add --from-encoded` into a store built with `--task` takes the vectors of its model merged with that
+    adapter and saved (Ray encodes a model folder, not a task): the fingerprint decides, not the folder's name."""
+    pytest.importorskip("ray")
+    from muses.distributed_encode import EncodeSettings, encode_with_ray
+    from muses.store import MemoryStore
+
+    first, rest = tmp_path / "first.jsonl", tmp_path / "rest.jsonl"
+    rows = [json.dumps({"id": f"d{i}", "text": t}) + "\n" for i, t in enumerate(TEXTS)]
+    first.write_text(rows[0], "utf-8")
+    rest.write_text("".join(rows[1:]), "utf-8")
+    store = tmp_path / "store"
+    made = runner.invoke(
+        app, ["index", "add", str(first), "--store", str(store), "--model", str(model_dir), "--task", SIMILARITY]
+    )
+    assert made.exit_code == 0, made.output
+    merged = tmp_path / "merged"
+    load_for_task(model_dir, SIMILARITY).save(merged)
+    encoded = tmp_path / "encoded"
+    settings = EncodeSettings(model=str(merged), scales=("document", "sentence", "token"))
+    encode_with_ray(str(rest), str(encoded), settings, shard_rows=2)
+    added = runner.invoke(app, ["index", "add", "--from-encoded", str(encoded), "--store", str(store)])
+    assert added.exit_code == 0 and "added 2 documents" in added.output, added.output
+    s = MemoryStore.open(store)
+    assert s.task == SIMILARITY and len(s) == 3
+    assert s.search("stock prices dropped", "document", 1)[0].id == "d2"
+    s.close()
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
