@@ -20,10 +20,9 @@ documents by document score, by best sentence and, at the stored dim, by token M
 server and :func:`muses.scoring.fuse`.
 
 Filters: ``{key: value}``, all must match. Each document and sentence carries ``match``, a list of
-``key=canonical value`` keywords for its top-level metadata (:func:`metadata_keys`); a filter becomes one
-``MatchValue`` per key (:func:`filter_keys`), evaluated by Qdrant. Values compare as the memory store's SQLite
-does: strings exactly, numbers by value (``1 == 1.0``, ``true == 1``), ``null`` never matches; lists and objects
-match an equal JSON value.
+``key=canonical value`` keywords for its top-level metadata; a filter becomes one ``MatchValue`` per key, evaluated
+by Qdrant (:mod:`muses.store.qdrant_points`). Values compare as the memory store's SQLite does.
+Locations, connections and server errors are :mod:`muses.store.qdrant_connection`'s.
 
 Writes are not transactions: an add writes sentence points, then the document point (a reader may briefly see a
 new document's sentences first); a delete removes sentences, then the document. Rerunning an interrupted add
@@ -38,13 +37,9 @@ Example::
 
 from __future__ import annotations
 
-import json
-import math
 import os
 import re
 import threading
-import urllib.parse
-import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
@@ -55,7 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from muses.backends import Backend
 from muses.encoder import MultiScaleEncoder
-from muses.errors import InputError, ModelError, MusesError, UnknownIdError
+from muses.errors import InputError, ModelError, UnknownIdError
 from muses.extras import require
 from muses.scoring import fuse, prefix_normalize, token_maxsim
 from muses.store.base import (
@@ -69,14 +64,23 @@ from muses.store.base import (
     load_recorded_model,
     resolve_model,
 )
+from muses.store.qdrant_connection import API_KEY_ENV, QdrantError, connect, parse_location, server_errors
+from muses.store.qdrant_points import (
+    doc_point,
+    filter_keys,
+    in_docs,
+    metadata_keys,
+    qdrant_filter,
+    sentence_point,
+    vector_name,
+)
 from muses.store.store import StoreExistsError, pool_tokens
 from muses.types import Document, MultiScaleEmbedding
-from muses.validation import MAX_FILTER_VALUE_BYTES, check_filters, check_id, check_utf8
+from muses.validation import check_id
 
 require("qdrant_client", "qdrant")
 
 from qdrant_client import QdrantClient, models  # noqa: E402
-from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse  # noqa: E402
 
 __all__ = [
     "API_KEY_ENV",
@@ -88,8 +92,6 @@ __all__ = [
     "parse_location",
 ]
 
-API_KEY_ENV = "QDRANT_API_KEY"
-"""The environment variable holding a Qdrant server's API key (never a command-line option)."""
 SETTINGS_KEY = "muses_store"
 """The key of the store's settings in the documents collection's metadata."""
 TOKENS = "tokens"
@@ -98,14 +100,7 @@ DEPTH = 100
 GROUP_FANOUT = 5
 """Sentences prefetched per document when the top documents by best sentence are wanted."""
 _NAME = re.compile(r"[A-Za-z0-9_-]{1,128}")
-_FILTER_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")  # the filter grammar's keys (muses.validation.check_filters)
-_NAMESPACE = uuid.UUID("5b1c8f1e-6a47-4f0b-9c55-6d7573657301")  # point ids: uuid5 of the document id
-_LOCAL_FILES = frozenset({"meta.json", ".lock", "collection"})
 _BATCH = 128
-
-
-class QdrantError(MusesError):
-    """A Qdrant server could not be reached, or refused a request; the message names the URL and the fix."""
 
 
 class QdrantConfig(BaseModel):
@@ -123,192 +118,6 @@ class QdrantConfig(BaseModel):
     replication_factor: int | None = Field(None, ge=1, description="copies of each shard (a cluster)")
     write_consistency_factor: int | None = Field(None, ge=1, description="replicas that must confirm a write")
     on_disk: bool = Field(False, description="keep vectors and payload on disk (memory-mapped) on the server")
-
-
-# ---------------------------------------------------------------------------------------------------- locations
-def parse_location(location: object) -> tuple[str, str]:
-    """Where a store lives: ``("memory", ":memory:")``, ``("server", URL)`` for ``http(s)://host[:port][/path]``,
-    or ``("path", folder)`` for a local folder (qdrant-client's local mode).
-
-    >>> parse_location("http://localhost:6333")
-    ('server', 'http://localhost:6333')
-    >>> parse_location("grpc://x")  # doctest: +ELLIPSIS
-    Traceback (most recent call last):
-    ...
-    muses.errors.InputError: Qdrant location 'grpc://x' has the scheme 'grpc'; use http(s)://host:port, ...
-    """
-    if not isinstance(location, (str, os.PathLike)):
-        raise InputError(f"a Qdrant location is a URL or a folder, not a {type(location).__name__}.")
-    text = os.fspath(location)
-    if not isinstance(text, str):
-        raise InputError("a Qdrant location is a URL or a folder given as text, not bytes.")
-    check_utf8(text, "Qdrant location")
-    if not text.strip():
-        raise InputError("the Qdrant location is empty; give http(s)://host:port, a local folder, or :memory:.")
-    if re.search(r"[\x00-\x1f\x7f]", text):
-        raise InputError(f"Qdrant location {text[:60]!r} holds a control character; remove it.")
-    if text == ":memory:":
-        return "memory", text
-    scheme, sep, _ = text.partition("://")
-    if not sep:
-        return "path", text
-    if scheme.lower() not in ("http", "https"):
-        raise InputError(
-            f"Qdrant location {text[:60]!r} has the scheme {scheme[:20]!r}; use http(s)://host:port, a local "
-            "folder, or :memory:."
-        )
-    try:
-        parts = urllib.parse.urlsplit(text)
-        port = parts.port
-    except ValueError as e:
-        raise InputError(f"Qdrant URL {text[:60]!r} is malformed ({e}); use http(s)://host:port.") from None
-    if not parts.hostname:
-        raise InputError(f"Qdrant URL {text[:60]!r} names no host; use http(s)://host:port.")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise InputError(
-            f"Qdrant URL {text[:60]!r} carries a query, fragment or credentials; give http(s)://host:port and the "
-            f"API key in ${API_KEY_ENV}."
-        )
-    del port
-    return "server", text
-
-
-def _unreachable(url: str, reason: object) -> QdrantError:
-    why = " ".join(str(reason).split())[:200] or type(reason).__name__
-    return QdrantError(
-        f"cannot reach the Qdrant server at {url} ({why}); start it (e.g. `docker run -p 6333:6333 qdrant/qdrant`) "
-        "or fix --qdrant-url."
-    )
-
-
-@contextmanager
-def _server_errors(url: str) -> Iterator[None]:
-    """Turn qdrant-client's transport and HTTP errors into one-line :class:`QdrantError` naming ``url``."""
-    try:
-        yield
-    except UnexpectedResponse as e:
-        if e.status_code in (401, 403):
-            raise QdrantError(
-                f"the Qdrant server at {url} refused the request ({e.status_code} {e.reason_phrase}); set "
-                f"${API_KEY_ENV} to its API key."
-            ) from None
-        body = " ".join(e.content.decode("utf-8", "replace").split())[:200]
-        raise QdrantError(f"the Qdrant server at {url} answered {e.status_code} {e.reason_phrase}: {body}") from None
-    except ResponseHandlingException as e:
-        raise _unreachable(url, e.source) from None
-    except (ConnectionError, TimeoutError) as e:
-        raise _unreachable(url, e) from None
-
-
-def _connect(location: str, api_key: str | None, timeout: int) -> QdrantClient:
-    """A client for ``location`` (see :func:`parse_location`); a local folder is opened (and locked) here."""
-    kind, where = parse_location(location)
-    if kind == "memory":
-        return QdrantClient(location=":memory:")
-    if kind == "server":
-        key = api_key if api_key is not None else (os.environ.get(API_KEY_ENV) or None)
-        return QdrantClient(url=where, api_key=key, timeout=timeout, check_compatibility=False)
-    folder = Path(where)
-    if folder.exists() and not folder.is_dir():
-        raise InputError(f"{folder} is a file; give a folder for the local Qdrant store (or an http(s) URL).")
-    others = sorted(f.name for f in folder.iterdir() if f.name not in _LOCAL_FILES) if folder.exists() else []
-    if others:
-        raise InputError(
-            f"{folder} holds other files ({others[:3]}), not a local Qdrant store; give a new or empty folder."
-        )
-    try:
-        return QdrantClient(path=str(folder), force_disable_check_same_thread=True)
-    except RuntimeError as e:
-        if "already accessed" in str(e):
-            raise InputError(
-                f"{folder} is open in another client or process (a local Qdrant folder has one user at a time); "
-                "close it, or run a Qdrant server for concurrent access."
-            ) from None
-        raise
-
-
-# ---------------------------------------------------------------------------------------------------- filters
-def _canonical(value: Any) -> str | None:
-    """The text a filter value must equal; None for ``null`` (which never matches, as in SQL)."""
-    if value is None:
-        return None
-    if isinstance(value, bool):
-        return f"n:{int(value)}"
-    if isinstance(value, int):
-        if -(2**63) <= value < 2**63:
-            return f"n:{value}"
-        try:
-            value = float(value)
-        except OverflowError:
-            return None  # no filter value (64-bit integers, finite floats) equals it
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
-        if value.is_integer() and -(2.0**63) <= value < 2.0**63:
-            return f"n:{int(value)}"
-        return f"n:{value!r}"
-    if isinstance(value, str):
-        return f"s:{value}"
-    return "j:" + json.dumps(value, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
-
-
-def metadata_keys(metadata: Mapping[str, Any]) -> list[str]:
-    """The ``match`` keywords of a document: ``key=canonical value`` for each top-level metadata key that a filter
-    can name (plain keys, values that fit a filter).
-
-    >>> metadata_keys({"topic": "bio", "n": 1.0, "ok": True, "x": None, "bad key": 1})
-    ['topic=s:bio', 'n=n:1', 'ok=n:1']
-    """
-    out = []
-    for key, value in metadata.items():
-        if not _FILTER_KEY.fullmatch(key):
-            continue
-        try:
-            canon = _canonical(value)
-        except ValueError:  # NaN inside a list: no filter can carry it
-            continue
-        if canon is not None and len(canon.encode("utf-8")) <= MAX_FILTER_VALUE_BYTES + 2:
-            out.append(f"{key}={canon}")
-    return out
-
-
-def filter_keys(filters: Mapping[str, Any] | None) -> list[str]:
-    """The ``match`` keywords a document needs for ``filters`` (checked by :func:`check_filters`) to match it.
-
-    >>> filter_keys({"topic": "bio", "n": 1})
-    ['topic=s:bio', 'n=n:1']
-    >>> filter_keys({"gone": None})  # null matches nothing
-    ['gone=\\x00null']
-    """
-    out = []
-    for key, value in check_filters(dict(filters) if isinstance(filters, Mapping) else filters).items():
-        canon = _canonical(value)
-        out.append(f"{key}={canon}" if canon is not None else f"{key}=\x00null")
-    return out
-
-
-def _qdrant_filter(keys: Sequence[str], *extra: models.Condition) -> models.Filter | None:
-    must: list[models.Condition] = [models.FieldCondition(key="match", match=models.MatchValue(value=k)) for k in keys]
-    must += list(extra)
-    return models.Filter(must=must) if must else None
-
-
-def _in_docs(doc_ids: Sequence[str]) -> models.FieldCondition:
-    return models.FieldCondition(key="doc", match=models.MatchAny(any=list(doc_ids)))
-
-
-def doc_point(doc_id: str) -> str:
-    """The Qdrant point id of a document (a UUID derived from its id)."""
-    return str(uuid.uuid5(_NAMESPACE, doc_id))
-
-
-def sentence_point(doc_id: str, pos: int) -> str:
-    """The Qdrant point id of sentence ``pos`` of a document."""
-    return str(uuid.uuid5(_NAMESPACE, f"{doc_id}\x00{pos}"))
-
-
-def _vec(d: int) -> str:
-    return f"d{d}"
 
 
 # ---------------------------------------------------------------------------------------------------- the store
@@ -364,7 +173,7 @@ class QdrantStore(StoreBase):
     @contextmanager
     def _calling(self) -> Iterator[None]:
         """One thread at a time on a local-mode client; server errors as one line."""
-        with self._mutex, _server_errors(self.location):
+        with self._mutex, server_errors(self.location):
             yield
 
     # ------------------------------------------------------------------ create / open
@@ -383,13 +192,13 @@ class QdrantStore(StoreBase):
     ) -> tuple[QdrantClient, bool]:
         if client is not None:
             return client, False
-        return _connect(location, api_key, timeout), True
+        return connect(location, api_key, timeout), True
 
     @staticmethod
     def _recorded(client: QdrantClient, location: str, collection: str) -> dict[str, Any] | None:
         """The settings of the store ``collection``, or None when there is none (yet)."""
         docs = f"{collection}_documents"
-        with _server_errors(location):
+        with server_errors(location):
             if not client.collection_exists(docs):
                 return None
             meta = client.get_collection(docs).config.metadata or {}
@@ -516,7 +325,7 @@ class QdrantStore(StoreBase):
         on_disk = qdrant.on_disk or None
         hnsw = models.HnswConfigDiff(m=config.hnsw_m, ef_construct=config.hnsw_ef_construction)
         dense = {
-            _vec(d): models.VectorParams(size=d, distance=models.Distance.COSINE, on_disk=on_disk)
+            vector_name(d): models.VectorParams(size=d, distance=models.Distance.COSINE, on_disk=on_disk)
             for d in qdrant.dims or [dim]
         }
         common: dict[str, Any] = {
@@ -535,7 +344,7 @@ class QdrantStore(StoreBase):
                 multivector_config=models.MultiVectorConfig(comparator=models.MultiVectorComparator.MAX_SIM),
             )
         sents, docs = f"{collection}_sentences", f"{collection}_documents"
-        with _server_errors(location):
+        with server_errors(location):
             if not client.collection_exists(sents):
                 client.create_collection(sents, vectors_config=dense, **common)
             if parse_location(location)[0] == "server":  # local mode has no payload indexes
@@ -589,7 +398,7 @@ class QdrantStore(StoreBase):
     # ------------------------------------------------------------------ writes
     def _named(self, vector: np.ndarray) -> dict[str, Any]:
         """``[D]`` -> the named vectors of a point: the renormalised prefix at every stored dim."""
-        return {_vec(d): prefix_normalize(vector.astype(np.float32), d).tolist() for d in self.dims}
+        return {vector_name(d): prefix_normalize(vector.astype(np.float32), d).tolist() for d in self.dims}
 
     def _points(self, doc: Document, emb: MultiScaleEmbedding) -> tuple[models.PointStruct, list[models.PointStruct]]:
         """A document's point and its sentence points."""
@@ -642,7 +451,7 @@ class QdrantStore(StoreBase):
 
     def _delete_sentences(self, ids: Sequence[str]) -> None:
         for b in range(0, len(ids), 1024):
-            selector = models.FilterSelector(filter=models.Filter(must=[_in_docs(ids[b : b + 1024])]))
+            selector = models.FilterSelector(filter=models.Filter(must=[in_docs(ids[b : b + 1024])]))
             self.client.delete(self._sents, selector, wait=True)
 
     def delete(self, ids: Sequence[str]) -> int:
@@ -714,14 +523,14 @@ class QdrantStore(StoreBase):
         if pd is not None and pd < dim and not self.qdrant.exact:
             n = max(self.qdrant.prefetch, 4 * limit * (GROUP_FANOUT if group_by else 1))
             prefetch = models.Prefetch(
-                query=prefix_normalize(q_full, pd).tolist(), using=_vec(pd), filter=flt, limit=n, params=params
+                query=prefix_normalize(q_full, pd).tolist(), using=vector_name(pd), filter=flt, limit=n, params=params
             )
         q = prefix_normalize(q_full, dim).tolist()
         if group_by is None:
             return self.client.query_points(
                 collection,
                 query=q,
-                using=_vec(dim),
+                using=vector_name(dim),
                 prefetch=prefetch,
                 query_filter=flt,
                 limit=limit,
@@ -731,7 +540,7 @@ class QdrantStore(StoreBase):
         groups = self.client.query_points_groups(
             collection,
             query=q,
-            using=_vec(dim),
+            using=vector_name(dim),
             prefetch=prefetch,
             query_filter=flt,
             group_by=group_by,
@@ -749,7 +558,7 @@ class QdrantStore(StoreBase):
         self, query: EncodedQuery, scale: str, k: int, d: int, filters: dict[str, Any], zoom_docs: int | None
     ) -> list[Hit]:
         keys = filter_keys(filters)
-        flt = _qdrant_filter(keys)
+        flt = qdrant_filter(keys)
         if scale == "document":
             points = self._dense(self._docs, query.vector, d, k, flt, ["id", "text", "metadata"])
             return [self._doc_hit(p.payload or {}, float(p.score), "document") for p in points]
@@ -758,7 +567,7 @@ class QdrantStore(StoreBase):
                 top = self._dense(self._docs, query.vector, d, zoom_docs, flt, ["id"])
                 if not top:
                     return []
-                flt = _qdrant_filter(keys, _in_docs([str((p.payload or {})["id"]) for p in top]))
+                flt = qdrant_filter(keys, in_docs([str((p.payload or {})["id"]) for p in top]))
             points = self._dense(self._sents, query.vector, d, k, flt, ["doc", "pos", "span", "text"])
             metadata = self._metadata([str((p.payload or {})["doc"]) for p in points])
             return [self._sentence_hit(p.payload or {}, float(p.score), metadata) for p in points]
@@ -809,7 +618,7 @@ class QdrantStore(StoreBase):
         docs = self.client.query_points(
             self._docs,
             query=q,
-            using=_vec(d),
+            using=vector_name(d),
             query_filter=models.Filter(must=[models.HasIdCondition(has_id=[doc_point(i) for i in cand])]),
             limit=len(cand),
             search_params=exact,
@@ -818,8 +627,8 @@ class QdrantStore(StoreBase):
         groups = self.client.query_points_groups(
             self._sents,
             query=q,
-            using=_vec(d),
-            query_filter=models.Filter(must=[_in_docs(cand)]),
+            using=vector_name(d),
+            query_filter=models.Filter(must=[in_docs(cand)]),
             group_by="doc",
             group_size=1,
             limit=len(cand),
@@ -925,8 +734,8 @@ class QdrantStore(StoreBase):
             points = self.client.query_points(
                 self._sents,
                 query=q,
-                using=_vec(d),
-                query_filter=models.Filter(must=[_in_docs([hit.id])]),
+                using=vector_name(d),
+                query_filter=models.Filter(must=[in_docs([hit.id])]),
                 limit=k_sentences,
                 search_params=self._params(),
                 with_payload=["doc", "pos", "span", "text"],
@@ -989,7 +798,7 @@ class QdrantStore(StoreBase):
             "documents": int(docs),
             "sentences": int(sents),
             "collections": {"documents": self._docs, "sentences": self._sents},
-            "named_vectors": [_vec(d) for d in self.dims] + ([TOKENS] if self.config.token_pool else []),
+            "named_vectors": [vector_name(d) for d in self.dims] + ([TOKENS] if self.config.token_pool else []),
             "config": self.config.model_dump(),
             "qdrant": self.qdrant.model_dump(),
         }
