@@ -33,6 +33,7 @@ from muses.io import DEFAULT_MAX_CHARS
 
 if TYPE_CHECKING:
     from muses.evaluation.corpus import EmbeddingCache
+    from muses.training.config import TrainConfig
 
 app = typer.Typer(
     help="MuSES: multi-scale (token / sentence / document, Matryoshka) embeddings.",
@@ -565,23 +566,27 @@ def train(
     Data-parallel under `torchrun --nproc_per_node N` (gloo on CPU, NCCL on GPU): same command, same results as one
     process with the same global batch; rank 0 alone prints, logs and writes."""
     with user_errors():
-        stages = load_stages(config, set_)
-        from muses.training import distributed
+        _train_stages(load_stages(config, set_), data_dir, fresh, device)
 
-        if distributed.init_from_env() and not distributed.is_main():
-            console.quiet = True
-        for i, cfg in enumerate(stages, 1):
-            if len(stages) > 1:
-                console.print(f"stage {i}/{len(stages)} {cfg.name}: starts from {cfg.model.base}", highlight=False)
-            run_training(cfg, data_dir, fresh, device, cfg.name)
-            model = task_adapter_target(stages[: i - 1])
-            if cfg.model.adapter is not None and model is not None and distributed.is_main():
-                from muses.adapters.tasks import add_task_adapter
-                from muses.training.build import adapter_key
 
-                key = adapter_key(cfg)
-                add_task_adapter(model, Path(cfg.output_dir) / "best", key, replace=True)
-                console.print(f"{model} now ships the {key!r} task adapter (muses.adapters.tasks)", highlight=False)
+def _train_stages(stages: list[TrainConfig], data_dir: Path | None, fresh: bool, device: str | None) -> None:
+    """Train ``stages`` (from :func:`load_stages`) in turn; each adapter stage becomes a task adapter of the model."""
+    from muses.training import distributed
+
+    if distributed.init_from_env() and not distributed.is_main():
+        console.quiet = True
+    for i, cfg in enumerate(stages, 1):
+        if len(stages) > 1:
+            console.print(f"stage {i}/{len(stages)} {cfg.name}: starts from {cfg.model.base}", highlight=False)
+        run_training(cfg, data_dir, fresh, device, cfg.name)
+        model = task_adapter_target(stages[: i - 1])
+        if cfg.model.adapter is not None and model is not None and distributed.is_main():
+            from muses.adapters.tasks import add_task_adapter
+            from muses.training.build import adapter_key
+
+            key = adapter_key(cfg)
+            add_task_adapter(model, Path(cfg.output_dir) / "best", key, replace=True)
+            console.print(f"{model} now ships the {key!r} task adapter (muses.adapters.tasks)", highlight=False)
 
 
 @app.command()
@@ -729,19 +734,19 @@ def run(
                     "task_weights={hierarchy: 1.0, stsb: 0.0, scifact: 0.0}",
                 ]
             )
-            configs = expand_stage_lists(configs)
-            stages = load_stages(configs, None)
+            stages = load_stages(configs, overrides)
             if not have_data:
                 err_console.print(f"no --data-dir and no ${ENV_VAR}: training on the Wikipedia articles only.")
-                kept = [(c, s) for c, s in zip(configs, stages, strict=True) if s.model.adapter is None]
+                kept = [s for s in stages if s.model.adapter is None]
                 if len(kept) < len(stages):
                     err_console.print("adapter stages skipped: they train on their task's data.")
-                configs, stages = [c for c, _ in kept], [s for _, s in kept]
+                stages = kept
             target = task_adapter_target(stages)
             if target is None:
-                raise InputError(f"{configs[0]} trains an adapter: muses run needs a whole-model recipe first.")
+                first = expand_stage_lists(configs)[0]
+                raise InputError(f"{first} trains an adapter: muses run needs a whole-model recipe first.")
             model = str(target)
-            train(config=configs, data_dir=data_dir, set_=overrides, fresh=False, device=None)
+            _train_stages(stages, data_dir, fresh=False, device=None)
         _show_sample(model)
         if not have_data:
             err_console.print(f"evaluation skipped: no --data-dir and no ${ENV_VAR}.")

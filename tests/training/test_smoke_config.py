@@ -121,3 +121,30 @@ def test_stages_need_their_own_output_dirs(tmp_path: Path) -> None:
     line = " ".join(proc.stderr.split())
     assert "give each stage its own output_dir" in line and "Traceback" not in proc.stderr
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.slow
+def test_muses_run_without_data_trains_the_whole_model_stages(tmp_path: Path) -> None:
+    """`muses run -c LIST` with no data dir: the stage list's whole-model recipe trains on the Wikipedia articles
+    alone, its adapter stage is skipped (it needs STS-B), the sample is shown and the evaluation skipped; a list of
+    adapter stages alone is refused in one line (exit 2) before anything trains."""
+    first, adapter, stages = tmp_path / "first.yaml", tmp_path / "adapter.yaml", tmp_path / "stages.yaml"
+    first.write_text(f"extends: {SMOKE}\noutput_dir: {tmp_path / 'smoke'}\n")
+    adapter.write_text(f"extends: {SIMILARITY_RECIPE}\nsteps: 2\noutput_dir: {tmp_path / 'similarity'}\n")
+    stages.write_text("stages: [first.yaml, adapter.yaml]\n")
+    env = {k: v for k, v in os.environ.items() if k != "MUSES_DATA_DIR"}
+    env |= {"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    cmd = [sys.executable, "-m", "muses.cli", "run", "--out", str(tmp_path / "report")]
+    proc = subprocess.run([*cmd, "-c", str(stages)], capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    said = " ".join(proc.stderr.split())
+    assert "training on the Wikipedia articles only" in said and "adapter stages skipped" in said
+    assert "evaluation skipped" in said
+    assert (tmp_path / "smoke" / "best").is_dir() and not (tmp_path / "similarity").exists()
+    assert list_tasks(tmp_path / "smoke" / "best") == []
+    history = [json.loads(ln) for ln in (tmp_path / "smoke" / "history.jsonl").read_text().splitlines()]
+    assert {k.split("/")[0] for h in history for k in h if k.endswith("/loss")} == {"hierarchy"}
+
+    proc = subprocess.run([*cmd, "-c", str(adapter)], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert f"{adapter} trains an adapter: muses run needs a whole-model recipe first" in " ".join(proc.stderr.split())
