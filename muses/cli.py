@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -287,8 +287,9 @@ def eval_all(
     resume: Annotated[
         bool,
         typer.Option(
-            help="Keep each model's finished tasks from OUT/results.json and run only the rest; a model with tasks "
-            "left must have the fingerprint recorded there, a model with none left is not loaded."
+            help="Keep each model's finished tasks from OUT/results.json and run only the rest; a model that is "
+            "loaded (tasks left, or the efficiency task's) must have the fingerprint recorded there, and a model with "
+            "none left is not loaded."
         ),
     ] = False,
 ) -> None:
@@ -312,25 +313,23 @@ def eval_all(
         task_list = parse_tasks(tasks, prof)
         cache = _cache(cache_dir, no_cache)
         chosen = backend_option(backend)
-        specs = list(dict.fromkeys([model, *(baseline or [])]))  # a model named twice runs once
+        specs = [model, *(baseline or [])]
+        if resume and len(set(specs)) < len(specs):
+            raise InputError("--resume tells models apart by name: give each --model/--baseline once.")
         earlier = {b["model"]: b for b in finished_blocks(out, prof.name)} if resume else {}
-        left = {
-            spec: tasks_left(
-                earlier.get(spec), task_list if i == 0 else [t for t in task_list if t != "efficiency"], task_adapters
-            )
-            for i, spec in enumerate(specs)
-        }
-        load_all = "efficiency" in left[model]  # the efficiency task measures every model side by side
+        wanted = [task_list if i == 0 else [t for t in task_list if t != "efficiency"] for i in range(len(specs))]
+        left = [tasks_left(earlier.get(spec), w, task_adapters) for spec, w in zip(specs, wanted, strict=True)]
+        load_all = "efficiency" in left[0]  # the efficiency task measures every model side by side
         models = {
-            spec: load_corpus_encoder(spec, backend=chosen if i == 0 else None)
+            i: load_corpus_encoder(spec, backend=chosen if i == 0 else None)
             for i, spec in enumerate(specs)
-            if left[spec] or load_all or spec not in earlier
+            if left[i] or load_all or spec not in earlier
         }
-        for spec, m in models.items():  # before anything is written: a changed model must not mix with its old numbers
-            recorded = earlier.get(spec, {}).get("fingerprint")
+        for i, m in models.items():  # before anything is written: a changed model must not mix with its old numbers
+            recorded = earlier.get(specs[i], {}).get("fingerprint")
             if recorded is not None and recorded != m.fingerprint():
                 raise InputError(
-                    f"{spec} has changed since {out}/results.json was written (fingerprint {m.fingerprint()}, "
+                    f"{specs[i]} has changed since {out}/results.json was written (fingerprint {m.fingerprint()}, "
                     f"recorded {recorded}): drop --resume to start over, or pass another --out."
                 )
         command = " ".join(
@@ -345,6 +344,7 @@ def eval_all(
                 *([] if task_adapters else ["--no-task-adapters"]),
                 "--out",
                 str(out),
+                *(["--resume"] if resume else []),
             ]
         )
         results: dict[str, object] = {
@@ -353,23 +353,30 @@ def eval_all(
             "environment": environment(),
             "models": [],
         }
-        others = [models[s] for s in specs[1:] if s in models]
-        blocks = [*(dict(earlier.get(spec, {})) for spec in specs), *(b for s, b in earlier.items() if s not in specs)]
-        results["models"] = blocks  # an earlier run's models that this command does not name are kept, at the end
+        # one block per model, in the command's order, then an earlier run's models this command does not name (kept,
+        # so nothing is lost); a model that has not started has none yet (None), so every block written is whole
+        blocks: list[dict[str, Any] | None] = [dict(earlier[s]) if s in earlier else None for s in specs]
+        blocks += [b for name, b in earlier.items() if name not in specs]
+        results["models"] = [b for b in blocks if b is not None]
+        others = [models[i] for i in range(1, len(specs)) if i in models]
         for i, spec in enumerate(specs):
-            if spec not in models:
+            if i not in models:
                 console.print(f"kept {spec}: every task finished in {out}/results.json")
                 continue
-            m = models[spec]
+            m = models[i]
             ctx = TaskContext(data_dir, cache, prof, extra_models=others if i == 0 else [], task_adapters=task_adapters)
 
             def done(name: str, metrics: dict[str, float], seconds: float, who: str = m.name) -> None:
                 console.print(f"[green]done[/] {who} {name}: {len(metrics)} metrics in {seconds:.0f} s")
                 write(results, out)  # after every task: an interrupted run keeps what it finished (see --resume)
 
-            if "environment" in blocks[i]:  # an earlier run's block, topped up here: both runs are on record
-                blocks[i]["resumed_in"] = results["environment"]
-            run_report(m, left[spec], ctx, on_task=done, into=blocks[i])
+            block = blocks[i]
+            if block is None:
+                block = blocks[i] = {}
+                results["models"] = [b for b in blocks if b is not None]  # run_report fills it before the first write
+            else:  # an earlier run's block, topped up here: every run that wrote it is on record
+                block["resumed_in"] = [*block.get("resumed_in", []), results["environment"]]
+            run_report(m, left[i], ctx, on_task=done, into=block)
         path = write(results, out)
         console.print(
             f"wrote {path}/results.json, report.md and plots (cache hits {cache.hits}, misses {cache.misses})"

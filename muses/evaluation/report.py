@@ -243,7 +243,8 @@ def run_report(
     """Run ``tasks`` for ``model``; returns the ``results.json`` structure of one model.
 
     With ``into``, the results are filled into that dict as each task ends, so a caller can save them from
-    ``on_task`` and an interrupted run keeps every finished task.
+    ``on_task`` and an interrupted run keeps every finished task; the tasks ``into`` holds already are kept. A task
+    that does not apply to the model (no metrics) is listed under ``"skipped"``.
     """
     out: dict[str, Any] = into if into is not None else {}
     out.update(
@@ -265,6 +266,10 @@ def run_report(
             out["tasks"][name] = {"metrics": metrics, "seconds": seconds}
             if view is not None:
                 out["tasks"][name]["task_adapter"] = adapter
+            if not ctx.task_adapters:
+                out["tasks"][name]["task_adapters"] = False  # --no-task-adapters: a resume with them reruns it
+        elif name not in out.setdefault("skipped", []):
+            out["skipped"].append(name)
         if on_task:
             on_task(name, metrics, seconds)
     return out
@@ -283,22 +288,51 @@ def finished_blocks(out_dir: str | os.PathLike[str], profile: str) -> list[dict[
     earlier = load_results(out_dir)
     if earlier.get("profile") != profile:
         raise InputError(
-            f"{out_dir} holds a report of profile {earlier.get('profile')!r}, not {profile!r}: pass "
-            f"--profile {earlier.get('profile')} to resume it, or another --out."
+            f"{out_dir} holds a report of profile {earlier.get('profile')!r}, not {profile!r}: resume it with the "
+            "--profile it was written with, or pass another --out."
         )
-    blocks: list[dict[str, Any]] = [dict(b) for b in earlier["models"] if isinstance(b, dict) and "model" in b]
-    for block in blocks:
+    blocks = earlier["models"]
+    fix = "drop --resume to start over, or pass another --out"
+    if not isinstance(blocks, list) or not all(_resumable(b) for b in blocks):
+        raise InputError(f"{out_dir}/results.json has a model block --resume cannot read; {fix}.")
+    names = [b["model"] for b in blocks]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(f"{out_dir}/results.json holds {twice[0]!r} twice, so --resume cannot tell which; {fix}.")
+    kept = [dict(b) for b in blocks]
+    for block in kept:
         block.setdefault("environment", earlier.get("environment", {}))
-    return blocks
+    return kept
+
+
+def _resumable(block: object) -> bool:
+    """A model block as :func:`run_report` writes it: a model name, and tasks each with a metrics mapping."""
+    if not isinstance(block, dict) or not isinstance(block.get("model"), str):
+        return False
+    tasks, skipped = block.get("tasks"), block.get("skipped", [])
+    if not isinstance(skipped, list) or not all(isinstance(t, str) for t in skipped):
+        return False
+    return isinstance(tasks, dict) and all(
+        isinstance(t, dict) and isinstance(t.get("metrics"), dict) for t in tasks.values()
+    )
 
 
 def tasks_left(block: Mapping[str, Any] | None, wanted: Sequence[str], task_adapters: bool = True) -> list[str]:
-    """The tasks of ``wanted`` that ``block`` (an earlier run's results of one model, or None) has not finished; a
-    task that ran on a task adapter counts as unfinished when this run turns task adapters off."""
+    """The tasks of ``wanted`` that ``block`` (an earlier run's results of one model, or None) has not finished.
+    A task that ran on a task adapter is unfinished when this run turns task adapters off, and one run with them
+    off is unfinished when this run turns them on; a task that did not apply to the model (``"skipped"``) is done."""
     finished = (block or {}).get("tasks", {})
-    return [
-        t for t in wanted if t not in finished or (not task_adapters and finished[t].get("task_adapter") is not None)
-    ]
+    skipped = (block or {}).get("skipped", [])
+
+    def done(t: str) -> bool:
+        if t in skipped:
+            return True
+        if t not in finished:
+            return False
+        ran_on = finished[t]
+        return bool(ran_on.get("task_adapter") is None if not task_adapters else ran_on.get("task_adapters", True))
+
+    return [t for t in wanted if not done(t)]
 
 
 def environment() -> dict[str, Any]:

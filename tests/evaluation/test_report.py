@@ -114,55 +114,81 @@ def test_report_input_errors(tmp_path: Path) -> None:
 
 
 def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
-    """`--resume` keeps each model's finished tasks, runs only the rest, does not load a model that has none left, and
-    refuses (exit 2, the file untouched) a model whose weights changed or a report of another profile."""
+    """`--resume` keeps each model's finished tasks, runs only the rest (a baseline new to the report included), does
+    not load a model that has none left, keeps the models the command does not name, and refuses (exit 2, the file
+    untouched) a model whose weights changed, a report of another profile, or a file it cannot read."""
     from muses.evaluation.baselines import load_corpus_encoder
 
     profile = tmp_path / "tiny.yaml"
-    profile.write_text("name: tiny\ntasks: [sts, hierarchy]\nhierarchy_wiki_docs: 12\nhierarchy_scifact_docs: 12\n")
+    profile.write_text(
+        "name: tiny\ntasks: [sts, hierarchy, squad-standalone]\nhierarchy_wiki_docs: 12\nhierarchy_scifact_docs: 12\n"
+        "squad_docs: 4\n"
+    )
     out = tmp_path / "report"
     out.mkdir()
     fingerprint = load_corpus_encoder("default").fingerprint()
     finished = {"sts": {"metrics": {"spearman@384": 0.5}, "seconds": 1.0}}  # a sentinel: it must survive the rerun
+    hierarchy_done = {"hierarchy": {"metrics": {"wikipedia/hierarchy/all@384": 0.25}, "seconds": 1.0}}
     earlier = {
         "command": "muses eval all (an earlier run)",
         "profile": "tiny",
         "environment": {"date": "2026-01-01", "machine": "elsewhere", "gpu": "none", "torch": "x"},
         "models": [
             {"model": "default", "fingerprint": fingerprint, "dims": [384], "profile": "tiny", "tasks": finished},
-            # every task finished: never loaded, so a path that no longer exists is fine
+            # every task finished (squad-standalone does not apply to a flat model): never loaded, so a path that no
+            # longer exists is fine
             {
                 "model": "flat:/nowhere",
                 "fingerprint": "0",
                 "dims": [384],
                 "profile": "tiny",
-                "tasks": {**finished, "hierarchy": {"metrics": {"wikipedia/accuracy@384": 0.25}, "seconds": 1.0}},
+                "tasks": {**finished, **hierarchy_done},
+                "skipped": ["squad-standalone"],
             },
             {"model": "gone", "fingerprint": "1", "dims": [384], "profile": "tiny", "tasks": finished},
         ],
     }
     (out / "results.json").write_text(json.dumps(earlier))
     args = ["eval", "all", "--profile", str(profile), "--data-dir", str(data_dir), "--out", str(out), "--resume"]
-    result = runner.invoke(app, [*args, "--baseline", "flat:/nowhere", "--cache-dir", str(tmp_path / "cache")])
+    args += ["--tasks", "hierarchy,squad-standalone", "--cache-dir", str(tmp_path / "cache")]
+    baselines = ["--baseline", "flat:/nowhere", "--baseline", "flat:default"]
+    result = runner.invoke(app, [*args, *baselines])
     assert result.exit_code == 0, result.output
     assert "kept flat:/nowhere: every task finished" in result.output
     results = load_results(out)
-    assert [m["model"] for m in results["models"]] == ["default", "flat:/nowhere", "gone"]  # nothing is lost
-    model, flat, gone = results["models"]
+    names = [m["model"] for m in results["models"]]
+    assert names == ["default", "flat:/nowhere", "flat:default", "gone"]  # nothing is lost
+    model, flat, new, gone = results["models"]
     assert model["tasks"]["sts"]["metrics"] == {"spearman@384": 0.5}  # kept, not rerun
     hierarchy = model["tasks"]["hierarchy"]["metrics"]  # run now, on the real model
     assert 0.5 < hierarchy["wikipedia/hierarchy/all@384"] <= 1.0 and hierarchy["scifact/hierarchy/n_docs"] == 12
-    assert model["environment"]["machine"] == "elsewhere" and model["resumed_in"] == results["environment"]
+    assert model["tasks"]["squad-standalone"]["metrics"]
+    assert model["environment"]["machine"] == "elsewhere" and model["resumed_in"] == [results["environment"]]
     assert flat == earlier["models"][1] | {"environment": earlier["environment"]} and gone["tasks"] == finished
+    assert list(new["tasks"]) == ["hierarchy"] and new["skipped"] == ["squad-standalone"] and "environment" not in new
+    assert results["command"].endswith("--resume")
+
+    again = runner.invoke(app, [*args, *baselines])  # all finished now: nothing is loaded, nothing changes
+    assert again.exit_code == 0, again.output
+    assert all(f"kept {n}: every task finished" in again.output for n in names[:3])
+    assert load_results(out)["models"][2]["tasks"] == new["tasks"]
 
     before = (out / "results.json").read_text()
-    earlier["models"][0]["fingerprint"] = "changed"
-    earlier["models"][0]["tasks"] = finished
-    (out / "results.json").write_text(json.dumps(earlier))
-    result = runner.invoke(app, args)
-    assert result.exit_code == 2 and "default has changed since" in result.output
-    assert json.loads((out / "results.json").read_text()) == earlier  # refused before anything was written
+    edited = json.loads(before)
+    edited["models"][0]["fingerprint"] = "changed"
+    del edited["models"][0]["tasks"]["hierarchy"]
+    for bad, words in [
+        (edited, "default has changed since"),
+        ({**edited, "models": [{"model": "default", "tasks": None}]}, "has a model block --resume cannot read"),
+        ({**edited, "models": [{"model": "x", "tasks": {}}] * 2}, "holds 'x' twice"),
+    ]:
+        (out / "results.json").write_text(json.dumps(bad))
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2 and words in " ".join(result.output.split()), result.output
+        assert json.loads((out / "results.json").read_text()) == bad  # refused before anything was written
     (out / "results.json").write_text(before)
     result = runner.invoke(app, [*args[:2], "--profile", "quick", *args[4:]])
     assert result.exit_code == 2 and "holds a report of profile 'tiny'" in result.output
+    result = runner.invoke(app, [*args, "--baseline", "default"])
+    assert result.exit_code == 2 and "give each --model/--baseline once" in result.output
     assert (out / "results.json").read_text() == before
