@@ -306,6 +306,12 @@ class TrainConfig(_Strict):
         "which interpolate must list) for a mix or the checkpoint to be kept at all; the best-scoring of those "
         "within it is kept, e.g. {scifact-document: 0.002} keeps STS-B gains only while retrieval holds",
     )
+    interpolate_references: list[str] = Field(
+        default_factory=list,
+        description="more models (a name or folder, as model.base) whose dev metrics the checkpoint and every mix "
+        "must also stay within interpolate_tolerance of, e.g. [default]: a later stage answers to the untrained base "
+        "as well as to its start, so the stages' tolerances do not add up",
+    )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -332,6 +338,10 @@ class TrainConfig(_Strict):
                 raise ValueError(f"{name}: weights must be finite and >= 0, got {weights}")
         if self.interpolate_weights is not None and not self.interpolate:
             raise ValueError("interpolate_weights chooses among the mixes of interpolate: list some alphas too")
+        if self.interpolate_references and self.interpolate_tolerance is None:
+            raise ValueError(
+                "interpolate_references are held to interpolate_tolerance: set it too (e.g. {scifact-sentence: 0.005})"
+            )
         if self.interpolate_tolerance is not None:
             if 0.0 not in self.interpolate:
                 raise ValueError(

@@ -208,6 +208,15 @@ class Trainer:
         )
         return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev, weights, tasks) if dd.is_main() else {})
 
+    def _reference_metrics(self, name: str) -> dict[str, float]:
+        """Every dev metric of the model ``name`` (as ``model.base``: a name or folder) with its own heads, on this
+        run's dev sets: a reference for ``interpolate_references``."""
+        if not dd.is_main():
+            return dd.broadcast_object({})
+        reference = MultiScaleEncoder.from_base(name, device=str(self.encoder.device), backend="torch")
+        reference.eval()
+        return dd.broadcast_object(evaluate_dev(reference, self.data.dev, None, None))
+
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""
         if self.adapter_key is None:
@@ -351,7 +360,8 @@ class Trainer:
         it); ``interpolation.json`` records every alpha's score and dev metrics and the one kept (1.0: the
         checkpoint). With ``interpolate_weights`` the checkpoint is scored again and every score uses those weights.
         With ``interpolate_tolerance`` only the checkpoint and mixes whose named dev metrics stay within it of the
-        starting model's (alpha 0) can be kept; the record lists each one's misses.
+        starting model's (alpha 0), and of each of ``interpolate_references``' (evaluated on the same dev sets), can
+        be kept; the record lists each one's misses and the references' metrics.
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
@@ -391,8 +401,17 @@ class Trainer:
             metrics[alpha] = self.evaluate(every=True)
             scores[alpha] = score(metrics[alpha])
         misses: dict[float, list[str]] = {}
-        if tolerance is not None:  # the checkpoint and every mix against the starting model (alpha 0)
-            misses = {a: tolerance_misses(m, metrics[0.0], tolerance) for a, m in metrics.items()}
+        references = {name: self._reference_metrics(name) for name in self.config.interpolate_references}
+        if tolerance is not None:  # the checkpoint and every mix against the starting model (alpha 0), the references
+            misses = {
+                a: tolerance_misses(m, metrics[0.0], tolerance)
+                + [
+                    f"{k} (against {name})"
+                    for name, ref in references.items()
+                    for k in tolerance_misses(m, ref, tolerance)
+                ]
+                for a, m in metrics.items()
+            }
             kept = 0.0
         for alpha in [*self.config.interpolate, 1.0]:
             if not misses.get(alpha) and scores[alpha] > scores[kept]:
@@ -404,6 +423,7 @@ class Trainer:
             "dev_score": scores[kept],
             "metrics": {str(a): m for a, m in sorted(metrics.items())},
             **({"misses": {str(a): m for a, m in sorted(misses.items())}} if tolerance is not None else {}),
+            **({"references": references} if references else {}),
         }
         self.best_score = scores[kept]
         if dd.is_main():

@@ -251,6 +251,7 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("interpolate: [0.5]\ninterpolate_tolerance: {stsb: 0.01}\n", "list alpha 0.0 in interpolate"),
         ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: -0.01}\n", "tolerances must be finite and >= 0"),
         ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: .nan}\n", "tolerances must be finite and >= 0"),
+        ("interpolate: [0.0]\ninterpolate_references: [default]\n", "held to interpolate_tolerance: set it too"),
         ("interpolate: [0.0]\ninterpolate_weights: {stsb: 1, scifact-document: .inf}\n", "must be finite"),
         ("task_weights: {siblings: 1}\nloss: {retention: none}\n", "siblings task's targets"),
         ("loss: {rationale_candidates: abstract}\n", "loss.rationale_candidates"),
@@ -342,6 +343,35 @@ def test_interpolate_tolerance_keeps_only_mixes_that_hold_the_starting_model(tmp
     assert misses["0.0"] == [] and misses[str(record["kept"])] == []
     better = [a for a, s in record["alphas"].items() if s > record["dev_score"]]
     assert all(misses[a] for a in better)  # every higher STS-B score was refused for a SciFact loss
+
+
+@pytest.mark.slow
+def test_interpolate_references_hold_every_mix_to_other_models_too(tmp_path: Path, data_dir: Path) -> None:
+    """`interpolate_references: [default]` scores the untrained base on the run's dev sets, with its own heads, and
+    refuses any mix (or the checkpoint) that falls more than the tolerance below it, as well as below the start."""
+    from muses.training.dev import evaluate_dev, tolerance_misses
+
+    tolerance = {"scifact-document": 0.0, "scifact-sentence": 0.0, "stsb": 0.0}
+    cfg = TrainConfig.model_validate(
+        {
+            **TINY,
+            "output_dir": str(tmp_path / "wise"),
+            "model": {"head_kind": "random-linear"},  # heads that start away from the reference (the base)
+            "interpolate": [0.0, 0.5],
+            "interpolate_tolerance": tolerance,
+            "interpolate_references": ["default"],
+        }
+    )
+    data = load_training_data(cfg, data_dir)
+    record = Trainer(cfg, data).train(progress=False)["interpolation"]
+    reference = record["references"]["default"]
+    assert reference == pytest.approx(evaluate_dev(MultiScaleEncoder.from_base(), data.dev, None, None), abs=1e-6)
+    assert reference != pytest.approx(record["metrics"]["0.0"], abs=1e-6)
+    for alpha, m in record["metrics"].items():
+        against = [f"{k} (against default)" for k in tolerance_misses(m, reference, tolerance)]
+        assert record["misses"][alpha] == tolerance_misses(m, record["metrics"]["0.0"], tolerance) + against
+    kept = str(record["kept"])
+    assert kept == "0.0" or record["misses"][kept] == []
 
 
 def test_shipped_recipes_validate() -> None:
