@@ -375,7 +375,8 @@ def eval_all(
                 block = blocks[i] = {}
                 results["models"] = [b for b in blocks if b is not None]  # run_report fills it before the first write
             else:  # an earlier run's block, topped up here: every run that wrote it is on record
-                block["resumed_in"] = [*block.get("resumed_in", []), results["environment"]]
+                before = block.get("resumed_in") or []
+                block["resumed_in"] = [*(before if isinstance(before, list) else [before]), results["environment"]]
             run_report(m, left[i], ctx, on_task=done, into=block)
         path = write(results, out)
         console.print(
