@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
 
@@ -192,3 +192,54 @@ def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
     result = runner.invoke(app, [*args, "--baseline", "default"])
     assert result.exit_code == 2 and "give each --model/--baseline once" in result.output
     assert (out / "results.json").read_text() == before
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    models=st.one_of(
+        _JSON,
+        st.lists(
+            st.fixed_dictionaries(
+                {"model": st.sampled_from(["a", "b"]) | _JSON},
+                optional={
+                    "tasks": st.dictionaries(
+                        st.sampled_from(["sts", "knn"]),
+                        st.fixed_dictionaries(
+                            {}, optional={"metrics": _JSON, "task_adapter": _JSON, "task_adapters": _JSON}
+                        )
+                        | _JSON,
+                    ),
+                    "skipped": st.lists(st.sampled_from(["sts", "knn"])) | _JSON,
+                    "resumed_in": _JSON,
+                },
+            ),
+            max_size=3,
+        ),
+    ),
+    profile=st.sampled_from(["tiny", None, 3]),
+    adapters=st.booleans(),
+)
+def test_fuzzed_results_resume_or_fail_in_one_line(
+    models: object, profile: object, adapters: bool, tmp_path: Path
+) -> None:
+    """Any results.json `--resume` meets gives blocks whose unfinished tasks it can list, or one InputError line."""
+    from muses.evaluation.report import finished_blocks, tasks_left
+
+    (tmp_path / "results.json").write_text(json.dumps({"profile": profile, "models": models}))
+    try:
+        blocks = finished_blocks(tmp_path, "tiny")
+    except InputError as e:
+        assert "\n" not in str(e)
+        return
+    assert profile == "tiny" and len({b["model"] for b in blocks}) == len(blocks)
+    for block in blocks:
+        left = tasks_left(block, ["sts", "knn"], adapters)
+        assert set(left) <= {"sts", "knn"}
+        assert all(t in left for t in ("sts", "knn") if t not in block["tasks"] and t not in block.get("skipped", []))
