@@ -302,6 +302,7 @@ def eval_all(
             finished_blocks,
             get_profile,
             parse_tasks,
+            profile_settings,
             run_report,
             tasks_left,
         )
@@ -316,9 +317,9 @@ def eval_all(
         specs = [model, *(baseline or [])]
         if resume and len(set(specs)) < len(specs):
             raise InputError("--resume tells models apart by name: give each --model/--baseline once.")
-        earlier = {b["model"]: b for b in finished_blocks(out, prof.name)} if resume else {}
+        earlier = {b["model"]: b for b in finished_blocks(out, prof)} if resume else {}
         wanted = [task_list if i == 0 else [t for t in task_list if t != "efficiency"] for i in range(len(specs))]
-        left = [tasks_left(earlier.get(spec), w, task_adapters) for spec, w in zip(specs, wanted, strict=True)]
+        left = [tasks_left(earlier.get(spec), w, task_adapters, specs) for spec, w in zip(specs, wanted, strict=True)]
         load_all = "efficiency" in left[0]  # the efficiency task measures every model side by side
         models = {
             i: load_corpus_encoder(spec, backend=chosen if i == 0 else None)
@@ -350,6 +351,7 @@ def eval_all(
         results: dict[str, object] = {
             "command": command,
             "profile": prof.name,
+            "profile_settings": profile_settings(prof),
             "environment": environment(),
             "models": [],
         }

@@ -275,21 +275,37 @@ def run_report(
     return out
 
 
-def finished_blocks(out_dir: str | os.PathLike[str], profile: str) -> list[dict[str, Any]]:
+def profile_settings(profile: Profile) -> dict[str, Any]:
+    """The settings of ``profile`` that its numbers depend on (every field but its name and task list), as JSON
+    values: ``results.json`` records them so that ``--resume`` can tell an edited profile from the one it ran."""
+    settings = {f.name: getattr(profile, f.name) for f in fields(profile) if f.name not in ("name", "tasks")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
+def finished_blocks(out_dir: str | os.PathLike[str], profile: Profile) -> list[dict[str, Any]]:
     """The model blocks of an earlier run into ``out_dir`` (``muses eval all --resume``), each with the
     ``environment`` it ran in; none when there is no ``results.json`` there yet.
 
     Raises:
-        InputError: the file is not a MuSES results.json, or was written with another profile (its numbers would not
-            line up with this run's).
+        InputError: the file is not a MuSES results.json, or was written with another profile, or with this profile's
+            name and other settings (its numbers would not line up with this run's).
     """
     if not (Path(out_dir) / "results.json").is_file():
         return []
     earlier = load_results(out_dir)
-    if earlier.get("profile") != profile:
+    if earlier.get("profile") != profile.name:
         raise InputError(
-            f"{out_dir} holds a report of profile {earlier.get('profile')!r}, not {profile!r}: resume it with the "
+            f"{out_dir} holds a report of profile {earlier.get('profile')!r}, not {profile.name!r}: resume it with the "
             "--profile it was written with, or pass another --out."
+        )
+    recorded = earlier.get("profile_settings", {})  # absent in reports from before it was recorded: the name decides
+    now = profile_settings(profile)
+    changed = sorted(k for k in now if isinstance(recorded, dict) and k in recorded and recorded[k] != now[k])
+    if changed or not isinstance(recorded, dict):
+        raise InputError(
+            f"{out_dir} was written with other settings of profile {profile.name!r} "
+            f"({', '.join(changed) or 'profile_settings unreadable'}): resume it with the profile as it was, or pass "
+            "another --out."
         )
     blocks = earlier["models"]
     fix = "drop --resume to start over, or pass another --out"
@@ -317,10 +333,14 @@ def _resumable(block: object) -> bool:
     )
 
 
-def tasks_left(block: Mapping[str, Any] | None, wanted: Sequence[str], task_adapters: bool = True) -> list[str]:
+def tasks_left(
+    block: Mapping[str, Any] | None, wanted: Sequence[str], task_adapters: bool = True, measured: Sequence[str] = ()
+) -> list[str]:
     """The tasks of ``wanted`` that ``block`` (an earlier run's results of one model, or None) has not finished.
     A task that ran on a task adapter is unfinished when this run turns task adapters off, and one run with them
-    off is unfinished when this run turns them on; a task that did not apply to the model (``"skipped"``) is done."""
+    off is unfinished when this run turns them on; a task that did not apply to the model (``"skipped"``) is done.
+    ``efficiency`` measures several models side by side: it is unfinished while one of ``measured`` (the names of
+    this run's models) has no numbers in it, e.g. a baseline added on resume."""
     finished = (block or {}).get("tasks", {})
     skipped = (block or {}).get("skipped", [])
 
@@ -330,6 +350,8 @@ def tasks_left(block: Mapping[str, Any] | None, wanted: Sequence[str], task_adap
         if t not in finished:
             return False
         ran_on = finished[t]
+        if t == "efficiency" and not all(any(k.startswith(f"{m}/") for k in ran_on["metrics"]) for m in measured):
+            return False
         return bool(ran_on.get("task_adapter") is None if not task_adapters else ran_on.get("task_adapters", True))
 
     return [t for t in wanted if not done(t)]
@@ -360,8 +382,12 @@ def render_markdown(results: Mapping[str, Any]) -> str:
         f"- Command: `{results['command']}`",
         f"- Date: {env['date']}; machine: {env['machine']}; GPU: {env['gpu']}",
         f"- torch {env['torch']}, sentence-transformers {env['sentence_transformers']}",
-        "",
     ]
+    earlier = [e for e in _environments(results["models"]) if e != env]
+    if earlier:  # a resumed report: its numbers come from more than one run
+        lines.append("- Earlier runs whose numbers this report keeps (each model's `environment` and `resumed_in`):")
+        lines += [f"  - {_describe(e)}" for e in earlier]
+    lines.append("")
     tasks = [t for t in ALL_TASKS if any(t in m["tasks"] for m in results["models"])]
     for baseline in results["models"][1:]:
         lines += side_by_side(results["models"][0], baseline)
@@ -393,6 +419,24 @@ def render_markdown(results: Mapping[str, Any]) -> str:
                 lines.append(f"| {name} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines) + "\n"
+
+
+def _environments(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """Every distinct environment the model blocks ran in (``environment``, then each of ``resumed_in``), in order."""
+    seen: list[dict[str, Any]] = []
+    for block in blocks:
+        resumed = block.get("resumed_in") or []
+        for env in [block.get("environment"), *(resumed if isinstance(resumed, list) else [resumed])]:
+            if isinstance(env, dict) and env and env not in seen:
+                seen.append(env)
+    return seen
+
+
+def _describe(env: Mapping[str, Any]) -> str:
+    """One line for an environment: its date, machine, GPU and library versions, as far as it records them."""
+    parts = [f"{env['date']}" if "date" in env else "date unknown"]
+    parts += [f"{key} {env[key]}" for key in ("machine", "gpu", "torch", "sentence_transformers") if key in env]
+    return "; ".join(parts)
 
 
 @dataclass

@@ -214,8 +214,7 @@ class Trainer:
         if not dd.is_main():
             return dd.broadcast_object({})
         reference = MultiScaleEncoder.from_base(name, device=str(self.encoder.device), backend="torch")
-        reference.eval()
-        return dd.broadcast_object(evaluate_dev(reference, self.data.dev, None, None))
+        return dd.broadcast_object(evaluate_dev(reference, self.data.dev, None, None))  # evaluate_dev sets eval mode
 
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""

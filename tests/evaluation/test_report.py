@@ -164,6 +164,8 @@ def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
     assert 0.5 < hierarchy["wikipedia/hierarchy/all@384"] <= 1.0 and hierarchy["scifact/hierarchy/n_docs"] == 12
     assert model["tasks"]["squad-standalone"]["metrics"]
     assert model["environment"]["machine"] == "elsewhere" and model["resumed_in"] == [results["environment"]]
+    report = (out / "report.md").read_text()  # the header names the earlier run as well as this one
+    assert "- Earlier runs whose numbers this report keeps" in report and "2026-01-01; machine elsewhere" in report
     assert flat == earlier["models"][1] | {"environment": earlier["environment"]} and gone["tasks"] == finished
     assert list(new["tasks"]) == ["hierarchy"] and new["skipped"] == ["squad-standalone"] and "environment" not in new
     assert results["command"].endswith("--resume")
@@ -191,7 +193,23 @@ def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
     assert result.exit_code == 2 and "holds a report of profile 'tiny'" in result.output
     result = runner.invoke(app, [*args, "--baseline", "default"])
     assert result.exit_code == 2 and "give each --model/--baseline once" in result.output
+    profile.write_text(profile.read_text().replace("hierarchy_wiki_docs: 12", "hierarchy_wiki_docs: 13"))
+    result = runner.invoke(app, args)  # the same name, other numbers: an edited profile does not resume
+    assert result.exit_code == 2, result.output
+    assert "other settings of profile 'tiny' (hierarchy_wiki_docs)" in " ".join(result.output.split())
     assert (out / "results.json").read_text() == before
+
+
+def test_efficiency_reruns_when_a_model_is_new_to_it() -> None:
+    """The efficiency task measures the run's models side by side: a resume that adds a baseline reruns it, so
+    every model of the report has its numbers there; other tasks stay finished."""
+    from muses.evaluation.report import tasks_left
+
+    measured = {"metrics": {"m/n_docs": 3.0, "flat:default/n_docs": 3.0, "speedup/x": 1.5}}
+    block = {"tasks": {"efficiency": measured, "sts": {"metrics": {"spearman@384": 0.5}}}}
+    assert tasks_left(block, ["sts", "efficiency"], measured=["m", "flat:default"]) == []
+    assert tasks_left(block, ["sts", "efficiency"], measured=["m"]) == []  # a baseline dropped: its numbers stay
+    assert tasks_left(block, ["sts", "efficiency"], measured=["m", "flat:default", "flat:mpnet"]) == ["efficiency"]
 
 
 _JSON = st.recursive(
@@ -224,21 +242,28 @@ _JSON = st.recursive(
         ),
     ),
     profile=st.sampled_from(["tiny", None, 3]),
+    settings=st.none() | st.just("same") | _JSON | st.fixed_dictionaries({}, optional={"knn_folds": _JSON}),
     adapters=st.booleans(),
 )
 def test_fuzzed_results_resume_or_fail_in_one_line(
-    models: object, profile: object, adapters: bool, tmp_path: Path
+    models: object, profile: object, settings: object, adapters: bool, tmp_path: Path
 ) -> None:
     """Any results.json `--resume` meets gives blocks whose unfinished tasks it can list, or one InputError line."""
-    from muses.evaluation.report import finished_blocks, tasks_left
+    from muses.evaluation.report import Profile, finished_blocks, profile_settings, tasks_left
 
-    (tmp_path / "results.json").write_text(json.dumps({"profile": profile, "models": models}))
+    tiny = Profile(name="tiny", tasks=("sts", "knn"))
+    written = {"profile": profile, "models": models}
+    if settings is not None:
+        written["profile_settings"] = settings if settings != "same" else profile_settings(tiny)
+    (tmp_path / "results.json").write_text(json.dumps(written))
     try:
-        blocks = finished_blocks(tmp_path, "tiny")
+        blocks = finished_blocks(tmp_path, tiny)
     except InputError as e:
         assert "\n" not in str(e)
         return
     assert profile == "tiny" and len({b["model"] for b in blocks}) == len(blocks)
+    now = profile_settings(tiny)  # resumed: no settings on record, or none that differ from the profile's
+    assert settings in (None, "same") or all(v == now[k] for k, v in settings.items() if k in now)  # type: ignore[union-attr]
     for block in blocks:
         left = tasks_left(block, ["sts", "knn"], adapters)
         assert set(left) <= {"sts", "knn"}
