@@ -298,6 +298,7 @@ def eval_all(
         from muses.evaluation.baselines import load_corpus_encoder
         from muses.evaluation.report import (
             TaskContext,
+            efficiency_models,
             environment,
             finished_blocks,
             get_profile,
@@ -321,6 +322,10 @@ def eval_all(
         wanted = [task_list if i == 0 else [t for t in task_list if t != "efficiency"] for i in range(len(specs))]
         left = [tasks_left(earlier.get(spec), w, task_adapters, specs) for spec, w in zip(specs, wanted, strict=True)]
         load_all = "efficiency" in left[0]  # the efficiency task measures every model side by side
+        measured = earlier.get(model, {}).get("tasks", {}).get("efficiency")
+        dropped = [m for m in efficiency_models(measured) if m not in specs] if load_all and measured else []
+        if dropped:  # timings of two runs do not compare, so the rerun replaces the earlier run's numbers
+            console.print(f"efficiency runs again for this command's models; the numbers of {', '.join(dropped)} go")
         models = {
             i: load_corpus_encoder(spec, backend=chosen if i == 0 else None)
             for i, spec in enumerate(specs)

@@ -80,6 +80,13 @@ alike; a profile of one's own is a YAML file with the same keys, passed by path.
 """
 
 
+def profile_settings(profile: Profile) -> dict[str, Any]:
+    """The settings of ``profile`` that its numbers depend on (every field but its name and task list), as JSON
+    values: ``results.json`` records them so that ``--resume`` can tell an edited profile from the one it ran."""
+    settings = {f.name: getattr(profile, f.name) for f in fields(profile) if f.name not in ("name", "tasks")}
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
+
+
 def load_profile(path: str | os.PathLike[str]) -> Profile:
     """A :class:`Profile` from a YAML file: ``name`` (default: the file's stem), ``tasks`` and size limits."""
     file = Path(path)
@@ -103,6 +110,10 @@ def load_profile(path: str | os.PathLike[str]) -> Profile:
         raise ConfigError(f"profile {file}: knn_folds must be an integer >= 2 (or null: one split), got {folds!r}.")
     profile = Profile(**values)
     parse_tasks(profile.tasks, profile)  # unknown task names fail here, with the list of known ones
+    try:  # results.json records the settings (see :func:`profile_settings`): plain, finite values only
+        json.dumps(profile_settings(profile), allow_nan=False)
+    except (TypeError, ValueError):
+        raise ConfigError(f"profile {file}: settings must be plain numbers, strings or lists of them.") from None
     return profile
 
 
@@ -264,6 +275,8 @@ def run_report(
         seconds = time.perf_counter() - t0
         if metrics:
             out["tasks"][name] = {"metrics": metrics, "seconds": seconds}
+            if name == "efficiency":  # measured side by side: a resume that adds a model reruns it (tasks_left)
+                out["tasks"][name]["models"] = [model.name, *(m.name for m in ctx.extra_models)]
             if view is not None:
                 out["tasks"][name]["task_adapter"] = adapter
             if not ctx.task_adapters:
@@ -273,13 +286,6 @@ def run_report(
         if on_task:
             on_task(name, metrics, seconds)
     return out
-
-
-def profile_settings(profile: Profile) -> dict[str, Any]:
-    """The settings of ``profile`` that its numbers depend on (every field but its name and task list), as JSON
-    values: ``results.json`` records them so that ``--resume`` can tell an edited profile from the one it ran."""
-    settings = {f.name: getattr(profile, f.name) for f in fields(profile) if f.name not in ("name", "tasks")}
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in settings.items()}
 
 
 def finished_blocks(out_dir: str | os.PathLike[str], profile: Profile) -> list[dict[str, Any]]:
@@ -328,9 +334,19 @@ def _resumable(block: object) -> bool:
     tasks, skipped = block.get("tasks"), block.get("skipped", [])
     if not isinstance(skipped, list) or not all(isinstance(t, str) for t in skipped):
         return False
-    return isinstance(tasks, dict) and all(
-        isinstance(t, dict) and isinstance(t.get("metrics"), dict) for t in tasks.values()
-    )
+    return isinstance(tasks, dict) and all(_task_block(name, t) for name, t in tasks.items())
+
+
+def _task_block(name: str, block: object) -> bool:
+    """One task's results as :func:`run_report` writes them: numeric metrics (efficiency's also describe the machine
+    in words) and the seconds it took."""
+    if not isinstance(block, dict) or not isinstance(block.get("metrics"), dict) or not _number(block.get("seconds")):
+        return False
+    return all(_number(v) or (name == "efficiency" and isinstance(v, str)) for v in block["metrics"].values())
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def tasks_left(
@@ -350,11 +366,21 @@ def tasks_left(
         if t not in finished:
             return False
         ran_on = finished[t]
-        if t == "efficiency" and not all(any(k.startswith(f"{m}/") for k in ran_on["metrics"]) for m in measured):
+        if t == "efficiency" and not set(measured) <= set(efficiency_models(ran_on)):
             return False
         return bool(ran_on.get("task_adapter") is None if not task_adapters else ran_on.get("task_adapters", True))
 
     return [t for t in wanted if not done(t)]
+
+
+def efficiency_models(efficiency: Mapping[str, Any]) -> list[str]:
+    """The models an efficiency task's numbers are of: as recorded, or in a report from before that was recorded,
+    those with a document count (``NAME/n_document``, which it writes for every model)."""
+    models = efficiency.get("models")
+    if isinstance(models, list):
+        return [m for m in models if isinstance(m, str)]
+    suffix = "/n_document"
+    return [k.removesuffix(suffix) for k in efficiency["metrics"] if k.endswith(suffix)]
 
 
 def environment() -> dict[str, Any]:
@@ -385,8 +411,8 @@ def render_markdown(results: Mapping[str, Any]) -> str:
     ]
     earlier = [e for e in _environments(results["models"]) if e != env]
     if earlier:  # a resumed report: its numbers come from more than one run
-        lines.append("- Earlier runs whose numbers this report keeps (each model's `environment` and `resumed_in`):")
-        lines += [f"  - {_describe(e)}" for e in earlier]
+        lines.append("- Earlier runs that wrote into this report (each model's `environment` and `resumed_in`):")
+        lines += [f"  - {_describe(e)}" for e in sorted(earlier, key=lambda e: str(e.get("date")))]
     lines.append("")
     tasks = [t for t in ALL_TASKS if any(t in m["tasks"] for m in results["models"])]
     for baseline in results["models"][1:]:
@@ -434,8 +460,9 @@ def _environments(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def _describe(env: Mapping[str, Any]) -> str:
     """One line for an environment: its date, machine, GPU and library versions, as far as it records them."""
-    parts = [f"{env['date']}" if "date" in env else "date unknown"]
-    parts += [f"{key} {env[key]}" for key in ("machine", "gpu", "torch", "sentence_transformers") if key in env]
+    parts = [str(env.get("date") or "date unknown")]
+    keys = ("machine", "gpu", "python", "torch", "sentence_transformers")
+    parts += [f"{key} {env[key]}" for key in keys if key in env]
     return "; ".join(parts)
 
 

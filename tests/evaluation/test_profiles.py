@@ -75,5 +75,9 @@ def test_bad_profiles_get_one_line(tmp_path: Path) -> None:
         bad.write_text(f"tasks: [knn]\nknn_folds: {folds}\n", encoding="utf-8")
         with pytest.raises(ConfigError, match="knn_folds must be an integer >= 2"):
             load_profile(bad)
+    for value in (".nan", "!!set {64: null}", "2026-12-06"):  # results.json records the settings as JSON
+        bad.write_text(f"tasks: [sts]\nefficiency_docs: {value}\n", encoding="utf-8")
+        with pytest.raises(ConfigError, match="settings must be plain numbers, strings or lists"):
+            load_profile(bad)
     with pytest.raises(ConfigError, match="cannot read profile"):
         load_profile(tmp_path / "missing.yaml")

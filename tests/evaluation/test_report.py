@@ -165,7 +165,7 @@ def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
     assert model["tasks"]["squad-standalone"]["metrics"]
     assert model["environment"]["machine"] == "elsewhere" and model["resumed_in"] == [results["environment"]]
     report = (out / "report.md").read_text()  # the header names the earlier run as well as this one
-    assert "- Earlier runs whose numbers this report keeps" in report and "2026-01-01; machine elsewhere" in report
+    assert "- Earlier runs that wrote into this report" in report and "2026-01-01; machine elsewhere" in report
     assert flat == earlier["models"][1] | {"environment": earlier["environment"]} and gone["tasks"] == finished
     assert list(new["tasks"]) == ["hierarchy"] and new["skipped"] == ["squad-standalone"] and "environment" not in new
     assert results["command"].endswith("--resume")
@@ -202,14 +202,20 @@ def test_eval_all_resumes_a_report(tmp_path: Path, data_dir: Path) -> None:
 
 def test_efficiency_reruns_when_a_model_is_new_to_it() -> None:
     """The efficiency task measures the run's models side by side: a resume that adds a baseline reruns it, so
-    every model of the report has its numbers there; other tasks stay finished."""
+    every model of the report has its numbers there; other tasks stay finished. A model is measured when the task
+    records it (reports from before that: when it has a document count), not when a name merely starts alike."""
     from muses.evaluation.report import tasks_left
 
-    measured = {"metrics": {"m/n_docs": 3.0, "flat:default/n_docs": 3.0, "speedup/x": 1.5}}
-    block = {"tasks": {"efficiency": measured, "sts": {"metrics": {"spearman@384": 0.5}}}}
-    assert tasks_left(block, ["sts", "efficiency"], measured=["m", "flat:default"]) == []
-    assert tasks_left(block, ["sts", "efficiency"], measured=["m"]) == []  # a baseline dropped: its numbers stay
-    assert tasks_left(block, ["sts", "efficiency"], measured=["m", "flat:default", "flat:mpnet"]) == ["efficiency"]
+    sts = {"metrics": {"spearman@384": 0.5}, "seconds": 1.0}
+    for measured in (
+        {"metrics": {"runs/v5/best/n_document": 3.0, "flat:default/n_document": 3.0, "speedup/x": 1.5}},
+        {"metrics": {"speedup/x": 1.5}, "models": ["runs/v5/best", "flat:default"]},
+    ):
+        block = {"tasks": {"efficiency": measured, "sts": sts}}
+        assert tasks_left(block, ["sts", "efficiency"], measured=["runs/v5/best", "flat:default"]) == []
+        assert tasks_left(block, ["sts", "efficiency"], measured=["runs/v5/best"]) == []  # a baseline dropped
+        for new in ("flat:mpnet", "runs/v5", "speedup"):
+            assert tasks_left(block, ["sts", "efficiency"], measured=["runs/v5/best", new]) == ["efficiency"]
 
 
 _JSON = st.recursive(
@@ -230,7 +236,13 @@ _JSON = st.recursive(
                     "tasks": st.dictionaries(
                         st.sampled_from(["sts", "knn"]),
                         st.fixed_dictionaries(
-                            {}, optional={"metrics": _JSON, "task_adapter": _JSON, "task_adapters": _JSON}
+                            {},
+                            optional={
+                                "metrics": _JSON | st.dictionaries(st.sampled_from(["spearman@384", "x"]), _JSON),
+                                "seconds": _JSON | st.floats(0, 9),
+                                "task_adapter": _JSON,
+                                "task_adapters": _JSON,
+                            },
                         )
                         | _JSON,
                     ),
@@ -262,6 +274,9 @@ def test_fuzzed_results_resume_or_fail_in_one_line(
         assert "\n" not in str(e)
         return
     assert profile == "tiny" and len({b["model"] for b in blocks}) == len(blocks)
+    from muses.evaluation.report import environment, render_markdown
+
+    assert render_markdown({"command": "c", "profile": "tiny", "environment": environment(), "models": blocks})
     now = profile_settings(tiny)  # resumed: no settings on record, or none that differ from the profile's
     assert settings in (None, "same") or all(v == now[k] for k, v in settings.items() if k in now)  # type: ignore[union-attr]
     for block in blocks:
