@@ -40,6 +40,7 @@ from muses.evaluation.retrieval import (
     simplex_grid,
 )
 from muses.scoring import prefix_normalize
+from muses.types import Document
 
 DIMS = [32, 384]
 RERANK_K = 6
@@ -324,3 +325,42 @@ def test_scifact_document_ndcg_matches_published(base_model: SentenceTransformer
         data_dir=data_dir,
     )
     assert metrics["document/ndcg@10@384"] == pytest.approx(0.645, abs=0.003)
+
+
+def test_a_corpus_is_encoded_in_parts_that_survive_an_interruption(
+    muses: MusesCorpusEncoder, vecs: CorpusVectors, slices: tuple[BeirDataset, BeirDataset], tmp_path: Path
+) -> None:
+    """A corpus bigger than ``part_docs`` is encoded a part at a time and each part kept as it ends: a run cut off
+    mid-way encodes only the parts it lacks when run again, and the joined vectors (every scale, the rows linking
+    sentences and tokens to their documents renumbered) are those of one call."""
+    docs = beir_documents(slices[0].corpus)
+    calls: list[int] = []
+
+    class Interrupted(RuntimeError):
+        pass
+
+    class CutOff:  # the real model, stopped before its third part
+        def __getattr__(self, name: str) -> object:
+            return getattr(muses, name)
+
+        def encode_corpus(self, part: list[Document], with_tokens: bool = False) -> CorpusVectors:
+            if len(calls) == 2:
+                raise Interrupted
+            calls.append(len(part))
+            return muses.encode_corpus(part, with_tokens=with_tokens)
+
+    cache = EmbeddingCache(tmp_path, part_docs=7)
+    with pytest.raises(Interrupted):
+        cache.corpus(CutOff(), docs, with_tokens=True)  # type: ignore[arg-type]
+    assert calls == [7, 7] and len(list(tmp_path.rglob("*.part-*"))) == 2
+    calls.clear()
+    got = EmbeddingCache(tmp_path, part_docs=7)
+    out = got.corpus(muses, docs, with_tokens=True)
+    assert got.parts_reused == 2 and not list(tmp_path.rglob("*.part-*"))  # the parts made one entry
+    assert out.doc_ids == vecs.doc_ids and vecs.token is not None and out.token is not None
+    for name in ("sentence_doc", "sentence_pos", "token_doc"):
+        np.testing.assert_array_equal(getattr(out, name), getattr(vecs, name))
+    for name in ("document", "sentence", "token"):
+        np.testing.assert_allclose(getattr(out, name), getattr(vecs, name), atol=2e-3)
+    again = EmbeddingCache(tmp_path, part_docs=7)
+    assert again.corpus(muses, docs).document.tobytes() == out.document.tobytes() and again.hits == 1
