@@ -383,8 +383,8 @@ def test_shipped_recipes_validate() -> None:
     multitask, budget = recipes["multitask"], recipes["ablation-budget"]
     names = {"default", "multitask", "multitask-full", "a-original-alpha1", "b-no-retention", "c-no-curriculum"}
     assert names | {"d-ours"} <= set(recipes)
-    # the published model: make run's stages with the context head between them
-    assert [p.stem for p in lists["full"] or []] == ["default", "context-head", "similarity"]
+    # the published model: the context head on the base, then the similarity adapter (round 16)
+    assert [p.stem for p in lists["full"] or []] == ["context-head", "similarity"]
     assert {k for k, v in lists.items() if v is not None} == {"full"}
     # the ablation budget is the multi-task recipe with fewer steps, and no interpolation (the arms compare training)
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
@@ -399,9 +399,9 @@ def test_shipped_recipes_validate() -> None:
     assert heads.model.freeze_base and heads.model.head_kind == "residual-mlp" and 0.0 in heads.interpolate
     assert heads.interpolate_tolerance == default.interpolate_tolerance
     assert heads.interpolate_weights == heads.dev_weights == {"scifact-evidence": 1.0}  # replaced, not merged
-    # the context head on make run's model: only it trains; two dev collections guard the mix
+    # the context head on the base model: only it trains; two dev collections guard the mix
     ctx = recipes["context-head"]
-    assert ctx.model.base == "runs/default/best" and ctx.model.fresh_heads and ctx.model.train_heads == ["context"]
+    assert ctx.model.base == "default" and ctx.model.fresh_heads and ctx.model.train_heads == ["context"]
     assert ctx.model.head_kind == default.model.head_kind and ctx.model.context_head and ctx.data.dev_wikipedia_ict
     assert ctx.loss.rationale_maxsim_weight > 0  # its abstracts stay first by their best sentence (round 12)
     assert ctx.data.dev_wikipedia_sentences and ctx.interpolate_tolerance is not None
