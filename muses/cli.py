@@ -304,6 +304,7 @@ def eval_all(
             get_profile,
             parse_tasks,
             profile_settings,
+            resumed_in,
             run_report,
             tasks_left,
         )
@@ -382,8 +383,7 @@ def eval_all(
                 block = blocks[i] = {}
                 results["models"] = [b for b in blocks if b is not None]  # run_report fills it before the first write
             else:  # an earlier run's block, topped up here: every run that wrote it is on record
-                before = block.get("resumed_in") or []
-                block["resumed_in"] = [*(before if isinstance(before, list) else [before]), results["environment"]]
+                block["resumed_in"] = [*resumed_in(block), results["environment"]]
             run_report(m, left[i], ctx, on_task=done, into=block)
         path = write(results, out)
         console.print(

@@ -451,11 +451,17 @@ def _environments(blocks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     """Every distinct environment the model blocks ran in (``environment``, then each of ``resumed_in``), in order."""
     seen: list[dict[str, Any]] = []
     for block in blocks:
-        resumed = block.get("resumed_in") or []
-        for env in [block.get("environment"), *(resumed if isinstance(resumed, list) else [resumed])]:
+        for env in [block.get("environment"), *resumed_in(block)]:
             if isinstance(env, dict) and env and env not in seen:
                 seen.append(env)
     return seen
+
+
+def resumed_in(block: Mapping[str, Any]) -> list[Any]:
+    """The environments of the runs that topped ``block`` up (``resumed_in``), as a list even where a hand-edited
+    file holds one value or none."""
+    resumed = block.get("resumed_in") or []
+    return resumed if isinstance(resumed, list) else [resumed]
 
 
 def _describe(env: Mapping[str, Any]) -> str:
