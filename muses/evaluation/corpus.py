@@ -21,7 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 import numpy as np
 import torch
@@ -216,6 +216,25 @@ class FlatCorpusEncoder:
         # drop the leading and trailing special tokens, as MuSES's token scale does
         return [_normalize(t[1:-1]) for t in out]
 
+    def _documents_with_tokens(self, texts: Sequence[str], chunk: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One forward pass per text for both of its outputs: the pooled vectors ``[N, D]`` (L2-normalised) and each
+        text's token vectors ``[T_i, D]`` (the special tokens at either end dropped, as in :meth:`_token_vectors`).
+
+        The same numbers as ``_encode`` and ``_token_vectors`` called apart, at half the cost. ``chunk`` texts at a
+        time, so only one chunk's padded batch outputs are held at once.
+        """
+        documents: list[np.ndarray] = []
+        tokens: list[np.ndarray] = []
+        for start in range(0, len(texts), chunk):
+            outs = self.model.encode(list(texts[start : start + chunk]), batch_size=self.batch_size, output_value=None)
+            for out in cast("list[dict[str, torch.Tensor]]", outs):  # every output of the pipeline, per text
+                kept = torch.nonzero(out["attention_mask"])  # right padding: the text is up to the last kept one
+                length = int(kept.max()) + 1 if len(kept) else 0
+                documents.append(_normalize(out["sentence_embedding"]))
+                tokens.append(_normalize(out["token_embeddings"][:length][1:-1]))
+        width = int(self.model.get_embedding_dimension() or 0)
+        return (np.stack(documents) if documents else np.zeros((0, width), dtype=np.float32)), tokens
+
     def encode_query_tokens(self, texts: Sequence[str]) -> list[np.ndarray]:
         return self._token_vectors([self.query_prompt + t for t in texts])
 
@@ -223,7 +242,12 @@ class FlatCorpusEncoder:
         counts = [len(d.sentences) if self.sentences else 0 for d in docs]
         sentences = [s for d in docs for s in d.sentence_texts()] if self.sentences else []
         s_doc, s_pos = _link(docs, counts)
-        document = self._encode([d.text for d in docs])
+        texts = [d.text for d in docs]
+        toks: list[np.ndarray] = []
+        if with_tokens:
+            document, toks = self._documents_with_tokens(texts)
+        else:
+            document = self._encode(texts)
         out = CorpusVectors(
             doc_ids=[str(d.id) for d in docs],
             document=document,
@@ -232,7 +256,6 @@ class FlatCorpusEncoder:
             sentence_pos=s_pos,
         )
         if with_tokens:
-            toks = self._token_vectors([d.text for d in docs])
             out.token = np.concatenate(toks).astype(np.float16)
             out.token_doc = _link(docs, [len(t) for t in toks])[0]
         return out

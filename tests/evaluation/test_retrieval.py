@@ -364,3 +364,23 @@ def test_a_corpus_is_encoded_in_parts_that_survive_an_interruption(
         np.testing.assert_allclose(getattr(out, name), getattr(vecs, name), atol=2e-3)
     again = EmbeddingCache(tmp_path, part_docs=7)
     assert again.corpus(muses, docs).document.tobytes() == out.document.tobytes() and again.hits == 1
+
+
+def test_flat_documents_and_tokens_come_from_one_pass(
+    base_model: SentenceTransformer, slices: tuple[BeirDataset, BeirDataset]
+) -> None:
+    """A flat baseline's documents and token vectors come from one forward pass per abstract (a big baseline's corpus
+    used to be encoded twice): the same numbers as the two outputs asked for apart."""
+    docs = beir_documents(dict(list(slices[0].corpus.items())[:12]))
+    flat = FlatCorpusEncoder(base_model, batch_size=4)
+    vecs = flat.encode_corpus(docs, with_tokens=True)
+    texts = [d.text for d in docs]
+    np.testing.assert_allclose(vecs.document, flat._encode(texts), atol=1e-5)
+    apart = flat._token_vectors(texts)
+    assert vecs.token is not None and vecs.token_doc is not None
+    assert len(vecs.token) == sum(len(t) for t in apart)
+    np.testing.assert_allclose(vecs.token.astype(np.float32), np.concatenate(apart), atol=2e-3)
+    np.testing.assert_array_equal(np.bincount(vecs.token_doc, minlength=len(docs)), [len(t) for t in apart])
+    without = flat.encode_corpus(docs)
+    np.testing.assert_array_equal(without.document, vecs.document)
+    assert without.token is None
