@@ -20,10 +20,8 @@ from muses.cli_common import (
     backend_option,
     console,
     err_console,
-    expand_stage_lists,
     load_stages,
     run_training,
-    task_adapter_target,
     user_errors,
 )
 from muses.cli_index import index_app, serve
@@ -587,26 +585,24 @@ def train(
 def _train_stages(stages: list[TrainConfig], data_dir: Path | None, fresh: bool, device: str | None) -> None:
     """Train ``stages`` (from :func:`load_stages`) in turn; each adapter stage becomes a task adapter of the model."""
     from muses.training import distributed
+    from muses.training.stages import train_stages
 
     if distributed.init_from_env() and not distributed.is_main():
         console.quiet = True
-    for i, cfg in enumerate(stages, 1):
-        if len(stages) > 1:
-            console.print(f"stage {i}/{len(stages)} {cfg.name}: starts from {cfg.model.base}", highlight=False)
-        run_training(cfg, data_dir, fresh, device, cfg.name)
-        model = task_adapter_target(stages[: i - 1])
-        if cfg.model.adapter is not None and model is not None and distributed.is_main():
-            from muses.adapters.tasks import add_task_adapter
-            from muses.training.build import adapter_key
-
-            key = adapter_key(cfg)
-            add_task_adapter(model, Path(cfg.output_dir) / "best", key, replace=True)
-            console.print(f"{model} now ships the {key!r} task adapter (muses.adapters.tasks)", highlight=False)
+    train_stages(
+        stages,
+        lambda cfg: run_training(cfg, data_dir, fresh, device, cfg.name),
+        log=lambda line: console.print(line, highlight=False),
+        main_process=distributed.is_main(),
+    )
 
 
 @app.command()
 def ablation(
-    configs: Annotated[list[Path], typer.Argument(help="Recipes, e.g. configs/ablation/*.yaml.")],
+    configs: Annotated[
+        list[Path],
+        typer.Argument(help="Recipes, e.g. configs/ablation/*.yaml; a stage list is one arm (its stages in turn)."),
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for results.json, ablation.md, plots.")] = Path(
         "reports/ablation"
     ),
@@ -756,6 +752,8 @@ def run(
                 if len(kept) < len(stages):
                     err_console.print("adapter stages skipped: they train on their task's data.")
                 stages = kept
+            from muses.training.stages import expand_stage_lists, task_adapter_target
+
             target = task_adapter_target(stages)
             if target is None:
                 first = expand_stage_lists(configs)[0]

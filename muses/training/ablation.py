@@ -6,6 +6,10 @@ was interrupted; a finished one is not retrained), evaluates it and the base mod
 SciFact evidence sentences at full size; 64 and 384 dims), and writes ``results.json``, ``ablation.md`` (the
 table for ``docs/results.md``) and ``loss_curves.png``. Results are saved after every task, and a rerun skips
 what is already done (unless the model or the profile's settings changed).
+
+An arm is a recipe or a stage list (``stages: [...]``, as ``muses train -c`` takes; :mod:`muses.training.stages`):
+a stage list is one row, named for its file, the model its stages end with, its adapter stages shipped as task
+adapters that the tasks they serve run on (STS-B on ``similarity``; noted under the table).
 """
 
 from __future__ import annotations
@@ -20,6 +24,8 @@ from typing import Any
 from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.report import PROFILES, Profile, TaskContext, environment, run_report
+from muses.training.config import TrainConfig, read_stage_list
+from muses.training.stages import load_stages, task_adapter_target, train_stages
 
 # (column label, task, headline metric); each is shown at 384 and 64 dims.
 COLUMNS: tuple[tuple[str, str, str], ...] = (
@@ -86,9 +92,8 @@ def run_ablation(
     from muses.encoder import MultiScaleEncoder
     from muses.evaluation.baselines import load_corpus_encoder
     from muses.plots import plot_routing, plot_training
-    from muses.training.config import load_config
     from muses.training.data import load_training_data
-    from muses.training.trainer import BEST, Trainer
+    from muses.training.trainer import Trainer
 
     folder = Path(out)
     folder.mkdir(parents=True, exist_ok=True)
@@ -97,7 +102,7 @@ def run_ablation(
         raise InputError(f"unknown profile {profile!r}; use one of {sorted(PROFILES)}.")
     results = _load_results(path, profile, log)
     ctx = TaskContext(data_dir, cache or EmbeddingCache(None), PROFILES[profile])
-    recipes = [load_config(c) for c in configs]
+    arms = [_arm(Path(c), read_stage_list(c) is not None, load_stages([c])) for c in configs]  # all checked first
 
     def evaluate(name: str, make: Callable[[], CorpusEncoder]) -> None:
         model = make()
@@ -105,28 +110,35 @@ def run_ablation(
         if block.get("fingerprint") != model.fingerprint():  # a retrained model: its old numbers are stale
             block.update({"fingerprint": model.fingerprint(), "tasks": {}})
         todo = [t for t in ctx.profile.tasks if t not in block["tasks"]]
+        ran: dict[str, Any] = {"tasks": {}}  # run_report's record of each task (with the task adapter it ran on)
 
         def saved(task: str, metrics: dict[str, float], seconds: float) -> None:
-            block["tasks"][task] = {"metrics": metrics, "seconds": seconds}
+            block["tasks"][task] = ran["tasks"].get(task) or {"metrics": metrics, "seconds": seconds}
             _save(results, path)
             log(f"{name} {task}: {seconds:.0f} s")
 
-        run_report(model, todo, ctx, on_task=saved)
+        run_report(model, todo, ctx, on_task=saved, into=ran)
+
+    def train(cfg: TrainConfig) -> dict[str, Any]:
+        log(f"training {cfg.name} -> {cfg.output_dir}")
+        return Trainer(cfg, load_training_data(cfg, data_dir)).train(resume=True)
 
     base_name = f"base ({base})"
     results["models"].setdefault(base_name, {"tasks": {}})  # first row of the table, evaluated last (cache-friendly)
     histories = {}
-    for cfg in recipes:
-        run_dir = Path(cfg.output_dir)
-        log(f"training {cfg.name} -> {run_dir}")
-        summary = Trainer(cfg, load_training_data(cfg, data_dir)).train(resume=True)
-        results.setdefault("training", {})[cfg.name] = {k: summary[k] for k in ("steps", "best_dev_score", "seconds")}
-        histories[cfg.name] = run_dir / "history.jsonl"
+    for name, stages in arms:
+        summaries = train_stages(stages, train, log)
+        for cfg, summary in zip(stages, summaries, strict=True):
+            label = cfg.name if len(stages) == 1 else f"{name}/{cfg.name}"
+            results.setdefault("training", {})[label] = {k: summary[k] for k in ("steps", "best_dev_score", "seconds")}
+            histories[label] = Path(cfg.output_dir) / "history.jsonl"
+        model_dir = task_adapter_target(stages)
+        assert model_dir is not None  # _arm refuses an arm of adapters alone
 
-        def trained(d: Path = run_dir, name: str = cfg.name) -> CorpusEncoder:
-            return MusesCorpusEncoder(MultiScaleEncoder.load(d / BEST), name=name)
+        def trained(d: Path = model_dir, name: str = name) -> CorpusEncoder:
+            return MusesCorpusEncoder(MultiScaleEncoder.load(d), name=name)
 
-        evaluate(cfg.name, trained)
+        evaluate(name, trained)
     evaluate(base_name, lambda: load_corpus_encoder(base))
     _save(results, path)
     plot_training(histories, folder / "loss_curves.png")
@@ -135,6 +147,14 @@ def run_ablation(
         plot_routing(routing, name, folder / f"routing_{_slug(name)}.png")
     (folder / "ablation.md").write_text(render_table(results), encoding="utf-8")
     return folder
+
+
+def _arm(path: Path, is_stage_list: bool, stages: list[TrainConfig]) -> tuple[str, list[TrainConfig]]:
+    """An arm's row name and its stages: a recipe is its own row (its ``name``); a stage list (``stages: [...]``)
+    is one row named for its file, the model its stages end with (adapter stages as its task adapters)."""
+    if task_adapter_target(stages) is None:
+        raise InputError(f"{path} trains adapters only: an ablation arm needs a whole-model recipe first.")
+    return (path.stem if is_stage_list else stages[0].name), stages
 
 
 def _slug(name: str) -> str:
@@ -164,4 +184,10 @@ def render_table(results: dict[str, Any]) -> str:
     for name, block in models.items():
         cells = [name] + [_cell(value(block, task, key)) for _, task, key in cols]
         lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    notes = [
+        f"{name}: {task} on its `{run['task_adapter']}` task adapter"
+        for name, block in models.items()
+        for task, run in block["tasks"].items()
+        if run.get("task_adapter")
+    ]
+    return "\n".join(lines) + "\n" + ("\n" + "; ".join(notes) + ".\n" if notes else "")

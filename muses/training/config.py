@@ -444,8 +444,8 @@ def _read_yaml(p: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
         raise ConfigError(f"{p}: the top level must be a mapping of settings, got {type(raw).__name__}.")
     if STAGES in raw:
         raise ConfigError(
-            f"{p} is a list of stages, not one recipe (a recipe cannot extend it, nor `muses ablation` take it): "
-            f"train it with `muses train -c {p}`."
+            f"{p} is a list of stages, not one recipe (a recipe cannot extend it): train it with `muses train -c "
+            f"{p}`, or give it to `muses ablation` as one arm."
         )
     parent = raw.pop("extends", None)
     replace = _replaced_keys(p, raw)

@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from muses.encoder import MultiScaleEncoder
-from muses.errors import ConfigError
+from muses.errors import ConfigError, InputError
 from muses.training.build import build_full
 from muses.training.config import TrainConfig, load_config, read_stage_list
 from muses.training.data import MixedTaskSampler, load_training_data
@@ -385,7 +385,7 @@ def test_shipped_recipes_validate() -> None:
     assert names | {"d-ours"} <= set(recipes)
     # the published model: the context head on the base, then the similarity adapter (round 16)
     assert [p.stem for p in lists["full"] or []] == ["context-head", "similarity"]
-    assert {k for k, v in lists.items() if v is not None} == {"full"}
+    assert {k for k, v in lists.items() if v is not None} == {"full", "f-v3"}
     # the ablation budget is the multi-task recipe with fewer steps, and no interpolation (the arms compare training)
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
     assert budget.model_dump(exclude=same) == multitask.model_dump(exclude=same)
@@ -436,6 +436,12 @@ def test_shipped_recipes_validate() -> None:
     assert v5.model_dump(exclude={"name", "output_dir", "steps", "eval_every"}) == default.model_dump(
         exclude={"name", "output_dir", "steps", "eval_every"}
     )
+    # arm (f): the published stages (the stage list full.yaml names), the adapter at the budget's steps
+    assert [p.stem for p in lists["f-v3"] or []] == ["f-context-head", "f-similarity"]
+    assert recipes["f-context-head"].model_dump(exclude={"output_dir"}) == ctx.model_dump(exclude={"output_dir"})
+    assert ctx.steps <= budget.steps and recipes["f-similarity"].steps == budget.steps
+    loop = {"output_dir", "steps", "eval_every", "checkpoint_every"}
+    assert recipes["f-similarity"].model_dump(exclude=loop) == sim.model_dump(exclude=loop)
 
 
 def test_extends_errors(tmp_path: Path) -> None:
@@ -522,3 +528,50 @@ def test_ablation_table_has_a_row_per_model_and_384_64_columns() -> None:
     assert len(lines) == 4 and lines[1].count("|") == lines[0].count("|") == 5
     assert lines[2] == "| base (default) | 0.8203 | 0.7921 | 0.5511 |"
     assert lines[3] == "| d-ours | 0.8500 |  |  |"  # a missing number is left blank, not invented
+
+
+@pytest.mark.slow
+def test_an_ablation_arm_can_be_a_stage_list(tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`muses ablation` takes a stage list as one arm (the published recipe is two stages): its stages train in turn,
+    the adapter stage becomes the arm's task adapter, and the row, named for the file, is the model the chain ends
+    with, its STS-B read on that adapter (so it differs from the base's), noted under the table. A rerun evaluates
+    nothing again. An arm of adapter stages alone is refused in one line before anything trains."""
+    from muses.adapters.tasks import list_tasks
+    from muses.evaluation.corpus import EmbeddingCache
+    from muses.evaluation.report import PROFILES, Profile
+    from muses.training.ablation import run_ablation
+
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    monkeypatch.setitem(PROFILES, "sts-only", Profile("sts-only", tasks=("sts",), dims=(384, 64)))
+    first, adapter, arm = tmp_path / "first.yaml", tmp_path / "adapter.yaml", tmp_path / "f-chain.yaml"
+    first.write_text(f"extends: {configs / 'smoke.yaml'}\nsteps: 2\neval_every: 2\noutput_dir: {tmp_path / 'first'}\n")
+    adapter.write_text(
+        f"extends: {configs / 'similarity.yaml'}\nsteps: 2\neval_every: 2\ncheckpoint_every: 2\n"
+        f"output_dir: {tmp_path / 'adapter'}\ndata: {{dev_stsb_pairs: 32, max_pair_tokens: 48}}\n"
+    )
+    arm.write_text("stages: [first.yaml, adapter.yaml]\n")
+    out, logged = tmp_path / "report", []
+    cache = EmbeddingCache(tmp_path / "cache")
+    run_ablation([arm], out, data_dir, cache, profile="sts-only", log=logged.append)
+
+    results = json.loads((out / "results.json").read_text())
+    assert list(results["models"]) == ["base (default)", "f-chain"]
+    assert set(results["training"]) == {"f-chain/smoke", "f-chain/similarity"}
+    assert list_tasks(tmp_path / "first" / "best") == ["similarity"]
+    assert f"stage 2/2 similarity: starts from {tmp_path / 'first' / 'best'}" in logged
+    chain, base = (results["models"][m]["tasks"]["sts"] for m in ("f-chain", "base (default)"))
+    assert chain["task_adapter"] == "similarity" and "task_adapter" not in base
+    assert chain["metrics"]["spearman@384"] != pytest.approx(base["metrics"]["spearman@384"], abs=1e-4)
+    table = (out / "ablation.md").read_text()
+    assert "| f-chain |" in table and "f-chain: sts on its `similarity` task adapter." in table
+
+    logged.clear()
+    run_ablation([arm], out, data_dir, cache, profile="sts-only", log=logged.append)
+    assert not [line for line in logged if line.endswith(" s")], logged  # no task evaluated again
+    assert json.loads((out / "results.json").read_text())["models"] == results["models"]
+
+    alone = tmp_path / "alone.yaml"
+    alone.write_text("stages: [adapter.yaml]\n")
+    with pytest.raises(InputError, match="trains adapters only") as e:
+        run_ablation([arm, alone], tmp_path / "other", data_dir, cache, profile="sts-only", log=logged.append)
+    assert "\n" not in str(e.value) and not (tmp_path / "other" / "results.json").exists()
