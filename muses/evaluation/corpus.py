@@ -218,7 +218,8 @@ class FlatCorpusEncoder:
 
     def _documents_with_tokens(self, texts: Sequence[str], chunk: int = 256) -> tuple[np.ndarray, list[np.ndarray]]:
         """One forward pass per text for both of its outputs: the pooled vectors ``[N, D]`` (L2-normalised) and each
-        text's token vectors ``[T_i, D]`` (the special tokens at either end dropped, as in :meth:`_token_vectors`).
+        text's token vectors ``[T_i, D]`` (its padding and the special tokens at either end dropped, as in
+        :meth:`_token_vectors`).
 
         The same numbers as ``_encode`` and ``_token_vectors`` called apart, at half the cost. ``chunk`` texts at a
         time, so only one chunk's padded batch outputs are held at once.
@@ -228,10 +229,8 @@ class FlatCorpusEncoder:
         for start in range(0, len(texts), chunk):
             outs = self.model.encode(list(texts[start : start + chunk]), batch_size=self.batch_size, output_value=None)
             for out in cast("list[dict[str, torch.Tensor]]", outs):  # every output of the pipeline, per text
-                kept = torch.nonzero(out["attention_mask"])  # right padding: the text is up to the last kept one
-                length = int(kept.max()) + 1 if len(kept) else 0
                 documents.append(_normalize(out["sentence_embedding"]))
-                tokens.append(_normalize(out["token_embeddings"][:length][1:-1]))
+                tokens.append(_normalize(out["token_embeddings"][out["attention_mask"].bool()][1:-1]))
         width = int(self.model.get_embedding_dimension() or 0)
         return (np.stack(documents) if documents else np.zeros((0, width), dtype=np.float32)), tokens
 
@@ -256,7 +255,7 @@ class FlatCorpusEncoder:
             sentence_pos=s_pos,
         )
         if with_tokens:
-            out.token = np.concatenate(toks).astype(np.float16)
+            out.token = (np.concatenate(toks) if toks else np.zeros((0, document.shape[1]))).astype(np.float16)
             out.token_doc = _link(docs, [len(t) for t in toks])[0]
         return out
 

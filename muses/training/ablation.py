@@ -14,6 +14,7 @@ adapters that the tasks they serve run on (STS-B on ``similarity``; noted under 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Callable, Sequence
@@ -21,6 +22,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
+from muses.adapters.tasks import EVAL_TASK_ADAPTERS
 from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.report import PROFILES, Profile, TaskContext, environment, run_report
@@ -102,13 +104,14 @@ def run_ablation(
         raise InputError(f"unknown profile {profile!r}; use one of {sorted(PROFILES)}.")
     results = _load_results(path, profile, log)
     ctx = TaskContext(data_dir, cache or EmbeddingCache(None), PROFILES[profile])
-    arms = [_arm(Path(c), read_stage_list(c) is not None, load_stages([c])) for c in configs]  # all checked first
+    arms = _arms(configs)  # all checked before anything trains
 
     def evaluate(name: str, make: Callable[[], CorpusEncoder]) -> None:
         model = make()
         block = results["models"].setdefault(name, {"tasks": {}})
-        if block.get("fingerprint") != model.fingerprint():  # a retrained model: its old numbers are stale
-            block.update({"fingerprint": model.fingerprint(), "tasks": {}})
+        fingerprint = _fingerprint(model, ctx.profile.tasks)
+        if block.get("fingerprint") != fingerprint:  # a retrained model or adapter: its old numbers are stale
+            block.update({"fingerprint": fingerprint, "tasks": {}})
         todo = [t for t in ctx.profile.tasks if t not in block["tasks"]]
         ran: dict[str, Any] = {"tasks": {}}  # run_report's record of each task (with the task adapter it ran on)
 
@@ -149,12 +152,48 @@ def run_ablation(
     return folder
 
 
-def _arm(path: Path, is_stage_list: bool, stages: list[TrainConfig]) -> tuple[str, list[TrainConfig]]:
-    """An arm's row name and its stages: a recipe is its own row (its ``name``); a stage list (``stages: [...]``)
-    is one row named for its file, the model its stages end with (adapter stages as its task adapters)."""
-    if task_adapter_target(stages) is None:
-        raise InputError(f"{path} trains adapters only: an ablation arm needs a whole-model recipe first.")
-    return (path.stem if is_stage_list else stages[0].name), stages
+def _arms(configs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, list[TrainConfig]]]:
+    """Each arm's row name and stages: a recipe is its own row (its ``name``); a stage list (``stages: [...]``) is
+    one row named for its file, the model its stages end with (adapter stages as its task adapters).
+
+    Raises:
+        InputError: an arm of adapter stages alone, two rows with one name, or two stages (of any arms) writing to
+            one output_dir (the second would resume the first's checkpoint, or add its adapter to it).
+    """
+    arms: list[tuple[str, list[TrainConfig]]] = []
+    written: dict[Path, str] = {}
+    for config in configs:
+        path = Path(config)
+        stages = load_stages([path])
+        if task_adapter_target(stages) is None:
+            raise InputError(f"{path} trains adapters only: an ablation arm needs a whole-model recipe first.")
+        name = path.stem if read_stage_list(path) is not None else stages[0].name
+        if name in {n for n, _ in arms} or name.startswith("base ("):
+            raise InputError(f"two ablation rows would be named {name!r}: rename {path} (or its recipe's name).")
+        for cfg in stages:
+            out = Path(cfg.output_dir).resolve()
+            if out in written:
+                raise InputError(
+                    f"{path} and {written[out]} both write to {cfg.output_dir}: give each arm its own output_dir."
+                )
+            written[out] = str(path)
+        arms.append((name, stages))
+    return arms
+
+
+def _fingerprint(model: CorpusEncoder, tasks: Sequence[str]) -> str:
+    """The model's fingerprint, joined with that of each task adapter ``tasks`` run on (so a retrained adapter
+    makes its tasks' numbers stale too); a model without one keeps its own fingerprint."""
+    views = []
+    if isinstance(model, MusesCorpusEncoder):
+        for task in tasks:
+            adapter = EVAL_TASK_ADAPTERS.get(task)
+            view = model.with_task_adapter(adapter) if adapter else None
+            if view is not None:
+                views.append(f"{adapter}={view.fingerprint()}")
+    if not views:
+        return model.fingerprint()
+    return hashlib.sha256("\x00".join([model.fingerprint(), *sorted(set(views))]).encode()).hexdigest()[:16]
 
 
 def _slug(name: str) -> str:

@@ -367,20 +367,29 @@ def test_a_corpus_is_encoded_in_parts_that_survive_an_interruption(
 
 
 def test_flat_documents_and_tokens_come_from_one_pass(
-    base_model: SentenceTransformer, slices: tuple[BeirDataset, BeirDataset]
+    base_model: SentenceTransformer, slices: tuple[BeirDataset, BeirDataset], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A flat baseline's documents and token vectors come from one forward pass per abstract (a big baseline's corpus
-    used to be encoded twice): the same numbers as the two outputs asked for apart."""
+    used to be encoded twice), in chunks: the same numbers as the two outputs asked for apart, in the same order."""
     docs = beir_documents(dict(list(slices[0].corpus.items())[:12]))
     flat = FlatCorpusEncoder(base_model, batch_size=4)
-    vecs = flat.encode_corpus(docs, with_tokens=True)
     texts = [d.text for d in docs]
-    np.testing.assert_allclose(vecs.document, flat._encode(texts), atol=1e-5)
-    apart = flat._token_vectors(texts)
+    apart, documents = flat._token_vectors(texts), flat._encode(texts)
+    calls = []
+    forward = base_model.forward
+    monkeypatch.setattr(base_model, "forward", lambda *a, **k: calls.append(1) or forward(*a, **k))
+    monkeypatch.setattr(flat, "_token_vectors", lambda texts: pytest.fail("a second pass over the documents"))
+    vecs = flat.encode_corpus(docs, with_tokens=True)
+    n_sentences = sum(len(d.sentences) for d in docs)
+    assert len(calls) == -(-len(docs) // 4) + -(-n_sentences // 4)  # one batch of 4 per forward, no more
+    np.testing.assert_allclose(vecs.document, documents, atol=1e-5)
     assert vecs.token is not None and vecs.token_doc is not None
     assert len(vecs.token) == sum(len(t) for t in apart)
     np.testing.assert_allclose(vecs.token.astype(np.float32), np.concatenate(apart), atol=2e-3)
     np.testing.assert_array_equal(np.bincount(vecs.token_doc, minlength=len(docs)), [len(t) for t in apart])
+    chunked, tokens = flat._documents_with_tokens(texts, chunk=5)  # chunk boundaries change nothing
+    np.testing.assert_allclose(chunked, vecs.document, atol=1e-6)
+    np.testing.assert_allclose(np.concatenate(tokens), np.concatenate(apart), atol=1e-5)
     without = flat.encode_corpus(docs)
-    np.testing.assert_array_equal(without.document, vecs.document)
+    np.testing.assert_allclose(without.document, vecs.document, atol=1e-6)
     assert without.token is None

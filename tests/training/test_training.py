@@ -19,6 +19,7 @@ from muses.errors import ConfigError, InputError
 from muses.training.build import build_full
 from muses.training.config import TrainConfig, load_config, read_stage_list
 from muses.training.data import MixedTaskSampler, load_training_data
+from muses.training.stages import load_stages
 from muses.training.trainer import Trainer
 
 TINY = {
@@ -438,6 +439,8 @@ def test_shipped_recipes_validate() -> None:
     )
     # arm (f): the published stages (the stage list full.yaml names), the adapter at the budget's steps
     assert [p.stem for p in lists["f-v3"] or []] == ["f-context-head", "f-similarity"]
+    head, adapter = load_stages([configs / "ablation" / "f-v3.yaml"])  # the adapter trains on the arm's own head
+    assert adapter.model.base == str(Path(head.output_dir) / "best") and head.output_dir != ctx.output_dir
     assert recipes["f-context-head"].model_dump(exclude={"output_dir"}) == ctx.model_dump(exclude={"output_dir"})
     assert ctx.steps <= budget.steps and recipes["f-similarity"].steps == budget.steps
     loop = {"output_dir", "steps", "eval_every", "checkpoint_every"}
@@ -570,8 +573,10 @@ def test_an_ablation_arm_can_be_a_stage_list(tmp_path: Path, data_dir: Path, mon
     assert not [line for line in logged if line.endswith(" s")], logged  # no task evaluated again
     assert json.loads((out / "results.json").read_text())["models"] == results["models"]
 
-    alone = tmp_path / "alone.yaml"
+    alone, twin = tmp_path / "alone.yaml", tmp_path / "twin.yaml"
     alone.write_text("stages: [adapter.yaml]\n")
-    with pytest.raises(InputError, match="trains adapters only") as e:
-        run_ablation([arm, alone], tmp_path / "other", data_dir, cache, profile="sts-only", log=logged.append)
-    assert "\n" not in str(e.value) and not (tmp_path / "other" / "results.json").exists()
+    twin.write_text(f"extends: {first}\nname: twin\n")  # first.yaml's output_dir: it would resume that run
+    for arms, problem in (([arm, alone], "trains adapters only"), ([arm, twin], "both write to")):
+        with pytest.raises(InputError, match=problem) as e:
+            run_ablation(arms, tmp_path / "other", data_dir, cache, profile="sts-only", log=logged.append)
+        assert "\n" not in str(e.value) and not (tmp_path / "other" / "results.json").exists()
