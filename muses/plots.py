@@ -147,7 +147,11 @@ def plot_training(histories: Mapping[str, Path], path: Path, smooth: int = 10) -
         ax.tick_params(labelsize=7)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=7)
+    drawn = [ax for ax in list(axes.flat)[: len(panels)] if ax.get_lines()]
+    in_first = {line.get_label() for line in drawn[0].get_lines()} if drawn else set()
+    every_panel = set(runs) - in_first  # runs that log other losses (e.g. the stages of one chain)
+    for ax in drawn if every_panel else drawn[:1]:
+        ax.legend(fontsize=7)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)

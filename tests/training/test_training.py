@@ -580,3 +580,35 @@ def test_an_ablation_arm_can_be_a_stage_list(tmp_path: Path, data_dir: Path, mon
         with pytest.raises(InputError, match=problem) as e:
             run_ablation(arms, tmp_path / "other", data_dir, cache, profile="sts-only", log=logged.append)
         assert "\n" not in str(e.value) and not (tmp_path / "other" / "results.json").exists()
+
+
+def test_loss_curves_name_the_runs_of_every_panel(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Runs that log the same losses are named once, in the first panel; runs that log different ones (the stages of a
+    chain: the rationale loss, then STS-B's) are named in every panel, else a stage's curve would go unlabelled."""
+    from matplotlib.figure import Figure
+
+    from muses.plots import plot_training
+
+    legends: list[list[str]] = []
+    monkeypatch.setattr(
+        Figure,
+        "savefig",
+        lambda fig, *a, **k: legends.append(
+            [",".join(t.get_text() for t in ax.get_legend().get_texts()) if ax.get_legend() else "" for ax in fig.axes]
+        ),
+    )
+
+    def history(name: str, losses: list[str]) -> Path:
+        rows = [{"step": s, **{k: 1.0 / (s + 1) for k in losses}} for s in range(1, 6)]
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    plot_training(
+        {"a": history("a", ["x/loss", "y/loss"]), "b": history("b", ["x/loss", "y/loss"])}, tmp_path / "1.png"
+    )
+    plot_training(
+        {"head": history("head", ["rationale/loss"]), "sim": history("sim", ["stsb/loss"])}, tmp_path / "2.png"
+    )
+    assert legends[0] == ["a,b", ""]
+    assert legends[1] == ["head", "sim"]
