@@ -304,6 +304,7 @@ def eval_all(
             profile_settings,
             resumed_in,
             run_report,
+            stale_task_adapters,
             tasks_left,
         )
         from muses.evaluation.report import write_report as write
@@ -336,6 +337,13 @@ def eval_all(
                 raise InputError(
                     f"{specs[i]} has changed since {out}/results.json was written (fingerprint {m.fingerprint()}, "
                     f"recorded {recorded}): drop --resume to start over, or pass another --out."
+                )
+        for spec in specs:  # a retrained task adapter leaves the shared weights' fingerprint as it was
+            stale = stale_task_adapters(earlier.get(spec), spec)
+            if stale:
+                raise InputError(
+                    f"{spec}: the task adapter that {', '.join(stale)} ran on has changed since {out}/results.json was "
+                    "written: drop --resume to start over, or pass another --out."
                 )
         command = " ".join(
             [

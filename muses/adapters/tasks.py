@@ -11,6 +11,7 @@ runs at the base model's speed and every code path (encoding, stores, the servic
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -62,6 +63,20 @@ def list_tasks(model_dir: str | os.PathLike[str] | None) -> list[str]:
     if not root.is_dir():
         return []
     return sorted(p.name for p in root.iterdir() if (p / ADAPTER_META).is_file())
+
+
+def task_adapter_digest(model_dir: str | os.PathLike[str] | None, task: str) -> str | None:
+    """sha256 (16 hex digits) of the files of ``model_dir``'s adapter for ``task`` (names and bytes), or None when it
+    ships none: what a report records beside the numbers a task adapter gave, so a retrained adapter is noticed
+    without loading the model."""
+    if model_dir is None or task not in list_tasks(model_dir):
+        return None
+    folder = task_folder(model_dir, task)
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.relative_to(folder).as_posix().encode() + b"\x00")
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def read_task_adapter(model_dir: str | os.PathLike[str], task: str) -> AdapterFiles:

@@ -34,7 +34,7 @@ from typing import Any
 
 import yaml
 
-from muses.adapters.tasks import EVAL_TASK_ADAPTERS
+from muses.adapters.tasks import EVAL_TASK_ADAPTERS, task_adapter_digest
 from muses.data.stsb import load_stsb
 from muses.data.wikipedia import load_wikipedia, stratified_split
 from muses.errors import ConfigError, InputError
@@ -277,8 +277,10 @@ def run_report(
             out["tasks"][name] = {"metrics": metrics, "seconds": seconds}
             if name == "efficiency":  # measured side by side: a resume that adds a model reruns it (tasks_left)
                 out["tasks"][name]["models"] = [model.name, *(m.name for m in ctx.extra_models)]
-            if view is not None:
+            if isinstance(model, MusesCorpusEncoder) and view is not None and adapter is not None:
                 out["tasks"][name]["task_adapter"] = adapter
+                digest = task_adapter_digest(model.encoder.folder, adapter)
+                out["tasks"][name]["task_adapter_digest"] = digest  # a resume refuses a retrained adapter
             if not ctx.task_adapters:
                 out["tasks"][name]["task_adapters"] = False  # --no-task-adapters: a resume with them reruns it
         elif name not in out.setdefault("skipped", []):
@@ -371,6 +373,19 @@ def tasks_left(
         return bool(ran_on.get("task_adapter") is None if not task_adapters else ran_on.get("task_adapters", True))
 
     return [t for t in wanted if not done(t)]
+
+
+def stale_task_adapters(block: Mapping[str, Any] | None, model_dir: str | os.PathLike[str]) -> list[str]:
+    """The tasks of an earlier run's ``block`` that ran on a task adapter ``model_dir`` no longer ships as it was
+    (retrained or removed since: :func:`~muses.adapters.tasks.task_adapter_digest`); blocks from before digests
+    were recorded have none."""
+    runs = (block or {}).get("tasks", {})
+    return [
+        t
+        for t, run in runs.items()
+        if run.get("task_adapter_digest")
+        and task_adapter_digest(model_dir, run["task_adapter"]) != run["task_adapter_digest"]
+    ]
 
 
 def efficiency_models(efficiency: Mapping[str, Any]) -> list[str]:

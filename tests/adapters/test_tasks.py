@@ -19,7 +19,15 @@ from typer.testing import CliRunner
 import muses
 from muses.adapters import AdapterConfig, attach_adapter, load_adapter, remove_adapter, save_adapter
 from muses.adapters.lora import adapter_parameters, read_adapter
-from muses.adapters.tasks import SIMILARITY, add_task_adapter, list_tasks, load_for_task, merge_adapter, task_folder
+from muses.adapters.tasks import (
+    SIMILARITY,
+    add_task_adapter,
+    list_tasks,
+    load_for_task,
+    merge_adapter,
+    task_adapter_digest,
+    task_folder,
+)
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
@@ -146,6 +154,23 @@ def test_cli_add_and_sts_on_the_similarity_adapter(model_dir: Path, tmp_path: Pa
     assert block["task_adapter"] == SIMILARITY
     assert block["metrics"]["spearman@384"] == pytest.approx(with_it["metrics"]["spearman@384"], abs=1e-6)
     assert "with its `similarity` task adapter" in (report / "report.md").read_text()
+
+    # the shared weights' fingerprint does not see a retrained adapter: the report records the adapter's digest, and
+    # a resume over numbers it no longer gives is refused in one line (exit 2), the file left as it was
+    add_task_adapter(copy, task_folder(model_dir, SIMILARITY), SIMILARITY)
+    args = ["eval", "all", "--model", str(copy), "--profile", "quick", "--tasks", "sts", "--no-cache"]
+    args += ["--data-dir", str(data_dir), "-o", str(tmp_path / "resumed")]
+    assert runner.invoke(app, args).exit_code == 0
+    assert runner.invoke(app, [*args, "--resume"]).exit_code == 0  # the same adapter: nothing to do
+    saved = (tmp_path / "resumed" / "results.json").read_text()
+    assert json.loads(saved)["models"][0]["tasks"]["sts"]["task_adapter_digest"] == task_adapter_digest(
+        copy, SIMILARITY
+    )
+    add_task_adapter(copy, _adapter(enc, tmp_path / "retrained", seed=1), SIMILARITY, replace=True)
+    out = runner.invoke(app, [*args, "--resume"])
+    line = " ".join(out.output.split())
+    assert out.exit_code == 2 and "the task adapter that sts ran on has changed" in line, out.output
+    assert "Traceback" not in out.output and (tmp_path / "resumed" / "results.json").read_text() == saved
 
 
 def test_cli_encode_with_a_task(model_dir: Path, tmp_path: Path) -> None:
