@@ -22,7 +22,7 @@ from dataclasses import asdict, fields
 from pathlib import Path
 from typing import Any
 
-from muses.adapters.tasks import EVAL_TASK_ADAPTERS
+from muses.adapters.tasks import EVAL_TASK_ADAPTERS, task_adapter_digest
 from muses.errors import InputError
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache, MusesCorpusEncoder
 from muses.evaluation.report import PROFILES, Profile, TaskContext, environment, run_report
@@ -182,18 +182,15 @@ def _arms(configs: Sequence[str | os.PathLike[str]]) -> list[tuple[str, list[Tra
 
 
 def _fingerprint(model: CorpusEncoder, tasks: Sequence[str]) -> str:
-    """The model's fingerprint, joined with that of each task adapter ``tasks`` run on (so a retrained adapter
-    makes its tasks' numbers stale too); a model without one keeps its own fingerprint."""
-    views = []
-    if isinstance(model, MusesCorpusEncoder):
-        for task in tasks:
-            adapter = EVAL_TASK_ADAPTERS.get(task)
-            view = model.with_task_adapter(adapter) if adapter else None
-            if view is not None:
-                views.append(f"{adapter}={view.fingerprint()}")
-    if not views:
+    """The model's fingerprint, joined with the digest of each task adapter ``tasks`` run on
+    (:func:`~muses.adapters.tasks.task_adapter_digest`, as ``eval all --resume`` checks them), so a retrained adapter
+    makes its tasks' numbers stale too; a model without one keeps its own fingerprint."""
+    folder = model.encoder.folder if isinstance(model, MusesCorpusEncoder) else None
+    adapters = sorted({a for t in tasks if (a := EVAL_TASK_ADAPTERS.get(t))})
+    digests = [f"{a}={d}" for a in adapters if (d := task_adapter_digest(folder, a))]
+    if not digests:
         return model.fingerprint()
-    return hashlib.sha256("\x00".join([model.fingerprint(), *sorted(set(views))]).encode()).hexdigest()[:16]
+    return hashlib.sha256("\x00".join([model.fingerprint(), *digests]).encode()).hexdigest()[:16]
 
 
 def _slug(name: str) -> str:
