@@ -10,7 +10,8 @@
 - with ``data.dev_wikipedia_sentences``, picking a sentence from half of it (a seeded run of its words) among every
   sentence of those articles, pooled in context: MRR@100 at the full dim and at 64;
 - with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
-  sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim.
+  sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim
+  and at 64.
 
 The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
 mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,
@@ -131,7 +132,7 @@ def evaluate_dev(
             scored = score_queries(model, vecs, ds.queries, dims, no_cache, with_tokens=False)
             m = evaluate_scored(scored, ds.qrels, ks=(10,))
             out.update({f"dev/{prefix}-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
-    for name, sd, sd_dims in (("scifact-evidence", dev.evidence, [full]), ("wikipedia-sentence", dev.sentences, dims)):
+    for name, sd, sd_dims in (("scifact-evidence", dev.evidence, dims), ("wikipedia-sentence", dev.sentences, dims)):
         if sd is not None and sd.queries and wanted(name):
             from muses.evaluation.evidence import evaluate_sentence_retrieval
 

@@ -85,6 +85,7 @@ def test_dev_evidence_metric_uses_held_out_claims_only(tmp_path: Path, data_dir:
     trainer = Trainer(cfg, data)
     out = evaluate_dev(trainer.encoder, data.dev)
     assert 0.2 < out["dev/scifact-evidence@384"] <= 1.0
+    assert 0.1 < out["dev/scifact-evidence@64"] < out["dev/scifact-evidence@384"]  # selection sees both dims
 
 
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:
