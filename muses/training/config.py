@@ -182,7 +182,7 @@ class DataConfig(_Strict):
     dev_scifact_evidence: bool = Field(
         False,
         description="also select on SciFact dev claims -> their rationale sentences (MRR@100 among all sentences of "
-        "the SciFact dev pool, in context); needs dev_scifact_distractors",
+        "the SciFact dev pool, in context; at the full dim and 64); needs dev_scifact_distractors",
     )
 
 

@@ -132,12 +132,12 @@ def evaluate_dev(
             scored = score_queries(model, vecs, ds.queries, dims, no_cache, with_tokens=False)
             m = evaluate_scored(scored, ds.qrels, ks=(10,))
             out.update({f"dev/{prefix}-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
-    for name, sd, sd_dims in (("scifact-evidence", dev.evidence, dims), ("wikipedia-sentence", dev.sentences, dims)):
+    for name, sd in (("scifact-evidence", dev.evidence), ("wikipedia-sentence", dev.sentences)):
         if sd is not None and sd.queries and wanted(name):
             from muses.evaluation.evidence import evaluate_sentence_retrieval
 
-            ev = evaluate_sentence_retrieval(model, sd.documents, sd.queries, {"": sd.qrels}, sd_dims, no_cache)
-            out.update({f"dev/{name}@{d}": ev[f"flat/mrr@100@{d}"] for d in sd_dims})
+            ev = evaluate_sentence_retrieval(model, sd.documents, sd.queries, {"": sd.qrels}, dims, no_cache)
+            out.update({f"dev/{name}@{d}": ev[f"flat/mrr@100@{d}"] for d in dims})
     if dev.documents and wanted("hierarchy"):
         h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)
         out[f"dev/hierarchy@{full}"] = h[f"hierarchy/batch32@{full}"]
