@@ -184,6 +184,13 @@ class DataConfig(_Strict):
         description="also select on SciFact dev claims -> their rationale sentences (MRR@100 among all sentences of "
         "the SciFact dev pool, in context; at the full dim and 64); needs dev_scifact_distractors",
     )
+    dev_scifact_unused_claims: bool = Field(
+        False,
+        description="add to the SciFact dev claims (scifact-document, scifact-sentence) the train-fit claims without "
+        "rationale evidence: no task trains on them while the 'scifact' task is off (the rationale task reads only "
+        "claims with evidence), so they are held out too; 247 more than the 151 dev claims. Refused beside a "
+        "positive task_weights.scifact, in this stage or an earlier one",
+    )
 
 
 class LossConfig(_Strict):
@@ -361,6 +368,16 @@ class TrainConfig(_Strict):
             )
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
+        if self.data.dev_scifact_unused_claims:
+            if self.data.dev_scifact_distractors is None:
+                raise ValueError(
+                    "data.dev_scifact_unused_claims joins the SciFact dev pool: set data.dev_scifact_distractors"
+                )
+            if self.task_weights.get("scifact", 0) > 0:
+                raise ValueError(
+                    "data.dev_scifact_unused_claims holds out claims the 'scifact' task trains on: set "
+                    "task_weights.scifact to 0 or drop data.dev_scifact_unused_claims"
+                )
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
         if any(not 0.0 <= a < 1.0 for a in self.interpolate):

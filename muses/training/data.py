@@ -100,7 +100,7 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
                 doc = ds.corpus[doc_id]
                 scifact.append((ds.queries[qid], doc_text(doc.get("title", ""), doc["text"])))
     if d.dev_scifact_distractors is not None:
-        held_out = load_beir("scifact", split="dev", data_dir=data_dir)
+        held_out = scifact_dev_claims(d.dev_scifact_unused_claims, data_dir)
         dev.scifact = scifact_dev_subset(
             held_out, d.dev_scifact_distractors, seed=config.seed, max_claims=d.dev_scifact_claims
         )
@@ -139,6 +139,25 @@ def scifact_rationales(data_dir: str | os.PathLike[str] | None = None) -> list[R
             doc = document_from_sentences(abstract.sentences, id=doc_id)
             out.append(Rationale(claim.claim, doc, tuple(sorted(gold[doc_id]))))
     return out
+
+
+def scifact_dev_claims(with_unused: bool = False, data_dir: str | os.PathLike[str] | None = None) -> BeirDataset:
+    """The held-out SciFact claims of model selection: BEIR ``dev`` (20% of the train claims) and, with
+    ``with_unused``, the ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on
+    (``data.dev_scifact_unused_claims``; split ``"dev+unused"``)."""
+    dev = load_beir("scifact", split="dev", data_dir=data_dir)
+    if not with_unused:
+        return dev
+    fit = load_beir("scifact", split="train-fit", data_dir=data_dir)
+    with_evidence = {c.id for c in load_scifact_claims("train", data_dir) if c.has_evidence}
+    unused = sorted(q for q in fit.qrels if q not in with_evidence)
+    return BeirDataset(
+        dev.corpus,
+        {**dev.queries, **{q: fit.queries[q] for q in unused}},
+        {**dev.qrels, **{q: fit.qrels[q] for q in unused}},
+        name=dev.name,
+        split="dev+unused",
+    )
 
 
 def scifact_dev_evidence(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> EvidenceDev:

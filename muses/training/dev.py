@@ -3,7 +3,8 @@
 - STS-B dev Spearman at the full dim and at 64;
 - SciFact ``dev`` retrieval (the 20% of train claims that training never sees, :func:`~muses.data.beir.load_beir`)
   against a small corpus: their cited abstracts plus seeded random distractors; nDCG@10 of document vectors and of
-  sentence max-sim at the full dim and at 64;
+  sentence max-sim at the full dim and at 64; with ``data.dev_scifact_unused_claims``, the train claims without
+  rationale evidence too, which only the ``scifact`` task trains on (:func:`~muses.training.data.scifact_dev_claims`);
 - hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles;
 - with ``data.dev_wikipedia_ict``, inverse-cloze retrieval over those articles (a held-out sentence of each ->
   the article without it, among all of them): a second retrieval collection, outside SciFact, scored like it;

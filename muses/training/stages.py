@@ -36,8 +36,9 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
     :func:`task_adapter_target` of them. ``overrides`` (dotted keys, as :func:`load_config`'s) apply to every stage.
 
     Raises:
-        InputError: two stages write to the same output_dir (the second would resume the first's checkpoint), or a
-            whole-model stage follows an adapter stage (the adapter would serve weights that are gone).
+        InputError: two stages write to the same output_dir (the second would resume the first's checkpoint), a
+            whole-model stage follows an adapter stage (the adapter would serve weights that are gone), or a stage
+            selects on SciFact claims an earlier stage trained on (``data.dev_scifact_unused_claims``).
     """
     stages: list[TrainConfig] = []
     written: dict[Path, Path] = {}
@@ -48,6 +49,11 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
             raise InputError(
                 f"{config} trains the whole model after an adapter stage; put adapter stages last (an adapter "
                 "serves the weights it was trained on)."
+            )
+        if cfg.data.dev_scifact_unused_claims and any(st.task_weights.get("scifact", 0) > 0 for st in stages):
+            raise InputError(
+                f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that an earlier stage "
+                "trains on (task_weights.scifact): drop the option in this stage."
             )
         out = Path(cfg.output_dir).resolve()
         if out in written:

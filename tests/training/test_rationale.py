@@ -6,12 +6,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from muses.data.beir import is_heldout_dev, load_beir
 from muses.encoder import MultiScaleEncoder
+from muses.errors import InputError
 from muses.training.config import TrainConfig
 from muses.training.data import load_training_data, scifact_rationales
 from muses.training.dev import evaluate_dev
+from muses.training.stages import load_stages
 from muses.training.tasks import RationaleTask
 from muses.training.trainer import Trainer
 from tests.training.one_task import one_task_config, train_on_one_batch
@@ -86,6 +89,39 @@ def test_dev_evidence_metric_uses_held_out_claims_only(tmp_path: Path, data_dir:
     out = evaluate_dev(trainer.encoder, data.dev)
     assert 0.2 < out["dev/scifact-evidence@384"] <= 1.0
     assert 0.1 < out["dev/scifact-evidence@64"] < out["dev/scifact-evidence@384"]  # selection sees both dims
+
+
+def test_unused_train_claims_join_the_scifact_dev_pool_and_stay_held_out(tmp_path: Path, data_dir: Path) -> None:
+    """``data.dev_scifact_unused_claims`` adds SciFact's train-fit claims without rationale evidence to the dev
+    claims: every dev claim stays, no added claim is a rationale task query or a dev-split claim, their cited
+    abstracts join the pool, and the evidence dev set is unchanged. Beside the ``scifact`` task, which trains on
+    them, the recipe is refused, also when an earlier stage trains it."""
+    plain = load_training_data(_config(tmp_path, dev_scifact_distractors=0, dev_scifact_evidence=True), data_dir)
+    cfg = _config(tmp_path, dev_scifact_distractors=0, dev_scifact_evidence=True, dev_scifact_unused_claims=True)
+    data = load_training_data(cfg, data_dir)
+    pool, before = data.dev.scifact, plain.dev.scifact
+    assert pool is not None and before is not None and pool.split == "dev+unused+0"
+    added = set(pool.queries) - set(before.queries)
+    assert set(before.queries) <= set(pool.queries) and len(added) == 247 > len(before.queries) == 151
+    assert not any(is_heldout_dev(q) for q in added)
+    assert not {pool.queries[q] for q in added} & {r.query for r in data.rationales}  # no task trains on them
+    assert {d for q in added for d in pool.qrels[q]} <= set(pool.corpus)
+    assert data.dev.evidence is not None and plain.dev.evidence is not None
+    assert data.dev.evidence.qrels == plain.dev.evidence.qrels
+
+    with pytest.raises(ValidationError, match=r"task_weights\.scifact to 0"):
+        one_task_config(tmp_path, "scifact", {"scifact": True, "dev_scifact_unused_claims": True})
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(f"extends: {configs / 'smoke.yaml'}\noutput_dir: {tmp_path / 'a'}\n")  # trains 'scifact'
+    second.write_text(
+        f"extends: {configs / 'smoke.yaml'}\noutput_dir: {tmp_path / 'b'}\ntask_weights: {{scifact: 0.0}}\n"
+        "data: {dev_scifact_distractors: 10, dev_scifact_unused_claims: true}\n"
+    )
+    assert load_stages([second])[0].data.dev_scifact_unused_claims
+    with pytest.raises(InputError, match="an earlier stage trains on") as e:
+        load_stages([first, second])
+    assert "\n" not in str(e.value)
 
 
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:

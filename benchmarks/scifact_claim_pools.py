@@ -1,0 +1,89 @@
+"""How well a SciFact claim pool predicts a test-split drop: sentence max-sim and document nDCG@10 per claim pool.
+
+Model selection holds each WiSE-FT mix to the starting model on SciFact dev claims (docs/results.md, round 19). This
+script puts the pools beside each other for a few models, with the evaluation suite's own functions:
+
+- ``dev``: the 151 held-out train claims (BEIR ``dev``), what selection read until round 19;
+- ``unused``: the 247 ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on
+  (``data.dev_scifact_unused_claims``);
+- ``dev+unused``: both, the pool selection reads now;
+
+all three over the same corpus (the pooled claims' cited abstracts plus ``--distractors`` seeded others, as in
+training), and, for reading afterwards only, the 300 test claims over the whole corpus, split into the claims with
+rationale evidence and those without (``--test``; vectors come from the embedding cache ``muses eval`` fills).
+
+Usage::
+
+    python benchmarks/scifact_claim_pools.py --models base=default,v3=/path/best [--test] [--json PATH]
+
+Prints one line per model and pool; writes every number to ``--json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from muses.data.beir import BeirDataset, load_beir
+from muses.data.scifact import load_scifact_claims
+from muses.evaluation.baselines import load_corpus_encoder
+from muses.evaluation.corpus import EmbeddingCache
+from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
+from muses.training.data import scifact_dev_claims
+from muses.training.dev import scifact_dev_subset
+
+DIMS = [64, 384]
+
+
+def pool_metrics(
+    spec: str, data: BeirDataset, pools: Mapping[str, set[str]], cache: EmbeddingCache
+) -> dict[str, dict[str, float]]:
+    """Document and sentence max-sim nDCG@10 at :data:`DIMS` of each pool's claims, ranked over ``data.corpus``."""
+    model = load_corpus_encoder(spec)
+    vecs = cache.corpus(model, beir_documents(data.corpus), with_tokens=False)
+    scored = score_queries(model, vecs, data.queries, DIMS, cache, with_tokens=False)
+    out = {}
+    for name, ids in pools.items():
+        m = evaluate_scored(scored, {q: data.qrels[q] for q in ids}, ks=(10,))
+        out[name] = {k: m[k] for k in sorted(m) if k.startswith(("document/ndcg@10", "sentence/ndcg@10"))}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--models", required=True, help="LABEL=SPEC,... (a model spec as muses eval takes)")
+    ap.add_argument("--distractors", type=int, default=500)
+    ap.add_argument("--test", action="store_true", help="also the test claims, by kind (reading only)")
+    ap.add_argument("--data-dir", default=None)
+    ap.add_argument("--cache", default=str(Path.home() / ".cache" / "muses" / "embeddings"))
+    ap.add_argument("--json", default=None)
+    args = ap.parse_args()
+    models = dict(item.split("=", 1) for item in args.models.split(","))
+
+    dev = set(scifact_dev_claims(False, args.data_dir).queries)
+    grown = scifact_dev_subset(scifact_dev_claims(True, args.data_dir), args.distractors, seed=0)
+    pools = {"dev": dev, "unused": set(grown.queries) - dev, "dev+unused": set(grown.queries)}
+    test = load_beir("scifact", split="test", data_dir=args.data_dir)
+    evidence = {c.id for c in load_scifact_claims("dev", args.data_dir) if c.has_evidence}  # BEIR test = SciFact dev
+    by_kind = {"test": set(test.qrels), "test-evidence": set(test.qrels) & evidence}
+    by_kind["test-no-evidence"] = by_kind["test"] - evidence
+    print({k: len(v) for k, v in {**pools, **by_kind}.items()})
+
+    results: dict[str, Any] = {"claims": {k: len(v) for k, v in {**pools, **by_kind}.items()}, "models": {}}
+    for label, spec in models.items():
+        # the grown pool is encoded without a cache: its corpus is small and depends on --distractors
+        res = pool_metrics(spec, grown, pools, EmbeddingCache(None))
+        if args.test:
+            res |= pool_metrics(spec, test, by_kind, EmbeddingCache(args.cache))
+        results["models"][label] = {"spec": spec, "pools": res}
+        for pool, m in res.items():
+            print(label, pool, {k: round(v, 4) for k, v in m.items()}, flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
