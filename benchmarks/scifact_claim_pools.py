@@ -3,14 +3,15 @@
 Model selection holds each WiSE-FT mix to the starting model on SciFact dev claims (docs/results.md, round 19). This
 script puts the pools beside each other for a few models, with the evaluation suite's own functions:
 
-- ``dev``: the 151 held-out train claims (BEIR ``dev``), what selection read until round 19;
+- ``dev``: the 151 held-out train claims (BEIR ``dev``), the claims selection read until round 19;
 - ``unused``: the 247 ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on
   (``data.dev_scifact_unused_claims``);
-- ``dev+unused``: both, the pool selection reads now;
+- ``dev+unused``: both, the claims selection reads now;
 
-all three over the same corpus (the pooled claims' cited abstracts plus ``--distractors`` seeded others, as in
-training), and, for reading afterwards only, the 300 test claims over the whole corpus, split into the claims with
-rationale evidence and those without (``--test``; vectors come from the embedding cache ``muses eval`` fills).
+all three over the corpus training builds with the option (the dev claims' cited abstracts, ``--distractors``
+others drawn with ``--seed``, the recipe's, and the unused claims' cited abstracts), and, for reading afterwards
+only, the 300 test claims over the whole corpus, split into the claims with rationale evidence and those without
+(``--test``; vectors come from the embedding cache ``muses eval`` fills).
 
 Usage::
 
@@ -32,7 +33,7 @@ from muses.data.scifact import load_scifact_claims
 from muses.evaluation.baselines import load_corpus_encoder
 from muses.evaluation.corpus import EmbeddingCache
 from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
-from muses.training.data import scifact_dev_claims
+from muses.training.data import with_unused_claims
 from muses.training.dev import scifact_dev_subset
 
 DIMS = [64, 384]
@@ -56,15 +57,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", required=True, help="LABEL=SPEC,... (a model spec as muses eval takes)")
     ap.add_argument("--distractors", type=int, default=500)
+    ap.add_argument("--seed", type=int, default=0, help="the recipe's seed: it draws the distractors")
     ap.add_argument("--test", action="store_true", help="also the test claims, by kind (reading only)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "muses" / "embeddings"))
     ap.add_argument("--json", default=None)
     args = ap.parse_args()
+    if any("=" not in item for item in args.models.split(",")):
+        ap.error(f"--models takes LABEL=SPEC,... (e.g. base=default), got {args.models!r}")
     models = dict(item.split("=", 1) for item in args.models.split(","))
 
-    dev = set(scifact_dev_claims(False, args.data_dir).queries)
-    grown = scifact_dev_subset(scifact_dev_claims(True, args.data_dir), args.distractors, seed=0)
+    plain = scifact_dev_subset(load_beir("scifact", split="dev", data_dir=args.data_dir), args.distractors, args.seed)
+    grown = with_unused_claims(plain, args.data_dir)
+    dev = set(plain.queries)
     pools = {"dev": dev, "unused": set(grown.queries) - dev, "dev+unused": set(grown.queries)}
     test = load_beir("scifact", split="test", data_dir=args.data_dir)
     evidence = {c.id for c in load_scifact_claims("dev", args.data_dir) if c.has_evidence}  # BEIR test = SciFact dev

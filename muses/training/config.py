@@ -187,9 +187,10 @@ class DataConfig(_Strict):
     dev_scifact_unused_claims: bool = Field(
         False,
         description="add to the SciFact dev claims (scifact-document, scifact-sentence) the train-fit claims without "
-        "rationale evidence: no task trains on them while the 'scifact' task is off (the rationale task reads only "
-        "claims with evidence), so they are held out too; 247 more than the 151 dev claims. Refused beside a "
-        "positive task_weights.scifact, in this stage or an earlier one",
+        "rationale evidence, and the abstracts they cite: no task trains on them while the 'scifact' task is off (the "
+        "rationale task reads only claims with evidence), so they are held out too; 247 beside the 151 dev claims, "
+        "whose pool and evidence set stay as they were. Refused beside a positive task_weights.scifact in this "
+        "stage or an earlier stage of the same command; a model.base trained elsewhere is the caller's to know",
     )
 
 
@@ -371,7 +372,8 @@ class TrainConfig(_Strict):
         if self.data.dev_scifact_unused_claims:
             if self.data.dev_scifact_distractors is None:
                 raise ValueError(
-                    "data.dev_scifact_unused_claims joins the SciFact dev pool: set data.dev_scifact_distractors"
+                    "data.dev_scifact_unused_claims needs the SciFact dev pool: set data.dev_scifact_distractors "
+                    "(e.g. 500)"
                 )
             if self.task_weights.get("scifact", 0) > 0:
                 raise ValueError(

@@ -100,12 +100,14 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
                 doc = ds.corpus[doc_id]
                 scifact.append((ds.queries[qid], doc_text(doc.get("title", ""), doc["text"])))
     if d.dev_scifact_distractors is not None:
-        held_out = scifact_dev_claims(d.dev_scifact_unused_claims, data_dir)
+        held_out = load_beir("scifact", split="dev", data_dir=data_dir)
         dev.scifact = scifact_dev_subset(
             held_out, d.dev_scifact_distractors, seed=config.seed, max_claims=d.dev_scifact_claims
         )
-        if d.dev_scifact_evidence:
+        if d.dev_scifact_evidence:  # on the dev claims' pool alone, with or without the unused claims below
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
+        if d.dev_scifact_unused_claims:
+            dev.scifact = with_unused_claims(dev.scifact, data_dir)
     if d.dev_wikipedia_ict:
         dev.ict = wikipedia_ict(inverse_cloze_pairs(dev.documents, seed=config.seed))
     if d.dev_wikipedia_sentences:
@@ -141,22 +143,21 @@ def scifact_rationales(data_dir: str | os.PathLike[str] | None = None) -> list[R
     return out
 
 
-def scifact_dev_claims(with_unused: bool = False, data_dir: str | os.PathLike[str] | None = None) -> BeirDataset:
-    """The held-out SciFact claims of model selection: BEIR ``dev`` (20% of the train claims) and, with
-    ``with_unused``, the ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on
-    (``data.dev_scifact_unused_claims``; split ``"dev+unused"``)."""
-    dev = load_beir("scifact", split="dev", data_dir=data_dir)
-    if not with_unused:
-        return dev
+def with_unused_claims(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> BeirDataset:
+    """``pool`` (SciFact dev claims and their corpus, :func:`~muses.training.dev.scifact_dev_subset`) plus the
+    ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on, and the abstracts they
+    cite (``data.dev_scifact_unused_claims``): ``pool``'s claims and abstracts are all kept, so its numbers stay
+    comparable. Split ``"<pool's split>+unused"``."""
     fit = load_beir("scifact", split="train-fit", data_dir=data_dir)
     with_evidence = {c.id for c in load_scifact_claims("train", data_dir) if c.has_evidence}
     unused = sorted(q for q in fit.qrels if q not in with_evidence)
+    cited = {d for q in unused for d, r in fit.qrels[q].items() if r > 0}
     return BeirDataset(
-        dev.corpus,
-        {**dev.queries, **{q: fit.queries[q] for q in unused}},
-        {**dev.qrels, **{q: fit.qrels[q] for q in unused}},
-        name=dev.name,
-        split="dev+unused",
+        {d: doc for d, doc in fit.corpus.items() if d in pool.corpus or d in cited},
+        {**pool.queries, **{q: fit.queries[q] for q in unused}},
+        {**pool.qrels, **{q: fit.qrels[q] for q in unused}},
+        name=pool.name,
+        split=f"{pool.split}+unused",
     )
 
 

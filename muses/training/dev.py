@@ -3,16 +3,17 @@
 - STS-B dev Spearman at the full dim and at 64;
 - SciFact ``dev`` retrieval (the 20% of train claims that training never sees, :func:`~muses.data.beir.load_beir`)
   against a small corpus: their cited abstracts plus seeded random distractors; nDCG@10 of document vectors and of
-  sentence max-sim at the full dim and at 64; with ``data.dev_scifact_unused_claims``, the train claims without
-  rationale evidence too, which only the ``scifact`` task trains on (:func:`~muses.training.data.scifact_dev_claims`);
+  sentence max-sim at the full dim and at 64; with ``data.dev_scifact_unused_claims``, the train-fit claims
+  without rationale evidence too, which only the ``scifact`` task trains on, and the abstracts they cite
+  (:func:`~muses.training.data.with_unused_claims`);
 - hierarchy consistency (batch-32 accuracy) on held-out train-side Wikipedia articles;
 - with ``data.dev_wikipedia_ict``, inverse-cloze retrieval over those articles (a held-out sentence of each ->
   the article without it, among all of them): a second retrieval collection, outside SciFact, scored like it;
 - with ``data.dev_wikipedia_sentences``, picking a sentence from half of it (a seeded run of its words) among every
   sentence of those articles, pooled in context: MRR@100 at the full dim and at 64;
 - with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
-  sentence retrieval over every sentence of the SciFact dev pool, sentences pooled in context, at the full dim
-  and at 64.
+  sentence retrieval over every sentence of the SciFact dev pool (without the unused claims' abstracts), sentences
+  pooled in context, at the full dim and at 64.
 
 The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
 mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,

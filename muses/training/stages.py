@@ -50,10 +50,11 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
                 f"{config} trains the whole model after an adapter stage; put adapter stages last (an adapter "
                 "serves the weights it was trained on)."
             )
-        if cfg.data.dev_scifact_unused_claims and any(st.task_weights.get("scifact", 0) > 0 for st in stages):
+        trains = [st.name for st in stages if st.task_weights.get("scifact", 0) > 0]
+        if cfg.data.dev_scifact_unused_claims and trains:
             raise InputError(
-                f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that an earlier stage "
-                "trains on (task_weights.scifact): drop the option in this stage."
+                f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that the earlier stage "
+                f"{trains[0]!r} trains on (task_weights.scifact): drop the option here or the task there."
             )
         out = Path(cfg.output_dir).resolve()
         if out in written:

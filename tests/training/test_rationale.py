@@ -9,6 +9,7 @@ import torch
 from pydantic import ValidationError
 
 from muses.data.beir import is_heldout_dev, load_beir
+from muses.data.scifact import load_scifact_claims
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError
 from muses.training.config import TrainConfig
@@ -92,36 +93,45 @@ def test_dev_evidence_metric_uses_held_out_claims_only(tmp_path: Path, data_dir:
 
 
 def test_unused_train_claims_join_the_scifact_dev_pool_and_stay_held_out(tmp_path: Path, data_dir: Path) -> None:
-    """``data.dev_scifact_unused_claims`` adds SciFact's train-fit claims without rationale evidence to the dev
-    claims: every dev claim stays, no added claim is a rationale task query or a dev-split claim, their cited
-    abstracts join the pool, and the evidence dev set is unchanged. Beside the ``scifact`` task, which trains on
-    them, the recipe is refused, also when an earlier stage trains it."""
-    plain = load_training_data(_config(tmp_path, dev_scifact_distractors=0, dev_scifact_evidence=True), data_dir)
-    cfg = _config(tmp_path, dev_scifact_distractors=0, dev_scifact_evidence=True, dev_scifact_unused_claims=True)
+    """``data.dev_scifact_unused_claims`` adds exactly SciFact's train-fit claims without rationale evidence, and the
+    abstracts they cite, to the dev pool: the dev claims' pool (claims, distractors) and the evidence dev set stay
+    as they were, and no added claim is a rationale task query. Beside the ``scifact`` task, which trains on them,
+    the recipe is refused, also when an earlier stage of the same command (or stage list) trains it."""
+    plain = load_training_data(_config(tmp_path, dev_scifact_distractors=20, dev_scifact_evidence=True), data_dir)
+    cfg = _config(tmp_path, dev_scifact_distractors=20, dev_scifact_evidence=True, dev_scifact_unused_claims=True)
     data = load_training_data(cfg, data_dir)
     pool, before = data.dev.scifact, plain.dev.scifact
-    assert pool is not None and before is not None and pool.split == "dev+unused+0"
+    assert pool is not None and before is not None and pool.split == "dev+20+unused"
     added = set(pool.queries) - set(before.queries)
-    assert set(before.queries) <= set(pool.queries) and len(added) == 247 > len(before.queries) == 151
-    assert not any(is_heldout_dev(q) for q in added)
+    unused = {c.id for c in load_scifact_claims("train", data_dir) if not is_heldout_dev(c.id) and not c.has_evidence}
+    assert added == unused and len(added) == 247 and {q: pool.qrels[q] for q in before.qrels} == before.qrels
     assert not {pool.queries[q] for q in added} & {r.query for r in data.rationales}  # no task trains on them
-    assert {d for q in added for d in pool.qrels[q]} <= set(pool.corpus)
+    cited = {d for q in added for d in pool.qrels[q]}
+    assert set(pool.corpus) == set(before.corpus) | cited and len(cited) > 150  # the dev pool's distractors stay
+    assert list(pool.corpus) == [d for d in load_beir("scifact", "train", data_dir).corpus if d in pool.corpus]
     assert data.dev.evidence is not None and plain.dev.evidence is not None
     assert data.dev.evidence.qrels == plain.dev.evidence.qrels
+    assert [d.id for d in data.dev.evidence.documents] == [d.id for d in plain.dev.evidence.documents]
 
-    with pytest.raises(ValidationError, match=r"task_weights\.scifact to 0"):
-        one_task_config(tmp_path, "scifact", {"scifact": True, "dev_scifact_unused_claims": True})
+    for task, data_cfg, problem in (
+        ("scifact", {"scifact": True}, r"task_weights\.scifact to 0"),
+        ("rationale", {"scifact_rationales": True, "dev_scifact_distractors": None}, "needs the SciFact dev pool"),
+    ):
+        with pytest.raises(ValidationError, match=problem):
+            one_task_config(tmp_path, task, {**data_cfg, "dev_scifact_unused_claims": True})
     configs = Path(__file__).resolve().parents[2] / "configs"
-    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first, second, both = tmp_path / "first.yaml", tmp_path / "second.yaml", tmp_path / "both.yaml"
     first.write_text(f"extends: {configs / 'smoke.yaml'}\noutput_dir: {tmp_path / 'a'}\n")  # trains 'scifact'
     second.write_text(
         f"extends: {configs / 'smoke.yaml'}\noutput_dir: {tmp_path / 'b'}\ntask_weights: {{scifact: 0.0}}\n"
         "data: {dev_scifact_distractors: 10, dev_scifact_unused_claims: true}\n"
     )
+    both.write_text("stages: [first.yaml, second.yaml]\n")
     assert load_stages([second])[0].data.dev_scifact_unused_claims
-    with pytest.raises(InputError, match="an earlier stage trains on") as e:
-        load_stages([first, second])
-    assert "\n" not in str(e.value)
+    for stages in ([first, second], [both]):
+        with pytest.raises(InputError, match="the earlier stage 'smoke' trains on") as e:
+            load_stages(stages)
+        assert "\n" not in str(e.value)
 
 
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:
