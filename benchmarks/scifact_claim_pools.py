@@ -3,10 +3,10 @@
 Model selection holds each WiSE-FT mix to the starting model on SciFact dev claims (docs/results.md, round 19). This
 script puts the pools beside each other for a few models, with the evaluation suite's own functions:
 
-- ``dev``: the 151 held-out train claims (BEIR ``dev``), the claims selection read until round 19;
+- ``dev``: the 151 held-out train claims (BEIR ``dev``), the claims selection reads by default;
 - ``unused``: the 247 ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on
   (``data.dev_scifact_unused_claims``);
-- ``dev+unused``: both, the claims selection reads now;
+- ``dev+unused``: both, the claims selection reads with the option;
 
 all three over the corpus training builds with the option (the dev claims' cited abstracts, ``--distractors``
 others drawn with ``--seed``, the recipe's, and the unused claims' cited abstracts), and, for reading afterwards
