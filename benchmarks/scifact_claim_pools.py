@@ -31,7 +31,7 @@ from typing import Any
 from muses.data.beir import BeirDataset, load_beir
 from muses.data.scifact import load_scifact_claims
 from muses.evaluation.baselines import load_corpus_encoder
-from muses.evaluation.corpus import EmbeddingCache
+from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache
 from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
 from muses.training.data import with_unused_claims
 from muses.training.dev import scifact_dev_subset
@@ -40,10 +40,9 @@ DIMS = [64, 384]
 
 
 def pool_metrics(
-    spec: str, data: BeirDataset, pools: Mapping[str, set[str]], cache: EmbeddingCache
+    model: CorpusEncoder, data: BeirDataset, pools: Mapping[str, set[str]], cache: EmbeddingCache
 ) -> dict[str, dict[str, float]]:
     """Document and sentence max-sim nDCG@10 at :data:`DIMS` of each pool's claims, ranked over ``data.corpus``."""
-    model = load_corpus_encoder(spec)
     vecs = cache.corpus(model, beir_documents(data.corpus), with_tokens=False)
     scored = score_queries(model, vecs, data.queries, DIMS, cache, with_tokens=False)
     out = {}
@@ -79,10 +78,11 @@ def main() -> None:
 
     results: dict[str, Any] = {"claims": {k: len(v) for k, v in {**pools, **by_kind}.items()}, "models": {}}
     for label, spec in models.items():
+        model = load_corpus_encoder(spec)
         # the grown pool is encoded without a cache: its corpus is small and depends on --distractors
-        res = pool_metrics(spec, grown, pools, EmbeddingCache(None))
+        res = pool_metrics(model, grown, pools, EmbeddingCache(None))
         if args.test:
-            res |= pool_metrics(spec, test, by_kind, EmbeddingCache(args.cache))
+            res |= pool_metrics(model, test, by_kind, EmbeddingCache(args.cache))
         results["models"][label] = {"spec": spec, "pools": res}
         for pool, m in res.items():
             print(label, pool, {k: round(v, 4) for k, v in m.items()}, flush=True)
