@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -126,6 +127,18 @@ class MultiScaleEncoder(nn.Module):
         self._runner_digest = ""
         self.folder: Path | None = None  # the saved model folder it was loaded from, if any
         self.task: str | None = None  # the task adapter merged into its weights, if any (muses.adapters.tasks)
+        self.eval()  # a loaded model encodes without dropout, as transformers' from_pretrained; training calls train()
+
+    @contextmanager
+    def evaluating(self) -> Iterator[MultiScaleEncoder]:
+        """Eval mode (no dropout) inside the block; afterwards every submodule is back in its own mode."""
+        modes = [(m, m.training) for m in self.modules()]
+        self.eval()
+        try:
+            yield self
+        finally:
+            for m, training in modes:
+                m.training = training
 
     # ------------------------------------------------------------------ construction, saving, loading
     @classmethod

@@ -133,22 +133,20 @@ def warm_up_adapter(
         params = attach_adapter(encoder, key, peft_config, trainable=True)
     if init is not None:
         set_adapter_weights(encoder, key, init[1])
-    was_training = encoder.training
-    encoder.eval()
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     result = WarmupResult(key=key, steps=steps, init_from=init_from)
-    try:
-        for _ in range(steps):
-            loss = _loss(encoder, examples, hier)
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            result.losses.append(float(loss.detach()))
-    finally:
-        for p in params:
-            p.requires_grad_(False)
-            p.grad = None
-        encoder.train(was_training)
+    with encoder.evaluating():  # no dropout: a few steps on a handful of examples
+        try:
+            for _ in range(steps):
+                loss = _loss(encoder, examples, hier)
+                loss.backward()
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                result.losses.append(float(loss.detach()))
+        finally:
+            for p in params:
+                p.requires_grad_(False)
+                p.grad = None
     result.seconds = time.perf_counter() - t0
     return result
 

@@ -51,6 +51,9 @@ __all__ = [
     "ndcg_at_k",
     "pearson",
     "precision_at_k",
+    "query_mrr",
+    "query_ndcg",
+    "query_values",
     "rank_docs",
     "recall_at_k",
     "run_from_scores",
@@ -152,6 +155,13 @@ def _mean_metric(metric: QueryMetric, qrels: Qrels, rankings: Mapping[str, Seque
     if not rankings:
         return 0.0
     return sum(metric(qrels[qid], ranking, k) for qid, ranking in rankings.items()) / len(rankings)
+
+
+def query_values(metric: QueryMetric, qrels: Qrels, run: Run, k: int, include_missing: bool = True) -> dict[str, float]:
+    """Each averaged query's value of ``metric`` (e.g. :func:`query_ndcg`) at ``k``, by query id: the numbers whose
+    mean the ``*_at_k`` functions report, for paired comparisons of two runs over the same queries."""
+    _check_k(k)
+    return {qid: metric(qrels[qid], ranking, k) for qid, ranking in _rankings(qrels, run, include_missing).items()}
 
 
 def ndcg_at_k(qrels: Qrels, run: Run, k: int = 10, include_missing: bool = True) -> float:

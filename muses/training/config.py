@@ -193,6 +193,14 @@ class DataConfig(_Strict):
         "stage or an earlier stage of the same command; a model.base trained elsewhere is the caller's to know",
     )
 
+    dev_scifact_kind_weights: bool = Field(
+        False,
+        description="weigh the SciFact dev claims (scifact-document, scifact-sentence) so that claims with rationale "
+        "evidence and claims without weigh what they do in SciFact's train split (62% and 38%), each claim of a kind "
+        "alike; with dev_scifact_unused_claims, which adds only claims without, the grown pool then has SciFact's own "
+        "mix; needs dev_scifact_distractors",
+    )
+
 
 class LossConfig(_Strict):
     """Loss weights and settings."""
@@ -320,6 +328,15 @@ class TrainConfig(_Strict):
         "must also stay within interpolate_tolerance of, e.g. [default]: a later stage answers to the untrained base "
         "as well as to its start, so the stages' tolerances do not add up",
     )
+    interpolate_confidence: float | None = Field(
+        None,
+        gt=0.5,
+        lt=1.0,
+        description="hold interpolate_tolerance to a bound instead of the difference itself: a mix or the checkpoint "
+        "misses on a retrieval dev metric when the lower one-sided bound at this confidence (e.g. 0.9; a paired BCa "
+        "bootstrap over the dev queries, with their weights) of its difference to the starting model, or to a "
+        "reference, is below -tolerance. STS-B and hierarchy keep the difference itself; null: the difference itself",
+    )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -349,6 +366,16 @@ class TrainConfig(_Strict):
         if self.interpolate_references and self.interpolate_tolerance is None:
             raise ValueError(
                 "interpolate_references are held to interpolate_tolerance: set it too (e.g. {scifact-sentence: 0.005})"
+            )
+        if self.interpolate_confidence is not None and self.interpolate_tolerance is None:
+            raise ValueError(
+                "interpolate_confidence bounds the differences that interpolate_tolerance limits: set it too "
+                "(e.g. {scifact-sentence: 0.005})"
+            )
+        if self.data.dev_scifact_kind_weights and self.data.dev_scifact_distractors is None:
+            raise ValueError(
+                "data.dev_scifact_kind_weights weighs the SciFact dev claims: set data.dev_scifact_distractors "
+                "(e.g. 500)"
             )
         if self.interpolate_tolerance is not None:
             if 0.0 not in self.interpolate:

@@ -108,6 +108,8 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
         if d.dev_scifact_unused_claims:
             dev.scifact = with_unused_claims(dev.scifact, data_dir)
+        if d.dev_scifact_kind_weights:
+            dev.scifact_weights = scifact_kind_weights(dev.scifact, data_dir)
     if d.dev_wikipedia_ict:
         dev.ict = wikipedia_ict(inverse_cloze_pairs(dev.documents, seed=config.seed))
     if d.dev_wikipedia_sentences:
@@ -159,6 +161,21 @@ def with_unused_claims(pool: BeirDataset, data_dir: str | os.PathLike[str] | Non
         name=pool.name,
         split=f"{pool.split}+unused",
     )
+
+
+def scifact_kind_weights(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
+    """Claim id -> weight for the claims of a SciFact dev ``pool`` (``data.dev_scifact_kind_weights``): the claims
+    with rationale evidence together weigh their share of SciFact's ``train`` claims, and the claims without the
+    rest, each claim of a kind alike; the weights sum to 1. A pool with claims of one kind only weighs them alike."""
+    train = load_scifact_claims("train", data_dir)
+    share = sum(c.has_evidence for c in train) / len(train)
+    with_evidence = {c.id for c in train if c.has_evidence}
+    kinds = {q: q in with_evidence for q in pool.qrels}
+    n_with = sum(kinds.values())
+    n_without = len(kinds) - n_with
+    if not n_with or not n_without:
+        return {q: 1 / len(kinds) for q in kinds}
+    return {q: share / n_with if has else (1 - share) / n_without for q, has in kinds.items()}
 
 
 def scifact_dev_evidence(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> EvidenceDev:

@@ -15,6 +15,13 @@
   sentence retrieval over every sentence of the SciFact dev pool (without the unused claims' abstracts), sentences
   pooled in context, at the full dim and at 64.
 
+With ``data.dev_scifact_kind_weights`` the SciFact claims (dev, and the unused claims) are weighted so that claims with
+rationale evidence and claims without weigh what they do in SciFact's train split
+(:func:`~muses.training.data.scifact_kind_weights`).
+
+Each retrieval metric is a mean over queries, and :func:`read_dev` keeps each query's value, so two models can be
+compared claim by claim: :func:`paired_bootstrap_bound` bounds the difference (``interpolate_confidence``).
+
 The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
 mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,
 ``scifact-evidence``, ``ict-document``, ``ict-sentence``, ``wikipedia-sentence``, ``hierarchy``; a metric not named
@@ -23,7 +30,8 @@ weighs 0).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+import warnings
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +72,26 @@ class DevSet:
     evidence: EvidenceDev | None = None
     ict: BeirDataset | None = None
     sentences: EvidenceDev | None = None
+    scifact_weights: dict[str, float] | None = None
+
+    def query_weights(self, metric: str) -> Mapping[str, float] | None:
+        """The per-query weights of the dev metric ``metric`` (``"dev/<task>@<dim>"``): ``scifact_weights`` for
+        ``scifact-document`` and ``scifact-sentence``; None (every query alike) otherwise."""
+        return self.scifact_weights if metric_task(metric) in ("scifact-document", "scifact-sentence") else None
+
+
+@dataclass
+class DevReading:
+    """One model's dev numbers.
+
+    Attributes:
+        metrics: ``"dev/<task>@<dim>"`` -> value (no ``"dev/score"``).
+        per_query: the same names, for the retrieval metrics only -> query id -> that query's value (nDCG@10 or
+            MRR@100), whose mean (weighted by :meth:`DevSet.query_weights`) is the metric.
+    """
+
+    metrics: dict[str, float]
+    per_query: dict[str, dict[str, float]]
 
 
 def wikipedia_ict(pairs: Sequence[tuple[str, str]]) -> BeirDataset:
@@ -103,25 +131,38 @@ def evaluate_dev(
     weights: Mapping[str, float] | None = None,
     tasks: Collection[str] | None = None,
 ) -> dict[str, float]:
-    """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``) and ``"dev/score"``: their mean, or with ``weights``
-    (``{task: weight}``, e.g. ``{"stsb": 1.0}``) the weighted mean (:func:`dev_score`). ``tasks`` limits them to
-    those tasks (``scifact-document`` and ``scifact-sentence`` come together, as do the two ``ict-`` ones); None:
-    every task ``dev`` has."""
+    """Dev metrics of ``encoder`` (``"dev/<task>@<dim>"``, :func:`read_dev`) and ``"dev/score"``: their mean, or
+    with ``weights`` (``{task: weight}``, e.g. ``{"stsb": 1.0}``) the weighted mean (:func:`dev_score`)."""
+    out = read_dev(encoder, dev, tasks).metrics
+    out["dev/score"] = dev_score(out, weights)
+    return out
+
+
+def read_dev(encoder: MultiScaleEncoder, dev: DevSet, tasks: Collection[str] | None = None) -> DevReading:
+    """Dev metrics of ``encoder``, with each query's value for the retrieval ones. ``tasks`` limits them to those
+    tasks (``scifact-document`` and ``scifact-sentence`` come together, as do the two ``ict-`` ones); None: every
+    task ``dev`` has. SciFact claims are weighted by ``dev.scifact_weights`` when it is set."""
 
     def wanted(*names: str) -> bool:
         return tasks is None or any(n in tasks for n in names)
 
+    with encoder.evaluating():
+        return _read_dev(encoder, dev, wanted)
+
+
+def _read_dev(encoder: MultiScaleEncoder, dev: DevSet, wanted: Callable[..., bool]) -> DevReading:
     from muses.data.stsb import STSPairs
     from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
+    from muses.evaluation.evidence import sentence_runs
     from muses.evaluation.hierarchy import evaluate_hierarchy
-    from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
+    from muses.evaluation.metrics import query_mrr, query_ndcg, query_values, run_from_scores
+    from muses.evaluation.retrieval import beir_documents, score_queries
     from muses.evaluation.sts import evaluate_sts
 
-    was_training = encoder.training
-    encoder.eval()
     full = encoder.embed_dim
     dims = sorted({min(64, full), full})
     out: dict[str, float] = {}
+    per_query: dict[str, dict[str, float]] = {}
     if dev.stsb and wanted("stsb"):
         pairs = STSPairs([r[0] for r in dev.stsb], [r[1] for r in dev.stsb], [r[2] for r in dev.stsb], "stsb dev")
         sts = evaluate_sts(encoder, pairs, dims)
@@ -132,20 +173,86 @@ def evaluate_dev(
         if ds is not None and wanted(f"{prefix}-document", f"{prefix}-sentence"):
             vecs = no_cache.corpus(model, beir_documents(ds.corpus))
             scored = score_queries(model, vecs, ds.queries, dims, no_cache, with_tokens=False)
-            m = evaluate_scored(scored, ds.qrels, ks=(10,))
-            out.update({f"dev/{prefix}-{s}@{d}": m[f"{s}/ndcg@10@{d}"] for s in ("document", "sentence") for d in dims})
+            for d, sq in scored.items():
+                for s in ("document", "sentence"):
+                    run = run_from_scores(sq.query_ids, sq.doc_ids, sq.dense[s], k=10)
+                    per_query[f"dev/{prefix}-{s}@{d}"] = query_values(query_ndcg, ds.qrels, run, 10)
     for name, sd in (("scifact-evidence", dev.evidence), ("wikipedia-sentence", dev.sentences)):
         if sd is not None and sd.queries and wanted(name):
-            from muses.evaluation.evidence import evaluate_sentence_retrieval
-
-            ev = evaluate_sentence_retrieval(model, sd.documents, sd.queries, {"": sd.qrels}, dims, no_cache)
-            out.update({f"dev/{name}@{d}": ev[f"flat/mrr@100@{d}"] for d in dims})
+            qids = list(sd.queries)
+            vecs = no_cache.corpus(model, sd.documents)
+            q = no_cache.queries(model, [sd.queries[i] for i in qids])
+            for d in dims:
+                run = sentence_runs(q, vecs, qids, d, depth=100)["flat"]
+                per_query[f"dev/{name}@{d}"] = query_values(query_mrr, sd.qrels, run, 100)
+    out.update({k: weighted_mean(v, dev.query_weights(k)) for k, v in per_query.items()})
     if dev.documents and wanted("hierarchy"):
         h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)
         out[f"dev/hierarchy@{full}"] = h[f"hierarchy/batch32@{full}"]
-    out["dev/score"] = dev_score(out, weights)
-    encoder.train(was_training)
-    return out
+    return DevReading(out, per_query)
+
+
+def weighted_mean(values: Mapping[str, float], weights: Mapping[str, float] | None = None) -> float:
+    """The mean of per-query ``values``, or their ``weights``-weighted mean (a query without a weight weighs 0); 0
+    without values."""
+    if not values:
+        return 0.0
+    if weights is None:
+        return float(np.mean(list(values.values())))
+    w = np.array([weights.get(q, 0.0) for q in values])
+    return float(np.dot(w, list(values.values())) / w.sum()) if w.sum() > 0 else 0.0
+
+
+def paired_bootstrap_bound(
+    values: Mapping[str, float],
+    reference: Mapping[str, float],
+    confidence: float,
+    weights: Mapping[str, float] | None = None,
+    seed: int = 0,
+) -> float:
+    """The lower one-sided ``confidence`` bound of the (``weights``-weighted) mean difference ``values - reference``
+    over the queries both have: how far below ``reference`` the metric may be, given how few queries measured it. A
+    paired BCa bootstrap over queries (``scipy.stats.bootstrap``, 2000 resamples; the percentile bootstrap where BCa
+    is undefined); the mean itself when every difference is the same or there are fewer than 3 queries.
+
+    Example::
+
+        >>> paired_bootstrap_bound({"a": 0.5, "b": 0.7}, {"a": 0.4, "b": 0.6}, 0.9)
+        0.1
+    """
+    from scipy.stats import bootstrap
+
+    qids = [q for q in values if q in reference]
+    diff = np.array([values[q] - reference[q] for q in qids])
+    w = np.ones(len(qids)) if weights is None else np.array([weights.get(q, 0.0) for q in qids])
+    if not len(qids) or w.sum() <= 0:
+        return 0.0
+    mean = float(np.dot(w, diff) / w.sum())
+    if np.ptp(diff) == 0 or len(qids) < 3:
+        return round(mean, 12)
+
+    def stat(d: np.ndarray, ww: np.ndarray, axis: int = -1) -> np.ndarray:
+        return (d * ww).sum(axis=axis) / np.maximum(ww.sum(axis=axis), 1e-12)
+
+    low = float("nan")
+    for method in ("BCa", "percentile"):  # BCa is undefined when every jackknife estimate is the same
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns about the BCa case above; the percentile bound follows
+            res = bootstrap(
+                (diff, w),
+                stat,
+                paired=True,
+                vectorized=True,
+                n_resamples=2000,
+                confidence_level=confidence,
+                alternative="greater",
+                method=method,
+                rng=np.random.default_rng(seed),
+            )
+        low = float(res.confidence_interval.low)
+        if np.isfinite(low):
+            break
+    return min(low, mean) if np.isfinite(low) else mean
 
 
 def metric_task(key: str) -> str:
@@ -173,11 +280,15 @@ def dev_score(metrics: Mapping[str, float], weights: Mapping[str, float] | None 
 
 
 def tolerance_misses(
-    metrics: Mapping[str, float], reference: Mapping[str, float], tolerance: Mapping[str, float]
+    metrics: Mapping[str, float],
+    reference: Mapping[str, float],
+    tolerance: Mapping[str, float],
+    bounds: Mapping[str, float] | None = None,
 ) -> list[str]:
     """The ``"dev/<task>@<dim>"`` metrics of ``metrics`` that fall more than ``tolerance[<task>]`` below
     ``reference`` (the same metric of another model, e.g. the starting one); a task not in ``tolerance``, or a
-    metric ``reference`` lacks, is never a miss.
+    metric ``reference`` lacks, is never a miss. A metric in ``bounds`` (:func:`difference_bounds`) is judged by
+    its bound on the difference instead: it misses when the bound is below ``-tolerance[<task>]``.
 
     Example::
 
@@ -191,8 +302,27 @@ def tolerance_misses(
         if k != "dev/score"
         and k in reference
         and (task := metric_task(k)) in tolerance
-        and v < reference[k] - tolerance[task]
+        and (
+            (bounds[k] < -tolerance[task]) if bounds is not None and k in bounds else v < reference[k] - tolerance[task]
+        )
     )
+
+
+def difference_bounds(
+    reading: DevReading,
+    reference: DevReading,
+    tasks: Collection[str],
+    confidence: float,
+    dev: DevSet,
+    seed: int = 0,
+) -> dict[str, float]:
+    """:func:`paired_bootstrap_bound` of every retrieval metric of ``tasks`` that both readings have per query:
+    ``"dev/<task>@<dim>"`` -> the lower bound of ``reading - reference``, with ``dev``'s query weights."""
+    return {
+        k: paired_bootstrap_bound(v, reference.per_query[k], confidence, dev.query_weights(k), seed)
+        for k, v in sorted(reading.per_query.items())
+        if metric_task(k) in tasks and k in reference.per_query
+    }
 
 
 def interpolation_summary(record: Mapping[str, Any]) -> str:

@@ -60,7 +60,7 @@ from muses.training.checkpoint import (
 )
 from muses.training.config import DevMetric, TrainConfig
 from muses.training.data import TrainingData
-from muses.training.dev import dev_score, evaluate_dev, tolerance_misses
+from muses.training.dev import DevReading, dev_score, difference_bounds, evaluate_dev, read_dev, tolerance_misses
 from muses.training.tasks import PAD_GROUP, Retention, make_sampler, make_tasks
 from muses.types import Document
 
@@ -208,13 +208,23 @@ class Trainer:
         )
         return dd.broadcast_object(evaluate_dev(self.encoder, self.data.dev, weights, tasks) if dd.is_main() else {})
 
-    def _reference_metrics(self, name: str) -> dict[str, float]:
+    def _read_every(self, encoder: MultiScaleEncoder | None = None, weighted: bool = True) -> DevReading:
+        """Every dev metric of ``encoder`` (default: the one training), with each query's value, and ``"dev/score"``
+        (by ``dev_weights`` if ``weighted``, else their mean); under torchrun rank 0 reads and every rank gets it."""
+        if not dd.is_main():
+            return dd.broadcast_object(DevReading({}, {}))
+        reading = read_dev(encoder or self.encoder, self.data.dev)  # read_dev sets eval mode and restores it
+        weights = _str_keys(self.config.dev_weights) if weighted else None
+        reading.metrics["dev/score"] = dev_score(reading.metrics, weights)
+        return dd.broadcast_object(reading)
+
+    def _reference_reading(self, name: str) -> DevReading:
         """Every dev metric of the model ``name`` (as ``model.base``: a name or folder) with its own heads, on this
         run's dev sets: a reference for ``interpolate_references``."""
         if not dd.is_main():
-            return dd.broadcast_object({})
+            return self._read_every()
         reference = MultiScaleEncoder.from_base(name, device=str(self.encoder.device), backend="torch")
-        return dd.broadcast_object(evaluate_dev(reference, self.data.dev, None, None))  # evaluate_dev sets eval mode
+        return self._read_every(reference, weighted=False)
 
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""
@@ -360,7 +370,9 @@ class Trainer:
         checkpoint). With ``interpolate_weights`` the checkpoint is scored again and every score uses those weights.
         With ``interpolate_tolerance`` only the checkpoint and mixes whose named dev metrics stay within it of the
         starting model's (alpha 0), and of each of ``interpolate_references``' (evaluated on the same dev sets), can
-        be kept; the record lists each one's misses and the references' metrics.
+        be kept; the record lists each one's misses and the references' metrics. With ``interpolate_confidence`` a
+        retrieval metric is held to the bootstrap bound of its difference instead
+        (:func:`~muses.training.dev.difference_bounds`), and the record lists the bounds.
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
@@ -388,29 +400,43 @@ class Trainer:
             return m["dev/score"] if weights is None else dev_score(m, weights)
 
         tolerance = _str_keys(self.config.interpolate_tolerance)
-        metrics: dict[float, dict[str, float]] = {}
+        confidence = self.config.interpolate_confidence
+        readings: dict[float, DevReading] = {}
         scores, kept = {1.0: self.best_score}, 1.0
         if weights is not None or tolerance is not None:  # the checkpoint, on every dev metric
             self.encoder.load_state_dict(best)
-            metrics[1.0] = self.evaluate(every=True)
+            readings[1.0] = self._read_every()
             if weights is not None:  # it was selected on dev_weights: score it again on these
-                scores[1.0] = score(metrics[1.0])
+                scores[1.0] = score(readings[1.0].metrics)
         for alpha in self.config.interpolate:
             self.encoder.load_state_dict(mix(alpha))
-            metrics[alpha] = self.evaluate(every=True)
-            scores[alpha] = score(metrics[alpha])
+            readings[alpha] = self._read_every()
+            scores[alpha] = score(readings[alpha].metrics)
+        metrics = {a: r.metrics for a, r in readings.items()}
         misses: dict[float, list[str]] = {}
-        references = {name: self._reference_metrics(name) for name in self.config.interpolate_references}
+        bounds: dict[float, dict[str, float]] = {}
+        references = {name: self._reference_reading(name) for name in self.config.interpolate_references}
         if tolerance is not None:  # the checkpoint and every mix against the starting model (alpha 0), the references
-            misses = {
-                a: tolerance_misses(m, metrics[0.0], tolerance)
-                + [
-                    f"{k} (against {name})"
-                    for name, ref in references.items()
-                    for k in tolerance_misses(m, ref, tolerance)
+
+            def bound(r: DevReading, ref: DevReading) -> dict[str, float] | None:
+                if confidence is None:
+                    return None
+                return difference_bounds(r, ref, tolerance, confidence, self.data.dev, self.config.seed)
+
+            for a, r in readings.items():
+                against = {"": (readings[0.0], bound(r, readings[0.0]))}
+                against |= {name: (ref, bound(r, ref)) for name, ref in references.items()}
+                misses[a] = [
+                    k + (f" (against {name})" if name else "")
+                    for name, (ref, b) in against.items()
+                    for k in tolerance_misses(r.metrics, ref.metrics, tolerance, b)
                 ]
-                for a, m in metrics.items()
-            }
+                if confidence is not None:
+                    bounds[a] = {
+                        k + (f" (against {name})" if name else ""): v
+                        for name, (_, b) in against.items()
+                        for k, v in (b or {}).items()
+                    }
             kept = 0.0
         for alpha in [*self.config.interpolate, 1.0]:
             if not misses.get(alpha) and scores[alpha] > scores[kept]:
@@ -422,7 +448,8 @@ class Trainer:
             "dev_score": scores[kept],
             "metrics": {str(a): m for a, m in sorted(metrics.items())},
             **({"misses": {str(a): m for a, m in sorted(misses.items())}} if tolerance is not None else {}),
-            **({"references": references} if references else {}),
+            **({"confidence": confidence, "bounds": {str(a): b for a, b in sorted(bounds.items())}} if bounds else {}),
+            **({"references": {n: r.metrics for n, r in references.items()}} if references else {}),
         }
         self.best_score = scores[kept]
         if dd.is_main():

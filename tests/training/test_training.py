@@ -253,6 +253,8 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
         ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: -0.01}\n", "tolerances must be finite and >= 0"),
         ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: .nan}\n", "tolerances must be finite and >= 0"),
         ("interpolate: [0.0]\ninterpolate_references: [default]\n", "held to interpolate_tolerance: set it too"),
+        ("interpolate: [0.0]\ninterpolate_confidence: 0.9\n", "bounds the differences that interpolate_tolerance"),
+        ("interpolate: [0.0]\ninterpolate_tolerance: {stsb: 0}\ninterpolate_confidence: 1.0\n", "less than 1"),
         ("interpolate: [0.0]\ninterpolate_weights: {stsb: 1, scifact-document: .inf}\n", "must be finite"),
         ("task_weights: {siblings: 1}\nloss: {retention: none}\n", "siblings task's targets"),
         ("loss: {rationale_candidates: abstract}\n", "loss.rationale_candidates"),
@@ -344,6 +346,44 @@ def test_interpolate_tolerance_keeps_only_mixes_that_hold_the_starting_model(tmp
     assert misses["0.0"] == [] and misses[str(record["kept"])] == []
     better = [a for a, s in record["alphas"].items() if s > record["dev_score"]]
     assert all(misses[a] for a in better)  # every higher STS-B score was refused for a SciFact loss
+
+
+@pytest.mark.slow
+def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(tmp_path: Path, data_dir: Path) -> None:
+    """With ``interpolate_confidence`` every retrieval metric of the tolerance is judged by the paired bootstrap
+    bound of its difference to the starting model (0 for the start itself, never above the difference), STS-B by
+    the difference itself, and the record lists the bounds and misses that follow from them."""
+    from muses.training.dev import tolerance_misses
+
+    tolerance = {"scifact-sentence": 0.01, "scifact-evidence": 0.01, "stsb": 0.01}
+    data = {**TINY["data"], "dev_scifact_claims": 16, "dev_scifact_evidence": True, "dev_scifact_kind_weights": True}
+    cfg = TrainConfig.model_validate(
+        {
+            **TINY,
+            "data": data,
+            "output_dir": str(tmp_path / "wise"),
+            "model": {"head_kind": "random-linear"},  # heads that move: mixes differ from the start per claim
+            "interpolate": [0.0, 0.5],
+            "interpolate_tolerance": tolerance,
+            "interpolate_confidence": 0.9,
+        }
+    )
+    trainer = Trainer(cfg, load_training_data(cfg, data_dir))
+    record = trainer.train(progress=False)["interpolation"]
+    assert record["confidence"] == 0.9 and set(record["bounds"]) == set(record["metrics"]) == {"0.0", "0.5", "1.0"}
+    guarded = {f"dev/{t}@{d}" for t in ("scifact-sentence", "scifact-evidence") for d in (64, 384)}
+    assert all(set(b) == guarded for b in record["bounds"].values())
+    assert record["bounds"]["0.0"] == dict.fromkeys(sorted(guarded), 0.0)
+    start = record["metrics"]["0.0"]
+    for alpha, m in record["metrics"].items():
+        bounds = record["bounds"][alpha]
+        assert all(bounds[k] <= m[k] - start[k] + 1e-9 for k in guarded)  # a bound is never above the difference
+        assert record["misses"][alpha] == tolerance_misses(m, start, tolerance, bounds)
+    gaps = [record["metrics"][a][k] - start[k] - b for a in ("0.5", "1.0") for k, b in record["bounds"][a].items()]
+    assert max(gaps) > 1e-6  # the bound states an uncertainty: below the difference where claims disagree
+    assert record["misses"][str(record["kept"])] == []
+    weights = trainer.data.dev.scifact_weights
+    assert weights is not None and len(set(weights.values())) == 2  # both kinds of claim among the 16
 
 
 @pytest.mark.slow
