@@ -183,6 +183,7 @@ def attach_adapter(
         if key in loaded_adapters(encoder):
             model.delete_adapter(key)
         raise ModelError(f"cannot attach adapter {key!r}: {e}. Check target_modules against the model's layers.") from e
+    model.train(model.training)  # the new layers take the model's mode: no adapter dropout while it encodes
     params = list(adapter_parameters(encoder, key).values())
     for p in params:
         p.requires_grad_(trainable)

@@ -261,8 +261,11 @@ def test_warm_up_unseen_domain(root: Path, tmp_path: Path, clean: MultiScaleEnco
     ]
     with pytest.raises(InputError, match="1 to 10 steps"):
         cache.warm_up("music", docs, steps=11, folder=tmp_path / "m0")
+    base_queries = cache.encode_queries(QUERIES, key="base")
     result = cache.warm_up("music", docs, steps=4, init="zero", folder=tmp_path / "music")
     assert result.steps == 4 and len(result.losses) == 4 and result.init_from is None
+    assert not any(m.training for m in clean.modules())  # no dropout in what it encodes next
+    np.testing.assert_array_equal(cache.encode_queries(QUERIES, key="base"), base_queries)  # as before it
     assert result.losses[-1] < result.losses[0]
     b = [p for n, p in adapter_parameters(clean, "music").items() if "lora_B" in n]
     assert all(float(p.abs().sum()) > 0 for p in b)  # trained away from the zero init (= the base)
