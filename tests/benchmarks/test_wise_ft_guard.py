@@ -1,0 +1,49 @@
+"""The WiSE-FT guard bench (``benchmarks/wise_ft_guard.py``) judges mixes from saved per-claim readings, without
+encoding: a mean difference, its bootstrap bound, with the claims as they come or weighed by kind."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from muses.data.beir import BeirDataset
+from muses.training.dev import DevSet
+
+
+def test_verdicts_judge_each_mix_against_alpha_zero_by_difference_and_by_bound() -> None:
+    from benchmarks.wise_ft_guard import GUARDED, verdicts
+
+    rng = np.random.default_rng(0)
+    claims = [f"c{i}" for i in range(200)]
+    start = {m: {q: float(v) for q, v in zip(claims, rng.uniform(0.3, 0.9, 200), strict=True)} for m in GUARDED}
+    # the mix: 0.004 worse on average, noisy per claim, and 0.03 worse on the first 50 claims (one kind)
+    noise = rng.normal(0, 0.05, 200)
+    mix = {
+        m: {
+            q: v - 0.004 + float(e) - (0.026 if i < 50 else 0.0)
+            for i, ((q, v), e) in enumerate(zip(vs.items(), noise, strict=True))
+        }
+        for m, vs in start.items()
+    }
+    weights = {q: (0.5 / 50 if i < 50 else 0.5 / 150) for i, q in enumerate(claims)}  # the first 50 weigh half
+    dev = DevSet(scifact=BeirDataset({}, {}, {}, "scifact", "dev"), scifact_weights=weights)
+    record = {
+        "readings": {
+            "0.0/own": {"metrics": {}, "per_query": start},
+            "0.5/own": {"metrics": {}, "per_query": mix},
+        }
+    }
+    rows = verdicts(record, {"own": dev}, tolerance=0.005, confidence=0.9)
+    assert {(r["weighting"], r["metric"]) for r in rows} == {
+        (w, m) for w in ("as they come", "by kind") for m in GUARDED
+    }
+    for r in rows:
+        values, ref = mix[r["metric"]], start[r["metric"]]
+        w = weights if r["weighting"] == "by kind" else dict.fromkeys(claims, 1.0)
+        assert r["difference"] == pytest.approx(sum(w[q] * (values[q] - ref[q]) for q in claims) / sum(w.values()))
+        assert r["alpha"] == 0.5 and r["bound"] < r["difference"]
+        assert r["kept_by_difference"] == (r["difference"] >= -0.005) and r["kept_by_bound"] == (r["bound"] >= -0.005)
+    plain = next(r for r in rows if r["weighting"] == "as they come")
+    kinds = next(r for r in rows if r["weighting"] == "by kind" and r["metric"] == plain["metric"])
+    assert kinds["difference"] < plain["difference"] - 0.005  # weighing the worse kind up shows more of its drop
+    assert not any(r["kept_by_bound"] for r in rows)
