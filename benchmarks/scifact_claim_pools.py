@@ -13,9 +13,16 @@ others drawn with ``--seed``, the recipe's, and the unused claims' cited abstrac
 only, the 300 test claims over the whole corpus, split into the claims with rationale evidence and those without
 (``--test``; vectors come from the embedding cache ``muses eval`` fills).
 
+With ``--whole-corpus`` the dev claims and the unused claims are also ranked over the whole corpus, as the test
+claims are (no distractor draw: the corpus is the test's, from the same cache), claim by claim, and every model
+after the first is compared with the first claim by claim: the mean difference and its 90% one-sided bootstrap bound
+(:func:`~muses.training.dev.paired_bootstrap_bound`), for the claims as they come and weighed by kind as SciFact's
+train split has them (:func:`~muses.training.data.scifact_kind_weights`), beside the test claims' difference.
+
 Usage::
 
-    python benchmarks/scifact_claim_pools.py --models base=default,v3=/path/best [--test] [--json PATH]
+    python benchmarks/scifact_claim_pools.py --models base=default,v3=/path/best [--test] [--whole-corpus] \
+        [--json PATH]
 
 Prints one line per model and pool; writes every number to ``--json``.
 """
@@ -32,9 +39,10 @@ from muses.data.beir import BeirDataset, load_beir
 from muses.data.scifact import load_scifact_claims
 from muses.evaluation.baselines import load_corpus_encoder
 from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache
+from muses.evaluation.metrics import query_ndcg, query_values, run_from_scores
 from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
-from muses.training.data import with_unused_claims
-from muses.training.dev import scifact_dev_subset
+from muses.training.data import scifact_kind_weights, with_unused_claims
+from muses.training.dev import paired_bootstrap_bound, scifact_dev_subset
 
 DIMS = [64, 384]
 
@@ -52,12 +60,44 @@ def pool_metrics(
     return out
 
 
+def claim_values(model: CorpusEncoder, data: BeirDataset, cache: EmbeddingCache) -> dict[str, dict[str, float]]:
+    """``"<document|sentence>@<dim>"`` -> claim id -> nDCG@10 of each claim of ``data``, ranked over its corpus."""
+    vecs = cache.corpus(model, beir_documents(data.corpus), with_tokens=False)
+    scored = score_queries(model, vecs, data.queries, DIMS, cache, with_tokens=False)
+    return {
+        f"{s}@{d}": query_values(query_ndcg, data.qrels, run_from_scores(sq.query_ids, sq.doc_ids, sq.dense[s], 10), 10)
+        for d, sq in scored.items()
+        for s in ("document", "sentence")
+    }
+
+
+def compare_claims(
+    values: Mapping[str, Mapping[str, Mapping[str, float]]],
+    claim_sets: Mapping[str, tuple[set[str], Mapping[str, float] | None]],
+    confidence: float = 0.9,
+) -> dict[str, dict[str, dict[str, dict[str, float]]]]:
+    """Every model of ``values`` (label -> metric -> claim -> value) after the first against the first: for each
+    claim set (name -> its claims and their weights, or None), each metric's mean difference and its bound."""
+    first, *others = values
+    out: dict[str, dict[str, dict[str, dict[str, float]]]] = {}
+    for label in others:
+        for name, (claims, weights) in claim_sets.items():
+            for metric, ref in values[first].items():
+                mine = {q: v for q, v in values[label][metric].items() if q in claims}
+                w = weights or dict.fromkeys(mine, 1.0)
+                diff = sum(w[q] * (v - ref[q]) for q, v in mine.items()) / sum(w[q] for q in mine)
+                bound = paired_bootstrap_bound(mine, ref, confidence, weights)
+                out.setdefault(label, {}).setdefault(name, {})[metric] = {"difference": diff, "bound": bound}
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", required=True, help="LABEL=SPEC,... (a model spec as muses eval takes)")
     ap.add_argument("--distractors", type=int, default=500)
     ap.add_argument("--seed", type=int, default=0, help="the recipe's seed: it draws the distractors")
     ap.add_argument("--test", action="store_true", help="also the test claims, by kind (reading only)")
+    ap.add_argument("--whole-corpus", action="store_true", help="dev and unused claims over the whole corpus too")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--cache", default=str(Path.home() / ".cache" / "muses" / "embeddings"))
     ap.add_argument("--json", default=None)
@@ -77,15 +117,33 @@ def main() -> None:
     print({k: len(v) for k, v in {**pools, **by_kind}.items()})
 
     results: dict[str, Any] = {"claims": {k: len(v) for k, v in {**pools, **by_kind}.items()}, "models": {}}
+    whole = BeirDataset(test.corpus, {**grown.queries, **test.queries}, {**grown.qrels, **test.qrels}, "scifact", "all")
+    values: dict[str, dict[str, dict[str, float]]] = {}
     for label, spec in models.items():
         model = load_corpus_encoder(spec)
         # the grown pool is encoded without a cache: its corpus is small and depends on --distractors
         res = pool_metrics(model, grown, pools, EmbeddingCache(None))
         if args.test:
             res |= pool_metrics(model, test, by_kind, EmbeddingCache(args.cache))
+        if args.whole_corpus:
+            values[label] = claim_values(model, whole, EmbeddingCache(args.cache))
         results["models"][label] = {"spec": spec, "pools": res}
         for pool, m in res.items():
             print(label, pool, {k: round(v, 4) for k, v in m.items()}, flush=True)
+    if values:
+        train_mix = scifact_kind_weights(grown, args.data_dir)
+        claim_sets = {
+            "dev, whole corpus": (dev, None),
+            "dev, whole corpus, by kind": (dev, train_mix),
+            "dev+unused, whole corpus": (set(grown.queries), None),
+            "dev+unused, whole corpus, by kind": (set(grown.queries), train_mix),
+            "test": (set(test.qrels), None),
+        }
+        results["whole_corpus"] = compare_claims(values, claim_sets)
+        for label, sets in results["whole_corpus"].items():
+            for name, metrics in sets.items():
+                line = {m: f"{v['difference']:+.4f} (bound {v['bound']:+.4f})" for m, v in metrics.items()}
+                print(label, "-", next(iter(values)), name, line, flush=True)
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
 

@@ -1,5 +1,5 @@
-"""The WiSE-FT guard bench (``benchmarks/wise_ft_guard.py``) judges mixes from saved per-claim readings, without
-encoding: a mean difference, its bootstrap bound, with the claims as they come or weighed by kind."""
+"""The benches that judge the WiSE-FT guard from saved per-claim values, without encoding: a mean difference, its
+bootstrap bound, with the claims as they come or weighed by kind."""
 
 from __future__ import annotations
 
@@ -47,3 +47,29 @@ def test_verdicts_judge_each_mix_against_alpha_zero_by_difference_and_by_bound()
     kinds = next(r for r in rows if r["weighting"] == "by kind" and r["metric"] == plain["metric"])
     assert kinds["difference"] < plain["difference"] - 0.005  # weighing the worse kind up shows more of its drop
     assert not any(r["kept_by_bound"] for r in rows)
+
+
+def test_claim_pools_compare_every_model_with_the_first_claim_by_claim() -> None:
+    """``scifact_claim_pools.compare_claims``: per claim set, the (weighted) mean difference to the first model and a
+    bound below it; a model equal to the first plus a constant has that constant as difference and bound."""
+    from benchmarks.scifact_claim_pools import compare_claims
+
+    rng = np.random.default_rng(1)
+    claims = [str(i) for i in range(120)]
+    base = {"sentence@64": {q: float(v) for q, v in zip(claims, rng.uniform(0, 1, 120), strict=True)}}
+    noisy = {"sentence@64": {q: v + float(rng.normal(0, 0.05)) for q, v in base["sentence@64"].items()}}
+    shifted = {"sentence@64": {q: v + 0.01 for q, v in base["sentence@64"].items()}}
+    weights = {q: (2.0 if int(q) % 2 else 1.0) for q in claims}
+    sets = {"odd": ({q for q in claims if int(q) % 2}, None), "all, weighted": (set(claims), weights)}
+    out = compare_claims({"base": base, "noisy": noisy, "shifted": shifted}, sets)
+    assert set(out) == {"noisy", "shifted"} and set(out["noisy"]) == set(sets)
+    for name in sets:
+        assert out["shifted"][name]["sentence@64"] == pytest.approx({"difference": 0.01, "bound": 0.01})
+    odd = [noisy["sentence@64"][q] - base["sentence@64"][q] for q in claims if int(q) % 2]
+    assert out["noisy"]["odd"]["sentence@64"]["difference"] == pytest.approx(np.mean(odd))
+    w = np.array([weights[q] for q in claims])
+    d = np.array([noisy["sentence@64"][q] - base["sentence@64"][q] for q in claims])
+    weighted = out["noisy"]["all, weighted"]["sentence@64"]
+    assert (
+        weighted["difference"] == pytest.approx(np.dot(w, d) / w.sum()) and weighted["bound"] < weighted["difference"]
+    )
