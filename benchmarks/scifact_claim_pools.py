@@ -71,6 +71,26 @@ def claim_values(model: CorpusEncoder, data: BeirDataset, cache: EmbeddingCache)
     }
 
 
+def whole_corpus_claim_sets(
+    grown: BeirDataset, dev: set[str], test: BeirDataset, data_dir: str | None = None
+) -> dict[str, tuple[set[str], dict[str, float] | None]]:
+    """The claim sets :func:`compare_claims` reads over the whole corpus: the dev claims, the dev and unused claims
+    (``grown``'s), each as they come and weighed by kind within that set, and the test claims."""
+
+    def by_kind(claims: set[str]) -> dict[str, float]:
+        only = BeirDataset({}, {}, {q: grown.qrels[q] for q in claims}, grown.name, grown.split)
+        return scifact_kind_weights(only, data_dir)
+
+    grown_claims = set(grown.qrels)
+    return {
+        "dev, whole corpus": (dev, None),
+        "dev, whole corpus, by kind": (dev, by_kind(dev)),
+        "dev+unused, whole corpus": (grown_claims, None),
+        "dev+unused, whole corpus, by kind": (grown_claims, by_kind(grown_claims)),
+        "test": (set(test.qrels), None),
+    }
+
+
 def compare_claims(
     values: Mapping[str, Mapping[str, Mapping[str, float]]],
     claim_sets: Mapping[str, tuple[set[str], Mapping[str, float] | None]],
@@ -131,15 +151,8 @@ def main() -> None:
         for pool, m in res.items():
             print(label, pool, {k: round(v, 4) for k, v in m.items()}, flush=True)
     if values:
-        train_mix = scifact_kind_weights(grown, args.data_dir)
-        claim_sets = {
-            "dev, whole corpus": (dev, None),
-            "dev, whole corpus, by kind": (dev, train_mix),
-            "dev+unused, whole corpus": (set(grown.queries), None),
-            "dev+unused, whole corpus, by kind": (set(grown.queries), train_mix),
-            "test": (set(test.qrels), None),
-        }
-        results["whole_corpus"] = compare_claims(values, claim_sets)
+        results["whole_corpus"] = compare_claims(values, whole_corpus_claim_sets(grown, dev, test, args.data_dir))
+        results["claim_values"] = values
         for label, sets in results["whole_corpus"].items():
             for name, metrics in sets.items():
                 line = {m: f"{v['difference']:+.4f} (bound {v['bound']:+.4f})" for m, v in metrics.items()}

@@ -17,7 +17,8 @@ Usage::
     python benchmarks/wise_ft_guard.py --checkpoint RUN/best-checkpoint --config configs/context-head.yaml \\
         --alphas 0,0.25,0.5,1 --out docs/reports/dev-pool/guard.json
 
-``--out`` is resumable: readings already in it are kept. Prints the verdict table; writes readings and verdicts.
+``--out`` is resumable: readings already in it are kept (it refuses readings of another checkpoint, recipe or
+pool). Prints the verdict table; writes readings and verdicts.
 """
 
 from __future__ import annotations
@@ -140,9 +141,13 @@ def main() -> None:
     alphas = sorted({0.0, *(float(a) for a in args.alphas.split(","))})
     devs = pools(args.distractors, [int(s) for s in args.seeds.split(",")], args.data_dir)
     record = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"readings": {}}
+    same = {k: str(getattr(args, k)) for k in ("checkpoint", "config", "distractors", "seeds", "data_dir")}
+    before = {k: v for k, v in record.get("settings", {}).items() if k in same}
+    if before and before != same:
+        ap.error(f"{args.out} holds readings made with {before}, not {same}: pass another --out")
+    record["settings"] = {k: str(v) for k, v in vars(args).items()}
     read_mixes(args.checkpoint, args.config, alphas, devs, record, args.out, args.data_dir)
     record["verdicts"] = verdicts(record, devs, args.tolerance, args.confidence)
-    record["settings"] = {k: str(v) for k, v in vars(args).items()}
     args.out.write_text(json.dumps(record) + "\n", encoding="utf-8")
     print("| pool | weighting | alpha | metric | difference | bound | kept by difference / by bound |")
     print("|---|---|---|---|---|---|---|")

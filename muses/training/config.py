@@ -335,7 +335,9 @@ class TrainConfig(_Strict):
         description="hold interpolate_tolerance to a bound instead of the difference itself: a mix or the checkpoint "
         "misses on a retrieval dev metric when the lower one-sided bound at this confidence (e.g. 0.9; a paired BCa "
         "bootstrap over the dev queries, with their weights) of its difference to the starting model, or to a "
-        "reference, is below -tolerance. STS-B and hierarchy keep the difference itself; null: the difference itself",
+        "reference, is below -tolerance. STS-B and hierarchy keep the difference itself; null: the difference itself. "
+        "A bound refuses more than the difference does: with few dev queries even the checkpoint may be refused, and "
+        "then the starting model (alpha 0) is kept",
     )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"

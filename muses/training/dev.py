@@ -336,6 +336,8 @@ def interpolation_summary(record: Mapping[str, Any]) -> str:
         'WiSE-FT kept alpha 0.0 (dev score 0.8500); over the tolerance: 0.5 (stsb@64, stsb@384)'
     """
     line = f"WiSE-FT kept alpha {record['kept']} (dev score {record['dev_score']:.4f})"
+    if record.get("confidence") is not None:
+        line += f"; retrieval held to {record['confidence']:.0%} bounds"
     refused = [
         f"{alpha} ({', '.join(m.removeprefix('dev/') for m in missed)})"
         for alpha, missed in record.get("misses", {}).items()

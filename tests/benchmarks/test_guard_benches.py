@@ -3,6 +3,8 @@ bootstrap bound, with the claims as they come or weighed by kind."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -73,3 +75,25 @@ def test_claim_pools_compare_every_model_with_the_first_claim_by_claim() -> None
     assert (
         weighted["difference"] == pytest.approx(np.dot(w, d) / w.sum()) and weighted["bound"] < weighted["difference"]
     )
+
+
+def test_claim_sets_weigh_each_set_to_the_train_mix_on_its_own(data_dir: Path) -> None:
+    """Weighed by kind, the dev claims alone and the dev and unused claims together each weigh claims with evidence
+    505/809 (SciFact's train split), not the grown pool's weights carried over to the dev claims."""
+    from benchmarks.scifact_claim_pools import whole_corpus_claim_sets
+    from muses.data.beir import load_beir
+    from muses.data.scifact import load_scifact_claims
+    from muses.training.data import with_unused_claims
+    from muses.training.dev import scifact_dev_subset
+
+    plain = scifact_dev_subset(load_beir("scifact", split="dev", data_dir=data_dir), 5, 0)
+    grown = with_unused_claims(plain, data_dir)
+    test = load_beir("scifact", split="test", data_dir=data_dir)
+    sets = whole_corpus_claim_sets(grown, set(plain.qrels), test, str(data_dir))
+    with_evidence = {c.id for c in load_scifact_claims("train", data_dir) if c.has_evidence}
+    assert [len(claims) for claims, _ in sets.values()] == [151, 151, 398, 398, 300]
+    for claims, weights in sets.values():
+        if weights is not None:
+            assert set(weights) == claims
+            assert sum(w for q, w in weights.items() if q in with_evidence) == pytest.approx(505 / 809)
+            assert sum(weights.values()) == pytest.approx(1.0)

@@ -351,7 +351,7 @@ def test_interpolate_tolerance_keeps_only_mixes_that_hold_the_starting_model(tmp
 @pytest.mark.slow
 def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(tmp_path: Path, data_dir: Path) -> None:
     """With ``interpolate_confidence`` every retrieval metric of the tolerance is judged by the paired bootstrap
-    bound of its difference to the starting model (0 for the start itself, never above the difference), STS-B by
+    bound of its difference to the starting model (0 for the start itself), STS-B by
     the difference itself, and the record lists the bounds and misses that follow from them."""
     from muses.training.dev import tolerance_misses
 
@@ -377,7 +377,6 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
     start = record["metrics"]["0.0"]
     for alpha, m in record["metrics"].items():
         bounds = record["bounds"][alpha]
-        assert all(bounds[k] <= m[k] - start[k] + 1e-9 for k in guarded)  # a bound is never above the difference
         assert record["misses"][alpha] == tolerance_misses(m, start, tolerance, bounds)
     gaps = [record["metrics"][a][k] - start[k] - b for a in ("0.5", "1.0") for k, b in record["bounds"][a].items()]
     assert max(gaps) > 1e-6  # the bound states an uncertainty: below the difference where claims disagree
