@@ -213,9 +213,8 @@ class Trainer:
         (by ``dev_weights`` if ``weighted``, else their mean); under torchrun rank 0 reads and every rank gets it."""
         if not dd.is_main():
             return dd.broadcast_object(DevReading({}, {}))
-        reading = read_dev(
-            encoder if encoder is not None else self.encoder, self.data.dev
-        )  # read_dev sets eval mode and restores it
+        # read_dev reads in eval mode and restores each module's mode afterwards
+        reading = read_dev(encoder if encoder is not None else self.encoder, self.data.dev)
         weights = _str_keys(self.config.dev_weights) if weighted else None
         reading.metrics["dev/score"] = dev_score(reading.metrics, weights)
         return dd.broadcast_object(reading)
