@@ -42,7 +42,7 @@ from muses.evaluation.corpus import CorpusEncoder, EmbeddingCache
 from muses.evaluation.metrics import query_ndcg, query_values, run_from_scores
 from muses.evaluation.retrieval import beir_documents, evaluate_scored, score_queries
 from muses.training.data import scifact_kind_weights, with_unused_claims
-from muses.training.dev import paired_bootstrap_bound, scifact_dev_subset
+from muses.training.dev import paired_bootstrap_bound, scifact_dev_subset, weighted_mean
 
 DIMS = [64, 384]
 
@@ -104,8 +104,7 @@ def compare_claims(
         for name, (claims, weights) in claim_sets.items():
             for metric, ref in values[first].items():
                 mine = {q: v for q, v in values[label][metric].items() if q in claims}
-                w = weights or dict.fromkeys(mine, 1.0)
-                diff = sum(w[q] * (v - ref[q]) for q, v in mine.items()) / sum(w[q] for q in mine)
+                diff = weighted_mean({q: v - ref[q] for q, v in mine.items()}, weights)
                 bound = paired_bootstrap_bound(mine, ref, confidence, weights)
                 out.setdefault(label, {}).setdefault(name, {})[metric] = {"difference": diff, "bound": bound}
     return out

@@ -35,7 +35,7 @@ from muses.data.beir import load_beir
 from muses.encoder import MultiScaleEncoder
 from muses.training.config import load_config
 from muses.training.data import load_training_data, scifact_dev_evidence, scifact_kind_weights, with_unused_claims
-from muses.training.dev import DevReading, DevSet, paired_bootstrap_bound, read_dev, scifact_dev_subset
+from muses.training.dev import DevReading, DevSet, paired_bootstrap_bound, read_dev, scifact_dev_subset, weighted_mean
 from muses.training.trainer import Trainer
 
 GUARDED = [f"dev/scifact-{s}@{d}" for s in ("document", "sentence") for d in (64, 384)]
@@ -108,8 +108,7 @@ def verdicts(
             for metric in [*GUARDED, *(m for m in EVIDENCE if m in mix.per_query and kinds is None)]:
                 values, ref = mix.per_query[metric], base[metric]
                 weights = kinds if metric in GUARDED else None
-                w = weights or dict.fromkeys(values, 1.0)
-                diff = sum(w[q] * (values[q] - ref[q]) for q in values) / sum(w[q] for q in values)
+                diff = weighted_mean({q: v - ref[q] for q, v in values.items()}, weights)
                 bound = paired_bootstrap_bound(values, ref, confidence, weights)
                 rows.append(
                     {
