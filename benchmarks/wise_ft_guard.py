@@ -35,7 +35,7 @@ from muses.data.beir import load_beir
 from muses.encoder import MultiScaleEncoder
 from muses.training.config import load_config
 from muses.training.data import load_training_data, scifact_dev_evidence, scifact_kind_weights, with_unused_claims
-from muses.training.dev import DevReading, DevSet, paired_bootstrap_bound, read_dev, scifact_dev_subset, weighted_mean
+from muses.training.dev import DevSet, paired_bootstrap_bound, read_dev, scifact_dev_subset, weighted_mean
 from muses.training.trainer import Trainer
 
 GUARDED = [f"dev/scifact-{s}@{d}" for s in ("document", "sentence") for d in (64, 384)]
@@ -103,10 +103,10 @@ def verdicts(
         start = record["readings"].get(f"0.0/{name}")
         if start is None or float(alpha) == 0.0:
             continue
-        mix, base = DevReading(reading["metrics"], reading["per_query"]), start["per_query"]
+        mix, base = reading["per_query"], start["per_query"]
         for weighting, kinds in (("as they come", None), ("by kind", devs[name].scifact_weights)):
-            for metric in [*GUARDED, *(m for m in EVIDENCE if m in mix.per_query and kinds is None)]:
-                values, ref = mix.per_query[metric], base[metric]
+            for metric in [*GUARDED, *(m for m in EVIDENCE if m in mix and kinds is None)]:
+                values, ref = mix[metric], base[metric]
                 weights = kinds if metric in GUARDED else None
                 diff = weighted_mean({q: v - ref[q] for q, v in values.items()}, weights)
                 bound = paired_bootstrap_bound(values, ref, confidence, weights)
