@@ -39,6 +39,7 @@ from muses.training.data import TrainingData
 CKPT = "checkpoint"
 BEST = "best"
 BEST_CHECKPOINT = "best-checkpoint"  # with ``interpolate``: the best checkpoint before mixing
+INTERPOLATION_READINGS = "interpolation-readings.json"  # with ``interpolate_confidence``: per-query dev values
 ADAPTER_DIR = "adapter"
 CENTROID_TEXTS = 5000  # per data source, for an adapter's routing centroid
 

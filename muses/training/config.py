@@ -193,6 +193,15 @@ class DataConfig(_Strict):
         "stage or an earlier stage of the same command; a model.base trained elsewhere is the caller's to know",
     )
 
+    dev_scifact_rationale_fold: tuple[int, int] | None = Field(
+        None,
+        description="[i, k]: hold out fold i of k (a stable hash of the claim id) of the train-fit claims with "
+        "rationale evidence: the rationale task does not read them, and they join the SciFact dev claims "
+        "(scifact-document, scifact-sentence, with the abstracts they cite) and the dev evidence set. k runs, one "
+        "per fold, judge a recipe on every claim with evidence that its run did not train on "
+        "(benchmarks/rationale_folds.py pools their readings). Needs dev_scifact_distractors; refused beside a "
+        "positive task_weights.scifact, which trains on every train-fit claim",
+    )
     dev_scifact_kind_weights: bool = Field(
         False,
         description="weigh the SciFact dev claims (scifact-document, scifact-sentence) so that claims with rationale "
@@ -408,6 +417,22 @@ class TrainConfig(_Strict):
                 raise ValueError(
                     "data.dev_scifact_unused_claims holds out claims the 'scifact' task trains on: set "
                     "task_weights.scifact to 0 or drop data.dev_scifact_unused_claims"
+                )
+        if (fold := self.data.dev_scifact_rationale_fold) is not None:
+            if not (fold[1] >= 2 and 0 <= fold[0] < fold[1]):
+                raise ValueError(
+                    f"data.dev_scifact_rationale_fold is [i, k], fold i of k with 0 <= i < k and k >= 2; "
+                    f"got {list(fold)}"
+                )
+            if self.data.dev_scifact_distractors is None:
+                raise ValueError(
+                    "data.dev_scifact_rationale_fold needs the SciFact dev pool: set data.dev_scifact_distractors "
+                    "(e.g. 500)"
+                )
+            if self.task_weights.get("scifact", 0) > 0:
+                raise ValueError(
+                    "data.dev_scifact_rationale_fold holds out claims the 'scifact' task trains on: set "
+                    "task_weights.scifact to 0 or drop data.dev_scifact_rationale_fold"
                 )
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")

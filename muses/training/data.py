@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
-from collections.abc import Sequence
+import zlib
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -104,6 +105,8 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
         dev.scifact = scifact_dev_subset(
             held_out, d.dev_scifact_distractors, seed=config.seed, max_claims=d.dev_scifact_claims
         )
+        if d.dev_scifact_rationale_fold is not None:  # before the evidence set, which reads the pool's claims
+            dev.scifact = with_fold_claims(dev.scifact, d.dev_scifact_rationale_fold, data_dir)
         if d.dev_scifact_evidence:  # on the dev claims' pool alone, with or without the unused claims below
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
         if d.dev_scifact_unused_claims:
@@ -115,7 +118,7 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
     if d.dev_wikipedia_sentences:
         dev.sentences = partial_sentence_queries(dev.documents, seed=config.seed)
     ict = inverse_cloze_pairs(documents, seed=config.seed) if d.ict else []
-    rationales = scifact_rationales(data_dir) if d.scifact_rationales else []
+    rationales = scifact_rationales(data_dir, d.dev_scifact_rationale_fold) if d.scifact_rationales else []
     data = TrainingData(documents, stsb, scifact, dev, ict, rationales)
     active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
     if active:
@@ -126,14 +129,40 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
     return data
 
 
-def scifact_rationales(data_dir: str | os.PathLike[str] | None = None) -> list[Rationale]:
+def rationale_fold(claim: str, folds: int) -> int:
+    """The fold (``0 .. folds - 1``) of a SciFact claim for ``data.dev_scifact_rationale_fold``: a stable hash of its
+    text, so that claims of the same text under two ids (SciFact has them, e.g. 85 and 86) share a fold.
+
+    Example::
+
+        >>> rationale_fold("Adult tissue-resident macrophages are seeded before birth.", 5)
+        3
+    """
+    return zlib.crc32(f"rationale-fold:{claim}".encode()) % folds
+
+
+def fold_claim_ids(fold: tuple[int, int], data_dir: str | os.PathLike[str] | None = None) -> list[str]:
+    """The ``train-fit`` claims with rationale evidence in fold ``fold = (i, k)``, sorted: what the rationale task
+    leaves out and the dev pool adds (``data.dev_scifact_rationale_fold``)."""
+    i, k = fold
+    return sorted(
+        c.id
+        for c in load_scifact_claims("train", data_dir)
+        if c.has_evidence and not is_heldout_dev(c.id) and rationale_fold(c.claim, k) == i
+    )
+
+
+def scifact_rationales(
+    data_dir: str | os.PathLike[str] | None = None, hold_out: tuple[int, int] | None = None
+) -> list[Rationale]:
     """One :class:`Rationale` per (claim, abstract with evidence) of the SciFact ``train`` claims outside the
     held-out ``dev`` 20% (:func:`~muses.data.beir.is_heldout_dev`, the same split as the ``scifact`` task's),
-    in claim order."""
+    in claim order; without the claims of fold ``hold_out = (i, k)`` (:func:`fold_claim_ids`) when given."""
     corpus = load_scifact_corpus(data_dir)
+    left_out = set(fold_claim_ids(hold_out, data_dir)) if hold_out is not None else set()
     out = []
     for claim in load_scifact_claims("train", data_dir):
-        if is_heldout_dev(claim.id):
+        if is_heldout_dev(claim.id) or claim.id in left_out:
             continue
         gold: dict[str, set[int]] = {}
         for doc_id, i in claim.rationale_sentences:
@@ -163,14 +192,36 @@ def with_unused_claims(pool: BeirDataset, data_dir: str | os.PathLike[str] | Non
     )
 
 
-def scifact_kind_weights(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> dict[str, float]:
-    """Claim id -> weight for the claims of a SciFact dev ``pool`` (``data.dev_scifact_kind_weights``): the claims
-    with rationale evidence together weigh their share of SciFact's ``train`` claims, and the claims without the
-    rest, each claim of a kind alike; the weights sum to 1. A pool with claims of one kind only weighs them alike."""
+def with_fold_claims(
+    pool: BeirDataset, fold: tuple[int, int], data_dir: str | os.PathLike[str] | None = None
+) -> BeirDataset:
+    """``pool`` (SciFact dev claims and their corpus, :func:`~muses.training.dev.scifact_dev_subset`) plus the
+    rationale claims of fold ``fold = (i, k)`` (:func:`fold_claim_ids`), which the rationale task then leaves out,
+    and the abstracts they cite (``data.dev_scifact_rationale_fold``): ``pool``'s claims and abstracts are all kept,
+    and its distractors are drawn as without the fold. Split ``"<pool's split>+fold<i>of<k>"``."""
+    fit = load_beir("scifact", split="train-fit", data_dir=data_dir)
+    added = fold_claim_ids(fold, data_dir)
+    cited = {d for q in added for d, r in fit.qrels[q].items() if r > 0}
+    return BeirDataset(
+        {d: doc for d, doc in fit.corpus.items() if d in pool.corpus or d in cited},
+        {**pool.queries, **{q: fit.queries[q] for q in added}},
+        {**pool.qrels, **{q: fit.qrels[q] for q in added}},
+        name=pool.name,
+        split=f"{pool.split}+fold{fold[0]}of{fold[1]}",
+    )
+
+
+def scifact_kind_weights(
+    pool: BeirDataset | Collection[str], data_dir: str | os.PathLike[str] | None = None
+) -> dict[str, float]:
+    """Claim id -> weight for the claims of a SciFact dev ``pool`` (or of these claim ids;
+    ``data.dev_scifact_kind_weights``): the claims with rationale evidence together weigh their share of SciFact's
+    ``train`` claims, and the claims without the rest, each claim of a kind alike; the weights sum to 1. A pool with
+    claims of one kind only weighs them alike."""
     train = load_scifact_claims("train", data_dir)
     share = sum(c.has_evidence for c in train) / len(train)
     with_evidence = {c.id for c in train if c.has_evidence}
-    kinds = {q: q in with_evidence for q in pool.qrels}
+    kinds = {q: q in with_evidence for q in (pool.qrels if isinstance(pool, BeirDataset) else pool)}
     n_with = sum(kinds.values())
     n_without = len(kinds) - n_with
     if not n_with or not n_without:
@@ -179,12 +230,12 @@ def scifact_kind_weights(pool: BeirDataset, data_dir: str | os.PathLike[str] | N
 
 
 def scifact_dev_evidence(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> EvidenceDev:
-    """The held-out SciFact ``dev`` claims (the 20% of ``train`` claims that training never sees) that have
-    evidence in the dev ``pool``'s abstracts, with the pool's abstracts as gold-segmented documents: the corpus of
-    the dev evidence-sentence metric."""
+    """The dev ``pool``'s claims with evidence in its abstracts (the held-out SciFact ``dev`` claims, the 20% of
+    ``train`` claims that training never sees, and those of a held-out rationale fold, :func:`with_fold_claims`),
+    with the pool's abstracts as gold-segmented documents: the corpus of the dev evidence-sentence metric."""
     corpus = load_scifact_corpus(data_dir)
-    claims = [c for c in load_scifact_claims("train", data_dir) if is_heldout_dev(c.id) and c.has_evidence]
-    claims = [c for c in claims if c.id in pool.queries and all(d in pool.corpus for d in c.evidence_doc_ids)]
+    claims = [c for c in load_scifact_claims("train", data_dir) if c.has_evidence and c.id in pool.queries]
+    claims = [c for c in claims if all(d in pool.corpus for d in c.evidence_doc_ids)]
     docs = [document_from_sentences(corpus[d].sentences, id=d) for d in pool.corpus if d in corpus]
     qrels = {c.id: {f"{d}:{i}": 1 for d, i in c.rationale_sentences} for c in claims}
     return EvidenceDev(docs, {c.id: c.claim for c in claims}, qrels)

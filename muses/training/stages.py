@@ -38,7 +38,8 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
     Raises:
         InputError: two stages write to the same output_dir (the second would resume the first's checkpoint), a
             whole-model stage follows an adapter stage (the adapter would serve weights that are gone), or a stage
-            selects on SciFact claims an earlier stage trained on (``data.dev_scifact_unused_claims``).
+            selects on SciFact claims an earlier stage trained on (``data.dev_scifact_unused_claims``,
+            ``data.dev_scifact_rationale_fold``).
     """
     stages: list[TrainConfig] = []
     written: dict[Path, Path] = {}
@@ -55,6 +56,18 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
             raise InputError(
                 f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that the earlier stage "
                 f"{trains[0]!r} trains on (task_weights.scifact): drop the option here or the task there."
+            )
+        fold = cfg.data.dev_scifact_rationale_fold
+        saw = [
+            st.name
+            for st in stages
+            if st.task_weights.get("scifact", 0) > 0
+            or (st.task_weights.get("rationale", 0) > 0 and st.data.dev_scifact_rationale_fold != fold)
+        ]
+        if fold is not None and saw:
+            raise InputError(
+                f"{config} selects on the rationale claims of fold {list(fold)} (data.dev_scifact_rationale_fold) "
+                f"that the earlier stage {saw[0]!r} trains on: hold out the same fold there, or drop the option here."
             )
         out = Path(cfg.output_dir).resolve()
         if out in written:

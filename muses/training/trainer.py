@@ -46,6 +46,7 @@ from muses.training.checkpoint import (
     BEST_CHECKPOINT,
     CENTROID_TEXTS,
     CKPT,
+    INTERPOLATION_READINGS,
     Routing,
     adapter_routing,
     centroid_texts,
@@ -373,7 +374,8 @@ class Trainer:
         starting model's (alpha 0), and of each of ``interpolate_references``' (evaluated on the same dev sets), can
         be kept; the record lists each one's misses and the references' metrics. With ``interpolate_confidence`` a
         retrieval metric is held to the bootstrap bound of its difference instead
-        (:func:`~muses.training.dev.difference_bounds`), and the record lists the bounds.
+        (:func:`~muses.training.dev.difference_bounds`), the record lists the bounds, and
+        ``interpolation-readings.json`` keeps every alpha's per-query dev values (:attr:`DevReading.per_query`).
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
@@ -456,5 +458,8 @@ class Trainer:
         if dd.is_main():
             self._save_best()
             (self.out / "interpolation.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+            if confidence is not None:  # what the bounds were drawn from, to pool runs (benchmarks/rationale_folds.py)
+                per_query = {str(a): r.per_query for a, r in sorted(readings.items())}
+                (self.out / INTERPOLATION_READINGS).write_text(json.dumps(per_query) + "\n", encoding="utf-8")
         dd.barrier()
         return record

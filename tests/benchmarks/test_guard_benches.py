@@ -97,3 +97,55 @@ def test_claim_sets_weigh_each_set_to_the_train_mix_on_its_own(data_dir: Path) -
             assert set(weights) == claims
             assert sum(w for q, w in weights.items() if q in with_evidence) == pytest.approx(505 / 809)
             assert sum(weights.values()) == pytest.approx(1.0)
+
+
+def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(tmp_path: Path, data_dir: Path) -> None:
+    """``rationale_folds``: a query read by two runs (a shared dev claim) counts once, at its mean difference; a
+    fold's claim counts in its own run's; a mix is refused when a pooled bound falls below the tolerance, and the
+    best-scoring mix that is not is kept. A run is checked to read its own fold's claims and no other fold's."""
+    import json
+
+    from benchmarks.rationale_folds import load_run, pooled_differences, verdict
+    from muses.training.checkpoint import INTERPOLATION_READINGS
+    from muses.training.data import fold_claim_ids
+
+    rng = np.random.default_rng(2)
+    shared = [f"s{i}" for i in range(60)]
+    own = [[f"a{i}" for i in range(40)], [f"b{i}" for i in range(40)]]
+    doc, evidence = "dev/scifact-document@64", "dev/scifact-evidence@64"
+
+    def run(fold: int, drop: float, gain: float) -> dict:
+        claims = shared + own[fold]
+        start = {q: float(v) for q, v in zip(claims, rng.uniform(0.3, 0.9, len(claims)), strict=True)}
+        out = {"0.0": {doc: start, evidence: dict(start)}}
+        for alpha, scale in (("0.5", 1.0), ("1.0", 3.0)):
+            noise = rng.normal(0, 0.01, len(claims))
+            out[alpha] = {
+                doc: {q: v - scale * drop + float(e) for (q, v), e in zip(start.items(), noise, strict=True)},
+                evidence: {q: v + scale * gain for q, v in start.items()},
+            }
+        return out
+
+    runs = [run(0, 0.001, 0.01), run(1, 0.003, 0.02)]
+    pooled = pooled_differences(runs, "0.5", doc)
+    assert set(pooled) == set(shared) | set(own[0]) | set(own[1])
+    for q in shared:
+        assert pooled[q] == pytest.approx(np.mean([r["0.5"][doc][q] - r["0.0"][doc][q] for r in runs]))
+    assert pooled["b3"] == pytest.approx(runs[1]["0.5"][doc]["b3"] - runs[1]["0.0"][doc]["b3"])
+    out = verdict(runs, {"scifact-document": 0.005}, 0.9, {"scifact-evidence": 1.0}, None)
+    half, whole = out["alphas"]["0.5"], out["alphas"]["1.0"]
+    assert half["guarded"][doc]["queries"] == 140 and half["guarded"][doc]["bound"] < half["guarded"][doc]["difference"]
+    assert half["guarded"][doc]["difference"] == pytest.approx(-0.002, abs=0.003) and half["misses"] == []
+    assert whole["misses"] == [doc] and whole["score"] > half["score"] > out["alphas"]["0.0"]["score"]
+    assert out["kept"] == 0.5  # the checkpoint scores best and is refused
+
+    folds = [fold_claim_ids((i, 5), str(data_dir)) for i in range(5)]
+    readings = {"0.0": {doc: dict.fromkeys(["d1", *folds[2]], 0.5)}}
+    (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
+    assert load_run(tmp_path, 2, 5, str(data_dir)) == readings
+    with pytest.raises(SystemExit, match="is not fold 3 of 5"):
+        load_run(tmp_path, 3, 5, str(data_dir))
+    readings["0.0"][doc][folds[4][0]] = 0.5
+    (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
+    with pytest.raises(SystemExit, match="reads fold 4's claims"):
+        load_run(tmp_path, 2, 5, str(data_dir))

@@ -13,7 +13,7 @@ from muses.data.scifact import load_scifact_claims
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError
 from muses.training.config import TrainConfig
-from muses.training.data import load_training_data, scifact_rationales
+from muses.training.data import fold_claim_ids, load_training_data, scifact_rationales
 from muses.training.dev import evaluate_dev
 from muses.training.stages import load_stages
 from muses.training.tasks import RationaleTask
@@ -132,6 +132,60 @@ def test_unused_train_claims_join_the_scifact_dev_pool_and_stay_held_out(tmp_pat
         with pytest.raises(InputError, match="the earlier stage 'smoke' trains on") as e:
             load_stages(stages)
         assert "\n" not in str(e.value)
+
+
+def test_a_rationale_fold_moves_from_the_task_to_the_dev_pool(tmp_path: Path, data_dir: Path) -> None:
+    """``data.dev_scifact_rationale_fold: [i, k]``: the k folds split the train-fit claims with rationale evidence;
+    fold i's claims leave the rationale task and join the SciFact dev pool (with the abstracts they cite; the dev
+    claims, their distractors and their qrels stay) and the dev evidence set (with their gold sentences). A bad
+    fold, the 'scifact' task, and an earlier stage that trains the rationale task on every claim are refused."""
+    with_evidence = {
+        c.id for c in load_scifact_claims("train", data_dir) if c.has_evidence and not is_heldout_dev(c.id)
+    }
+    folds = [set(fold_claim_ids((i, 3), data_dir)) for i in range(3)]
+    assert set().union(*folds) == with_evidence and sum(map(len, folds)) == len(with_evidence)
+    assert all(len(f) > len(with_evidence) / 5 for f in folds)  # the hash spreads them
+
+    base = {"dev_scifact_distractors": 20, "dev_scifact_evidence": True}
+    plain = load_training_data(_config(tmp_path, **base), data_dir)
+    data = load_training_data(_config(tmp_path, **base, dev_scifact_rationale_fold=[1, 3]), data_dir)
+    pool, before = data.dev.scifact, plain.dev.scifact
+    assert pool is not None and before is not None and pool.split == "dev+20+fold1of3"
+    assert set(pool.queries) - set(before.queries) == folds[1]
+    assert {q: pool.qrels[q] for q in before.qrels} == before.qrels and set(before.corpus) < set(pool.corpus)
+    assert {d for q in folds[1] for d in pool.qrels[q]} <= set(pool.corpus)
+    texts = {pool.queries[q] for q in folds[1]}
+    assert not texts & {r.query for r in data.rationales} and texts <= {r.query for r in plain.rationales}
+    assert len(plain.rationales) - len(data.rationales) >= len(folds[1])  # a claim cites one or more abstracts
+    ev, ev_before = data.dev.evidence, plain.dev.evidence
+    assert ev is not None and ev_before is not None
+    assert set(ev.qrels) == set(ev_before.qrels) | folds[1]
+    claims = {c.id: c for c in load_scifact_claims("train", data_dir)}
+    for q in folds[1]:
+        assert ev.qrels[q] == {f"{d}:{i}": 1 for d, i in claims[q].rationale_sentences}
+
+    for data_cfg, problem in (
+        ({"dev_scifact_rationale_fold": [3, 3]}, r"0 <= i < k"),
+        ({"dev_scifact_rationale_fold": [0, 1]}, r"k >= 2"),
+        ({"dev_scifact_rationale_fold": [0, 5], "dev_scifact_distractors": None}, "needs the SciFact dev pool"),
+    ):
+        with pytest.raises(ValidationError, match=problem):
+            _config(tmp_path, **data_cfg)
+    with pytest.raises(ValidationError, match=r"task_weights\.scifact to 0"):
+        one_task_config(tmp_path, "scifact", {"scifact": True, "dev_scifact_rationale_fold": [0, 5]})
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(f"extends: {configs / 'sentence-heads.yaml'}\noutput_dir: {tmp_path / 'a'}\n")
+    second.write_text(
+        f"extends: {configs / 'sentence-heads.yaml'}\noutput_dir: {tmp_path / 'b'}\n"
+        "data: {dev_scifact_rationale_fold: [0, 5]}\n"
+    )
+    assert load_stages([second])[0].data.dev_scifact_rationale_fold == (0, 5)
+    with pytest.raises(InputError, match="the earlier stage 'sentence-heads' trains on") as e:
+        load_stages([first, second])
+    assert "\n" not in str(e.value)
+    first.write_text(first.read_text() + "data: {dev_scifact_rationale_fold: [0, 5]}\n")  # the same fold: held out
+    assert [s.data.dev_scifact_rationale_fold for s in load_stages([first, second])] == [(0, 5), (0, 5)]
 
 
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:

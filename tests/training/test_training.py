@@ -353,7 +353,8 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
     """With ``interpolate_confidence`` every retrieval metric of the tolerance is judged by the paired bootstrap
     bound of its difference to the starting model (0 for the start itself), STS-B by
     the difference itself, and the record lists the bounds and misses that follow from them."""
-    from muses.training.dev import tolerance_misses
+    from muses.training.checkpoint import INTERPOLATION_READINGS
+    from muses.training.dev import tolerance_misses, weighted_mean
 
     tolerance = {"scifact-sentence": 0.01, "scifact-evidence": 0.01, "stsb": 0.01}
     data = {**TINY["data"], "dev_scifact_claims": 16, "dev_scifact_evidence": True, "dev_scifact_kind_weights": True}
@@ -383,6 +384,13 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
     assert record["misses"][str(record["kept"])] == []
     weights = trainer.data.dev.scifact_weights
     assert weights is not None and len(set(weights.values())) == 2  # both kinds of claim among the 16
+    readings = json.loads((tmp_path / "wise" / INTERPOLATION_READINGS).read_text())  # what the bounds came from
+    assert set(readings) == set(record["metrics"])
+    for alpha, per_query in readings.items():
+        assert set(per_query) >= guarded
+        for k, values in per_query.items():
+            mean = weighted_mean(values, trainer.data.dev.query_weights(k))
+            assert mean == pytest.approx(record["metrics"][alpha][k], abs=1e-9)
 
 
 @pytest.mark.slow
