@@ -99,13 +99,16 @@ def test_claim_sets_weigh_each_set_to_the_train_mix_on_its_own(data_dir: Path) -
             assert sum(weights.values()) == pytest.approx(1.0)
 
 
-def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(tmp_path: Path, data_dir: Path) -> None:
+def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``rationale_folds``: a query read by two runs (a shared dev claim) counts once, at its mean difference; a
     fold's claim counts in its own run's; a mix is refused when a pooled bound falls below the tolerance, and the
-    best-scoring mix that is not is kept. A run is checked to read its own fold's claims and no other fold's."""
+    best-scoring mix that is not is kept. A run is checked to read its own fold's claims and no other fold's; bad
+    arguments stop with exit 2 and one line."""
     import json
 
-    from benchmarks.rationale_folds import load_run, pooled_differences, verdict
+    from benchmarks.rationale_folds import load_run, main, pooled_differences, verdict
     from muses.training.checkpoint import INTERPOLATION_READINGS
     from muses.training.data import fold_claim_ids
 
@@ -132,8 +135,13 @@ def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(
     for q in shared:
         assert pooled[q] == pytest.approx(np.mean([r["0.5"][doc][q] - r["0.0"][doc][q] for r in runs]))
     assert pooled["b3"] == pytest.approx(runs[1]["0.5"][doc]["b3"] - runs[1]["0.0"][doc]["b3"])
-    out = verdict(runs, {"scifact-document": 0.005}, 0.9, {"scifact-evidence": 1.0}, None)
+    groups = {"shared": set(shared), "folds": set(own[0]) | set(own[1])}
+    out = verdict(runs, {"scifact-document": 0.005}, 0.9, {"scifact-evidence": 1.0}, None, groups)
     half, whole = out["alphas"]["0.5"], out["alphas"]["1.0"]
+    by_group = half["guarded"][doc]["by_group"]
+    assert by_group["shared"]["queries"] == 60 and by_group["folds"]["queries"] == 80
+    assert by_group["shared"]["difference"] == pytest.approx(np.mean([pooled[q] for q in shared]))
+    assert half["scored"] == {evidence: pytest.approx((60 * 0.015 + 40 * 0.01 + 40 * 0.02) / 140)}
     assert half["guarded"][doc]["queries"] == 140 and half["guarded"][doc]["bound"] < half["guarded"][doc]["difference"]
     assert half["guarded"][doc]["difference"] == pytest.approx(-0.002, abs=0.003) and half["misses"] == []
     assert whole["misses"] == [doc] and whole["score"] > half["score"] > out["alphas"]["0.0"]["score"]
@@ -143,9 +151,21 @@ def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(
     readings = {"0.0": {doc: dict.fromkeys(["d1", *folds[2]], 0.5)}}
     (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
     assert load_run(tmp_path, 2, 5, str(data_dir)) == readings
-    with pytest.raises(SystemExit, match="is not fold 3 of 5"):
+    with pytest.raises(ValueError, match="is not fold 3 of 5"):
         load_run(tmp_path, 3, 5, str(data_dir))
     readings["0.0"][doc][folds[4][0]] = 0.5
     (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
-    with pytest.raises(SystemExit, match="reads fold 4's claims"):
+    with pytest.raises(ValueError, match="reads fold 4's claims"):
         load_run(tmp_path, 2, 5, str(data_dir))
+    recipe = Path(__file__).parents[2] / "configs" / "context-head.yaml"
+    common = ["--config", str(recipe), "--folds", "5", "--data-dir", str(data_dir), "--out", str(tmp_path / "o.json")]
+    for argv, words in (
+        (["--run", "0"], "give I=PATH"),
+        (["--run", "5=x"], "0 <= I < --folds 5"),
+        (["--run", "1=x", "--run", "1=y"], "one run per fold"),
+        (["--run", f"2={tmp_path}"], "reads fold 4's claims"),
+    ):
+        with pytest.raises(SystemExit) as e:
+            main([*common, *argv])
+        err = capsys.readouterr().err
+        assert e.value.code == 2 and words in err.strip().splitlines()[-1] and "Traceback" not in err
