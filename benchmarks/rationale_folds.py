@@ -89,7 +89,8 @@ def verdict(
     out: dict[str, Any] = {"alphas": {}}
     for alpha in alphas:
         metrics = sorted(set.intersection(*(set(r[alpha]) for r in runs)))
-        rows, gains = {}, {}
+        rows: dict[str, dict[str, Any]] = {}
+        gains: dict[str, float] = {}
         for m in metrics:
             if alpha == "0.0":
                 continue
