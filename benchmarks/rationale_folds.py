@@ -11,10 +11,15 @@ every query, the SciFact claims weighed by kind as the recipe weighs them. A mix
 no guarded metric's bound below ``-tolerance``, then the best pooled score (``interpolate_weights``). Each SciFact
 claim metric's difference is also given for the claims with rationale evidence and those without, apart.
 
+The bound resamples queries, not runs: a shared query's difference is already a mean over k models, so it varies
+less than a fold's claim, read by one; the spread between the k trainings shows only through the queries. Only
+recipes the per-query readings can judge are pooled: their tolerance and ``interpolate_weights`` name retrieval
+metrics only, and they have no ``interpolate_references`` (each refused in one line otherwise).
+
 Usage::
 
     python benchmarks/rationale_folds.py --config configs/context-head.yaml --folds 5 \\
-        --run 0=runs/fold0 --run 1=runs/fold1 ... --out docs/reports/dev-pool/rationale-folds.json
+        --run 0=runs/fold0 --run 1=runs/fold1 ... --out docs/reports/dev-pool/rationale-folds/pooled.json
 
 Fewer runs than ``--folds`` are pooled too (the verdict says how many). Prints the verdict table; writes it.
 """
@@ -30,23 +35,31 @@ from typing import Any
 import numpy as np
 
 from muses.data.scifact import load_scifact_claims
+from muses.errors import MusesError
 from muses.training.checkpoint import INTERPOLATION_READINGS
-from muses.training.config import load_config
+from muses.training.config import TrainConfig, load_config
 from muses.training.data import fold_claim_ids, scifact_kind_weights
 from muses.training.dev import dev_score, metric_task, paired_bootstrap_bound, weighted_mean
 
 Readings = dict[str, dict[str, dict[str, float]]]  # alpha -> "dev/<task>@<dim>" -> query id -> value
 SCIFACT_CLAIMS = ("scifact-document", "scifact-sentence")  # the metrics the kind weights apply to
+CLAIMS = "dev/scifact-document@64"  # a metric every SciFact dev claim of a run has a value of
 
 
 def load_run(path: Path, fold: int, folds: int, data_dir: str | None) -> Readings:
     """A run's per-query readings, checked to be those of fold ``fold``: its SciFact dev claims hold that fold's
-    rationale claims and no other fold's."""
+    rationale claims and no other fold's.
+
+    Raises:
+        ValueError: the readings are missing, are not a finished run's, or are another fold's.
+    """
     file = path / INTERPOLATION_READINGS
     if not file.is_file():
         raise ValueError(f"{file} not found: train the recipe with interpolate_confidence set, to the end")
     readings: Readings = json.loads(file.read_text(encoding="utf-8"))
-    claims = set(readings["0.0"]["dev/scifact-document@64"])
+    if CLAIMS not in readings.get("0.0", {}):
+        raise ValueError(f"{file} holds no SciFact dev claims of alpha 0 ({CLAIMS}): not a run of this recipe")
+    claims = set(readings["0.0"][CLAIMS])
     if not set(fold_claim_ids((fold, folds), data_dir)) <= claims:
         raise ValueError(f"{path} is not fold {fold} of {folds}: it does not read that fold's claims on dev")
     for other in set(range(folds)) - {fold}:
@@ -55,32 +68,51 @@ def load_run(path: Path, fold: int, folds: int, data_dir: str | None) -> Reading
     return readings
 
 
+def _pooled(runs: list[Readings], alpha: str, metric: str, against_start: bool) -> dict[str, float]:
+    """Query id -> ``metric`` at ``alpha`` (minus alpha 0's with ``against_start``), averaged over the runs that read
+    the query."""
+    values: dict[str, list[float]] = {}
+    for r in runs:
+        start = r["0.0"][metric]
+        for q, v in r[alpha][metric].items():
+            values.setdefault(q, []).append(v - start[q] if against_start else v)
+    return {q: float(np.mean(v)) for q, v in values.items()}
+
+
 def pooled_differences(runs: list[Readings], alpha: str, metric: str) -> dict[str, float]:
     """Query id -> its ``alpha`` minus alpha 0 difference of ``metric``, averaged over the runs that read it."""
-    sums: dict[str, list[float]] = {}
-    for r in runs:
-        mix, start = r[alpha][metric], r["0.0"][metric]
-        for q, v in mix.items():
-            sums.setdefault(q, []).append(v - start[q])
-    return {q: float(np.mean(d)) for q, d in sums.items()}
+    return _pooled(runs, alpha, metric, against_start=True)
 
 
-def pooled_values(runs: list[Readings], alpha: str, metric: str) -> dict[str, float]:
-    """Query id -> ``metric``'s value at ``alpha``, averaged over the runs that read it."""
-    sums: dict[str, list[float]] = {}
-    for r in runs:
-        for q, v in r[alpha][metric].items():
-            sums.setdefault(q, []).append(v)
-    return {q: float(np.mean(v)) for q, v in sums.items()}
+def _guarded(
+    diff: Mapping[str, float],
+    weights: Mapping[str, float] | None,
+    confidence: float,
+    groups: Mapping[str, set[str]] | None,
+    seed: int,
+) -> dict[str, Any]:
+    """A guarded metric's pooled difference, its bound, its query count and (``groups``) each group's plain mean."""
+    row: dict[str, Any] = {
+        "difference": weighted_mean(diff, weights),
+        "bound": paired_bootstrap_bound(diff, dict.fromkeys(diff, 0.0), confidence, weights, seed),
+        "queries": len(diff),
+    }
+    if groups:
+        row["by_group"] = {
+            name: {"difference": weighted_mean({q: diff[q] for q in ids & set(diff)}), "queries": len(ids & set(diff))}
+            for name, ids in groups.items()
+        }
+    return row
 
 
 def verdict(
     runs: list[Readings],
     tolerance: Mapping[str, float],
     confidence: float,
-    score_weights: Mapping[str, float] | None,
+    score_weights: Mapping[str, float],
     kind_weights: Mapping[str, float] | None,
     groups: Mapping[str, set[str]] | None = None,
+    seed: int = 0,
 ) -> dict[str, Any]:
     """Every alpha's pooled differences and bounds on the ``tolerance`` metrics (with each of ``groups``' mean
     difference, unweighted, on the SciFact claim metrics), the pooled differences of the metrics that score it, its
@@ -89,34 +121,20 @@ def verdict(
     out: dict[str, Any] = {"alphas": {}}
     for alpha in alphas:
         metrics = sorted(set.intersection(*(set(r[alpha]) for r in runs)))
-        rows: dict[str, dict[str, Any]] = {}
-        gains: dict[str, float] = {}
-        for m in metrics:
-            if alpha == "0.0":
-                continue
-            diff = pooled_differences(runs, alpha, m)
-            weights = kind_weights if metric_task(m) in SCIFACT_CLAIMS else None
-            if score_weights and score_weights.get(metric_task(m), 0) > 0:
-                gains[m] = weighted_mean(diff, weights)
-            if metric_task(m) not in tolerance:
-                continue
-            bound = paired_bootstrap_bound(diff, dict.fromkeys(diff, 0.0), confidence, weights)
-            rows[m] = {"difference": weighted_mean(diff, weights), "bound": bound, "queries": len(diff)}
-            if groups and metric_task(m) in SCIFACT_CLAIMS:
-                rows[m]["by_group"] = {
-                    name: {
-                        "difference": weighted_mean({q: diff[q] for q in ids & set(diff)}),
-                        "queries": len(ids & set(diff)),
-                    }
-                    for name, ids in groups.items()
-                }
-        means = {
-            m: weighted_mean(pooled_values(runs, alpha, m), kind_weights if metric_task(m) in SCIFACT_CLAIMS else None)
-            for m in metrics
+        weights = {m: kind_weights if metric_task(m) in SCIFACT_CLAIMS else None for m in metrics}
+        means = {m: weighted_mean(_pooled(runs, alpha, m, against_start=False), weights[m]) for m in metrics}
+        diffs = {m: pooled_differences(runs, alpha, m) for m in metrics if alpha != "0.0"}
+        rows = {
+            m: _guarded(d, weights[m], confidence, groups if metric_task(m) in SCIFACT_CLAIMS else None, seed)
+            for m, d in diffs.items()
+            if metric_task(m) in tolerance
         }
-        misses = sorted(m for m, row in rows.items() if row["bound"] < -tolerance[metric_task(m)])
-        out["alphas"][alpha] = {"score": dev_score(means, score_weights), "guarded": rows, "misses": misses}
-        out["alphas"][alpha]["scored"] = gains
+        out["alphas"][alpha] = {
+            "score": dev_score(means, score_weights),
+            "guarded": rows,
+            "scored": {m: weighted_mean(d, weights[m]) for m, d in diffs.items() if score_weights.get(metric_task(m))},
+            "misses": sorted(m for m, row in rows.items() if row["bound"] < -tolerance[metric_task(m)]),
+        }
     kept = "0.0"
     for alpha, row in out["alphas"].items():
         if not row["misses"] and row["score"] > out["alphas"][kept]["score"]:
@@ -128,9 +146,23 @@ def verdict(
 def _run_arg(item: str) -> tuple[int, Path]:
     """``I=PATH`` -> ``(I, PATH)``."""
     fold, sep, path = item.partition("=")
-    if not sep or not fold.isdigit() or not path:
+    if not sep or not (fold.isascii() and fold.isdigit()) or not path:
         raise argparse.ArgumentTypeError(f"{item!r}: give I=PATH, fold I's output_dir")
     return int(fold), Path(path)
+
+
+def _check_recipe(cfg: TrainConfig, tasks_read: set[str]) -> str | None:
+    """Why the per-query readings cannot judge recipe ``cfg`` as its trainer does, or None when they can."""
+    if cfg.interpolate_tolerance is None or cfg.interpolate_confidence is None:
+        return "it sets no interpolate_tolerance with interpolate_confidence: nothing to pool"
+    if not cfg.interpolate_weights:
+        return "it sets no interpolate_weights: the trainer would score the mixes on dev/score, which is not pooled"
+    if cfg.interpolate_references:
+        return "its interpolate_references are judged on their own readings, which the runs do not keep"
+    unread = sorted({str(t) for t in [*cfg.interpolate_tolerance, *cfg.interpolate_weights]} - tasks_read)
+    if unread:
+        return f"the runs keep no per-query values of {unread} (only retrieval metrics have them)"
+    return None
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -146,25 +178,31 @@ def main(argv: list[str] | None = None) -> None:
     folds_read = [fold for fold, _ in args.run]
     if args.folds < 2 or not all(0 <= f < args.folds for f in folds_read) or len(set(folds_read)) < len(folds_read):
         ap.error(f"--run: one run per fold, each I with 0 <= I < --folds {args.folds} (k >= 2); got {folds_read}")
-    cfg = load_config(args.config)
-    if cfg.interpolate_tolerance is None or cfg.interpolate_confidence is None:
-        ap.error(f"{args.config} sets no interpolate_tolerance with interpolate_confidence: nothing to pool")
     try:
+        cfg = load_config(args.config)
         runs = [load_run(path, fold, args.folds, args.data_dir) for fold, path in args.run]
-    except ValueError as e:
+        with_evidence = {c.id for c in load_scifact_claims("train", args.data_dir) if c.has_evidence}
+    except (MusesError, ValueError) as e:
         ap.error(str(e))
-    claims = set().union(*(set(r["0.0"]["dev/scifact-document@64"]) for r in runs))
+    problem = _check_recipe(cfg, {metric_task(m) for m in set.intersection(*(set(r["0.0"]) for r in runs))})
+    if problem is not None:
+        ap.error(f"{args.config}: {problem}")
+    assert cfg.interpolate_tolerance is not None and cfg.interpolate_weights and cfg.interpolate_confidence
+    claims = set().union(*(set(r["0.0"][CLAIMS]) for r in runs))
     kinds = scifact_kind_weights(claims, args.data_dir) if cfg.data.dev_scifact_kind_weights else None
-    with_evidence = {c.id for c in load_scifact_claims("train", args.data_dir) if c.has_evidence}
     groups = {"with evidence": claims & with_evidence, "without evidence": claims - with_evidence}
     tolerance = {str(k): v for k, v in cfg.interpolate_tolerance.items()}
-    weights = {str(k): v for k, v in cfg.interpolate_weights.items()} if cfg.interpolate_weights else None
-    result = verdict(runs, tolerance, cfg.interpolate_confidence, weights, kinds, groups)
+    weights = {str(k): v for k, v in cfg.interpolate_weights.items()}
+    result = verdict(runs, tolerance, cfg.interpolate_confidence, weights, kinds, groups, cfg.seed)
     result |= {"config": str(args.config), "folds": args.folds, "runs": sorted(folds_read), "claims": len(claims)}
     result["confidence"] = cfg.interpolate_confidence
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"{len(runs)} of {args.folds} folds, {len(claims)} SciFact claims; kept alpha {result['kept']}")
+    _print(result, len(runs), args.folds, len(claims))
+
+
+def _print(result: Mapping[str, Any], runs: int, folds: int, claims: int) -> None:
+    print(f"{runs} of {folds} folds, {claims} SciFact claims; kept alpha {result['kept']}")
     for alpha, row in result["alphas"].items():
         for m, g in row["guarded"].items():
             kinds_line = "; ".join(

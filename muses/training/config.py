@@ -195,7 +195,7 @@ class DataConfig(_Strict):
 
     dev_scifact_rationale_fold: tuple[int, int] | None = Field(
         None,
-        description="[i, k]: hold out fold i of k (a stable hash of the claim id) of the train-fit claims with "
+        description="[i, k]: hold out fold i of k (a stable hash of the claim text) of the train-fit claims with "
         "rationale evidence: the rationale task does not read them, and they join the SciFact dev claims "
         "(scifact-document, scifact-sentence, with the abstracts they cite) and the dev evidence set. k runs, one "
         "per fold, judge a recipe on every claim with evidence that its run did not train on "

@@ -181,15 +181,7 @@ def with_unused_claims(pool: BeirDataset, data_dir: str | os.PathLike[str] | Non
     comparable. Split ``"<pool's split>+unused"``."""
     fit = load_beir("scifact", split="train-fit", data_dir=data_dir)
     with_evidence = {c.id for c in load_scifact_claims("train", data_dir) if c.has_evidence}
-    unused = sorted(q for q in fit.qrels if q not in with_evidence)
-    cited = {d for q in unused for d, r in fit.qrels[q].items() if r > 0}
-    return BeirDataset(
-        {d: doc for d, doc in fit.corpus.items() if d in pool.corpus or d in cited},
-        {**pool.queries, **{q: fit.queries[q] for q in unused}},
-        {**pool.qrels, **{q: fit.qrels[q] for q in unused}},
-        name=pool.name,
-        split=f"{pool.split}+unused",
-    )
+    return _with_fit_claims(pool, fit, sorted(q for q in fit.qrels if q not in with_evidence), "unused")
 
 
 def with_fold_claims(
@@ -200,14 +192,19 @@ def with_fold_claims(
     and the abstracts they cite (``data.dev_scifact_rationale_fold``): ``pool``'s claims and abstracts are all kept,
     and its distractors are drawn as without the fold. Split ``"<pool's split>+fold<i>of<k>"``."""
     fit = load_beir("scifact", split="train-fit", data_dir=data_dir)
-    added = fold_claim_ids(fold, data_dir)
+    return _with_fit_claims(pool, fit, fold_claim_ids(fold, data_dir), f"fold{fold[0]}of{fold[1]}")
+
+
+def _with_fit_claims(pool: BeirDataset, fit: BeirDataset, added: Sequence[str], tag: str) -> BeirDataset:
+    """``pool`` with the ``train-fit`` claims ``added`` and the abstracts they cite (in corpus order), split
+    ``"<pool's split>+<tag>"``."""
     cited = {d for q in added for d, r in fit.qrels[q].items() if r > 0}
     return BeirDataset(
         {d: doc for d, doc in fit.corpus.items() if d in pool.corpus or d in cited},
         {**pool.queries, **{q: fit.queries[q] for q in added}},
         {**pool.qrels, **{q: fit.qrels[q] for q in added}},
         name=pool.name,
-        split=f"{pool.split}+fold{fold[0]}of{fold[1]}",
+        split=f"{pool.split}+{tag}",
     )
 
 

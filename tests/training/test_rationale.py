@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from muses.data.beir import is_heldout_dev, load_beir
@@ -186,6 +188,9 @@ def test_a_rationale_fold_moves_from_the_task_to_the_dev_pool(tmp_path: Path, da
     assert "\n" not in str(e.value)
     first.write_text(first.read_text() + "data: {dev_scifact_rationale_fold: [0, 5]}\n")  # the same fold: held out
     assert [s.data.dev_scifact_rationale_fold for s in load_stages([first, second])] == [(0, 5), (0, 5)]
+    first.write_text(f"extends: {configs / 'smoke.yaml'}\noutput_dir: {tmp_path / 'a'}\n")  # trains 'scifact'
+    with pytest.raises(InputError, match="the earlier stage 'smoke' trains on"):
+        load_stages([first, second])
 
 
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:
@@ -253,3 +258,16 @@ def test_a_context_head_learns_the_rationale_task_alone(tmp_path: Path, data_dir
     assert float(after["task"]) < float(before["task"])
     moved = {k for k, v in trainer.encoder.state_dict().items() if not torch.equal(v, start[k])}
     assert moved and all(k.startswith(("model.1.heads.context.", "model.1.pool_context.")) for k in moved), moved
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.one_of(st.tuples(st.integers(-3, 8), st.integers(-3, 8)).map(list), st.lists(st.integers(0, 5), max_size=3)))
+def test_fuzzed_rationale_folds_validate_or_are_refused(fold: list[int]) -> None:
+    """``data.dev_scifact_rationale_fold``: ``[i, k]`` with ``0 <= i < k`` and ``k >= 2`` validates; any other value
+    is refused by the config's validation, naming the option."""
+    data = {"wikipedia_articles": 0, "scifact_rationales": True, "dev_scifact_rationale_fold": fold}
+    if len(fold) == 2 and fold[1] >= 2 and 0 <= fold[0] < fold[1]:
+        assert one_task_config(Path("unused"), "rationale", data).data.dev_scifact_rationale_fold == tuple(fold)
+    else:
+        with pytest.raises(ValidationError, match="dev_scifact_rationale_fold"):
+            one_task_config(Path("unused"), "rationale", data)
