@@ -407,32 +407,21 @@ class TrainConfig(_Strict):
             )
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
-        if self.data.dev_scifact_unused_claims:
+        if (fold := self.data.dev_scifact_rationale_fold) is not None and not (fold[1] >= 2 and 0 <= fold[0] < fold[1]):
+            raise ValueError(
+                f"data.dev_scifact_rationale_fold is [i, k], fold i of k with 0 <= i < k and k >= 2; got {list(fold)}"
+            )
+        for option in ("dev_scifact_unused_claims", "dev_scifact_rationale_fold"):  # SciFact train claims on dev
+            if not getattr(self.data, option):
+                continue
             if self.data.dev_scifact_distractors is None:
                 raise ValueError(
-                    "data.dev_scifact_unused_claims needs the SciFact dev pool: set data.dev_scifact_distractors "
-                    "(e.g. 500)"
+                    f"data.{option} needs the SciFact dev pool: set data.dev_scifact_distractors (e.g. 500)"
                 )
             if self.task_weights.get("scifact", 0) > 0:
                 raise ValueError(
-                    "data.dev_scifact_unused_claims holds out claims the 'scifact' task trains on: set "
-                    "task_weights.scifact to 0 or drop data.dev_scifact_unused_claims"
-                )
-        if (fold := self.data.dev_scifact_rationale_fold) is not None:
-            if not (fold[1] >= 2 and 0 <= fold[0] < fold[1]):
-                raise ValueError(
-                    f"data.dev_scifact_rationale_fold is [i, k], fold i of k with 0 <= i < k and k >= 2; "
-                    f"got {list(fold)}"
-                )
-            if self.data.dev_scifact_distractors is None:
-                raise ValueError(
-                    "data.dev_scifact_rationale_fold needs the SciFact dev pool: set data.dev_scifact_distractors "
-                    "(e.g. 500)"
-                )
-            if self.task_weights.get("scifact", 0) > 0:
-                raise ValueError(
-                    "data.dev_scifact_rationale_fold holds out claims the 'scifact' task trains on: set "
-                    "task_weights.scifact to 0 or drop data.dev_scifact_rationale_fold"
+                    f"data.{option} holds out claims the 'scifact' task trains on: set task_weights.scifact to 0 or "
+                    f"drop data.{option}"
                 )
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")

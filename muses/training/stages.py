@@ -57,14 +57,13 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
                 f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that the earlier stage "
                 f"{trains[0]!r} trains on (task_weights.scifact): drop the option here or the task there."
             )
-        if (fold := cfg.data.dev_scifact_rationale_fold) is not None and (
-            saw := [
-                st.name
-                for st in stages
-                if st.task_weights.get("scifact", 0) > 0
-                or (st.task_weights.get("rationale", 0) > 0 and st.data.dev_scifact_rationale_fold != fold)
-            ]
-        ):
+        fold = cfg.data.dev_scifact_rationale_fold
+        other_fold = [
+            s.name
+            for s in stages
+            if s.task_weights.get("rationale", 0) > 0 and s.data.dev_scifact_rationale_fold != fold
+        ]
+        if fold is not None and (saw := trains + other_fold):
             raise InputError(
                 f"{config} selects on the rationale claims of fold {list(fold)} (data.dev_scifact_rationale_fold) "
                 f"that the earlier stage {saw[0]!r} trains on: hold out the same fold there, or drop the option here."
