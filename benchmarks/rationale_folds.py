@@ -46,9 +46,10 @@ SCIFACT_CLAIMS = ("scifact-document", "scifact-sentence")  # the metrics the kin
 CLAIMS = "dev/scifact-document@64"  # a metric every SciFact dev claim of a run has a value of
 
 
-def load_run(path: Path, fold: int, folds: int, data_dir: str | None) -> Readings:
+def load_run(path: Path, fold: int, folds: int, data_dir: str | None, without_evidence: bool = False) -> Readings:
     """A run's per-query readings, checked to be those of fold ``fold``: its SciFact dev claims hold that fold's
-    rationale claims and no other fold's.
+    rationale claims and no other fold's (and, for a recipe that trains on them too,
+    ``data.scifact_claims_without_evidence``, the same of the claims without evidence).
 
     Raises:
         ValueError: the readings are missing, are not a finished run's, or are another fold's.
@@ -60,11 +61,13 @@ def load_run(path: Path, fold: int, folds: int, data_dir: str | None) -> Reading
     if CLAIMS not in readings.get("0.0", {}):
         raise ValueError(f"{file} holds no SciFact dev claims of alpha 0 ({CLAIMS}): not a run of this recipe")
     claims = set(readings["0.0"][CLAIMS])
-    if not set(fold_claim_ids((fold, folds), data_dir)) <= claims:
-        raise ValueError(f"{path} is not fold {fold} of {folds}: it does not read that fold's claims on dev")
-    for other in set(range(folds)) - {fold}:
-        if set(fold_claim_ids((other, folds), data_dir)) & claims:
-            raise ValueError(f"{path} reads fold {other}'s claims on dev, not only fold {fold}'s")
+    for evidence in (True, False) if without_evidence else (True,):
+        kind = "claims" if evidence else "claims without evidence"
+        if not set(fold_claim_ids((fold, folds), data_dir, evidence)) <= claims:
+            raise ValueError(f"{path} is not fold {fold} of {folds}: it does not read that fold's {kind} on dev")
+        for other in sorted(set(range(folds)) - {fold}):
+            if set(fold_claim_ids((other, folds), data_dir, evidence)) & claims:
+                raise ValueError(f"{path} reads fold {other}'s {kind} on dev, not only fold {fold}'s")
     return readings
 
 
@@ -180,7 +183,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--run: one run per fold, each I with 0 <= I < --folds {args.folds} (k >= 2); got {folds_read}")
     try:
         cfg = load_config(args.config)
-        runs = [load_run(path, fold, args.folds, args.data_dir) for fold, path in args.run]
+        unevidenced = cfg.data.scifact_claims_without_evidence
+        runs = [load_run(path, fold, args.folds, args.data_dir, unevidenced) for fold, path in args.run]
         with_evidence = {c.id for c in load_scifact_claims("train", args.data_dir) if c.has_evidence}
     except (MusesError, ValueError) as e:
         ap.error(str(e))

@@ -153,6 +153,15 @@ class DataConfig(_Strict):
         description="SciFact train-fit claims -> their rationale sentences, in context, for the 'rationale' task "
         "(the other sentences of the abstract are the hard negatives)",
     )
+    scifact_claims_without_evidence: bool = Field(
+        False,
+        description="rationale task: also the train-fit claims without rationale evidence, each ranking the batch's "
+        "abstracts with the ones it cites first by max-sim over their in-context sentences (no sentence is gold, so "
+        "only loss.rationale_maxsim_weight, which must be positive, trains on them). With "
+        "dev_scifact_rationale_fold the fold's claims without evidence are held out as well, and "
+        "dev_scifact_unused_claims then adds only those to dev; without a fold it is refused beside "
+        "dev_scifact_unused_claims, whose claims it would train on",
+    )
     max_rationale_tokens: int = Field(
         256, ge=16, description="rationale task: abstracts are cut to this many tokens (gold sentences cut off drop)"
     )
@@ -411,6 +420,17 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"data.dev_scifact_rationale_fold is [i, k], fold i of k with 0 <= i < k and k >= 2; got {list(fold)}"
             )
+        if self.data.scifact_claims_without_evidence:
+            if not (self.data.scifact_rationales and self.loss.rationale_maxsim_weight > 0):
+                raise ValueError(
+                    "data.scifact_claims_without_evidence trains the rationale task's max-sim term on them: set "
+                    "data.scifact_rationales and a positive loss.rationale_maxsim_weight, or drop the option"
+                )
+            if self.data.dev_scifact_unused_claims and self.data.dev_scifact_rationale_fold is None:
+                raise ValueError(
+                    "data.scifact_claims_without_evidence trains on the claims data.dev_scifact_unused_claims selects "
+                    "on: hold a fold of them out with data.dev_scifact_rationale_fold, or drop one of the two"
+                )
         for option in ("dev_scifact_unused_claims", "dev_scifact_rationale_fold"):  # SciFact train claims on dev
             if not getattr(self.data, option):
                 continue

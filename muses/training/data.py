@@ -109,8 +109,9 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
             dev.scifact = with_fold_claims(dev.scifact, d.dev_scifact_rationale_fold, data_dir)
         if d.dev_scifact_evidence:  # on the dev claims' pool alone, with or without the unused claims below
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
-        if d.dev_scifact_unused_claims:
-            dev.scifact = with_unused_claims(dev.scifact, data_dir)
+        if d.dev_scifact_unused_claims:  # with claims without evidence trained on, only the held-out fold's
+            fold = d.dev_scifact_rationale_fold if d.scifact_claims_without_evidence else None
+            dev.scifact = with_unused_claims(dev.scifact, data_dir, fold)
         if d.dev_scifact_kind_weights:
             dev.scifact_weights = scifact_kind_weights(dev.scifact, data_dir)
     if d.dev_wikipedia_ict:
@@ -118,7 +119,11 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
     if d.dev_wikipedia_sentences:
         dev.sentences = partial_sentence_queries(dev.documents, seed=config.seed)
     ict = inverse_cloze_pairs(documents, seed=config.seed) if d.ict else []
-    rationales = scifact_rationales(data_dir, d.dev_scifact_rationale_fold) if d.scifact_rationales else []
+    rationales = (
+        scifact_rationales(data_dir, d.dev_scifact_rationale_fold, d.scifact_claims_without_evidence)
+        if d.scifact_rationales
+        else []
+    )
     data = TrainingData(documents, stsb, scifact, dev, ict, rationales)
     active = [t for t in TASKS if config.task_weights.get(t, 0) > 0 and data.sizes()[t] == 0]  # type: ignore[call-overload]
     if active:
@@ -141,47 +146,60 @@ def rationale_fold(claim: str, folds: int) -> int:
     return zlib.crc32(f"rationale-fold:{claim}".encode()) % folds
 
 
-def fold_claim_ids(fold: tuple[int, int], data_dir: str | os.PathLike[str] | None = None) -> list[str]:
-    """The ``train-fit`` claims with rationale evidence in fold ``fold = (i, k)``, sorted: what the rationale task
-    leaves out and the dev pool adds (``data.dev_scifact_rationale_fold``)."""
-    i, k = fold
+def fold_claim_ids(
+    fold: tuple[int, int] | None, data_dir: str | os.PathLike[str] | None = None, evidence: bool = True
+) -> list[str]:
+    """The ``train-fit`` claims with rationale evidence (``evidence=False``: without) in fold ``fold = (i, k)``
+    (None: all of them), sorted: what the rationale task leaves out and the dev pool adds
+    (``data.dev_scifact_rationale_fold``)."""
     return sorted(
         c.id
         for c in load_scifact_claims("train", data_dir)
-        if c.has_evidence and not is_heldout_dev(c.id) and rationale_fold(c.claim, k) == i
+        if c.has_evidence == evidence
+        and not is_heldout_dev(c.id)
+        and (fold is None or rationale_fold(c.claim, fold[1]) == fold[0])
     )
 
 
 def scifact_rationales(
-    data_dir: str | os.PathLike[str] | None = None, hold_out: tuple[int, int] | None = None
+    data_dir: str | os.PathLike[str] | None = None,
+    hold_out: tuple[int, int] | None = None,
+    without_evidence: bool = False,
 ) -> list[Rationale]:
     """One :class:`Rationale` per (claim, abstract with evidence) of the SciFact ``train`` claims outside the
     held-out ``dev`` 20% (:func:`~muses.data.beir.is_heldout_dev`, the same split as the ``scifact`` task's),
-    in claim order; without the claims of fold ``hold_out = (i, k)`` (:func:`fold_claim_ids`) when given."""
+    in claim order; without the claims of fold ``hold_out = (i, k)`` (:func:`fold_claim_ids`) when given. With
+    ``without_evidence`` (``data.scifact_claims_without_evidence``) also one per (claim, cited abstract) of the
+    claims without rationale evidence outside that fold, with no gold sentence (``positives == ()``)."""
     corpus = load_scifact_corpus(data_dir)
     left_out = set(fold_claim_ids(hold_out, data_dir)) if hold_out is not None else set()
+    if without_evidence:
+        left_out |= set(fold_claim_ids(hold_out, data_dir, evidence=False)) if hold_out is not None else set()
     out = []
     for claim in load_scifact_claims("train", data_dir):
-        if is_heldout_dev(claim.id) or claim.id in left_out:
+        if is_heldout_dev(claim.id) or claim.id in left_out or not (claim.has_evidence or without_evidence):
             continue
         gold: dict[str, set[int]] = {}
         for doc_id, i in claim.rationale_sentences:
             gold.setdefault(doc_id, set()).add(i)
-        for doc_id in claim.evidence_doc_ids:
+        for doc_id in claim.evidence_doc_ids if claim.has_evidence else claim.cited_doc_ids:
             abstract = corpus[doc_id]
             doc = document_from_sentences(abstract.sentences, id=doc_id)
-            out.append(Rationale(claim.claim, doc, tuple(sorted(gold[doc_id]))))
+            out.append(Rationale(claim.claim, doc, tuple(sorted(gold.get(doc_id, ())))))
     return out
 
 
-def with_unused_claims(pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None) -> BeirDataset:
+def with_unused_claims(
+    pool: BeirDataset, data_dir: str | os.PathLike[str] | None = None, fold: tuple[int, int] | None = None
+) -> BeirDataset:
     """``pool`` (SciFact dev claims and their corpus, :func:`~muses.training.dev.scifact_dev_subset`) plus the
-    ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on, and the abstracts they
-    cite (``data.dev_scifact_unused_claims``): ``pool``'s claims and abstracts are all kept, so its numbers stay
-    comparable. Split ``"<pool's split>+unused"``."""
+    ``train-fit`` claims without rationale evidence, which only the ``scifact`` task trains on (and the rationale
+    task with ``data.scifact_claims_without_evidence``: then pass its held-out ``fold`` and only that fold's are
+    added), and the abstracts they cite (``data.dev_scifact_unused_claims``): ``pool``'s claims and abstracts are all
+    kept, so its numbers stay comparable. Split ``"<pool's split>+unused"`` (``"+unused<i>of<k>"`` for a fold)."""
     fit = load_beir("scifact", split="train-fit", data_dir=data_dir)
-    with_evidence = {c.id for c in load_scifact_claims("train", data_dir) if c.has_evidence}
-    return _with_fit_claims(pool, fit, sorted(q for q in fit.qrels if q not in with_evidence), "unused")
+    added = [q for q in fold_claim_ids(fold, data_dir, evidence=False) if q in fit.qrels]
+    return _with_fit_claims(pool, fit, added, "unused" if fold is None else f"unused{fold[0]}of{fold[1]}")
 
 
 def with_fold_claims(

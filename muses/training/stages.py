@@ -52,12 +52,20 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
                 "serves the weights it was trained on)."
             )
         trains = [st.name for st in stages if st.task_weights.get("scifact", 0) > 0]
-        if cfg.data.dev_scifact_unused_claims and trains:
+        fold = cfg.data.dev_scifact_rationale_fold
+        unevidenced = [  # earlier stages that train the claims without evidence outside this stage's held-out fold
+            s.name
+            for s in stages
+            if s.task_weights.get("rationale", 0) > 0
+            and s.data.scifact_claims_without_evidence
+            and (s.data.dev_scifact_rationale_fold != fold or not cfg.data.scifact_claims_without_evidence)
+        ]
+        if cfg.data.dev_scifact_unused_claims and (saw := trains + unevidenced):
             raise InputError(
                 f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that the earlier stage "
-                f"{trains[0]!r} trains on (task_weights.scifact): drop the option here or the task there."
+                f"{saw[0]!r} trains on (task_weights.scifact, or the rationale task with "
+                "data.scifact_claims_without_evidence): drop the option here, or hold out the same fold there."
             )
-        fold = cfg.data.dev_scifact_rationale_fold
         other_fold = [
             s.name
             for s in stages

@@ -386,7 +386,9 @@ class RationaleTask:
     negatives, the other abstracts' the easy ones (with ``loss.rationale_candidates: document``, only its own
     abstract's sentences are candidates, ``[B, S]`` bool). With ``loss.rationale_maxsim_weight`` the claims also
     rank the batch's ``A`` abstracts, each scored by its best sentence
-    (:class:`~muses.losses.MaxSimDocumentRanking`), as sentence max-sim retrieval ranks documents. Retention
+    (:class:`~muses.losses.MaxSimDocumentRanking`), as sentence max-sim retrieval ranks documents; an item without
+    gold sentences (``data.scifact_claims_without_evidence``: a claim and an abstract it cites, windowed from its
+    first sentence) takes part in this term only. Retention
     (``retention_task_weights.rationale``): the in-context sentences to the base model's, and the claims to the base
     model's standalone vectors; with ``loss.rationale_retain_documents`` also the abstracts' document vectors
     ``[A, D]`` (from the same pass) to the base model's standalone ones. Under torchrun every rank computes the
@@ -413,7 +415,7 @@ class RationaleTask:
             return doc, 0
         ends = [e for _, e in offsets]
         counts = [bisect.bisect_right(ends, s.end) - bisect.bisect_right(ends, s.start) for s in doc.sentences]
-        a = b = r.positives[0]
+        a = b = r.positives[0] if r.positives else 0
         used = counts[a]
         grew = True
         while grew:
@@ -442,7 +444,7 @@ class RationaleTask:
             rows = [
                 start[str(r.document.id)] + p - first for p in r.positives if 0 <= p - first < len(window.sentences)
             ]
-            if rows:
+            if rows or not r.positives:  # a claim without evidence ranks only abstracts (the max-sim term)
                 kept.append(r)
                 gold.append(rows)
         states = enc.token_states([docs[d][0].text for d in order], batch_size=PAD_GROUP)
@@ -465,9 +467,18 @@ class RationaleTask:
         own = torch.tensor([order.index(str(r.document.id)) for r in kept])  # [B]: each claim's abstract
         maxsim_weight = self.ctx.loss.rationale_maxsim_weight
 
+        has_gold = positives.any(dim=1)  # [B]: False for the claims without evidence
+
         def loss_fn(d: int) -> Tensor:
             q, s = matryoshka(query, d), matryoshka(sentence, d)
-            ranked = self.ctx.loss.rationale_weight * self.ranking(q, s, positives, candidates)
+            ranked = (
+                self.ctx.loss.rationale_weight
+                * self.ranking(
+                    q[has_gold], s, positives[has_gold], None if candidates is None else candidates[has_gold]
+                )
+                if bool(has_gold.any())
+                else q.new_zeros(())
+            )
             return ranked + maxsim_weight * self.maxsim(q, s, owner, own) if maxsim_weight else ranked
 
         res = self.ctx.matryoshka(loss_fn, [query, sentence], progress)

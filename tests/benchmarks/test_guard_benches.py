@@ -159,14 +159,25 @@ def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(
     (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
     with pytest.raises(ValueError, match="reads fold 4's claims"):
         load_run(tmp_path, 2, 5, str(data_dir))
+    readings["0.0"][doc].pop(folds[4][0])  # a recipe that also trains on the claims without evidence folds them too
+    unevidenced = [fold_claim_ids((i, 5), str(data_dir), evidence=False) for i in range(5)]
+    (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
+    with pytest.raises(ValueError, match="does not read that fold's claims without evidence"):
+        load_run(tmp_path, 2, 5, str(data_dir), without_evidence=True)
+    readings["0.0"][doc] |= dict.fromkeys([*unevidenced[2], unevidenced[0][0]], 0.5)
+    (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
+    with pytest.raises(ValueError, match="reads fold 0's claims without evidence"):
+        load_run(tmp_path, 2, 5, str(data_dir), without_evidence=True)
+    readings["0.0"][doc].pop(unevidenced[0][0])
+    (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
+    assert load_run(tmp_path, 2, 5, str(data_dir), without_evidence=True) == readings
+    assert load_run(tmp_path, 2, 5, str(data_dir)) == readings
     recipe = Path(__file__).parents[2] / "configs" / "context-head.yaml"
     common = ["--config", str(recipe), "--folds", "5", "--data-dir", str(data_dir), "--out", str(tmp_path / "o.json")]
     extra = tmp_path / "extra.yaml"
     extra.write_text(f"extends: {recipe}\ninterpolate_tolerance: {{stsb: 0.005}}\n")
     refs = tmp_path / "refs.yaml"
     refs.write_text(f"extends: {recipe}\ninterpolate_references: [default]\n")
-    readings["0.0"][doc].pop(folds[4][0])
-    (tmp_path / INTERPOLATION_READINGS).write_text(json.dumps(readings))
     for argv, words in (
         (["--config", str(extra), "--run", f"2={tmp_path}"], "'stsb'"),
         (["--config", str(refs), "--run", f"2={tmp_path}"], "interpolate_references"),

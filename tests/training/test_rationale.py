@@ -193,6 +193,73 @@ def test_a_rationale_fold_moves_from_the_task_to_the_dev_pool(tmp_path: Path, da
         load_stages([first, second])
 
 
+def test_claims_without_evidence_train_the_maxsim_term_and_fold_like_the_rest(tmp_path: Path, data_dir: Path) -> None:
+    """``data.scifact_claims_without_evidence``: the train-fit claims without rationale evidence join the rationale
+    task, one item per cited abstract with no gold sentence, and only the max-sim term trains on them (the ranking
+    weight does not change their loss; a few steps lower it). With a fold, that fold's claims without evidence are
+    held out too, and ``dev_scifact_unused_claims`` adds only those to dev. Without a positive max-sim weight, or
+    beside ``dev_scifact_unused_claims`` with no fold, or after a stage that trained them, it is refused."""
+    claims = load_scifact_claims("train", data_dir)
+    without = {c.id: c for c in claims if not c.has_evidence and not is_heldout_dev(c.id)}
+    folds = [set(fold_claim_ids((i, 3), data_dir, evidence=False)) for i in range(3)]
+    assert set().union(*folds) == set(without) and sum(map(len, folds)) == len(without)
+    loss = {"rationale_maxsim_weight": 2.0}
+    data_cfg = {"scifact_claims_without_evidence": True, "dev_scifact_distractors": 20, "dev_scifact_evidence": True}
+    cfg = one_task_config(
+        tmp_path,
+        "rationale",
+        {"wikipedia_articles": 0, "scifact_rationales": True, **data_cfg, "dev_scifact_rationale_fold": [1, 3]}
+        | {"dev_scifact_unused_claims": True},
+        loss,
+    )
+    data = load_training_data(cfg, data_dir)
+    pool = data.dev.scifact
+    assert pool is not None and pool.split == "dev+20+fold1of3+unused1of3"
+    dev_claims = {c.id for c in claims if is_heldout_dev(c.id)}
+    assert set(pool.queries) - dev_claims == set(fold_claim_ids((1, 3), data_dir)) | folds[1]
+    trained = [r for r in data.rationales if not r.positives]
+    held_texts = {without[q].claim for q in folds[1]}
+    assert {r.query for r in trained} == {without[q].claim for q in folds[0] | folds[2]} - held_texts
+    cited: dict[str, set[str]] = {}  # SciFact lists some claim texts under two ids, citing other abstracts
+    for c in without.values():
+        cited.setdefault(c.claim, set()).update(c.cited_doc_ids)
+    assert all(str(r.document.id) in cited[r.query] for r in trained)
+    assert len(trained) >= len(folds[0] | folds[2]) - 1  # a claim cites one or more abstracts
+
+    losses = []
+    for weight in (1.0, 5.0):
+        cfg.loss.rationale_weight = weight
+        trainer = Trainer(cfg, data)
+        task = trainer.tasks["rationale"]
+        batch = [i for i, r in enumerate(data.rationales) if not r.positives][:4]
+        losses.append(float(task(batch, 0.5)["task"].detach()))
+    assert losses[0] > 0 and losses[0] == pytest.approx(losses[1])  # the ranking term does not see them
+    before, after = train_on_one_batch(trainer, task, batch)
+    assert float(after["task"]) < float(before["task"])
+
+    for extra, bad_loss, problem in (
+        ({}, {}, r"positive loss\.rationale_maxsim_weight"),
+        ({"dev_scifact_unused_claims": True}, loss, r"hold a fold of them out"),
+    ):
+        with pytest.raises(ValidationError, match=problem):
+            one_task_config(tmp_path, "rationale", {"scifact_rationales": True, **data_cfg, **extra}, bad_loss)
+    configs = Path(__file__).resolve().parents[2] / "configs"
+    first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
+    first.write_text(
+        f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'a'}\n"
+        "data: {dev_scifact_rationale_fold: [0, 5]}\n"
+    )
+    second.write_text(f"extends: {configs / 'context-head.yaml'}\noutput_dir: {tmp_path / 'b'}\n")
+    with pytest.raises(InputError, match="the earlier stage 'context-head-all-claims' trains on") as e:
+        load_stages([first, second])  # the second selects on all 247 claims; the first trained 4/5 of them
+    assert "\n" not in str(e.value)
+    second.write_text(
+        f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'b'}\n"
+        "data: {dev_scifact_rationale_fold: [0, 5], dev_scifact_unused_claims: true}\n"
+    )
+    assert len(load_stages([first, second])) == 2  # the same fold held out in both
+
+
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:
     """With ``rationale_candidates: document`` a claim in a batch of four abstracts scores exactly as it does alone
     in a batch of its own abstract (its only candidates), and below its loss among every abstract's sentences."""
