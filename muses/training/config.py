@@ -155,12 +155,12 @@ class DataConfig(_Strict):
     )
     scifact_claims_without_evidence: bool = Field(
         False,
-        description="rationale task: also the train-fit claims without rationale evidence, each ranking the batch's "
-        "abstracts with the ones it cites first by max-sim over their in-context sentences (no sentence is gold, so "
-        "only loss.rationale_maxsim_weight, which must be positive, trains on them). With "
-        "dev_scifact_rationale_fold the fold's claims without evidence are held out as well, and "
-        "dev_scifact_unused_claims then adds only those to dev; without a fold it is refused beside "
-        "dev_scifact_unused_claims, whose claims it would train on",
+        description="rationale task: also the train-fit claims without rationale evidence, one item per abstract a "
+        "claim cites, which must rank first among the batch's abstracts by max-sim over their in-context sentences "
+        "(no sentence is gold, so of the task's losses only loss.rationale_maxsim_weight, which must be positive, "
+        "trains on them). With dev_scifact_rationale_fold the fold's claims without evidence are held out as well, "
+        "and dev_scifact_unused_claims, which it then needs, adds only those to dev; without a fold it is refused "
+        "beside dev_scifact_unused_claims, whose claims it would train on",
     )
     max_rationale_tokens: int = Field(
         256, ge=16, description="rationale task: abstracts are cut to this many tokens (gold sentences cut off drop)"
@@ -421,10 +421,20 @@ class TrainConfig(_Strict):
                 f"data.dev_scifact_rationale_fold is [i, k], fold i of k with 0 <= i < k and k >= 2; got {list(fold)}"
             )
         if self.data.scifact_claims_without_evidence:
-            if not (self.data.scifact_rationales and self.loss.rationale_maxsim_weight > 0):
+            if not (
+                self.data.scifact_rationales
+                and self.task_weights.get("rationale", 0) > 0
+                and self.loss.rationale_maxsim_weight > 0
+            ):
                 raise ValueError(
                     "data.scifact_claims_without_evidence trains the rationale task's max-sim term on them: set "
-                    "data.scifact_rationales and a positive loss.rationale_maxsim_weight, or drop the option"
+                    "data.scifact_rationales, a positive task_weights.rationale and a positive "
+                    "loss.rationale_maxsim_weight, or drop the option"
+                )
+            if self.data.dev_scifact_rationale_fold is not None and not self.data.dev_scifact_unused_claims:
+                raise ValueError(
+                    "data.scifact_claims_without_evidence with data.dev_scifact_rationale_fold holds out the fold's "
+                    "claims without evidence: set data.dev_scifact_unused_claims to read them on dev"
                 )
             if self.data.dev_scifact_unused_claims and self.data.dev_scifact_rationale_fold is None:
                 raise ValueError(

@@ -32,7 +32,8 @@ class Rationale:
     Attributes:
         query: the claim.
         document: the abstract, its sentences as SciFact gives them (sentence index = rationale index).
-        positives: indices of the gold sentences in ``document.sentences``, sorted.
+        positives: indices of the gold sentences in ``document.sentences``, sorted; empty for a claim without
+            rationale evidence and an abstract it cites (``data.scifact_claims_without_evidence``).
     """
 
     query: str
@@ -151,7 +152,8 @@ def fold_claim_ids(
 ) -> list[str]:
     """The ``train-fit`` claims with rationale evidence (``evidence=False``: without) in fold ``fold = (i, k)``
     (None: all of them), sorted: what the rationale task leaves out and the dev pool adds
-    (``data.dev_scifact_rationale_fold``)."""
+    (``data.dev_scifact_rationale_fold``; the claims without evidence with ``data.scifact_claims_without_evidence``
+    and ``data.dev_scifact_unused_claims``)."""
     return sorted(
         c.id
         for c in load_scifact_claims("train", data_dir)

@@ -60,11 +60,16 @@ def load_stages(configs: Paths, overrides: Mapping[str, object] | None = None) -
             and s.data.scifact_claims_without_evidence
             and (s.data.dev_scifact_rationale_fold != fold or not cfg.data.scifact_claims_without_evidence)
         ]
-        if cfg.data.dev_scifact_unused_claims and (saw := trains + unevidenced):
+        if cfg.data.dev_scifact_unused_claims and trains:
             raise InputError(
                 f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that the earlier stage "
-                f"{saw[0]!r} trains on (task_weights.scifact, or the rationale task with "
-                "data.scifact_claims_without_evidence): drop the option here, or hold out the same fold there."
+                f"{trains[0]!r} trains on (task_weights.scifact): drop the option here or the task there."
+            )
+        if cfg.data.dev_scifact_unused_claims and unevidenced:
+            raise InputError(
+                f"{config} selects on SciFact train-fit claims (data.dev_scifact_unused_claims) that the earlier stage "
+                f"{unevidenced[0]!r} trains on (data.scifact_claims_without_evidence): hold out the same fold in both "
+                "with data.scifact_claims_without_evidence here too, or drop the option here."
             )
         other_fold = [
             s.name

@@ -379,16 +379,18 @@ class RationaleTask:
     their rationale sentences, the other sentences of the same abstract as hard negatives.
 
     A batch of ``B`` items (claim, abstract, gold sentence indices) encodes each distinct abstract (a longer one
-    cut to the window of its sentences around the first item's first gold sentence that fits ``max_tokens``,
-    :meth:`window`; gold sentences outside it are dropped, and an item left without one is skipped) in one pass,
+    cut to the window of its sentences around the first gold sentence of the first item with gold that fits
+    ``max_tokens``, :meth:`window`; gold sentences outside it are dropped, and an item left without one is skipped)
+    in one pass,
     giving in-context sentence vectors ``[S, D]`` (S: all sentences of the batch's abstracts), and the claims
     standalone, ``[B, D]``. Every claim ranks all ``S`` sentences: its abstract's other sentences are the hard
     negatives, the other abstracts' the easy ones (with ``loss.rationale_candidates: document``, only its own
     abstract's sentences are candidates, ``[B, S]`` bool). With ``loss.rationale_maxsim_weight`` the claims also
     rank the batch's ``A`` abstracts, each scored by its best sentence
     (:class:`~muses.losses.MaxSimDocumentRanking`), as sentence max-sim retrieval ranks documents; an item without
-    gold sentences (``data.scifact_claims_without_evidence``: a claim and an abstract it cites, windowed from its
-    first sentence) takes part in this term only. Retention
+    gold sentences (``data.scifact_claims_without_evidence``: a claim and one abstract it cites, windowed from its
+    first sentence when no item with gold shares it; the claim's other cited abstracts in the batch count as
+    negatives, as for a claim with evidence) takes part in this term and the claims' retention only. Retention
     (``retention_task_weights.rationale``): the in-context sentences to the base model's, and the claims to the base
     model's standalone vectors; with ``loss.rationale_retain_documents`` also the abstracts' document vectors
     ``[A, D]`` (from the same pass) to the base model's standalone ones. Under torchrun every rank computes the
@@ -405,8 +407,9 @@ class RationaleTask:
         self.maxsim = MaxSimDocumentRanking(scale=1.0 / ctx.loss.temperature)
 
     def window(self, r: Rationale) -> tuple[Document, int]:
-        """The consecutive sentences of ``r.document`` around its first gold sentence that fit ``max_tokens`` (grown
-        forwards, then backwards, one sentence at a time), as a document, and the index of its first sentence."""
+        """The consecutive sentences of ``r.document`` around its first gold sentence (its first sentence for an item
+        without gold) that fit ``max_tokens`` (grown forwards, then backwards, one sentence at a time), as a
+        document, and the index of its first sentence."""
         doc = r.document
         offsets = self.ctx.encoder.tokenizer(
             doc.text, add_special_tokens=False, return_offsets_mapping=True, verbose=False
@@ -430,10 +433,11 @@ class RationaleTask:
     def __call__(self, items: list[int], progress: float) -> dict[str, Any]:
         enc = self.ctx.encoder
         batch = [self.items[i] for i in items]
-        docs: dict[str, tuple[Document, int]] = {}  # doc id -> (its window, index of the window's first sentence)
-        for r in batch:
-            if str(r.document.id) not in docs:
-                docs[str(r.document.id)] = self.window(r)
+        windows: dict[str, tuple[Document, int]] = {}  # doc id -> (its window, index of its first sentence)
+        for r in sorted(batch, key=lambda r: not r.positives):  # an item with gold sentences places the window
+            if str(r.document.id) not in windows:
+                windows[str(r.document.id)] = self.window(r)
+        docs = {str(r.document.id): windows[str(r.document.id)] for r in batch}  # in batch order
         order = list(docs)
         sizes = [len(docs[d][0].sentences) for d in order]
         start = dict(zip(order, itertools.accumulate(sizes[:-1], initial=0), strict=True))

@@ -15,7 +15,7 @@ from muses.data.scifact import load_scifact_claims
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError
 from muses.training.config import TrainConfig
-from muses.training.data import fold_claim_ids, load_training_data, scifact_rationales
+from muses.training.data import Rationale, fold_claim_ids, load_training_data, scifact_rationales
 from muses.training.dev import evaluate_dev
 from muses.training.stages import load_stages
 from muses.training.tasks import RationaleTask
@@ -200,6 +200,7 @@ def test_claims_without_evidence_train_the_maxsim_term_and_fold_like_the_rest(tm
     held out too, and ``dev_scifact_unused_claims`` adds only those to dev. Without a positive max-sim weight, or
     beside ``dev_scifact_unused_claims`` with no fold, or after a stage that trained them, it is refused."""
     claims = load_scifact_claims("train", data_dir)
+    claims_by_id = {c.id: c for c in claims}
     without = {c.id: c for c in claims if not c.has_evidence and not is_heldout_dev(c.id)}
     folds = [set(fold_claim_ids((i, 3), data_dir, evidence=False)) for i in range(3)]
     assert set().union(*folds) == set(without) and sum(map(len, folds)) == len(without)
@@ -218,36 +219,70 @@ def test_claims_without_evidence_train_the_maxsim_term_and_fold_like_the_rest(tm
     dev_claims = {c.id for c in claims if is_heldout_dev(c.id)}
     assert set(pool.queries) - dev_claims == set(fold_claim_ids((1, 3), data_dir)) | folds[1]
     trained = [r for r in data.rationales if not r.positives]
-    held_texts = {without[q].claim for q in folds[1]}
-    assert {r.query for r in trained} == {without[q].claim for q in folds[0] | folds[2]} - held_texts
-    cited: dict[str, set[str]] = {}  # SciFact lists some claim texts under two ids, citing other abstracts
-    for c in without.values():
-        cited.setdefault(c.claim, set()).update(c.cited_doc_ids)
-    assert all(str(r.document.id) in cited[r.query] for r in trained)
-    assert len(trained) >= len(folds[0] | folds[2]) - 1  # a claim cites one or more abstracts
+    held_texts = {claims_by_id[q].claim for q in pool.queries}
+    assert not held_texts & {r.query for r in data.rationales}  # no dev claim, of either kind, is trained on
+    assert {r.query for r in trained} == {without[q].claim for q in folds[0] | folds[2]}
+    assert sorted((r.query, str(r.document.id)) for r in trained) == sorted(
+        (without[q].claim, d) for q in folds[0] | folds[2] for d in without[q].cited_doc_ids
+    )
 
-    losses = []
-    for weight in (1.0, 5.0):
-        cfg.loss.rationale_weight = weight
-        trainer = Trainer(cfg, data)
-        task = trainer.tasks["rationale"]
-        batch = [i for i, r in enumerate(data.rationales) if not r.positives][:4]
-        losses.append(float(task(batch, 0.5)["task"].detach()))
-    assert losses[0] > 0 and losses[0] == pytest.approx(losses[1])  # the ranking term does not see them
-    before, after = train_on_one_batch(trainer, task, batch)
+    ids = {"without": [i for i, r in enumerate(data.rationales) if not r.positives][:3]}
+    ids["with"] = [i for i, r in enumerate(data.rationales) if r.positives][:3]
+    ids["mixed"] = ids["without"] + ids["with"]
+    losses: dict[tuple[str, str, float], float] = {}
+    for candidates in ("batch", "document"):
+        for weight in (1.0, 5.0):
+            cfg.loss.rationale_weight, cfg.loss.rationale_candidates = weight, candidates  # type: ignore[assignment]
+            trainer = Trainer(cfg, data)
+            task = trainer.tasks["rationale"]
+            for name, batch in ids.items():
+                torch.manual_seed(0)
+                losses[name, candidates, weight] = float(task(batch, 0.5)["task"].detach())
+        assert losses["without", candidates, 1.0] > 0  # the max-sim term alone: the ranking term does not see them
+        assert losses["without", candidates, 1.0] == pytest.approx(losses["without", candidates, 5.0])
+        # in a mixed batch the ranking term is the mean over the items with gold (4 more of it at weight 5): the
+        # same as theirs alone when only their own abstract's sentences are candidates, more with the batch's
+        ranking = {k: (losses[k, candidates, 5.0] - losses[k, candidates, 1.0]) / 4 for k in ("mixed", "with")}
+        if candidates == "document":
+            assert ranking["mixed"] == pytest.approx(ranking["with"], rel=1e-4) and ranking["with"] > 0
+        else:
+            assert ranking["mixed"] > ranking["with"] > 0
+    before, after = train_on_one_batch(trainer, task, ids["without"])
     assert float(after["task"]) < float(before["task"])
+
+    # an item with gold places its abstract's window even after one without gold: its gold sentence stays in
+    def from_start(r: Rationale) -> Rationale:
+        return Rationale("a claim without evidence", r.document, ())
+
+    late = next(  # a gold sentence past the window cut from the start, and a sentence not gold in its own window
+        r
+        for r in data.rationales
+        if r.positives
+        and r.positives[0] >= len(task.window(from_start(r))[0].sentences)
+        and len(task.window(r)[0].sentences) > len(r.positives)
+    )
+    pair = [from_start(late), late]
+    shared = RationaleTask(task.ctx, pair, task.max_tokens)
+    with torch.no_grad():
+        cfg.loss.rationale_weight = 1.0
+        low = float(shared([0, 1], 0.5)["task"])
+        cfg.loss.rationale_weight = 5.0
+        assert float(shared([0, 1], 0.5)["task"]) > low  # the ranking term sees the item with gold
 
     for extra, bad_loss, problem in (
         ({}, {}, r"positive loss\.rationale_maxsim_weight"),
         ({"dev_scifact_unused_claims": True}, loss, r"hold a fold of them out"),
+        ({"dev_scifact_rationale_fold": [0, 5]}, loss, r"set data\.dev_scifact_unused_claims to read them"),
     ):
         with pytest.raises(ValidationError, match=problem):
             one_task_config(tmp_path, "rationale", {"scifact_rationales": True, **data_cfg, **extra}, bad_loss)
+    with pytest.raises(ValidationError, match=r"positive task_weights\.rationale"):
+        one_task_config(tmp_path, "stsb", {"stsb": True, "scifact_rationales": True, **data_cfg}, loss)
     configs = Path(__file__).resolve().parents[2] / "configs"
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
     first.write_text(
         f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'a'}\n"
-        "data: {dev_scifact_rationale_fold: [0, 5]}\n"
+        "data: {dev_scifact_rationale_fold: [0, 5], dev_scifact_unused_claims: true}\n"
     )
     second.write_text(f"extends: {configs / 'context-head.yaml'}\noutput_dir: {tmp_path / 'b'}\n")
     with pytest.raises(InputError, match="the earlier stage 'context-head-all-claims' trains on") as e:
