@@ -1,15 +1,17 @@
 """The WiSE-FT guard of a recipe pooled over k runs, each holding out one fold of the rationale claims.
 
-One run of a recipe is judged on 398 SciFact dev claims, 151 of them with rationale evidence: too few to bound a
-difference of a few thousandths (docs/results.md, round 21). Run the recipe k times with
-``--set data.dev_scifact_rationale_fold=[i,k]``, ``i = 0 .. k-1``: run ``i`` does not train on the claims of fold
-``i`` and reads them on dev beside the usual pool, and its trainer keeps every claim's value of every mix
-(``interpolation-readings.json``). This script pools the runs: for each mix and guarded metric, each query's
-difference to alpha 0 is averaged over the runs that read it (a fold's claims: one run; the shared dev claims and
-the Wikipedia queries: every run), and the mean and its bootstrap bound (``interpolate_confidence``) are taken over
-every query, the SciFact claims weighed by kind as the recipe weighs them. A mix is kept as the trainer keeps one:
-no guarded metric's bound below ``-tolerance``, then the best pooled score (``interpolate_weights``). Each SciFact
-claim metric's difference is also given for the claims with rationale evidence and those without, apart.
+One run of a recipe is judged on 398 SciFact dev claims, 94 of them with rationale evidence: too few to bound a
+difference of a few thousandths (docs/results.md, round 21). Run the recipe k times with ``--set
+data.dev_scifact_rationale_fold=[i,k]``, ``i = 0 .. k-1``: run ``i`` does not train on the claims of fold ``i`` (of
+the claims with evidence, and of those without when the recipe trains on them too,
+``data.scifact_claims_without_evidence``) and reads them on dev beside the usual pool, and its trainer keeps every
+claim's value of every mix (``interpolation-readings.json``). This script pools the runs: for each mix and guarded
+metric, each query's difference to alpha 0 is averaged over the runs that read it (a fold's claims: one run; the
+shared dev claims and the Wikipedia queries: every run), and the mean and its bootstrap bound
+(``interpolate_confidence``) are taken over every query, the SciFact claims weighed by kind as the recipe weighs
+them. A mix is kept as the trainer keeps one: no guarded metric's bound below ``-tolerance``, then the best pooled
+score (``interpolate_weights``). Each SciFact claim metric's difference is also given for the claims with rationale
+evidence and those without, apart.
 
 The bound resamples queries, not runs: a shared query's difference is already a mean over k models, so it varies
 less than a fold's claim, read by one; the spread between the k trainings shows only through the queries. Only

@@ -33,6 +33,7 @@ import torch
 
 from muses.data.beir import load_beir
 from muses.encoder import MultiScaleEncoder
+from muses.errors import MusesError
 from muses.training.config import load_config
 from muses.training.data import load_training_data, scifact_dev_evidence, scifact_kind_weights, with_unused_claims
 from muses.training.dev import DevSet, paired_bootstrap_bound, read_dev, scifact_dev_subset, weighted_mean
@@ -138,6 +139,15 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     alphas = sorted({0.0, *(float(a) for a in args.alphas.split(","))})
+    try:
+        cfg = load_config(args.config)
+    except MusesError as e:
+        ap.error(str(e))
+    if cfg.data.scifact_claims_without_evidence or cfg.task_weights.get("scifact", 0) > 0:
+        ap.error(
+            f"{args.config} trains on the train-fit claims without evidence that the grown pools read: judge it by "
+            "its own guard or by benchmarks/rationale_folds.py"
+        )
     devs = pools(args.distractors, [int(s) for s in args.seeds.split(",")], args.data_dir)
     record = json.loads(args.out.read_text(encoding="utf-8")) if args.out.exists() else {"readings": {}}
     same = {k: str(getattr(args, k)) for k in ("checkpoint", "config", "distractors", "seeds", "data_dir")}

@@ -211,7 +211,9 @@ def test_fuzzed_run_arguments_parse_or_are_refused_in_one_line(item: str) -> Non
         assert "\n" not in str(e.value)
 
 
-def test_rationale_folds_main_pools_real_fold_claims_weighed_by_kind(tmp_path: Path, data_dir: Path) -> None:
+def test_rationale_folds_main_pools_real_fold_claims_weighed_by_kind(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """``rationale_folds.main`` on two folds' readings of real SciFact claim ids, with the published recipe: the
     written verdict counts every claim once, weighs them by kind as the recipe does, splits the difference by kind,
     and keeps the mix whose bounds hold."""
@@ -251,3 +253,27 @@ def test_rationale_folds_main_pools_real_fold_claims_weighed_by_kind(tmp_path: P
     scored = result["alphas"]["0.25"]["scored"]
     assert scored == {"dev/scifact-evidence@64": pytest.approx(0.02)}
     assert result["alphas"]["0.25"]["score"] > result["alphas"]["0.0"]["score"]
+    # a recipe that also trains on the claims without evidence folds them: runs sharing them are refused
+    all_claims = Path(__file__).parents[2] / "configs" / "context-head-all-claims.yaml"
+    with pytest.raises(SystemExit) as e:
+        main(["--config", str(all_claims), "--folds", "5", *runs_args, "--data-dir", str(data_dir), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "claims without evidence on dev" in err
+
+
+def test_wise_ft_guard_refuses_a_recipe_that_trained_on_the_grown_pools_claims(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``wise_ft_guard``'s grown pools read every train-fit claim without evidence: a recipe that trains on them
+    (``data.scifact_claims_without_evidence``, or the 'scifact' task) is refused in one line before any reading."""
+    from benchmarks.wise_ft_guard import main
+
+    configs = Path(__file__).parents[2] / "configs"
+    for recipe in ("context-head-all-claims.yaml", "smoke.yaml"):
+        argv = ["wise_ft_guard.py", "--checkpoint", str(tmp_path), "--config", str(configs / recipe)]
+        monkeypatch.setattr("sys.argv", [*argv, "--out", str(tmp_path / "g.json")])
+        with pytest.raises(SystemExit) as e:
+            main()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert e.value.code == 2 and "trains on the train-fit claims without evidence" in err[-1]
+        assert not (tmp_path / "g.json").exists()
