@@ -431,15 +431,11 @@ class TrainConfig(_Strict):
                     "data.scifact_rationales, a positive task_weights.rationale and a positive "
                     "loss.rationale_maxsim_weight, or drop the option"
                 )
-            if self.data.dev_scifact_rationale_fold is not None and not self.data.dev_scifact_unused_claims:
+            if (self.data.dev_scifact_rationale_fold is None) == self.data.dev_scifact_unused_claims:
                 raise ValueError(
-                    "data.scifact_claims_without_evidence with data.dev_scifact_rationale_fold holds out the fold's "
-                    "claims without evidence: set data.dev_scifact_unused_claims to read them on dev"
-                )
-            if self.data.dev_scifact_unused_claims and self.data.dev_scifact_rationale_fold is None:
-                raise ValueError(
-                    "data.scifact_claims_without_evidence trains on the claims data.dev_scifact_unused_claims selects "
-                    "on: hold a fold of them out with data.dev_scifact_rationale_fold, or drop one of the two"
+                    "data.scifact_claims_without_evidence trains on the claims without evidence that "
+                    "data.dev_scifact_unused_claims reads on dev: set that option with data.dev_scifact_rationale_fold "
+                    "(a fold of them held out and read), or neither"
                 )
         for option in ("dev_scifact_unused_claims", "dev_scifact_rationale_fold"):  # SciFact train claims on dev
             if not getattr(self.data, option):
