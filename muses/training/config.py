@@ -357,6 +357,15 @@ class TrainConfig(_Strict):
         "A bound refuses more than the difference does: with few dev queries even the checkpoint may be refused, and "
         "then the starting model (alpha 0) is kept",
     )
+    interpolate_keep: float | None = Field(
+        None,
+        ge=0.0,
+        lt=1.0,
+        description="keep this mix of interpolate (which must list it) whatever this run's dev says: a mix chosen "
+        "over k runs that each held out one fold of the claims (benchmarks/rationale_folds.py), for the run that then "
+        "trains on every claim and has too few dev claims left to choose. The mixes are still read and the record "
+        "still lists their scores, misses and bounds",
+    )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
     model: ModelConfig = ModelConfig()
@@ -451,6 +460,11 @@ class TrainConfig(_Strict):
                 )
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
+        if self.interpolate_keep is not None and self.interpolate_keep not in self.interpolate:
+            raise ValueError(
+                f"interpolate_keep {self.interpolate_keep} is one of the mixes: list it in interpolate too "
+                f"(now {self.interpolate})"
+            )
         if any(not 0.0 <= a < 1.0 for a in self.interpolate):
             raise ValueError(f"interpolate: each alpha must be in [0, 1) (1 is the checkpoint), got {self.interpolate}")
         if self.interpolate and (self.model.adapter is not None or self.model.scratch is not None):

@@ -376,6 +376,8 @@ class Trainer:
         retrieval metric is held to the bootstrap bound of its difference instead
         (:func:`~muses.training.dev.difference_bounds`), the record lists the bounds, and
         ``interpolation-readings.json`` keeps every alpha's per-query dev values (:attr:`DevReading.per_query`).
+        With ``interpolate_keep`` that mix is kept whatever this run's dev says (chosen over fold runs); the record
+        then says so and names the alpha this run's dev would have kept.
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
@@ -444,10 +446,14 @@ class Trainer:
         for alpha in [*self.config.interpolate, 1.0]:
             if not misses.get(alpha) and scores[alpha] > scores[kept]:
                 kept = alpha
+        chosen_here = kept
+        if self.config.interpolate_keep is not None:  # chosen over k fold runs, not on this run's dev
+            kept = self.config.interpolate_keep
         self.encoder.load_state_dict(best if kept == 1.0 else mix(kept))  # the encoder holds the kept weights
         record = {
             "alphas": {str(a): s for a, s in sorted(scores.items())},
             "kept": kept,
+            **({"kept_by": "interpolate_keep", "dev_would_keep": chosen_here} if kept != chosen_here else {}),
             "dev_score": scores[kept],
             "metrics": {str(a): m for a, m in sorted(metrics.items())},
             **({"misses": {str(a): m for a, m in sorted(misses.items())}} if tolerance is not None else {}),

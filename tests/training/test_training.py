@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from pydantic import ValidationError
 
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError, InputError
@@ -391,6 +392,20 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
         for k, values in per_query.items():
             mean = weighted_mean(values, trainer.data.dev.query_weights(k))
             assert mean == pytest.approx(record["metrics"][alpha][k], abs=1e-9)
+    # interpolate_keep: a mix chosen over fold runs is kept whatever this run's dev says, and the record says so
+    keep = 0.5 if record["kept"] != 0.5 else 0.0
+    trainer.config.interpolate_keep = keep
+    again = trainer._interpolate()
+    assert again is not None and again["kept"] == keep and again["dev_would_keep"] == record["kept"]
+    assert again["kept_by"] == "interpolate_keep" and again["metrics"] == record["metrics"]
+    best = MultiScaleEncoder.load(tmp_path / "wise" / "best", backend="torch").state_dict()
+    start, ckpt = trainer._start, MultiScaleEncoder.load(tmp_path / "wise" / "best-checkpoint", backend="torch")
+    assert start is not None
+    for k, v in ckpt.state_dict().items():
+        if v.is_floating_point():
+            assert torch.allclose(best[k], torch.lerp(start[k], v, keep), atol=1e-6), k
+    with pytest.raises(ValidationError, match="list it in interpolate too"):
+        TrainConfig.model_validate({**TINY, "interpolate": [0.0, 0.25], "interpolate_keep": 0.5})
 
 
 @pytest.mark.slow
