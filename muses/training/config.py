@@ -360,11 +360,12 @@ class TrainConfig(_Strict):
     interpolate_keep: float | None = Field(
         None,
         ge=0.0,
-        lt=1.0,
-        description="keep this mix of interpolate (which must list it) whatever this run's dev says: a mix chosen "
-        "over k runs that each held out one fold of the claims (benchmarks/rationale_folds.py), for the run that then "
-        "trains on every claim and has too few dev claims left to choose. The mixes are still read and the record "
-        "still lists their scores, misses and bounds",
+        le=1.0,
+        description="keep this mix of interpolate (which must list it; 1.0: the checkpoint) whatever this run's dev "
+        "says: a mix chosen over k runs that each held out one fold of the claims (benchmarks/rationale_folds.py), for "
+        "the run that then trains on every claim and has too few dev claims left to choose. The mixes are still read "
+        "and the record still lists their scores, misses and bounds, and what this run's dev would keep. Refused in "
+        "a fold run (data.dev_scifact_rationale_fold), whose readings are to choose the mix",
     )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
@@ -443,8 +444,8 @@ class TrainConfig(_Strict):
             if (self.data.dev_scifact_rationale_fold is None) == self.data.dev_scifact_unused_claims:
                 raise ValueError(
                     "data.scifact_claims_without_evidence trains on the claims without evidence that "
-                    "data.dev_scifact_unused_claims reads on dev: set that option with data.dev_scifact_rationale_fold "
-                    "(a fold of them held out and read), or neither"
+                    "data.dev_scifact_unused_claims reads on dev: set data.dev_scifact_unused_claims and "
+                    "data.dev_scifact_rationale_fold together (a fold of them held out and read on dev), or neither"
                 )
         for option in ("dev_scifact_unused_claims", "dev_scifact_rationale_fold"):  # SciFact train claims on dev
             if not getattr(self.data, option):
@@ -460,10 +461,15 @@ class TrainConfig(_Strict):
                 )
         if not any(w > 0 for w in self.task_weights.values()):
             raise ValueError("task_weights: at least one task needs a positive weight")
-        if self.interpolate_keep is not None and self.interpolate_keep not in self.interpolate:
+        if self.interpolate_keep is not None and self.interpolate_keep not in [*self.interpolate, 1.0]:
             raise ValueError(
-                f"interpolate_keep {self.interpolate_keep} is one of the mixes: list it in interpolate too "
-                f"(now {self.interpolate})"
+                f"interpolate_keep must be one of the mixes of interpolate (or 1.0, the checkpoint): list "
+                f"{self.interpolate_keep} there too (now {self.interpolate})"
+            )
+        if self.interpolate_keep is not None and self.data.dev_scifact_rationale_fold is not None:
+            raise ValueError(
+                "interpolate_keep fixes the mix that a fold run's readings are to choose: add --set "
+                "interpolate_keep=null to a fold run, or drop data.dev_scifact_rationale_fold"
             )
         if any(not 0.0 <= a < 1.0 for a in self.interpolate):
             raise ValueError(f"interpolate: each alpha must be in [0, 1) (1 is the checkpoint), got {self.interpolate}")

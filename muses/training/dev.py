@@ -336,6 +336,8 @@ def interpolation_summary(record: Mapping[str, Any]) -> str:
         'WiSE-FT kept alpha 0.0 (dev score 0.8500); over the tolerance: 0.5 (stsb@64, stsb@384)'
     """
     line = f"WiSE-FT kept alpha {record['kept']} (dev score {record['dev_score']:.4f})"
+    if record.get("kept_by") == "interpolate_keep":
+        line += f", by interpolate_keep (this run's dev would keep {record['dev_would_keep']})"
     if record.get("confidence") is not None:
         line += f"; retrieval held to {record['confidence']:.0%} bounds"
     refused = [

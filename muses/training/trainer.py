@@ -453,7 +453,11 @@ class Trainer:
         record = {
             "alphas": {str(a): s for a, s in sorted(scores.items())},
             "kept": kept,
-            **({"kept_by": "interpolate_keep", "dev_would_keep": chosen_here} if kept != chosen_here else {}),
+            **(
+                {"kept_by": "interpolate_keep", "dev_would_keep": chosen_here}
+                if self.config.interpolate_keep is not None
+                else {}
+            ),
             "dev_score": scores[kept],
             "metrics": {str(a): m for a, m in sorted(metrics.items())},
             **({"misses": {str(a): m for a, m in sorted(misses.items())}} if tolerance is not None else {}),

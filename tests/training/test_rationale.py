@@ -13,8 +13,8 @@ from pydantic import ValidationError
 from muses.data.beir import is_heldout_dev, load_beir
 from muses.data.scifact import load_scifact_claims
 from muses.encoder import MultiScaleEncoder
-from muses.errors import InputError
-from muses.training.config import TrainConfig
+from muses.errors import ConfigError, InputError
+from muses.training.config import TrainConfig, load_config
 from muses.training.data import Rationale, fold_claim_ids, load_training_data, scifact_rationales
 from muses.training.dev import evaluate_dev
 from muses.training.stages import load_stages
@@ -271,8 +271,8 @@ def test_claims_without_evidence_train_the_maxsim_term_and_fold_like_the_rest(tm
 
     for extra, bad_loss, problem in (
         ({}, {}, r"positive loss\.rationale_maxsim_weight"),
-        ({"dev_scifact_unused_claims": True}, loss, r"with data\.dev_scifact_rationale_fold .* or neither"),
-        ({"dev_scifact_rationale_fold": [0, 5]}, loss, r"with data\.dev_scifact_rationale_fold .* or neither"),
+        ({"dev_scifact_unused_claims": True}, loss, r"and data\.dev_scifact_rationale_fold together"),
+        ({"dev_scifact_rationale_fold": [0, 5]}, loss, r"and data\.dev_scifact_rationale_fold together"),
     ):
         with pytest.raises(ValidationError, match=problem):
             one_task_config(tmp_path, "rationale", {"scifact_rationales": True, **data_cfg, **extra}, bad_loss)
@@ -281,7 +281,7 @@ def test_claims_without_evidence_train_the_maxsim_term_and_fold_like_the_rest(tm
     configs = Path(__file__).resolve().parents[2] / "configs"
     first, second = tmp_path / "first.yaml", tmp_path / "second.yaml"
     first.write_text(
-        f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'a'}\n"
+        f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'a'}\ninterpolate_keep: null\n"
         "data: {dev_scifact_rationale_fold: [0, 5], dev_scifact_unused_claims: true}\n"
     )
     second.write_text(f"extends: {configs / 'context-head.yaml'}\noutput_dir: {tmp_path / 'b'}\n")
@@ -289,10 +289,17 @@ def test_claims_without_evidence_train_the_maxsim_term_and_fold_like_the_rest(tm
         load_stages([first, second])  # the second selects on all 247 claims; the first trained 4/5 of them
     assert "\n" not in str(e.value)
     second.write_text(
-        f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'b'}\n"
+        f"extends: {configs / 'context-head-all-claims.yaml'}\noutput_dir: {tmp_path / 'b'}\ninterpolate_keep: null\n"
         "data: {dev_scifact_rationale_fold: [0, 5], dev_scifact_unused_claims: true}\n"
     )
     assert len(load_stages([first, second])) == 2  # the same fold held out in both
+    fold = {"data.dev_scifact_rationale_fold": [0, 5], "data.dev_scifact_unused_claims": True}
+    with pytest.raises(ConfigError, match="interpolate_keep fixes the mix"):  # a fold run chooses the mix
+        load_config(configs / "context-head-all-claims.yaml", fold)
+    assert (
+        load_config(configs / "context-head-all-claims.yaml", {**fold, "interpolate_keep": None}).interpolate_keep
+        is None
+    )
 
 
 def test_rationale_document_candidates_rank_only_the_claims_own_abstract(tmp_path: Path, data_dir: Path) -> None:

@@ -355,7 +355,7 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
     bound of its difference to the starting model (0 for the start itself), STS-B by
     the difference itself, and the record lists the bounds and misses that follow from them."""
     from muses.training.checkpoint import INTERPOLATION_READINGS
-    from muses.training.dev import tolerance_misses, weighted_mean
+    from muses.training.dev import interpolation_summary, tolerance_misses, weighted_mean
 
     tolerance = {"scifact-sentence": 0.01, "scifact-evidence": 0.01, "stsb": 0.01}
     data = {**TINY["data"], "dev_scifact_claims": 16, "dev_scifact_evidence": True, "dev_scifact_kind_weights": True}
@@ -395,17 +395,22 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
     # interpolate_keep: a mix chosen over fold runs is kept whatever this run's dev says, and the record says so
     keep = 0.5 if record["kept"] != 0.5 else 0.0
     trainer.config.interpolate_keep = keep
+    trainer.best_score = record["alphas"]["1.0"]  # the checkpoint's, as after training
     again = trainer._interpolate()
     assert again is not None and again["kept"] == keep and again["dev_would_keep"] == record["kept"]
     assert again["kept_by"] == "interpolate_keep" and again["metrics"] == record["metrics"]
+    assert again["alphas"] == record["alphas"] and again["dev_score"] == again["alphas"][str(keep)]
+    assert json.loads((tmp_path / "wise" / "interpolation.json").read_text()) == again
+    assert f"by interpolate_keep (this run's dev would keep {record['kept']})" in interpolation_summary(again)
     best = MultiScaleEncoder.load(tmp_path / "wise" / "best", backend="torch").state_dict()
     start, ckpt = trainer._start, MultiScaleEncoder.load(tmp_path / "wise" / "best-checkpoint", backend="torch")
     assert start is not None
     for k, v in ckpt.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(best[k], torch.lerp(start[k], v, keep), atol=1e-6), k
-    with pytest.raises(ValidationError, match="list it in interpolate too"):
+    with pytest.raises(ValidationError, match=r"list 0\.5 there too"):
         TrainConfig.model_validate({**TINY, "interpolate": [0.0, 0.25], "interpolate_keep": 0.5})
+    assert TrainConfig.model_validate({**TINY, "interpolate": [0.0], "interpolate_keep": 1.0}).interpolate_keep == 1.0
 
 
 @pytest.mark.slow
