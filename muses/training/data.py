@@ -174,9 +174,8 @@ def scifact_rationales(
     ``without_evidence`` (``data.scifact_claims_without_evidence``) also one per (claim, cited abstract) of the
     claims without rationale evidence outside that fold, with no gold sentence (``positives == ()``)."""
     corpus = load_scifact_corpus(data_dir)
-    left_out = set(fold_claim_ids(hold_out, data_dir)) if hold_out is not None else set()
-    if without_evidence:
-        left_out |= set(fold_claim_ids(hold_out, data_dir, evidence=False)) if hold_out is not None else set()
+    kinds = (True, False) if without_evidence else (True,)
+    left_out = {q for e in kinds for q in fold_claim_ids(hold_out, data_dir, e)} if hold_out is not None else set()
     out = []
     for claim in load_scifact_claims("train", data_dir):
         if is_heldout_dev(claim.id) or claim.id in left_out or not (claim.has_evidence or without_evidence):
