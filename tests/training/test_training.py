@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from muses.encoder import MultiScaleEncoder
@@ -684,3 +686,16 @@ def test_loss_curves_name_the_runs_of_every_panel(tmp_path: Path, monkeypatch: p
     )
     assert legends[0] == ["a,b", ""]
     assert legends[1] == ["head", "sim"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, 0.25, 0.5, 1.0])))
+def test_fuzzed_interpolate_keep_validates_or_is_refused(keep: float) -> None:
+    """``interpolate_keep``: one of the mixes of ``interpolate`` or 1.0 (the checkpoint) validates; any other value
+    (outside [0, 1], NaN, a mix not listed) is refused with a ValidationError naming the option."""
+    base = {**TINY, "interpolate": [0.0, 0.25]}
+    if keep in (0.0, 0.25, 1.0):
+        assert TrainConfig.model_validate({**base, "interpolate_keep": keep}).interpolate_keep == keep
+    else:
+        with pytest.raises(ValidationError, match="interpolate_keep"):
+            TrainConfig.model_validate({**base, "interpolate_keep": keep})
