@@ -453,8 +453,10 @@ def test_shipped_recipes_validate() -> None:
     multitask, budget = recipes["multitask"], recipes["ablation-budget"]
     names = {"default", "multitask", "multitask-full", "a-original-alpha1", "b-no-retention", "c-no-curriculum"}
     assert names | {"d-ours"} <= set(recipes)
-    # the published model: the context head on the base, then the similarity adapter (round 16)
-    assert [p.stem for p in lists["full"] or []] == ["context-head", "similarity"]
+    # the published model: the context head on the base (round 23's, on every claim), then the similarity adapter
+    assert [p.stem for p in lists["full"] or []] == ["context-head-all-claims", "similarity"]
+    published = recipes["context-head-all-claims"]
+    assert published.data.scifact_claims_without_evidence and published.interpolate_keep in published.interpolate
     assert {k for k, v in lists.items() if v is not None} == {"full", "f-v3"}
     # the ablation budget is the multi-task recipe with fewer steps, and no interpolation (the arms compare training)
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
@@ -511,7 +513,7 @@ def test_shipped_recipes_validate() -> None:
     assert v5.model_dump(exclude={"name", "output_dir", "steps", "eval_every"}) == default.model_dump(
         exclude={"name", "output_dir", "steps", "eval_every"}
     )
-    # arm (f): the published stages (the stage list full.yaml names), the adapter at the budget's steps
+    # arm (f): round 21's published stages (context-head.yaml, then the adapter at the budget's steps)
     assert [p.stem for p in lists["f-v3"] or []] == ["f-context-head", "f-similarity"]
     head, adapter = load_stages([configs / "ablation" / "f-v3.yaml"])  # the adapter trains on the arm's own head
     assert adapter.model.base == str(Path(head.output_dir) / "best") and head.output_dir != ctx.output_dir
