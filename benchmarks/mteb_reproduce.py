@@ -4,7 +4,7 @@ the local data folder (nothing comes from the Hugging Face hub).
 Run from the repository root::
 
     python -m benchmarks.mteb_reproduce --json runs/mteb_reproduce.json
-    python -m benchmarks.mteb_reproduce --model runs/context-head/best --cache-dir ~/.cache/muses/embeddings
+    python -m benchmarks.mteb_reproduce --model runs/context-head-all-claims/best --cache-dir ~/.cache/muses/embeddings
 
 What it compares, per Matryoshka dim (``--dims``, default 384 and 64), harness against MTEB:
 

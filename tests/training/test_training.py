@@ -457,7 +457,7 @@ def test_shipped_recipes_validate() -> None:
     assert [p.stem for p in lists["full"] or []] == ["context-head-all-claims", "similarity"]
     published = recipes["context-head-all-claims"]
     assert published.data.scifact_claims_without_evidence and published.interpolate_keep in published.interpolate
-    assert {k for k, v in lists.items() if v is not None} == {"full", "f-v3"}
+    assert {k for k, v in lists.items() if v is not None} == {"full", "f-v3", "g-v3-all-claims"}
     # the ablation budget is the multi-task recipe with fewer steps, and no interpolation (the arms compare training)
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
     assert budget.model_dump(exclude=same) == multitask.model_dump(exclude=same)
@@ -521,6 +521,13 @@ def test_shipped_recipes_validate() -> None:
     assert ctx.steps <= budget.steps and recipes["f-similarity"].steps == budget.steps
     loop = {"output_dir", "steps", "eval_every", "checkpoint_every"}
     assert recipes["f-similarity"].model_dump(exclude=loop) == sim.model_dump(exclude=loop)
+    # arm (g): the stages published since round 24, the first unchanged, the adapter as in (f)
+    head, adapter = load_stages([configs / "ablation" / "g-v3-all-claims.yaml"])
+    assert head.model_dump(exclude={"output_dir"}) == published.model_dump(exclude={"output_dir"})
+    assert head.steps > budget.steps  # the published head's own steps (a frozen transformer), past the budget
+    assert head.output_dir != published.output_dir and adapter.model.base == str(Path(head.output_dir) / "best")
+    unrun = {"output_dir": True, "model": {"base"}}  # the adapter trains on the arm's own head
+    assert adapter.model_dump(exclude=unrun) == recipes["f-similarity"].model_dump(exclude=unrun)
 
 
 def test_extends_errors(tmp_path: Path) -> None:
