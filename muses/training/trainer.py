@@ -13,7 +13,9 @@ slice, computes the global loss on the gathered vectors, and averages gradients 
 process with the global batch. Rank 0 alone evaluates, logs and writes checkpoints.
 
 Evaluation on dev splits (:func:`~muses.training.dev.evaluate_dev`) selects the best checkpoint and stops early.
-Checkpoints hold model, optimizer, scheduler, sampler and RNG state and resume exactly. In adapter mode
+Checkpoints hold model, optimizer, scheduler, sampler and RNG state and resume exactly; a rerun may change only the
+settings read after training (:data:`MIXING`), so a finished run given other WiSE-FT mixes reads them without training
+again. In adapter mode
 (``model.adapter``) checkpoints hold the adapter only and ``best/`` is an adapter folder for an
 :class:`~muses.adapters.AdapterCache`.
 """
@@ -87,6 +89,20 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+MIXING = frozenset(
+    {
+        "interpolate",
+        "interpolate_weights",
+        "interpolate_tolerance",
+        "interpolate_references",
+        "interpolate_confidence",
+        "interpolate_keep",
+    }
+)
+"""The settings read only after training (the WiSE-FT mixes): a run resumed or rerun with other values trains the same
+steps, so a finished run given another mix list reads its mixes again without training again."""
 
 
 class Trainer:
@@ -281,8 +297,13 @@ class Trainer:
             return False
         state, tensors = read_checkpoint(ckpt)
         # validated again, so that settings added since the checkpoint was written take their defaults
-        if TrainConfig.model_validate(state["config"]).model_dump() != self.config.model_dump():
-            raise ConfigError(f"{ckpt} was written with another config; use a new output_dir or the same config.")
+        written, now = TrainConfig.model_validate(state["config"]).model_dump(), self.config.model_dump()
+        changed = sorted(k for k in now.keys() | written.keys() if k not in MIXING and now.get(k) != written.get(k))
+        if changed:
+            raise ConfigError(
+                f"{ckpt} was written with another config ({', '.join(changed)} differ); use a new output_dir or the "
+                "same config (only the interpolate settings may change: the run then only mixes again)."
+            )
         load_model_state(ckpt, self.encoder, self.adapter_key)
         self.optimizer.load_state_dict(tensors["optimizer"])
         self.scheduler.load_state_dict(tensors["scheduler"])

@@ -291,6 +291,15 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     assert again == record
     rerun = MultiScaleEncoder.load(tmp_path / "wise" / "best").state_dict()
     assert all(torch.equal(v, rerun[k]) for k, v in best.state_dict().items())
+    # another mix list on the finished run: its mixes are read again, nothing is trained again
+    lines = (tmp_path / "wise" / "history.jsonl").read_text()
+    more = cfg.model_copy(update={"interpolate": [0.0, 0.25, 0.5]})
+    added = Trainer(more, trainer.data).train(progress=False)["interpolation"]
+    assert set(added["alphas"]) == {"0.0", "0.25", "0.5", "1.0"}
+    assert all(added["alphas"][a] == pytest.approx(s, abs=1e-9) for a, s in record["alphas"].items())
+    assert (tmp_path / "wise" / "history.jsonl").read_text() == lines
+    with pytest.raises(ConfigError, match=r"\(optim differ\)"):  # a training setting is still refused
+        Trainer(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 1e-3})}), trainer.data).train()
 
 
 @pytest.mark.slow
