@@ -39,6 +39,7 @@ from transformers import get_linear_schedule_with_warmup
 
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError
+from muses.fingerprint import weights_fingerprint
 from muses.scratch.model import pop_aux_loss
 from muses.training import distributed as dd
 from muses.training.build import SCRATCH_BASE, build_model, trainable_parameters
@@ -164,6 +165,9 @@ class Trainer:
         self._start: dict[str, Tensor] | None = None  # the starting weights, on CPU, for ``interpolate``
         if config.interpolate:
             self._start = {k: v.detach().to("cpu", copy=True) for k, v in self.encoder.state_dict().items()}
+        # what this run starts from: a resume or a new mix from other starting weights (an earlier stage trained or
+        # mixed again since) is refused, since the run's checkpoint and its alpha 0 would not belong together
+        self._start_weights = weights_fingerprint(self.encoder, {})
 
     # ------------------------------------------------------------------ retention (kept for callers and tests)
     def _retention_weight(self, task: str) -> float:
@@ -281,6 +285,7 @@ class Trainer:
         if len(torch_rngs) > 1:
             tensors["torch_rng_ranks"] = torch_rngs
         state = {
+            "start_weights": self._start_weights,
             "step": self.step,
             "sampler": self.sampler.state_dict(),
             "best_score": self.best_score,
@@ -302,7 +307,12 @@ class Trainer:
         if changed:
             raise ConfigError(
                 f"{ckpt} was written with another config ({', '.join(changed)} differ); use a new output_dir or the "
-                "same config (only the interpolate settings may change: the run then only mixes again)."
+                "same config (only the interpolate settings may differ: they are read after training)."
+            )
+        if state.get("start_weights", self._start_weights) != self._start_weights:  # checkpoints before it: unchecked
+            raise ConfigError(
+                f"{ckpt} was trained from other starting weights than model.base ({self.config.model.base}) holds "
+                "now (an earlier stage trained or mixed again since?); train this stage again: delete its output_dir."
             )
         load_model_state(ckpt, self.encoder, self.adapter_key)
         self.optimizer.load_state_dict(tensors["optimizer"])
@@ -403,9 +413,19 @@ class Trainer:
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
         scores are broadcast); rank 0 writes. Returns that record, or None when the recipe lists no alpha."""
-        if self._start is None:
-            return None
         source = self.out / BEST_CHECKPOINT
+        if self._start is None:  # no mixes; an earlier run's (a rerun without them): its checkpoint is best/ again
+            if dd.is_main() and source.exists():
+                tmp = self.out / f".{BEST}.tmp"
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.copytree(source, tmp)
+                shutil.rmtree(self.out / BEST, ignore_errors=True)
+                os.replace(tmp, self.out / BEST)
+                shutil.rmtree(source)
+                for name in ("interpolation.json", INTERPOLATION_READINGS):
+                    (self.out / name).unlink(missing_ok=True)
+            dd.barrier()
+            return None
         if dd.is_main() and not source.exists():
             tmp = self.out / f".{BEST_CHECKPOINT}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
@@ -492,5 +512,7 @@ class Trainer:
             if confidence is not None:  # what the bounds were drawn from, to pool runs (benchmarks/rationale_folds.py)
                 per_query = {str(a): r.per_query for a, r in sorted(readings.items())}
                 (self.out / INTERPOLATION_READINGS).write_text(json.dumps(per_query) + "\n", encoding="utf-8")
+            else:  # an earlier run's, with other mixes
+                (self.out / INTERPOLATION_READINGS).unlink(missing_ok=True)
         dd.barrier()
         return record

@@ -291,15 +291,54 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     assert again == record
     rerun = MultiScaleEncoder.load(tmp_path / "wise" / "best").state_dict()
     assert all(torch.equal(v, rerun[k]) for k, v in best.state_dict().items())
-    # another mix list on the finished run: its mixes are read again, nothing is trained again
+    # another mix list on the finished run: its mixes are read again from the same checkpoint, nothing is trained
     lines = (tmp_path / "wise" / "history.jsonl").read_text()
-    more = cfg.model_copy(update={"interpolate": [0.0, 0.25, 0.5]})
-    added = Trainer(more, trainer.data).train(progress=False)["interpolation"]
+    ckpt = MultiScaleEncoder.load(tmp_path / "wise" / "best-checkpoint", backend="torch").state_dict()
+    more = Trainer(cfg.model_copy(update={"interpolate": [0.0, 0.25, 0.5]}), trainer.data)
+    added = more.train(progress=False)["interpolation"]
     assert set(added["alphas"]) == {"0.0", "0.25", "0.5", "1.0"}
     assert all(added["alphas"][a] == pytest.approx(s, abs=1e-9) for a, s in record["alphas"].items())
     assert (tmp_path / "wise" / "history.jsonl").read_text() == lines
+    kept = MultiScaleEncoder.load(tmp_path / "wise" / "best", backend="torch").state_dict()
+    start = more._start
+    assert start is not None
+    for k, v in MultiScaleEncoder.load(tmp_path / "wise" / "best-checkpoint", backend="torch").state_dict().items():
+        assert torch.equal(v, ckpt[k]), k
+        if v.is_floating_point():
+            assert torch.allclose(kept[k], torch.lerp(start[k], v, added["kept"]), atol=1e-6), k
     with pytest.raises(ConfigError, match=r"\(optim differ\)"):  # a training setting is still refused
         Trainer(cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"lr": 1e-3})}), trainer.data).train()
+    # no mixes any more: best/ is the checkpoint again, and no record of the old mixes is left
+    assert (
+        Trainer(cfg.model_copy(update={"interpolate": []}), trainer.data).train(progress=False).get("interpolation")
+        is None
+    )
+    plain = MultiScaleEncoder.load(tmp_path / "wise" / "best", backend="torch").state_dict()
+    assert all(torch.equal(v, plain[k]) for k, v in ckpt.items())
+    assert (
+        not (tmp_path / "wise" / "interpolation.json").exists() and not (tmp_path / "wise" / "best-checkpoint").exists()
+    )
+
+
+@pytest.mark.slow
+def test_a_run_refuses_to_resume_from_other_starting_weights(tmp_path: Path, data_dir: Path) -> None:
+    """A later stage whose model.base was trained or mixed again since (same path, other weights) is refused, in one
+    line, rather than resumed or mixed against an alpha 0 it did not start from."""
+    base = tmp_path / "stage1"
+    MultiScaleEncoder.from_base().save(base)
+    cfg = TrainConfig.model_validate(
+        {**TINY, "steps": 2, "output_dir": str(tmp_path / "stage2"), "model": {"base": str(base)}, "interpolate": [0.0]}
+    )
+    data = load_training_data(cfg, data_dir)
+    Trainer(cfg, data).train(progress=False)
+    assert Trainer(cfg, data).train(progress=False)["steps"] == 2  # the same weights: resumed (here: finished)
+    moved = MultiScaleEncoder.load(base, backend="torch")
+    with torch.no_grad():
+        next(moved.parameters()).add_(1e-3)
+    moved.save(base)
+    with pytest.raises(ConfigError, match="other starting weights") as err:
+        Trainer(cfg, data).train(progress=False)
+    assert "\n" not in str(err.value)
 
 
 @pytest.mark.slow
