@@ -15,8 +15,7 @@ process with the global batch. Rank 0 alone evaluates, logs and writes checkpoin
 Evaluation on dev splits (:func:`~muses.training.dev.evaluate_dev`) selects the best checkpoint and stops early.
 Checkpoints hold model, optimizer, scheduler, sampler and RNG state and resume exactly; a rerun may change only the
 settings read after training (:data:`MIXING`), so a finished run given other WiSE-FT mixes reads them without training
-again. In adapter mode
-(``model.adapter``) checkpoints hold the adapter only and ``best/`` is an adapter folder for an
+again. In adapter mode (``model.adapter``) checkpoints hold the adapter only and ``best/`` is an adapter folder for an
 :class:`~muses.adapters.AdapterCache`.
 """
 
@@ -415,13 +414,9 @@ class Trainer:
         scores are broadcast); rank 0 writes. Returns that record, or None when the recipe lists no alpha."""
         source = self.out / BEST_CHECKPOINT
         if self._start is None:  # no mixes; an earlier run's (a rerun without them): its checkpoint is best/ again
-            if dd.is_main() and source.exists():
-                tmp = self.out / f".{BEST}.tmp"
-                shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(source, tmp)
+            if dd.is_main() and source.exists():  # killed in between: train() saves a best/, this replaces it again
                 shutil.rmtree(self.out / BEST, ignore_errors=True)
-                os.replace(tmp, self.out / BEST)
-                shutil.rmtree(source)
+                os.replace(source, self.out / BEST)
                 for name in ("interpolation.json", INTERPOLATION_READINGS):
                     (self.out / name).unlink(missing_ok=True)
             dd.barrier()
