@@ -6,6 +6,9 @@ RNG, the loop's generator) and ``trainer_state.json`` (step, sampler, best score
 RNG, the config). It is written to ``checkpoint.tmp`` and renamed into place, so a kill at any point leaves a whole
 checkpoint (``checkpoint`` or ``checkpoint.old``).
 
+``output_dir/mix-readings.json`` keeps the dev readings of the WiSE-FT mixes, keyed by a fingerprint of the weights
+read and of the recipe: a rerun with other mixes, or one killed while mixing, reads only what it has not.
+
 ``output_dir/best/`` is a MuSES model folder, or in adapter mode an adapter folder (PEFT's files and
 ``muses_adapter.json`` with the key, the base model's fingerprint and the routing centroid of the training texts),
 ready for an :class:`~muses.adapters.AdapterCache`.
@@ -14,6 +17,7 @@ ready for an :class:`~muses.adapters.AdapterCache`.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -35,11 +39,13 @@ from muses.adapters.router import centroid
 from muses.encoder import MultiScaleEncoder
 from muses.training.config import TrainConfig
 from muses.training.data import TrainingData
+from muses.training.dev import DevReading
 
 CKPT = "checkpoint"
 BEST = "best"
 BEST_CHECKPOINT = "best-checkpoint"  # with ``interpolate``: the best checkpoint before mixing
 INTERPOLATION_READINGS = "interpolation-readings.json"  # with ``interpolate_confidence``: per-query dev values
+MIX_READINGS = "mix-readings.json"  # with ``interpolate``: each dev reading made while mixing, by the weights read
 ADAPTER_DIR = "adapter"
 CENTROID_TEXTS = 5000  # per data source, for an adapter's routing centroid
 
@@ -154,3 +160,23 @@ def truncate_history(path: Path, step: int) -> None:
         if entry["step"] <= step:
             kept.append(line)
     path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def read_mix_readings(out: Path) -> dict[str, DevReading]:
+    """The dev readings a run made while mixing (:data:`MIX_READINGS`), by key; empty if none (or unreadable: a
+    reading is made again rather than trusted)."""
+    try:
+        raw = json.loads((out / MIX_READINGS).read_text(encoding="utf-8"))
+        return {
+            k: DevReading(dict(v["metrics"]), {n: dict(q) for n, q in v["per_query"].items()}) for k, v in raw.items()
+        }
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+def write_mix_readings(out: Path, readings: dict[str, DevReading]) -> None:
+    """Write :data:`MIX_READINGS` whole (a temporary file renamed into place: a kill leaves the old or the new)."""
+    tmp = out / f".{MIX_READINGS}.tmp"
+    raw = {k: {"metrics": r.metrics, "per_query": r.per_query} for k, r in readings.items()}
+    tmp.write_text(json.dumps(raw) + "\n", encoding="utf-8")
+    os.replace(tmp, out / MIX_READINGS)

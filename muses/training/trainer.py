@@ -49,17 +49,20 @@ from muses.training.checkpoint import (
     CENTROID_TEXTS,
     CKPT,
     INTERPOLATION_READINGS,
+    MIX_READINGS,
     Routing,
     adapter_routing,
     centroid_texts,
     find_checkpoint,
     load_model_state,
     read_checkpoint,
+    read_mix_readings,
     rng_state,
     save_best_adapter,
     set_rng_state,
     truncate_history,
     write_checkpoint,
+    write_mix_readings,
 )
 from muses.training.config import DevMetric, TrainConfig
 from muses.training.data import TrainingData
@@ -239,13 +242,33 @@ class Trainer:
         reading.metrics["dev/score"] = dev_score(reading.metrics, weights)
         return dd.broadcast_object(reading)
 
-    def _reference_reading(self, name: str) -> DevReading:
+    def _read_once(
+        self, read: dict[str, DevReading], encoder: MultiScaleEncoder | None = None, weighted: bool = True
+    ) -> DevReading:
+        """:meth:`_read_every`, unless ``read`` (this run's :data:`MIX_READINGS`) has these weights read under this
+        recipe (its settings but :data:`MIXING`: the dev sets and ``dev_weights``); a new reading is added to it and
+        written at once, so a run killed while mixing keeps what it read."""
+        key = None
+        if dd.is_main():
+            recipe = {k: v for k, v in self.config.model_dump().items() if k not in MIXING}  # the dev sets, dev_weights
+            extra = {"weighted": weighted, "recipe": recipe}
+            key = weights_fingerprint(encoder if encoder is not None else self.encoder, extra)
+        known = dd.broadcast_object(read.get(key) if key is not None else None)
+        if known is not None:
+            return known
+        reading = self._read_every(encoder, weighted)
+        if key is not None:
+            read[key] = reading
+            write_mix_readings(self.out, read)
+        return reading
+
+    def _reference_reading(self, name: str, read: dict[str, DevReading]) -> DevReading:
         """Every dev metric of the model ``name`` (as ``model.base``: a name or folder) with its own heads, on this
         run's dev sets: a reference for ``interpolate_references``."""
         if not dd.is_main():
-            return self._read_every()
+            return self._read_once(read)
         reference = MultiScaleEncoder.from_base(name, device=str(self.encoder.device), backend="torch")
-        return self._read_every(reference, weighted=False)
+        return self._read_once(read, reference, weighted=False)
 
     def _save_best(self) -> None:
         """The best model: a MuSES model folder, or in adapter mode an adapter folder (PEFT files + routing)."""
@@ -410,14 +433,15 @@ class Trainer:
         then says so and names the alpha this run's dev would have kept.
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
-        rerun of a finished run (or of one killed while mixing) gives the same ``best/``. Every rank runs it (dev
+        rerun of a finished run (or of one killed while mixing) gives the same ``best/``; the rerun reads again only
+        the weights that ``mix-readings.json`` lacks. Every rank runs it (dev
         scores are broadcast); rank 0 writes. Returns that record, or None when the recipe lists no alpha."""
         source = self.out / BEST_CHECKPOINT
         if self._start is None:  # no mixes; an earlier run's (a rerun without them): its checkpoint is best/ again
             if dd.is_main() and source.exists():  # killed in between: train() saves a best/, this replaces it again
                 shutil.rmtree(self.out / BEST, ignore_errors=True)
                 os.replace(source, self.out / BEST)
-                for name in ("interpolation.json", INTERPOLATION_READINGS):
+                for name in ("interpolation.json", INTERPOLATION_READINGS, MIX_READINGS):
                     (self.out / name).unlink(missing_ok=True)
             dd.barrier()
             return None
@@ -442,21 +466,22 @@ class Trainer:
 
         tolerance = _str_keys(self.config.interpolate_tolerance)
         confidence = self.config.interpolate_confidence
+        read = read_mix_readings(self.out) if dd.is_main() else {}
         readings: dict[float, DevReading] = {}
         scores, kept = {1.0: self.best_score}, 1.0
         if weights is not None or tolerance is not None:  # the checkpoint, on every dev metric
             self.encoder.load_state_dict(best)
-            readings[1.0] = self._read_every()
+            readings[1.0] = self._read_once(read)
             if weights is not None:  # it was selected on dev_weights: score it again on these
                 scores[1.0] = score(readings[1.0].metrics)
         for alpha in self.config.interpolate:
             self.encoder.load_state_dict(mix(alpha))
-            readings[alpha] = self._read_every()
+            readings[alpha] = self._read_once(read)
             scores[alpha] = score(readings[alpha].metrics)
         metrics = {a: r.metrics for a, r in readings.items()}
         misses: dict[float, list[str]] = {}
         bounds: dict[float, dict[str, float]] = {}
-        references = {name: self._reference_reading(name) for name in self.config.interpolate_references}
+        references = {name: self._reference_reading(name, read) for name in self.config.interpolate_references}
         if tolerance is not None:  # the checkpoint and every mix against the starting model (alpha 0), the references
 
             def bound(r: DevReading, ref: DevReading) -> dict[str, float] | None:

@@ -268,15 +268,34 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
             load_config(bad)
 
 
+def count_dev_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """Counts the trainer's whole dev readings (the WiSE-FT mixes' and references'): ``[n]``, updated in place."""
+    import muses.training.trainer as trainer_module
+
+    reads, read_dev = [0], trainer_module.read_dev
+
+    def counted(*args: object, **kwargs: object) -> object:
+        reads[0] += 1
+        return read_dev(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(trainer_module, "read_dev", counted)
+    return reads
+
+
 @pytest.mark.slow
-def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, data_dir: Path) -> None:
+def test_interpolation_keeps_the_mix_with_the_best_dev_score(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """WiSE-FT after training: alpha 0 is the starting model (its dev score is step 0's), and ``best/`` scores on
-    dev what the record says of the alpha it kept."""
+    dev what the record says of the alpha it kept. A rerun reads on dev only the weights it has not read."""
+    from muses.training.checkpoint import MIX_READINGS
     from muses.training.dev import evaluate_dev
 
+    reads = count_dev_reads(monkeypatch)
     cfg = TrainConfig.model_validate({**TINY, "output_dir": str(tmp_path / "wise"), "interpolate": [0.0, 0.5]})
     trainer = Trainer(cfg, load_training_data(cfg, data_dir))
     record = trainer.train(progress=False)["interpolation"]
+    assert reads == [2] and len(json.loads((tmp_path / "wise" / MIX_READINGS).read_text())) == 2  # alphas 0, 0.5
     history = [json.loads(line) for line in (tmp_path / "wise" / "history.jsonl").read_text().splitlines()]
     evals = [h["dev/score"] for h in history if "dev/score" in h]
     assert set(record["alphas"]) == {"0.0", "0.5", "1.0"}
@@ -286,9 +305,13 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     assert json.loads((tmp_path / "wise" / "interpolation.json").read_text()) == record
     best = MultiScaleEncoder.load(tmp_path / "wise" / "best")
     assert evaluate_dev(best, trainer.data.dev)["dev/score"] == pytest.approx(record["dev_score"], abs=1e-6)
-    # rerunning the finished run (what a second `make run` does) mixes from the same checkpoint: the same best/
+    # rerunning the finished run (what a second `make run` does) mixes from the same checkpoint: the same best/,
+    # from the readings it made (a run killed while mixing reads only the rest); an unreadable record is read again
+    reads[0] = 0
     again = Trainer(cfg, trainer.data).train(progress=False)["interpolation"]
-    assert again == record
+    assert again == record and reads == [0]
+    (tmp_path / "wise" / MIX_READINGS).write_text("{")
+    assert Trainer(cfg, trainer.data).train(progress=False)["interpolation"] == record and reads == [2]
     rerun = MultiScaleEncoder.load(tmp_path / "wise" / "best").state_dict()
     assert all(torch.equal(v, rerun[k]) for k, v in best.state_dict().items())
     # another mix list on the finished run: its mixes are read again from the same checkpoint, nothing is trained
@@ -296,7 +319,7 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     ckpt = MultiScaleEncoder.load(tmp_path / "wise" / "best-checkpoint", backend="torch").state_dict()
     more = Trainer(cfg.model_copy(update={"interpolate": [0.0, 0.25, 0.5]}), trainer.data)
     added = more.train(progress=False)["interpolation"]
-    assert set(added["alphas"]) == {"0.0", "0.25", "0.5", "1.0"}
+    assert set(added["alphas"]) == {"0.0", "0.25", "0.5", "1.0"} and reads == [3]  # only 0.25 was read
     assert all(added["alphas"][a] == pytest.approx(s, abs=1e-9) for a, s in record["alphas"].items())
     assert (tmp_path / "wise" / "history.jsonl").read_text() == lines
     kept = MultiScaleEncoder.load(tmp_path / "wise" / "best", backend="torch").state_dict()
@@ -315,9 +338,8 @@ def test_interpolation_keeps_the_mix_with_the_best_dev_score(tmp_path: Path, dat
     )
     plain = MultiScaleEncoder.load(tmp_path / "wise" / "best", backend="torch").state_dict()
     assert all(torch.equal(v, plain[k]) for k, v in ckpt.items())
-    assert (
-        not (tmp_path / "wise" / "interpolation.json").exists() and not (tmp_path / "wise" / "best-checkpoint").exists()
-    )
+    left = {"interpolation.json", "best-checkpoint", MIX_READINGS} & {p.name for p in (tmp_path / "wise").iterdir()}
+    assert not left
 
 
 @pytest.mark.slow
@@ -400,7 +422,9 @@ def test_interpolate_tolerance_keeps_only_mixes_that_hold_the_starting_model(tmp
 
 
 @pytest.mark.slow
-def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(tmp_path: Path, data_dir: Path) -> None:
+def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(
+    tmp_path: Path, data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """With ``interpolate_confidence`` every retrieval metric of the tolerance is judged by the paired bootstrap
     bound of its difference to the starting model (0 for the start itself), STS-B by
     the difference itself, and the record lists the bounds and misses that follow from them."""
@@ -446,7 +470,9 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(t
     keep = 0.5 if record["kept"] != 0.5 else 0.0
     trainer.config.interpolate_keep = keep
     trainer.best_score = record["alphas"]["1.0"]  # the checkpoint's, as after training
+    reads = count_dev_reads(monkeypatch)
     again = trainer._interpolate()
+    assert reads == [0]  # the same three weights: their readings, per query too, come from mix-readings.json
     assert again is not None and again["kept"] == keep and again["dev_would_keep"] == record["kept"]
     assert again["kept_by"] == "interpolate_keep" and again["metrics"] == record["metrics"]
     assert again["alphas"] == record["alphas"] and again["dev_score"] == again["alphas"][str(keep)]
