@@ -24,6 +24,14 @@ Usage::
         --run 0=runs/fold0 --run 1=runs/fold1 ... --out docs/reports/dev-pool/rationale-folds/pooled.json
 
 Fewer runs than ``--folds`` are pooled too (the verdict says how many). Prints the verdict table; writes it.
+
+``--against I=PATH`` (once per fold of ``--run``) names the runs of another recipe over the same folds, e.g. the
+same recipe at other steps. Each alpha both sets read is then compared paired: a query's value pooled over this
+set's runs minus its value pooled over the other set's, on every metric with per-query values, with the same
+bootstrap bound (``"against"`` in the output)::
+
+    python benchmarks/rationale_folds.py --config configs/context-head-all-claims.yaml --folds 5 \
+        --run 0=runs/300-fold0 ... --against 0=runs/190-fold0 ... --out paired.json
 """
 
 from __future__ import annotations
@@ -148,6 +156,37 @@ def verdict(
     return out
 
 
+def paired(
+    runs: list[Readings],
+    others: list[Readings],
+    confidence: float,
+    kind_weights: Mapping[str, float] | None,
+    groups: Mapping[str, set[str]] | None = None,
+    seed: int = 0,
+) -> dict[str, dict[str, Any]]:
+    """Alpha -> metric -> ``runs`` minus ``others`` at that alpha: each query's value pooled over each set's runs,
+    the difference's (kind-weighted) mean, its bootstrap bound and query count (each of ``groups``' mean on the
+    SciFact claim metrics), for every alpha and metric that both sets read.
+
+    Raises:
+        ValueError: a metric's queries differ between the two sets (not the same folds of the same dev sets).
+    """
+    both = [*runs, *others]
+    out: dict[str, dict[str, Any]] = {}
+    for alpha in sorted(set.intersection(*(set(r) for r in both)), key=float):
+        out[alpha] = {}
+        for m in sorted(set.intersection(*(set(r[alpha]) for r in both))):
+            mine, theirs = _pooled(runs, alpha, m, against_start=False), _pooled(others, alpha, m, against_start=False)
+            if set(mine) != set(theirs):
+                raise ValueError(f"{m} at alpha {alpha}: --run and --against read other queries; give the same folds")
+            scifact = metric_task(m) in SCIFACT_CLAIMS
+            diff = {q: v - theirs[q] for q, v in mine.items()}
+            out[alpha][m] = _guarded(
+                diff, kind_weights if scifact else None, confidence, groups if scifact else None, seed
+            )
+    return out
+
+
 def _run_arg(item: str) -> tuple[int, Path]:
     """``I=PATH`` -> ``(I, PATH)``."""
     fold, sep, path = item.partition("=")
@@ -177,16 +216,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--run", action="append", required=True, type=_run_arg, help="I=PATH: the output_dir of fold I's run"
     )
+    ap.add_argument(
+        "--against", action="append", default=[], type=_run_arg, help="I=PATH: fold I's run of the set to compare with"
+    )
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     folds_read = [fold for fold, _ in args.run]
     if args.folds < 2 or not all(0 <= f < args.folds for f in folds_read) or len(set(folds_read)) < len(folds_read):
         ap.error(f"--run: one run per fold, each I with 0 <= I < --folds {args.folds} (k >= 2); got {folds_read}")
+    against = sorted(fold for fold, _ in args.against)
+    if args.against and against != sorted(folds_read):
+        ap.error(f"--against: one run per fold of --run ({sorted(folds_read)}); got {against}")
     try:
         cfg = load_config(args.config)
         unevidenced = cfg.data.scifact_claims_without_evidence
         runs = [load_run(path, fold, args.folds, args.data_dir, unevidenced) for fold, path in args.run]
+        others = [load_run(path, fold, args.folds, args.data_dir, unevidenced) for fold, path in args.against]
         with_evidence = {c.id for c in load_scifact_claims("train", args.data_dir) if c.has_evidence}
     except (MusesError, ValueError) as e:
         ap.error(str(e))
@@ -202,6 +248,12 @@ def main(argv: list[str] | None = None) -> None:
     result = verdict(runs, tolerance, cfg.interpolate_confidence, weights, kinds, groups, cfg.seed)
     result |= {"config": str(args.config), "folds": args.folds, "runs": sorted(folds_read), "claims": len(claims)}
     result["confidence"] = cfg.interpolate_confidence
+    if others:
+        try:
+            compared = paired(runs, others, cfg.interpolate_confidence, kinds, groups, cfg.seed)
+        except ValueError as e:
+            ap.error(str(e))
+        result["against"] = {"runs": {str(f): str(p) for f, p in sorted(args.against)}, "alphas": compared}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     _print(result, len(runs), args.folds, len(claims))
@@ -219,6 +271,9 @@ def _print(result: Mapping[str, Any], runs: int, folds: int, claims: int) -> Non
         for m, d in row["scored"].items():
             print(f"{alpha:>5} {m:32} {d:+.4f} (scored)")
         print(f"{alpha:>5} score {row['score']:.4f} misses {row['misses'] or 'none'}")
+    for alpha, rows in result.get("against", {}).get("alphas", {}).items():
+        for m, g in rows.items():
+            print(f"{alpha:>5} {m:32} {g['difference']:+.4f} (bound {g['bound']:+.4f}, {g['queries']} queries) against")
 
 
 if __name__ == "__main__":

@@ -193,6 +193,69 @@ def test_rationale_folds_pool_each_querys_difference_over_the_runs_that_read_it(
         assert e.value.code == 2 and words in err.strip().splitlines()[-1] and "Traceback" not in err
 
 
+def test_rationale_folds_against_pairs_each_query_with_the_other_sets_value(
+    tmp_path: Path, data_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``--against``: two sets of fold runs (e.g. one recipe at two lengths) compared per query at each alpha both
+    read: the mean of the pooled differences is the gain, its bound below it; a set over other queries is refused,
+    and so is one over other folds, in one line."""
+    import json
+
+    from benchmarks.rationale_folds import main, paired
+    from muses.training.checkpoint import INTERPOLATION_READINGS
+    from muses.training.data import fold_claim_ids
+
+    rng = np.random.default_rng(4)
+    evidence, wiki = "dev/scifact-evidence@64", "dev/wikipedia-sentence@64"
+
+    starts = [  # the same starting model's readings in both sets
+        {evidence: {q: float(rng.uniform(0.2, 0.8)) for q in fold_claim_ids((fold, 5), str(data_dir))}}
+        | {wiki: {f"w{i}": 0.5 for i in range(30)}}
+        for fold in (0, 1)
+    ]
+
+    def run(fold: int, gain: float) -> dict:
+        start = starts[fold]
+        mix = {
+            evidence: {q: v + gain + float(rng.normal(0, 0.01)) for q, v in start[evidence].items()},
+            wiki: {q: v - gain for q, v in start[wiki].items()},
+        }
+        return {"0.0": start, "0.5": mix, "1.0": mix}
+
+    longer, shorter = [run(0, 0.03), run(1, 0.03)], [run(0, 0.01), run(1, 0.01)]
+    shorter[1].pop("1.0")  # an alpha one set lacks is not compared
+    out = paired(longer, shorter, 0.9, None)
+    assert set(out) == {"0.0", "0.5"}
+    row = out["0.5"][evidence]
+    assert row["difference"] == pytest.approx(0.02, abs=0.004) and row["bound"] < row["difference"]
+    assert row["queries"] == len(fold_claim_ids((0, 5), str(data_dir))) + len(fold_claim_ids((1, 5), str(data_dir)))
+    assert out["0.5"][wiki] == {"difference": pytest.approx(-0.02), "bound": pytest.approx(-0.02), "queries": 30}
+    shorter[1]["0.5"][evidence].popitem()  # a claim of fold 1 that only one set read
+    with pytest.raises(ValueError, match="other queries"):
+        paired(longer, shorter, 0.9, None)
+
+    recipe = Path(__file__).parents[2] / "configs" / "context-head.yaml"
+    for name, r in (("l0", longer[0]), ("l1", longer[1]), ("s0", shorter[0])):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / INTERPOLATION_READINGS).write_text(json.dumps(r))
+    common = ["--config", str(recipe), "--folds", "5", "--data-dir", str(data_dir), "--out", str(tmp_path / "o.json")]
+    with pytest.raises(SystemExit) as e:
+        main(
+            [
+                *common,
+                "--run",
+                f"0={tmp_path / 'l0'}",
+                "--run",
+                f"1={tmp_path / 'l1'}",
+                "--against",
+                f"0={tmp_path / 's0'}",
+            ]
+        )
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert e.value.code == 2 and "--against: one run per fold of --run ([0, 1])" in err
+    assert not (tmp_path / "o.json").exists()
+
+
 @settings(max_examples=200, deadline=None)
 @given(st.one_of(st.text(max_size=30), st.builds("{}={}".format, st.text(max_size=4), st.text(max_size=8))))
 def test_fuzzed_run_arguments_parse_or_are_refused_in_one_line(item: str) -> None:
