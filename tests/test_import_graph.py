@@ -143,3 +143,19 @@ def test_nothing_in_the_package_imports_the_integrations() -> None:
     }
     assert not bad, f"the package must not depend on its framework integrations: {bad}"
     assert "muses.store" in graph["muses.integrations.hits"] or "muses.store.store" in graph["muses.integrations.hits"]
+
+
+def test_the_cli_and_ray_tasks_import_without_torch() -> None:
+    """``import muses`` and the modules a command or a Ray task starts from import no torch or transformers (seconds
+    each): ``muses --help`` and a bad argument answer at once, and a Ray worker running a shard-slicing task loads
+    only what that needs. ``muses.MultiScaleEncoder`` still resolves, on first use."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, muses, muses.cli, muses.distributed_encode\n"
+        "print(sorted(m for m in ('torch', 'transformers', 'sentence_transformers') if m in sys.modules))\n"
+        "print(muses.MultiScaleEncoder.__module__, 'torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[:2] == ["[]", "muses.encoder True"], out
