@@ -86,7 +86,7 @@ def _pooled(runs: list[Readings], alpha: str, metric: str, against_start: bool) 
     the query."""
     values: dict[str, list[float]] = {}
     for r in runs:
-        start = r["0.0"][metric]
+        start = r["0.0"][metric] if against_start else {}
         for q, v in r[alpha][metric].items():
             values.setdefault(q, []).append(v - start[q] if against_start else v)
     return {q: float(np.mean(v)) for q, v in values.items()}

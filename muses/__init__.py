@@ -31,6 +31,7 @@ def __getattr__(name: str) -> Any:
     if name == "MultiScaleEncoder":
         from muses.encoder import MultiScaleEncoder
 
+        globals()["MultiScaleEncoder"] = MultiScaleEncoder  # later lookups find it (and so do type hints)
         return MultiScaleEncoder
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 

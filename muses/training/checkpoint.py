@@ -168,7 +168,11 @@ def read_mix_readings(out: Path) -> dict[str, DevReading]:
     try:
         raw = json.loads((out / MIX_READINGS).read_text(encoding="utf-8"))
         return {
-            k: DevReading(dict(v["metrics"]), {n: dict(q) for n, q in v["per_query"].items()}) for k, v in raw.items()
+            k: DevReading(
+                {n: float(x) for n, x in v["metrics"].items()},
+                {n: {q: float(x) for q, x in values.items()} for n, values in v["per_query"].items()},
+            )
+            for k, v in raw.items()
         }
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return {}

@@ -30,9 +30,11 @@ weighs 0).
 
 from __future__ import annotations
 
+import hashlib
+import json
 import warnings
 from collections.abc import Callable, Collection, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -73,6 +75,11 @@ class DevSet:
     ict: BeirDataset | None = None
     sentences: EvidenceDev | None = None
     scifact_weights: dict[str, float] | None = None
+
+    def digest(self) -> str:
+        """16 hex digits of a sha256 over every pair, text, id, qrel and weight: equal digests, the same dev sets."""
+        raw = json.dumps(asdict(self), sort_keys=True, default=str)
+        return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
     def query_weights(self, metric: str) -> Mapping[str, float] | None:
         """The per-query weights of the dev metric ``metric`` (``"dev/<task>@<dim>"``): ``scifact_weights`` for

@@ -26,6 +26,7 @@ import os
 import random
 import shutil
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,6 +171,7 @@ class Trainer:
         # what this run starts from: a resume or a new mix from other starting weights (an earlier stage trained or
         # mixed again since) is refused, since the run's checkpoint and its alpha 0 would not belong together
         self._start_weights = weights_fingerprint(self.encoder, {})
+        self._dev_digest: str | None = None  # of self.data.dev, for the keys of mix-readings.json
 
     # ------------------------------------------------------------------ retention (kept for callers and tests)
     def _retention_weight(self, task: str) -> float:
@@ -245,13 +247,16 @@ class Trainer:
     def _read_once(
         self, read: dict[str, DevReading], encoder: MultiScaleEncoder | None = None, weighted: bool = True
     ) -> DevReading:
-        """:meth:`_read_every`, unless ``read`` (this run's :data:`MIX_READINGS`) has these weights read under this
-        recipe (its settings but :data:`MIXING`: the dev sets and ``dev_weights``); a new reading is added to it and
-        written at once, so a run killed while mixing keeps what it read."""
+        """:meth:`_read_every`, unless ``read`` (this run's :data:`MIX_READINGS`) has these weights read on these dev
+        sets (:meth:`~muses.training.dev.DevSet.digest`) under this recipe (its settings but :data:`MIXING`, which
+        include ``dev_weights``); a new reading is added to it and written at once, so a run killed while mixing
+        keeps what it read. (A change to the code that reads is not seen: delete the file to read again.)"""
         key = None
         if dd.is_main():
-            recipe = {k: v for k, v in self.config.model_dump().items() if k not in MIXING}  # the dev sets, dev_weights
-            extra = {"weighted": weighted, "recipe": recipe}
+            if self._dev_digest is None:
+                self._dev_digest = self.data.dev.digest()
+            recipe = {k: v for k, v in self.config.model_dump().items() if k not in MIXING}
+            extra = {"weighted": weighted, "recipe": recipe, "dev": self._dev_digest}
             key = weights_fingerprint(encoder if encoder is not None else self.encoder, extra)
         known = dd.broadcast_object(read.get(key) if key is not None else None)
         if known is not None:
@@ -259,7 +264,10 @@ class Trainer:
         reading = self._read_every(encoder, weighted)
         if key is not None:
             read[key] = reading
-            write_mix_readings(self.out, read)
+            try:
+                write_mix_readings(self.out, read)
+            except OSError as e:  # only a saving lost: the run goes on (and under torchrun, so do the other ranks)
+                warnings.warn(f"could not keep the dev reading in {self.out / MIX_READINGS}: {e}", stacklevel=2)
         return reading
 
     def _reference_reading(self, name: str, read: dict[str, DevReading]) -> DevReading:
@@ -434,8 +442,8 @@ class Trainer:
 
         The checkpoint's own best model is kept in ``best-checkpoint/`` first, and every mix is made from it, so a
         rerun of a finished run (or of one killed while mixing) gives the same ``best/``; the rerun reads again only
-        the weights that ``mix-readings.json`` lacks. Every rank runs it (dev
-        scores are broadcast); rank 0 writes. Returns that record, or None when the recipe lists no alpha."""
+        the weights that ``mix-readings.json`` lacks. Every rank runs it (dev scores are broadcast); rank 0 writes.
+        Returns that record, or None when the recipe lists no alpha."""
         source = self.out / BEST_CHECKPOINT
         if self._start is None:  # no mixes; an earlier run's (a rerun without them): its checkpoint is best/ again
             if dd.is_main() and source.exists():  # killed in between: train() saves a best/, this replaces it again

@@ -532,6 +532,9 @@ def test_shipped_recipes_validate() -> None:
     published = recipes["context-head-all-claims"]
     assert published.data.scifact_claims_without_evidence and published.interpolate_keep in published.interpolate
     assert {k for k, v in lists.items() if v is not None} == {"full", "f-v3", "g-v3-all-claims"}
+    # the ablation's arm (g) is the published first stage unchanged, in its own folder
+    arm = recipes["g-context-head"].model_dump(exclude={"output_dir"})
+    assert arm == published.model_dump(exclude={"output_dir"})
     # the ablation budget is the multi-task recipe with fewer steps, and no interpolation (the arms compare training)
     same = {"name", "output_dir", "steps", "eval_every", "interpolate"}
     assert budget.model_dump(exclude=same) == multitask.model_dump(exclude=same)
