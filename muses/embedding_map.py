@@ -42,6 +42,7 @@ from muses.errors import InputError
 from muses.evaluation.hierarchy import wikipedia_documents
 from muses.evaluation.knn import UNCATEGORIZED, knn_articles
 from muses.extras import require
+from muses.io import write_text_atomic
 
 if TYPE_CHECKING:
     from muses.encoder import MultiScaleEncoder
@@ -533,9 +534,7 @@ def write_map(m: EmbeddingMap, out: Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     record = json.dumps(m.to_json(), indent=1, ensure_ascii=False, allow_nan=False) + "\n"
     paths = {name: out / name for name in MAP_FILES}
-    tmp = out / ".map.json.tmp"
-    tmp.write_text(record, encoding="utf-8")
-    os.replace(tmp, paths["map.json"])
+    write_text_atomic(paths["map.json"], record)
     plot_map_png(m, paths["map.png"])
     plot_map_html(m, paths["map.html"])
     return paths

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO, Literal
@@ -258,3 +259,14 @@ def _stack(embeddings: Sequence[MultiScaleEmbedding], scales: Sequence[str], dim
         toks = [e.tokens for e in embeddings if e.tokens is not None]
         arrays["token"] = np.concatenate(toks) if toks else np.zeros((0, dim))
     return arrays
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` through a temporary file beside it, fsynced, then renamed over it: a kill
+    at any point leaves the old file or the new one, whole."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

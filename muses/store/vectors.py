@@ -31,6 +31,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from muses.io import write_text_atomic
 from muses.scoring import prefix_normalize
 from muses.store.exact import ExactVectors
 
@@ -303,12 +304,12 @@ class IndexSet:
                 "dead": sorted(ix.dead),
                 "dead_vectors": ix.dead_vectors,
             }
-        _write_atomic(tmp / "state.json", json.dumps(state))
+        write_text_atomic(tmp / "state.json", json.dumps(state))
         final = root / f"g{self.generation}"
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
-        _write_atomic(root / "CURRENT", final.name)
+        write_text_atomic(root / "CURRENT", final.name)
         for scale, ix in self.scales.items():  # the saved copy, memory-mapped, replaces the chunks held in memory
             if ix.exact is not None:
                 ix.exact = ExactVectors.load(final / f"{scale}.vectors.npy", ix.exact.dim, ix.layout.stored_dtype)
@@ -354,13 +355,3 @@ class IndexSet:
             return int(name.removeprefix("g"))
         except (OSError, ValueError):
             return None
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file, fsynced, then renamed over it."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)

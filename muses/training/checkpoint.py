@@ -17,7 +17,6 @@ ready for an :class:`~muses.adapters.AdapterCache`.
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
 from pathlib import Path
@@ -37,6 +36,7 @@ from muses.adapters.lora import (
 )
 from muses.adapters.router import centroid
 from muses.encoder import MultiScaleEncoder
+from muses.io import write_text_atomic
 from muses.training.config import TrainConfig
 from muses.training.data import TrainingData
 from muses.training.dev import DevReading
@@ -180,7 +180,5 @@ def read_mix_readings(out: Path) -> dict[str, DevReading]:
 
 def write_mix_readings(out: Path, readings: dict[str, DevReading]) -> None:
     """Write :data:`MIX_READINGS` whole (a temporary file renamed into place: a kill leaves the old or the new)."""
-    tmp = out / f".{MIX_READINGS}.tmp"
     raw = {k: {"metrics": r.metrics, "per_query": r.per_query} for k, r in readings.items()}
-    tmp.write_text(json.dumps(raw) + "\n", encoding="utf-8")
-    os.replace(tmp, out / MIX_READINGS)
+    write_text_atomic(out / MIX_READINGS, json.dumps(raw) + "\n")
