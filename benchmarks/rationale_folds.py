@@ -259,6 +259,11 @@ def main(argv: list[str] | None = None) -> None:
     _print(result, len(runs), args.folds, len(claims))
 
 
+def _head(alpha: str, metric: str, g: Mapping[str, Any]) -> str:
+    """One row of :func:`_guarded`: alpha, metric, difference, bound and query count."""
+    return f"{alpha:>5} {metric:32} {g['difference']:+.4f} (bound {g['bound']:+.4f}, {g['queries']} queries)"
+
+
 def _print(result: Mapping[str, Any], runs: int, folds: int, claims: int) -> None:
     print(f"{runs} of {folds} folds, {claims} SciFact claims; kept alpha {result['kept']}")
     for alpha, row in result["alphas"].items():
@@ -266,14 +271,13 @@ def _print(result: Mapping[str, Any], runs: int, folds: int, claims: int) -> Non
             kinds_line = "; ".join(
                 f"{k} {v['difference']:+.4f} ({v['queries']})" for k, v in g.get("by_group", {}).items()
             )
-            head = f"{alpha:>5} {m:32} {g['difference']:+.4f} (bound {g['bound']:+.4f}, {g['queries']} queries)"
-            print(head, kinds_line)
+            print(_head(alpha, m, g), kinds_line)
         for m, d in row["scored"].items():
             print(f"{alpha:>5} {m:32} {d:+.4f} (scored)")
         print(f"{alpha:>5} score {row['score']:.4f} misses {row['misses'] or 'none'}")
     for alpha, rows in result.get("against", {}).get("alphas", {}).items():
         for m, g in rows.items():
-            print(f"{alpha:>5} {m:32} {g['difference']:+.4f} (bound {g['bound']:+.4f}, {g['queries']} queries) against")
+            print(_head(alpha, m, g), "against")
 
 
 if __name__ == "__main__":
