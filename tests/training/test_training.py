@@ -785,3 +785,39 @@ def test_fuzzed_interpolate_keep_validates_or_is_refused(keep: float) -> None:
     else:
         with pytest.raises(ValidationError, match="interpolate_keep"):
             TrainConfig.model_validate({**base, "interpolate_keep": keep})
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.floats(allow_nan=False) | st.integers() | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=12,
+)
+_READING = st.fixed_dictionaries(
+    {
+        "metrics": st.dictionaries(st.text(max_size=6), st.floats(allow_nan=False), max_size=3),
+        "per_query": st.dictionaries(
+            st.text(max_size=6),
+            st.dictionaries(st.text(max_size=6), st.floats(allow_nan=False), max_size=3),
+            max_size=2,
+        ),
+    }
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.one_of(_JSON, st.dictionaries(st.text(max_size=8), _READING | _JSON, max_size=3), st.text(max_size=20)))
+def test_fuzzed_mix_readings_load_whole_or_not_at_all(content: object) -> None:
+    """``mix-readings.json`` holding anything: it loads as readings of float values, every key kept, or as nothing
+    (every mix is then read again); it never raises."""
+    import tempfile
+
+    from muses.training.checkpoint import MIX_READINGS, read_mix_readings
+
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / MIX_READINGS).write_text(content if isinstance(content, str) else json.dumps(content))
+        read = read_mix_readings(Path(tmp))
+    if read:
+        assert isinstance(content, dict) and set(read) == set(content)
+        for r in read.values():
+            assert all(type(v) is float for v in r.metrics.values())
+            assert all(type(v) is float for q in r.per_query.values() for v in q.values())
