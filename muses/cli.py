@@ -73,7 +73,13 @@ def encode(
     model: ModelOpt = "default",
     scales: Annotated[str, typer.Option(help="Comma-separated: document,sentence,token.")] = "document,sentence",
     dim: Annotated[int | None, typer.Option(help="One of the model's Matryoshka dims (default: full).")] = None,
-    context: Annotated[str, typer.Option(help="Sentence vectors: 'document' (in context) or 'sentence'.")] = "document",
+    context: Annotated[
+        str,
+        typer.Option(
+            help="Sentence vectors: 'document' (in context), 'sentence' (each alone), or 'local' / 'local:K' (the "
+            "document pass's top K layers run again over each sentence alone; 'local' is K=2)."
+        ),
+    ] = "document",
     fmt: Annotated[str, typer.Option("--format", help="npy or safetensors.")] = "npy",
     text_field: Annotated[str, typer.Option(help="JSONL field holding the text.")] = "text",
     one_document: Annotated[bool, typer.Option(help="Treat a whole text file as one document.")] = False,
@@ -97,6 +103,9 @@ def encode(
 ) -> None:
     """Embed documents at several scales; write arrays plus a JSONL index of documents, spans and tokens."""
     with user_errors():
+        from muses.local_context import parse_context
+
+        parse_context(context)  # before anything is read or written
         if engine != "local":
             if task is not None:
                 raise InputError(
@@ -130,7 +139,7 @@ def encode(
                 docs,
                 scales=scale_list,
                 dim=dim,
-                context=context,  # type: ignore[arg-type]
+                context=context,
                 batch_size=batch_size,
                 show_progress_bar=True,
             )

@@ -148,7 +148,7 @@ class EncodeActor:
                 present,
                 scales=list(self.s.scales),
                 dim=self.s.dim,
-                context=self.s.context,  # type: ignore[arg-type]
+                context=self.s.context,
                 batch_size=self.s.batch_size,
                 show_progress_bar=False,
             )

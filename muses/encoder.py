@@ -15,7 +15,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from muses.backends import Backend, TokenRunner, backend_files, check_backend, i
 from muses.errors import InputError, ModelError
 from muses.fingerprint import weights_fingerprint
 from muses.heads import HeadKind, matryoshka, resolve_dim
+from muses.local_context import encoder_layers, local_sentence_states, parse_context
 from muses.pooling import POOLING_MODES, PoolingMode
 from muses.st_module import MultiScaleHeads
 from muses.text import DEFAULT_SPLITTER, Splitter, align_tokens_to_sentences, as_documents, check_texts
@@ -75,6 +76,8 @@ class TextStates:
         suffix: ``[q, H]`` states of the trailing special tokens (e.g. ``[SEP]``) of the last window.
         offsets: ``[T, 2]`` character offsets of the content tokens.
         n_windows: number of windows the text took.
+        inner: the same text's states below the transformer's top ``inner_layers`` layers, laid out alike, when
+            asked for (``token_states(..., inner_layers=K)``, for ``context="local:K"``: :mod:`muses.local_context`).
     """
 
     content: torch.Tensor
@@ -82,6 +85,8 @@ class TextStates:
     suffix: torch.Tensor
     offsets: np.ndarray
     n_windows: int
+    inner: TextStates | None = None
+    inner_layers: int = 0
 
     def full(self) -> torch.Tensor:
         """``[p + T + q, H]``: the states a single-window model sees, specials included."""
@@ -411,11 +416,14 @@ class MultiScaleEncoder(nn.Module):
         return next(self.parameters()).device
 
     # ------------------------------------------------------------------ token states
-    def token_states(self, texts: Sequence[str], batch_size: int = 32, progress: bool = False) -> list[TextStates]:
+    def token_states(
+        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False, inner_layers: int = 0
+    ) -> list[TextStates]:
         """Run the transformer over ``texts`` (windowed where needed) and return their stitched token states.
 
         Differentiable: call under ``torch.no_grad()`` unless training. Windows of all texts are batched together,
-        sorted by length to limit padding.
+        sorted by length to limit padding. ``inner_layers=K > 0`` also keeps each text's states below the top ``K``
+        layers (:attr:`TextStates.inner`).
         """
         tok = self.tokenizer
         enc = tok(
@@ -430,28 +438,38 @@ class MultiScaleEncoder(nn.Module):
         inputs = self._windows(enc["input_ids"], plans)
         order = sorted(range(len(inputs)), key=lambda j: -len(inputs[j]))
         states: list[torch.Tensor | None] = [None] * len(inputs)
+        inner: list[torch.Tensor | None] = [None] * len(inputs)
         batches = range(0, len(order), batch_size)
         for b in tqdm(batches, desc="windows", disable=not progress, unit="batch"):
             idx = order[b : b + batch_size]
-            out = self._forward_ids([inputs[j] for j in idx])
+            out, below = self._forward_ids([inputs[j] for j in idx], inner_layers)
             for row, j in enumerate(idx):
                 states[j] = out[row, : len(inputs[j])]
+                if below is not None:
+                    inner[j] = below[row, : len(inputs[j])]
         results: list[TextStates] = []
         pos = 0
         for i, plan in enumerate(plans):
-            ws = [s for s in states[pos : pos + len(plan)] if s is not None]
+            offsets = np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2)
+            text = self._stitched(states[pos : pos + len(plan)], plan, offsets)
+            if inner_layers:
+                text.inner = self._stitched(inner[pos : pos + len(plan)], plan, offsets)
+                text.inner_layers = inner_layers
             pos += len(plan)
-            content = stitch([s[self._n_prefix : len(s) - self._n_suffix] for s in ws], plan)
-            results.append(
-                TextStates(
-                    content=content,
-                    prefix=ws[0][: self._n_prefix],
-                    suffix=ws[-1][len(ws[-1]) - self._n_suffix :],
-                    offsets=np.asarray(enc["offset_mapping"][i], dtype=np.int64).reshape(-1, 2),
-                    n_windows=len(plan),
-                )
-            )
+            results.append(text)
         return results
+
+    def _stitched(
+        self, windows: Sequence[torch.Tensor | None], plan: Sequence[tuple[int, int]], offsets: np.ndarray
+    ) -> TextStates:
+        ws = [s for s in windows if s is not None]
+        return TextStates(
+            content=stitch([s[self._n_prefix : len(s) - self._n_suffix] for s in ws], list(plan)),
+            prefix=ws[0][: self._n_prefix],
+            suffix=ws[-1][len(ws[-1]) - self._n_suffix :],
+            offsets=offsets,
+            n_windows=len(plan),
+        )
 
     def window_inputs(self, texts: Sequence[str]) -> list[list[int]]:
         """The token ids of every window the transformer runs over ``texts``, special tokens included."""
@@ -461,8 +479,9 @@ class MultiScaleEncoder(nn.Module):
     def _windows(self, ids: Sequence[list[int]], plans: Sequence[Sequence[tuple[int, int]]]) -> list[list[int]]:
         return [self._prefix_ids + ids[i][s:e] + self._suffix_ids for i, plan in enumerate(plans) for s, e in plan]
 
-    def _forward_ids(self, batch: list[list[int]]) -> torch.Tensor:
-        """Pad token id lists and run the transformer: ``B`` lists -> ``[B, L, H]`` token states."""
+    def _forward_ids(self, batch: list[list[int]], inner_layers: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pad token id lists and run the transformer: ``B`` lists -> ``[B, L, H]`` token states, and with
+        ``inner_layers=K > 0`` the ``[B, L, H]`` states below the top ``K`` layers (else None)."""
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -475,11 +494,21 @@ class MultiScaleEncoder(nn.Module):
             "attention_mask": mask.to(self.device),
         }
         if self._runner is not None:  # no gradient reaches the transformer: train on torch, then export
+            if inner_layers:
+                raise InputError(
+                    f"context 'local' runs the transformer's top layers again, which the {self.backend} backend "
+                    "cannot: encode with backend 'torch', or with context 'document' or 'sentence'."
+                )
             out = self._runner(input_ids.numpy(), mask.numpy())
-            return torch.from_numpy(out).to(self.device)
+            return torch.from_numpy(out).to(self.device), None
         if "token_type_ids" in self.tokenizer.model_input_names:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
-        return self.transformer(features)["token_embeddings"]
+        if not inner_layers:
+            return self.transformer(features)["token_embeddings"], None
+        hf = self.transformer.auto_model
+        n = len(encoder_layers(hf, inner_layers))
+        out = hf(**features, output_hidden_states=True, return_dict=True)
+        return out.last_hidden_state, out.hidden_states[n - inner_layers]
 
     # ------------------------------------------------------------------ full-dim, differentiable scale vectors
     def document_vectors(
@@ -501,12 +530,28 @@ class MultiScaleEncoder(nn.Module):
         if "document" in wanted:
             ones = torch.ones(1, full.shape[0], device=full.device)
             out["document"] = heads.heads["document"](heads.pool_document(full[None], ones))[0]
-        if "sentence" in wanted:
+        if "sentence" in wanted and states.inner is not None:
+            spans = torch.from_numpy(ranges).to(full.device)
+            out["sentence"] = self._local_sentences(states.inner, states.inner_layers, spans)
+        elif "sentence" in wanted:
             span_ranges = torch.from_numpy(ranges).to(full.device) + len(states.prefix)
             empty = span_ranges[:, 1] == span_ranges[:, 0]
             out["sentence"] = heads.in_context_sentences(full, span_ranges).masked_fill(empty[:, None], 0.0)
         if "token" in wanted:
             out["token"] = heads.heads["token"](states.content)
+        return out
+
+    def _local_sentences(self, inner: TextStates, layers: int, ranges: torch.Tensor) -> torch.Tensor:
+        """``[S, D]`` sentence vectors of ``context="local:K"`` (``layers`` K) from the states below the top ``K``
+        layers and the ``[S, 2]`` token ranges of the sentences in ``inner.content`` (an empty sentence: zeros)."""
+        out = inner.content.new_zeros((len(ranges), self.embed_dim))
+        kept = (ranges[:, 1] > ranges[:, 0]).nonzero().flatten()
+        if len(kept):
+            model = self.transformer.auto_model
+            states, spans = local_sentence_states(
+                model, layers, inner.prefix, inner.content, inner.suffix, ranges[kept]
+            )
+            out[kept] = self.heads.in_context_sentences(states, spans).to(out.dtype)
         return out
 
     def standalone_vectors(self, states: Sequence[TextStates]) -> torch.Tensor:
@@ -523,7 +568,7 @@ class MultiScaleEncoder(nn.Module):
         documents: Iterable[str | Document],
         scales: Sequence[str] = ("document", "sentence"),
         dim: int | None = None,
-        context: Literal["document", "sentence"] = "document",
+        context: str = "document",
         batch_size: int = 32,
         show_progress_bar: bool | None = None,
     ) -> list[MultiScaleEmbedding]:
@@ -534,7 +579,9 @@ class MultiScaleEncoder(nn.Module):
             scales: any of ``"document"``, ``"sentence"``, ``"token"``.
             dim: Matryoshka dim (default: full). Vectors are the L2-normalised ``dim``-prefix.
             context: ``"document"`` pools sentence vectors from the document pass (late chunking);
-                ``"sentence"`` encodes each sentence on its own instead.
+                ``"sentence"`` encodes each sentence on its own instead; ``"local:K"`` runs the top ``K`` layers of
+                the document pass again over each sentence alone (``"local"``: ``K = 2``;
+                :mod:`muses.local_context`).
             batch_size: windows per transformer batch.
             show_progress_bar: default: shown for more than 256 documents.
 
@@ -548,21 +595,24 @@ class MultiScaleEncoder(nn.Module):
         unknown = set(scales) - set(SCALES)
         if unknown:
             raise InputError(f"unknown scale(s) {sorted(unknown)}; use any of {', '.join(SCALES)}.")
-        if context not in ("document", "sentence"):
-            raise InputError(f"context must be 'document' or 'sentence', got {context!r}.")
+        how = parse_context(context)
+        inner_layers = how.layers if "sentence" in scales else 0
+        if inner_layers:
+            encoder_layers(self.transformer.auto_model, inner_layers)  # an unsupported model fails before encoding
         d = resolve_dim(dim, self.embed_dim)
         docs = as_documents(documents, self.splitter)
         progress = show_progress_bar if show_progress_bar is not None else len(docs) > 256
-        in_context = [s for s in scales if not (s == "sentence" and context == "sentence")]
+        in_context = [s for s in scales if not (s == "sentence" and how.kind == "sentence")]
         results: list[MultiScaleEmbedding] = []
         chunk = max(batch_size * 4, 1)
         with torch.inference_mode():
             bar = tqdm(total=len(docs), desc="documents", disable=not progress, unit="doc")
             for c in range(0, len(docs), chunk):
                 part = docs[c : c + chunk]
-                for doc, st in zip(part, self.token_states([x.text for x in part], batch_size), strict=True):
+                texts = [x.text for x in part]
+                for doc, st in zip(part, self.token_states(texts, batch_size, inner_layers=inner_layers), strict=True):
                     vecs = self.document_vectors(doc, st, in_context)
-                    if "sentence" in scales and context == "sentence":
+                    if "sentence" in scales and how.kind == "sentence":
                         vecs["sentence"] = self._standalone(doc.sentence_texts(), batch_size)
                     results.append(self._to_embedding(doc, st, vecs, d))
                 bar.update(len(part))
@@ -647,7 +697,7 @@ class MultiScaleEncoder(nn.Module):
         each call (the weights may have trained since): keep the value where it is needed more than once."""
         extra = {
             "kind": "muses",
-            "context": context,
+            "context": str(parse_context(context)),
             "window": self.window,
             "overlap": self.window_overlap,
             "splitter": str(self.splitter),

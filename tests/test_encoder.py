@@ -96,7 +96,7 @@ def test_long_document_gets_a_vector_for_every_sentence(encoder: MultiScaleEncod
     with torch.inference_mode():
         for w in (0, 1):
             s, e = plan[w]
-            direct = encoder._forward_ids([encoder._prefix_ids + ids[s:e] + encoder._suffix_ids])[0, 1:-1]
+            direct = encoder._forward_ids([encoder._prefix_ids + ids[s:e] + encoder._suffix_ids])[0][0, 1:-1]
             lo = s if w == 0 else (s + plan[w - 1][1]) // 2
             hi = (plan[w + 1][0] + e) // 2
             torch.testing.assert_close(stitched[lo:hi], direct[lo - s : hi - s], atol=1e-5, rtol=0)

@@ -102,7 +102,8 @@ def _link(docs: Sequence[Document], counts: Sequence[int]) -> tuple[np.ndarray, 
 
 
 class MusesCorpusEncoder:
-    """A :class:`MultiScaleEncoder` as a :class:`CorpusEncoder` (sentence vectors in context by default)."""
+    """A :class:`MultiScaleEncoder` as a :class:`CorpusEncoder` (sentence vectors in context by default; ``context``
+    as in :meth:`~muses.encoder.MultiScaleEncoder.encode_documents`)."""
 
     def __init__(
         self, encoder: MultiScaleEncoder, name: str = "muses", context: str = "document", batch_size: int = 32
@@ -147,7 +148,7 @@ class MusesCorpusEncoder:
         embs = self.encoder.encode_documents(
             docs,
             scales=scales,
-            context=self.context,  # type: ignore[arg-type]
+            context=self.context,
             batch_size=self.batch_size,
         )
         s_doc, s_pos = _link(docs, [len(e.sentences) for e in embs])

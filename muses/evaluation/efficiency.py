@@ -286,7 +286,8 @@ def one_pass_speedup(
     repeats: int = 3,
     batch_size: int = 32,
 ) -> dict[str, Any]:
-    """Time MuSES (documents + sentences, and + tokens, one pass) against sentence-transformers (two passes).
+    """Time MuSES (documents + sentences, and + tokens, one pass; documents + sentences in local context, one pass
+    and its top layers again per sentence) against sentence-transformers (two passes).
 
     Both sides embed the same first ``n_docs`` SciFact abstracts (``title. text``, by id) and the same sentences
     (MuSES's segmentation), in the same process, alternating, after a warm-up; each keeps its best of ``repeats``.
@@ -310,8 +311,10 @@ def one_pass_speedup(
     st = encoder.as_sentence_transformer()
     tokenized = encoder.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]
 
-    def muses_pass(scales: tuple[str, ...]) -> Callable[[], object]:
-        return lambda: encoder.encode_documents(docs, scales=scales, batch_size=batch_size, show_progress_bar=False)
+    def muses_pass(scales: tuple[str, ...], context: str = "document") -> Callable[[], object]:
+        return lambda: encoder.encode_documents(
+            docs, scales=scales, context=context, batch_size=batch_size, show_progress_bar=False
+        )
 
     def st_two_pass() -> None:
         st.encode(texts, batch_size=batch_size, show_progress_bar=False)
@@ -330,6 +333,7 @@ def one_pass_speedup(
         "st_whole_docs_then_sentences": st_two_pass_whole_docs,
         "muses_docs_sentences": muses_pass(("document", "sentence")),
         "muses_docs_sentences_tokens": muses_pass(("document", "sentence", "token")),
+        "muses_docs_local_sentences": muses_pass(("document", "sentence"), "local"),
     }
     for fn in sides.values():  # warm-up
         fn()

@@ -8,6 +8,8 @@ Tasks (all through a :class:`~muses.evaluation.corpus.CorpusEncoder`, so MuSES a
 ``evidence``          SciFact evidence sentences among all ~46k corpus sentences: flat and zoom
 ``squad``             SQuAD dev answer sentences (ReQA-style), sentence vectors in context: flat and zoom
 ``squad-standalone``  the same with standalone sentence vectors (MuSES models only)
+``squad-local``       the same with sentence vectors in local context (``context="local"``; MuSES models only)
+``evidence-local``    ``evidence`` with sentence vectors in local context (MuSES models only)
 ``hierarchy``         parent-document accuracy of sentences: 1000 held-out Wikipedia articles and SciFact abstracts
 ``knn``               k-NN topic classification of Wikipedia articles, document and sentence scale
 ``efficiency``        encode throughput, FAISS query latency per dim, memory, checkpoint size, peak RSS
@@ -71,7 +73,19 @@ class Profile:
         return [d for d in self.dims if d in model.dims] if self.dims else list(model.dims)
 
 
-ALL_TASKS = ("sts", "scifact", "evidence", "squad", "squad-standalone", "hierarchy", "knn", "efficiency", "routing")
+ALL_TASKS = (
+    "sts",
+    "scifact",
+    "evidence",
+    "evidence-local",
+    "squad",
+    "squad-standalone",
+    "squad-local",
+    "hierarchy",
+    "knn",
+    "efficiency",
+    "routing",
+)
 PROFILE_DIR = Path(__file__).with_name("profiles")
 """The named profiles, one YAML file each (``full``, ``quick``, ``training``, ``ablation``, ``moe``, ``upcycle``).
 
@@ -163,13 +177,21 @@ def _task_squad(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
     )
 
 
-def _task_squad_standalone(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
-    if not isinstance(model, MusesCorpusEncoder):
-        return {}  # a flat baseline's sentence vectors are standalone already: `squad` is that number
-    alone = MusesCorpusEncoder(
-        model.encoder, name=f"{model.name}/standalone", context="sentence", batch_size=model.batch_size
-    )
-    return _task_squad(alone, ctx)
+def _in_context(
+    task: Callable[[CorpusEncoder, TaskContext], Metrics], context: str, label: str
+) -> Callable[[CorpusEncoder, TaskContext], Metrics]:
+    """``task`` with a MuSES model's sentence vectors in ``context`` (its cache entries under ``<name>/<label>``);
+    nothing for a flat baseline, whose sentence vectors are standalone already (``task`` itself is that number)."""
+
+    def run(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
+        if not isinstance(model, MusesCorpusEncoder):
+            return {}
+        view = MusesCorpusEncoder(
+            model.encoder, name=f"{model.name}/{label}", context=context, batch_size=model.batch_size
+        )
+        return task(view, ctx)
+
+    return run
 
 
 def _task_hierarchy(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
@@ -213,8 +235,10 @@ TASKS: dict[str, Callable[[CorpusEncoder, TaskContext], Metrics]] = {
     "sts": _task_sts,
     "scifact": _task_scifact,
     "evidence": _task_evidence,
+    "evidence-local": _in_context(_task_evidence, "local", "local"),
     "squad": _task_squad,
-    "squad-standalone": _task_squad_standalone,
+    "squad-standalone": _in_context(_task_squad, "sentence", "standalone"),
+    "squad-local": _in_context(_task_squad, "local", "local"),
     "hierarchy": _task_hierarchy,
     "knn": _task_knn,
     "efficiency": _task_efficiency,

@@ -44,7 +44,8 @@ HEADLINES: dict[str, tuple[str, ...]] = {
     "knn": ("knn/document/accuracy", "knn/document/macro_f1", "knn/sentence/accuracy", "knn/sentence/macro_f1"),
     "routing": ("tokens_per_s", "moe/balance", "moe/max_balance", "moe/drop_rate", "moe/specialisation"),
 }
-HEADLINES["squad-standalone"] = HEADLINES["squad"]
+HEADLINES["squad-standalone"] = HEADLINES["squad-local"] = HEADLINES["squad"]
+HEADLINES["evidence-local"] = HEADLINES["evidence"]
 
 
 def dim_table(metrics: Mapping[str, float], headlines: Sequence[str]) -> tuple[list[int], dict[str, dict[int, float]]]:

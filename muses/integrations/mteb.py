@@ -350,7 +350,8 @@ class MusesSearch:
         rerank_k: depth of the ``document`` and ``sentence`` rankings whose union ``token`` and ``fusion`` score.
         zoom_docs: documents zoomed into (``zoom``).
         title_sep: joins a corpus item's title and text (the harness's ``". "``).
-        context: sentence vectors pooled in ``"document"`` context (the harness's default) or ``"sentence"``.
+        context: sentence vectors pooled in ``"document"`` context (the harness's default), ``"sentence"`` or
+            ``"local:K"`` (:mod:`muses.local_context`).
         batch_size: windows per transformer batch.
         name: the model name after ``muses/`` in MTEB's results (default: the base model's).
 

@@ -145,19 +145,22 @@ def evaluate_dev(
     return out
 
 
-def read_dev(encoder: MultiScaleEncoder, dev: DevSet, tasks: Collection[str] | None = None) -> DevReading:
+def read_dev(
+    encoder: MultiScaleEncoder, dev: DevSet, tasks: Collection[str] | None = None, context: str = "document"
+) -> DevReading:
     """Dev metrics of ``encoder``, with each query's value for the retrieval ones. ``tasks`` limits them to those
     tasks (``scifact-document`` and ``scifact-sentence`` come together, as do the two ``ict-`` ones); None: every
-    task ``dev`` has. SciFact claims are weighted by ``dev.scifact_weights`` when it is set."""
+    task ``dev`` has. SciFact claims are weighted by ``dev.scifact_weights`` when it is set. ``context``: how the
+    documents' sentence vectors are pooled (:meth:`~muses.encoder.MultiScaleEncoder.encode_documents`)."""
 
     def wanted(*names: str) -> bool:
         return tasks is None or any(n in tasks for n in names)
 
     with encoder.evaluating():
-        return _read_dev(encoder, dev, wanted)
+        return _read_dev(encoder, dev, wanted, context)
 
 
-def _read_dev(encoder: MultiScaleEncoder, dev: DevSet, wanted: Callable[..., bool]) -> DevReading:
+def _read_dev(encoder: MultiScaleEncoder, dev: DevSet, wanted: Callable[..., bool], context: str) -> DevReading:
     from muses.data.stsb import STSPairs
     from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
     from muses.evaluation.evidence import sentence_runs
@@ -174,7 +177,7 @@ def _read_dev(encoder: MultiScaleEncoder, dev: DevSet, wanted: Callable[..., boo
         pairs = STSPairs([r[0] for r in dev.stsb], [r[1] for r in dev.stsb], [r[2] for r in dev.stsb], "stsb dev")
         sts = evaluate_sts(encoder, pairs, dims)
         out.update({f"dev/stsb@{d}": sts[f"spearman@{d}"] for d in dims})
-    model = MusesCorpusEncoder(encoder, name="training")
+    model = MusesCorpusEncoder(encoder, name="training", context=context)
     no_cache = EmbeddingCache(None)
     for prefix, ds in (("scifact", dev.scifact), ("ict", dev.ict)):
         if ds is not None and wanted(f"{prefix}-document", f"{prefix}-sentence"):

@@ -69,6 +69,14 @@ def test_fp32_backends_give_the_pytorch_token_states_and_fingerprint(
     assert enc.fingerprint() == encoder.fingerprint()  # fp32: the same model, the same stores
 
 
+def test_local_context_needs_the_pytorch_layers(on_backend: dict[str, MultiScaleEncoder]) -> None:
+    """``context="local"`` reruns the top layers per sentence, which an exported graph does not expose."""
+    enc = on_backend["onnx"]
+    with pytest.raises(InputError, match="backend 'torch'"):
+        enc.encode_documents(TEXTS[:1], context="local")
+    assert enc.encode_documents(TEXTS[:1], context="document")[0].sentences.shape == (1, 384)
+
+
 @pytest.mark.parametrize("backend", ["onnx-int8", "openvino-int8"])
 def test_int8_backends_run_close_to_pytorch_under_another_fingerprint(
     encoder: MultiScaleEncoder, on_backend: dict[str, MultiScaleEncoder], backend: str

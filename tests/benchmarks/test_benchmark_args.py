@@ -56,3 +56,11 @@ def test_store_scale_setting_parser_returns_a_pair_or_refuses(text: str) -> None
 def test_backend_quality_refuses_models_without_labels(capsys: pytest.CaptureFixture[str]) -> None:
     for models in ("torch", "=torch", "a=", "torch=torch,int8"):
         _exit_2(capsys, ["--models", models], backend_quality.main, "LABEL=SPEC")
+
+
+def test_local_context_dev_refuses_a_bad_context_before_loading(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks import local_context_dev
+
+    for contexts in ("local:0", "paragraph", ",", "document,local:x"):
+        _exit_2(capsys, ["--contexts", contexts], local_context_dev.main, "--contexts")
+    assert local_context_dev._contexts("document, local ,local:3") == ["document", "local:2", "local:3"]
