@@ -12,7 +12,8 @@ Usage::
     python benchmarks/local_context_dev.py --model default --contexts document,local:1,local:2,local:3 \\
         --out docs/reports/local-context/dev.json
 
-``--out`` is resumable: a context already read for the same model is kept. Prints a row per context.
+``--out`` is resumable: a context already read for the same model, config and data dir is kept (other settings are
+refused). Prints a row per context.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    record = json.loads(args.out.read_text()) if args.out is not None and args.out.is_file() else {}
+    source = {"model": args.model, "config": args.config, "data_dir": args.data_dir}
+    if any(record.get(k, v) != v for k, v in source.items()):  # before anything is loaded
+        ap.error(f"{args.out} holds readings of other settings ({record}); give another --out.")
 
     from muses.encoder import MultiScaleEncoder
     from muses.training.config import load_config
@@ -56,10 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = load_config(args.config, {"data.dev_stsb_pairs": 0})
     dev = load_training_data(cfg, args.data_dir).dev
     encoder = MultiScaleEncoder.from_base(args.model)
-    record = json.loads(args.out.read_text()) if args.out is not None and args.out.is_file() else {}
-    if record.get("model", args.model) != args.model:
-        raise SystemExit(f"error: {args.out} holds readings of {record['model']!r}, not {args.model!r}.")
-    record |= {"model": args.model, "config": args.config}
+    record |= source
     readings = record.setdefault("contexts", {})
     for context in args.contexts:
         if context not in readings:

@@ -105,7 +105,7 @@ def encode(
     with user_errors():
         from muses.local_context import parse_context
 
-        parse_context(context)  # before anything is read or written
+        context = str(parse_context(context))  # before anything is read or written; "local" is "local:2"
         if engine != "local":
             if task is not None:
                 raise InputError(

@@ -305,11 +305,6 @@ def encode_with_ray(
         others = fs.get_file_info(fs_selector(out_inner))
         if any(not Path(i.path).name.startswith("shard-") for i in others):
             raise InputError(f"{out} is not empty and holds no `{WRITTEN_BY}` manifest; give a new folder.")
-    if found is not None and overwrite:
-        for i in fs.get_file_info(fs_selector(out_inner)):
-            fs.delete_file(i.path)
-        found = None
-
     from muses.backends import check_backend
 
     if settings.backend is not None:
@@ -321,6 +316,11 @@ def encode_with_ray(
     dim = settings.dim or enc.embed_dim
     if dim not in enc.dims:
         raise InputError(f"--dim {dim} is not one of the model's Matryoshka dims {enc.dims}.")
+    settings = replace(settings, context=str(enc.check_context(settings.context)))  # "local" is "local:2"
+    if found is not None and overwrite:  # only once every setting has been checked
+        for i in fs.get_file_info(fs_selector(out_inner)):
+            fs.delete_file(i.path)
+        found = None
     meta = {
         "written_by": WRITTEN_BY,
         "model": settings.model,

@@ -28,7 +28,7 @@ from muses.backends import Backend, TokenRunner, backend_files, check_backend, i
 from muses.errors import InputError, ModelError
 from muses.fingerprint import weights_fingerprint
 from muses.heads import HeadKind, matryoshka, resolve_dim
-from muses.local_context import encoder_layers, local_sentence_states, parse_context
+from muses.local_context import SentenceContext, encoder_layers, local_sentence_states, parse_context
 from muses.pooling import POOLING_MODES, PoolingMode
 from muses.st_module import MultiScaleHeads
 from muses.text import DEFAULT_SPLITTER, Splitter, align_tokens_to_sentences, as_documents, check_texts
@@ -495,10 +495,7 @@ class MultiScaleEncoder(nn.Module):
         }
         if self._runner is not None:  # no gradient reaches the transformer: train on torch, then export
             if inner_layers:
-                raise InputError(
-                    f"context 'local' runs the transformer's top layers again, which the {self.backend} backend "
-                    "cannot: encode with backend 'torch', or with context 'document' or 'sentence'."
-                )
+                raise InputError(f"the {self.backend} backend cannot keep the states below the top layers.")
             out = self._runner(input_ids.numpy(), mask.numpy())
             return torch.from_numpy(out).to(self.device), None
         if "token_type_ids" in self.tokenizer.model_input_names:
@@ -540,6 +537,24 @@ class MultiScaleEncoder(nn.Module):
         if "token" in wanted:
             out["token"] = heads.heads["token"](states.content)
         return out
+
+    def check_context(self, context: str) -> SentenceContext:
+        """``context`` parsed (:func:`~muses.local_context.parse_context`) and checked against this model: a local
+        context needs a BERT-style encoder with at least ``K`` layers, run by PyTorch.
+
+        Raises:
+            InputError: a bad context, ``K`` above the layer count, or an exported backend; ModelError: an encoder
+                whose layers cannot be run one by one.
+        """
+        how = parse_context(context)
+        if how.kind == "local":
+            encoder_layers(self.transformer.auto_model, how.layers)
+            if self._runner is not None:
+                raise InputError(
+                    f"context 'local' runs the transformer's top layers again, which the {self.backend} backend "
+                    "cannot: encode with backend 'torch', or with context 'document' or 'sentence'."
+                )
+        return how
 
     def _local_sentences(self, inner: TextStates, layers: int, ranges: torch.Tensor) -> torch.Tensor:
         """``[S, D]`` sentence vectors of ``context="local:K"`` (``layers`` K) from the states below the top ``K``
@@ -595,10 +610,8 @@ class MultiScaleEncoder(nn.Module):
         unknown = set(scales) - set(SCALES)
         if unknown:
             raise InputError(f"unknown scale(s) {sorted(unknown)}; use any of {', '.join(SCALES)}.")
-        how = parse_context(context)
+        how = self.check_context(context)
         inner_layers = how.layers if "sentence" in scales else 0
-        if inner_layers:
-            encoder_layers(self.transformer.auto_model, inner_layers)  # an unsupported model fails before encoding
         d = resolve_dim(dim, self.embed_dim)
         docs = as_documents(documents, self.splitter)
         progress = show_progress_bar if show_progress_bar is not None else len(docs) > 256

@@ -4,9 +4,10 @@
 scale does; those top ``K`` layers then run a second time over each sentence alone (its token states at that depth,
 between the document's own leading and trailing special tokens), and the sentence is pooled from that. A sentence
 has read its document for the first ``N - K`` layers and only itself for the last ``K``: it keeps the document's
-topic without taking on its siblings' wording. ``K = 0`` is ``context="document"``; the cost over it is about
-``K / N`` of a pass (the forked layers attend within one sentence, so less). Documents, tokens and queries are
-those of the document pass, unchanged.
+topic without taking on its siblings' wording (``K`` is at least 1; no layer run again is ``context="document"``).
+The extra work is ``K`` of the ``N`` layers again over every sentence token, each attending within its sentence;
+``muses bench encode`` measures the whole cost (``docs/benchmarks.md``). Documents, tokens and queries are those of
+the document pass, unchanged.
 
 The layers are called one by one, so only encoders whose layers take ``(hidden_states, attention_mask)`` are
 supported (BERT and its relatives: :data:`LOCAL_MODEL_TYPES`).
@@ -26,8 +27,7 @@ from muses.errors import InputError, ModelError
 
 LOCAL_LAYERS = 2  # ``context="local"``; chosen on dev (docs/results.md, round 27)
 LOCAL_MODEL_TYPES = frozenset({"bert", "roberta", "xlm-roberta", "camembert", "electra"})
-CONTEXTS = ("document", "sentence", "local", "local:K")
-_LOCAL = re.compile(r"local:(\d{1,3})")
+_LOCAL = re.compile(r"local:([0-9]{1,3})")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from typer.testing import CliRunner
@@ -15,8 +16,10 @@ from muses.cli import app
 from muses.data.stsb import load_stsb
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
-from muses.local_context import LOCAL_LAYERS, SentenceContext, encoder_layers, parse_context
+from muses.evaluation.corpus import MusesCorpusEncoder
+from muses.local_context import LOCAL_LAYERS, SentenceContext, encoder_layers, parse_context, run_top_layers
 from muses.text import document_from_sentences
+from muses.windows import plan_windows
 from tests.cli_checks import one_line_error
 
 ROOTS = "Roots anchor a plant in the soil. They absorb water and minerals. Root hairs increase the surface area."
@@ -72,9 +75,35 @@ def test_fingerprints_name_the_context(encoder: MultiScaleEncoder) -> None:
     assert len(set(prints.values())) == 4
 
 
+def test_the_inner_states_are_the_layer_below_the_top_ones_and_padding_does_not_leak(
+    encoder: MultiScaleEncoder,
+) -> None:
+    """``TextStates.inner`` of a text of several windows holds, token for token, the hidden states that enter the top 2
+    layers of the window each token is stitched from; the top layers run over sentences of unequal lengths give the
+    same states batched (padded) as one by one."""
+    text = " ".join(f"Sentence number {i} talks about roots, water and the minerals of the soil." for i in range(30))
+    ids = encoder.tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"]
+    with torch.inference_mode():
+        [states] = encoder.token_states([text], inner_layers=2)
+        assert states.n_windows > 1 and states.inner is not None and states.inner_layers == 2
+        start, end = plan_windows(len(ids), encoder.window, encoder.window_overlap)[0]
+        first = torch.tensor([encoder._prefix_ids + ids[start:end] + encoder._suffix_ids])
+        hf = encoder.transformer.auto_model
+        direct = hf(input_ids=first, attention_mask=torch.ones_like(first), output_hidden_states=True).hidden_states[4]
+        torch.testing.assert_close(states.inner.content[:100], direct[0, 1:101], atol=1e-5, rtol=0)
+        seqs = [states.inner.content[a : a + n] for a, n in ((0, 5), (10, 17), (40, 9))]
+        batched = run_top_layers(hf, 2, seqs)
+        for seq, got in zip(seqs, batched, strict=True):
+            torch.testing.assert_close(got, run_top_layers(hf, 2, [seq])[0], atol=1e-5, rtol=0)
+
+
 def test_bad_contexts_are_refused(encoder: MultiScaleEncoder) -> None:
     with pytest.raises(InputError, match="has 6"):
         encoder.encode_documents([ROOTS], context="local:7")
+    with pytest.raises(InputError, match="has 6"):  # checked even where no sentence is asked for
+        encoder.encode_documents([ROOTS], scales=("document",), context="local:99")
+    with pytest.raises(InputError, match="context must be"):  # before anything is encoded
+        MusesCorpusEncoder(encoder, context="local:x")
     for bad in ("local:0", "paragraph", "local:", "local:-1", "LOCAL"):
         with pytest.raises(InputError, match="context must be"):
             encoder.encode_documents([ROOTS], context=bad)
@@ -96,7 +125,9 @@ def test_parse_context_fuzzed(value: object) -> None:
         assert parsed.layers == LOCAL_LAYERS
 
 
-def test_encode_cli_takes_local_and_refuses_a_bad_context_first(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+def test_encode_cli_takes_local_and_refuses_a_bad_context_first(
+    tmp_path: Path, encoder: MultiScaleEncoder, monkeypatch: pytest.MonkeyPatch
+) -> None:
     runner = CliRunner()
     src = tmp_path / "docs.txt"
     src.write_text(ROOTS + "\n", encoding="utf-8")
@@ -105,8 +136,11 @@ def test_encode_cli_takes_local_and_refuses_a_bad_context_first(tmp_path: Path, 
     assert result.exit_code == 0, result.output
     want = encoder.encode_documents([ROOTS], context="local")[0].sentences
     np.testing.assert_allclose(np.load(out / "sentence.npy"), want, atol=1e-6)
-    one_line_error(runner.invoke(app, ["encode", str(src), "-o", str(tmp_path / "o2"), "--context", "x"]), "context")
-    assert not (tmp_path / "o2").exists()
+    monkeypatch.setattr("muses.adapters.tasks.load_for_task", lambda *a, **k: pytest.fail("loaded the model first"))
+    for engine in ("local", "ray"):
+        args = ["encode", str(src), "-o", str(tmp_path / "o2"), "--context", "x", "--engine", engine]
+        one_line_error(runner.invoke(app, args), "context")
+        assert not (tmp_path / "o2").exists()
 
 
 def test_squad_local_reports_the_local_sentences_of_muses_models_only(

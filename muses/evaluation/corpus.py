@@ -110,7 +110,7 @@ class MusesCorpusEncoder:
     ) -> None:
         self.encoder = encoder
         self.name = name
-        self.context = context
+        self.context = str(encoder.check_context(context))  # a bad one fails here, before any encoding
         self.batch_size = batch_size
         self.dims = encoder.dims
         self._fingerprint: str | None = None

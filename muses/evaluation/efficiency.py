@@ -48,7 +48,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from muses.errors import InputError
+from muses.errors import InputError, MusesError
 from muses.evaluation.corpus import (
     CorpusEncoder,
     CorpusVectors,
@@ -333,8 +333,12 @@ def one_pass_speedup(
         "st_whole_docs_then_sentences": st_two_pass_whole_docs,
         "muses_docs_sentences": muses_pass(("document", "sentence")),
         "muses_docs_sentences_tokens": muses_pass(("document", "sentence", "token")),
-        "muses_docs_local_sentences": muses_pass(("document", "sentence"), "local"),
     }
+    try:
+        encoder.check_context("local")
+        sides["muses_docs_local_sentences"] = muses_pass(("document", "sentence"), "local")
+    except MusesError:  # not a BERT-style encoder run by PyTorch: no local side
+        pass
     for fn in sides.values():  # warm-up
         fn()
     seconds = dict.fromkeys(sides, float("inf"))
