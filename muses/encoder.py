@@ -502,10 +502,8 @@ class MultiScaleEncoder(nn.Module):
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
         if not inner_layers:
             return self.transformer(features)["token_embeddings"], None
-        hf = self.transformer.auto_model
-        n = len(encoder_layers(hf, inner_layers))
-        out = hf(**features, output_hidden_states=True, return_dict=True)
-        return out.last_hidden_state, out.hidden_states[n - inner_layers]
+        out = self.transformer.auto_model(**features, output_hidden_states=True, return_dict=True)
+        return out.last_hidden_state, out.hidden_states[-1 - inner_layers]  # [0] embeddings, [-1] the last layer
 
     # ------------------------------------------------------------------ full-dim, differentiable scale vectors
     def document_vectors(

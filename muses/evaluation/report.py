@@ -181,7 +181,7 @@ def _in_context(
     task: Callable[[CorpusEncoder, TaskContext], Metrics], context: str, label: str
 ) -> Callable[[CorpusEncoder, TaskContext], Metrics]:
     """``task`` with a MuSES model's sentence vectors in ``context`` (its cache entries under ``<name>/<label>``);
-    nothing for a flat baseline, whose sentence vectors are standalone already (``task`` itself is that number)."""
+    nothing for a flat baseline, whose only sentence vectors are standalone ones (``task`` itself reports them)."""
 
     def run(model: CorpusEncoder, ctx: TaskContext) -> Metrics:
         if not isinstance(model, MusesCorpusEncoder):
