@@ -28,7 +28,7 @@ from muses.backends import Backend, TokenRunner, backend_files, check_backend, i
 from muses.errors import InputError, ModelError
 from muses.fingerprint import weights_fingerprint
 from muses.heads import HeadKind, matryoshka, resolve_dim
-from muses.local_context import SentenceContext, encoder_layers, local_sentence_states, parse_context
+from muses.local_context import SentenceContext, encoder_layers, local_sentence_states, parse_context, run_layers
 from muses.pooling import POOLING_MODES, PoolingMode
 from muses.st_module import MultiScaleHeads
 from muses.text import DEFAULT_SPLITTER, Splitter, align_tokens_to_sentences, as_documents, check_texts
@@ -78,6 +78,9 @@ class TextStates:
         n_windows: number of windows the text took.
         inner: the same text's states below the transformer's top ``inner_layers`` layers, laid out alike, when
             asked for (``token_states(..., inner_layers=K)``, for ``context="local:K"``: :mod:`muses.local_context`).
+        branch: the same text's states out of the model's sentence branch (its trained copy of the top layers, see
+            :class:`~muses.st_module.MultiScaleHeads`), laid out alike; sentences in context are pooled from them.
+            None for a model without a branch, or when not asked for.
     """
 
     content: torch.Tensor
@@ -87,6 +90,7 @@ class TextStates:
     n_windows: int
     inner: TextStates | None = None
     inner_layers: int = 0
+    branch: TextStates | None = None
 
     def full(self) -> torch.Tensor:
         """``[p + T + q, H]``: the states a single-window model sees, specials included."""
@@ -128,11 +132,22 @@ class MultiScaleEncoder(nn.Module):
             raise InputError(f"window_overlap must be in [0, {self.window // 2}), got {window_overlap}.")
         self.window_overlap = window_overlap
         self._runner: TokenRunner | None = None
+        self._attach_branch()
         self._runner_folder = Path()  # the model folder holding the runner's file(s)
         self._runner_digest = ""
         self.folder: Path | None = None  # the saved model folder it was loaded from, if any
         self.task: str | None = None  # the task adapter merged into its weights, if any (muses.adapters.tasks)
         self.eval()  # a loaded model encodes without dropout, as transformers' from_pretrained; training calls train()
+
+    def _attach_branch(self) -> None:
+        """Give the heads their sentence branch: a copy of the transformer's top layers, saved weights loaded."""
+        k = self.heads.sentence_branch
+        if k and self.heads.branch is None:
+            layers = encoder_layers(self.transformer.auto_model, k, "a sentence branch")
+            self.heads.attach_branch(layers[len(layers) - k :])
+            branch = self.heads.branch
+            assert branch is not None
+            branch.to(self.device)
 
     @contextmanager
     def evaluating(self) -> Iterator[MultiScaleEncoder]:
@@ -157,6 +172,7 @@ class MultiScaleEncoder(nn.Module):
         head_kind: HeadKind = "residual-mlp",
         context_head: HeadKind | None = None,
         context_pooling: PoolingMode | None = None,
+        sentence_branch: int = 0,
         query_prompt: str = "",
         window_overlap: int = 64,
         splitter: str | Splitter = DEFAULT_SPLITTER,
@@ -173,6 +189,8 @@ class MultiScaleEncoder(nn.Module):
                 MuSES reproduces the base model.
             context_head, context_pooling: a separate head (and pooling) for sentences in context (see
                 :class:`~muses.st_module.MultiScaleHeads`); None: they share the sentence head.
+            sentence_branch: ``K > 0``: sentences in context run through a copy of the transformer's top ``K`` layers
+                (starting as the same weights, so the vectors too), which can train alone (BERT-style encoders).
             backend: where the transformer pass runs (see :mod:`muses.backends`, :meth:`use_backend`); default: the
                 one a saved or exported MuSES folder records, else ``torch``.
         """
@@ -193,6 +211,7 @@ class MultiScaleEncoder(nn.Module):
             query_prompt=query_prompt,
             context_head=context_head,
             context_pooling=context_pooling,
+            sentence_branch=sentence_branch,
         )
         model = SentenceTransformer(modules=[transformer, heads], device=device or str(st.device))
         return cls(model, window_overlap=window_overlap, splitter=splitter, base_name=name).use_backend(
@@ -208,6 +227,7 @@ class MultiScaleEncoder(nn.Module):
         dims: Sequence[int] | None = None,
         context_head: HeadKind | None = None,
         context_pooling: PoolingMode | None = None,
+        sentence_branch: int = 0,
     ) -> MultiScaleEncoder:
         """Replace the poolings and heads with fresh ones on the same transformer (returns ``self``): for training
         new heads on a saved MuSES model. Fresh heads start as the identity and a fresh attention pooling as mean
@@ -217,6 +237,7 @@ class MultiScaleEncoder(nn.Module):
             sentence_pooling, document_pooling, dims: default to the current heads' (their Matryoshka dims and query
                 prompt are kept unless ``dims`` is given).
             context_head, context_pooling: a fresh separate head for sentences in context (None: none).
+            sentence_branch: a fresh sentence branch of the transformer's top ``K`` layers (0: none).
         """
         if self.backend != "torch":
             raise ModelError(f"fresh heads train in PyTorch; this model runs on {self.backend}: load it with torch.")
@@ -234,8 +255,10 @@ class MultiScaleEncoder(nn.Module):
             normalize=old.normalize,
             context_head=context_head,
             context_pooling=context_pooling,
+            sentence_branch=sentence_branch,
         )
         self.model[1] = heads.to(self.model.device)
+        self._attach_branch()
         return self
 
     def save(self, path: str | os.PathLike[str]) -> None:
@@ -366,6 +389,11 @@ class MultiScaleEncoder(nn.Module):
         if backend == "torch":
             self._runner, self._runner_digest = None, ""
             return self
+        if self.heads.branch is not None:
+            raise InputError(
+                f"this model's sentences in context run through its sentence branch, which the {backend} backend "
+                "cannot run: use backend 'torch'."
+            )
         from muses.backends.export import cache_folder, export_backend, files_digest
         from muses.backends.runners import open_runner
 
@@ -417,14 +445,22 @@ class MultiScaleEncoder(nn.Module):
 
     # ------------------------------------------------------------------ token states
     def token_states(
-        self, texts: Sequence[str], batch_size: int = 32, progress: bool = False, inner_layers: int = 0
+        self,
+        texts: Sequence[str],
+        batch_size: int = 32,
+        progress: bool = False,
+        inner_layers: int = 0,
+        branch: bool = True,
     ) -> list[TextStates]:
         """Run the transformer over ``texts`` (windowed where needed) and return their stitched token states.
 
         Differentiable: call under ``torch.no_grad()`` unless training. Windows of all texts are batched together,
         sorted by length to limit padding. ``inner_layers=K > 0`` also keeps each text's states below the top ``K``
-        layers (:attr:`TextStates.inner`).
+        layers (:attr:`TextStates.inner`). A model with a sentence branch also runs it (:attr:`TextStates.branch`,
+        which in-context sentences are pooled from) unless ``branch=False`` (texts read standalone: queries,
+        sentences on their own).
         """
+        run_branch = branch and self.heads.branch is not None
         tok = self.tokenizer
         enc = tok(
             list(texts),
@@ -439,14 +475,17 @@ class MultiScaleEncoder(nn.Module):
         order = sorted(range(len(inputs)), key=lambda j: -len(inputs[j]))
         states: list[torch.Tensor | None] = [None] * len(inputs)
         inner: list[torch.Tensor | None] = [None] * len(inputs)
+        forked: list[torch.Tensor | None] = [None] * len(inputs)
         batches = range(0, len(order), batch_size)
         for b in tqdm(batches, desc="windows", disable=not progress, unit="batch"):
             idx = order[b : b + batch_size]
-            out, below = self._forward_ids([inputs[j] for j in idx], inner_layers)
+            out, below, fork = self._forward_ids([inputs[j] for j in idx], inner_layers, run_branch)
             for row, j in enumerate(idx):
                 states[j] = out[row, : len(inputs[j])]
                 if below is not None:
                     inner[j] = below[row, : len(inputs[j])]
+                if fork is not None:
+                    forked[j] = fork[row, : len(inputs[j])]
         results: list[TextStates] = []
         pos = 0
         for i, plan in enumerate(plans):
@@ -455,6 +494,8 @@ class MultiScaleEncoder(nn.Module):
             if inner_layers:
                 text.inner = self._stitched(inner[pos : pos + len(plan)], plan, offsets)
                 text.inner_layers = inner_layers
+            if run_branch:
+                text.branch = self._stitched(forked[pos : pos + len(plan)], plan, offsets)
             pos += len(plan)
             results.append(text)
         return results
@@ -479,9 +520,12 @@ class MultiScaleEncoder(nn.Module):
     def _windows(self, ids: Sequence[list[int]], plans: Sequence[Sequence[tuple[int, int]]]) -> list[list[int]]:
         return [self._prefix_ids + ids[i][s:e] + self._suffix_ids for i, plan in enumerate(plans) for s, e in plan]
 
-    def _forward_ids(self, batch: list[list[int]], inner_layers: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pad token id lists and run the transformer: ``B`` lists -> ``[B, L, H]`` token states, and with
-        ``inner_layers=K > 0`` the ``[B, L, H]`` states below the top ``K`` layers (else None)."""
+    def _forward_ids(
+        self, batch: list[list[int]], inner_layers: int = 0, branch: bool = False
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """Pad token id lists and run the transformer: ``B`` lists -> ``[B, L, H]`` token states; with
+        ``inner_layers=K > 0`` the ``[B, L, H]`` states below the top ``K`` layers, and with ``branch`` the
+        ``[B, L, H]`` states out of the sentence branch (each None when not asked for)."""
         width = max(len(ids) for ids in batch)
         pad = self.tokenizer.pad_token_id or 0
         input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
@@ -494,16 +538,23 @@ class MultiScaleEncoder(nn.Module):
             "attention_mask": mask.to(self.device),
         }
         if self._runner is not None:  # no gradient reaches the transformer: train on torch, then export
-            if inner_layers:
+            if inner_layers or branch:
                 raise InputError(f"the {self.backend} backend cannot keep the states below the top layers.")
             out = self._runner(input_ids.numpy(), mask.numpy())
-            return torch.from_numpy(out).to(self.device), None
+            return torch.from_numpy(out).to(self.device), None, None
         if "token_type_ids" in self.tokenizer.model_input_names:
             features["token_type_ids"] = torch.zeros_like(features["input_ids"])
-        if not inner_layers:
-            return self.transformer(features)["token_embeddings"], None
-        out = self.transformer.auto_model(**features, output_hidden_states=True, return_dict=True)
-        return out.last_hidden_state, out.hidden_states[-1 - inner_layers]  # [0] embeddings, [-1] the last layer
+        if not inner_layers and not branch:
+            return self.transformer(features)["token_embeddings"], None, None
+        model = self.transformer.auto_model
+        out = model(**features, output_hidden_states=True, return_dict=True)
+        below = out.hidden_states[-1 - inner_layers] if inner_layers else None  # [0] embeddings, [-1] the last layer
+        fork = None
+        if branch:
+            layers = self.heads.branch
+            assert layers is not None
+            fork = run_layers(model.config, layers, out.hidden_states[-1 - len(layers)], features["attention_mask"])
+        return out.last_hidden_state, below, fork
 
     # ------------------------------------------------------------------ full-dim, differentiable scale vectors
     def document_vectors(
@@ -529,9 +580,12 @@ class MultiScaleEncoder(nn.Module):
             spans = torch.from_numpy(ranges).to(full.device)
             out["sentence"] = self._local_sentences(states.inner, states.inner_layers, spans)
         elif "sentence" in wanted:
+            if heads.branch is not None and states.branch is None:
+                raise ValueError("this model pools sentences in context from its branch: token_states(branch=True).")
+            pooled = states.branch.full() if states.branch is not None else full
             span_ranges = torch.from_numpy(ranges).to(full.device) + len(states.prefix)
             empty = span_ranges[:, 1] == span_ranges[:, 0]
-            out["sentence"] = heads.in_context_sentences(full, span_ranges).masked_fill(empty[:, None], 0.0)
+            out["sentence"] = heads.in_context_sentences(pooled, span_ranges).masked_fill(empty[:, None], 0.0)
         if "token" in wanted:
             out["token"] = heads.heads["token"](states.content)
         return out
@@ -546,6 +600,11 @@ class MultiScaleEncoder(nn.Module):
         """
         how = parse_context(context)
         if how.kind == "local":
+            if self.heads.branch is not None:
+                raise InputError(
+                    "this model's sentences in context come from its trained sentence branch, which context 'local' "
+                    "would bypass: use context 'document' (its branch) or 'sentence'."
+                )
             encoder_layers(self.transformer.auto_model, how.layers)
             if self._runner is not None:
                 raise InputError(
@@ -631,7 +690,7 @@ class MultiScaleEncoder(nn.Module):
         return results
 
     def _standalone(self, texts: list[str], batch_size: int) -> torch.Tensor:
-        return self.standalone_vectors(self.token_states(texts, batch_size))
+        return self.standalone_vectors(self.token_states(texts, batch_size, branch=False))
 
     def _to_embedding(
         self, doc: Document, st: TextStates, vecs: dict[str, torch.Tensor], d: int
@@ -698,7 +757,7 @@ class MultiScaleEncoder(nn.Module):
         texts = check_texts(queries, "query")
         prompt = self.heads.query_prompt
         with torch.inference_mode():
-            states = self.token_states([prompt + t for t in texts], batch_size)
+            states = self.token_states([prompt + t for t in texts], batch_size, branch=False)
             head = self.heads.heads["token"]
             return [nn.functional.normalize(head(s.content).float(), dim=-1).cpu().numpy() for s in states]
 

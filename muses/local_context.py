@@ -16,7 +16,7 @@ supported (BERT and its relatives: :data:`LOCAL_MODEL_TYPES`).
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,22 +60,25 @@ def parse_context(context: object) -> SentenceContext:
     return SentenceContext("local", int(m.group(1)))
 
 
-def encoder_layers(model: Any, wanted: int) -> nn.ModuleList:
+def encoder_layers(model: Any, wanted: int, what: str = "") -> nn.ModuleList:
     """The transformer layers of a Hugging Face encoder (``model.encoder.layer``), checked to number at least
-    ``wanted``.
+    ``wanted`` (``what`` names the feature in the errors; default: ``context 'local:K'``).
 
     Raises:
         ModelError: an encoder of another family; InputError: ``wanted`` above its layer count.
     """
     kind = getattr(getattr(model, "config", None), "model_type", None)
     layers = getattr(getattr(model, "encoder", None), "layer", None)
+    feature = what or "context 'local'"
+    instead = "train without it" if what else "use context 'document' or 'sentence'"
     if kind not in LOCAL_MODEL_TYPES or not isinstance(layers, nn.ModuleList):
         raise ModelError(
-            f"context 'local' runs the top layers of BERT-style encoders ({', '.join(sorted(LOCAL_MODEL_TYPES))}); "
-            f"this base is {kind!r}: use context 'document' or 'sentence'."
+            f"{feature} runs the top layers of BERT-style encoders ({', '.join(sorted(LOCAL_MODEL_TYPES))}); "
+            f"this base is {kind!r}: {instead}."
         )
     if wanted > len(layers):
-        raise InputError(f"context 'local:{wanted}' asks for {wanted} top layers; this model has {len(layers)}.")
+        asks = what or f"context 'local:{wanted}'"
+        raise InputError(f"{asks} asks for {wanted} top layers; this model has {len(layers)}.")
     return layers
 
 
@@ -84,8 +87,6 @@ def run_top_layers(
 ) -> list[torch.Tensor]:
     """Run the top ``layers`` layers of ``model`` over each of ``sequences`` on its own: ``[n_i, H]`` states at that
     depth -> ``[n_i, H]`` output states, padded and batched ``batch_size`` at a time."""
-    from transformers.masking_utils import create_bidirectional_mask
-
     top = encoder_layers(model, layers)[-layers:]
     out: list[torch.Tensor] = []
     for b in range(0, len(sequences), batch_size):
@@ -96,12 +97,21 @@ def run_top_layers(
         for i, s in enumerate(part):
             x[i, : len(s)] = s
             mask[i, : len(s)] = 1
-        attention = create_bidirectional_mask(config=model.config, inputs_embeds=x, attention_mask=mask)
-        for layer in top:
-            y = layer(x, attention)
-            x = y[0] if isinstance(y, tuple) else y
+        x = run_layers(model.config, top, x, mask)
         out += [x[i, : len(s)] for i, s in enumerate(part)]
     return out
+
+
+def run_layers(config: Any, layers: Iterable[nn.Module], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Run BERT-style ``layers`` in turn over padded states ``x`` ``[B, L, H]`` with the ``[B, L]`` attention
+    ``mask`` (1: a token, 0: padding) -> ``[B, L, H]``; ``config`` is the encoder's Hugging Face config."""
+    from transformers.masking_utils import create_bidirectional_mask
+
+    attention = create_bidirectional_mask(config=config, inputs_embeds=x, attention_mask=mask)
+    for layer in layers:
+        y = layer(x, attention)
+        x = y[0] if isinstance(y, tuple) else y
+    return x
 
 
 def local_sentence_states(

@@ -2,8 +2,9 @@
 
 A saved MuSES model is a plain sentence-transformers folder: ``[Transformer, MultiScaleHeads]``. This module holds
 every MuSES parameter: the sentence and document poolings, the token, sentence and document heads, and optionally a
-separate pooling and head for sentences in context. Inside a ``SentenceTransformer`` it produces the sentence scale
-(standalone sentence, full dim, L2-normalised), so
+separate pooling and head for sentences in context and a *sentence branch* (a copy of the transformer's top layers
+that only sentences in context run through; :meth:`MultiScaleHeads.attach_branch`). Inside a ``SentenceTransformer``
+it produces the sentence scale (standalone sentence, full dim, L2-normalised), so
 
     SentenceTransformer(path, trust_remote_code=True)
 
@@ -14,13 +15,14 @@ package, even from a local folder; the weights themselves are safetensors and ar
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, save_file, save_model
 from sentence_transformers.base.modules import Module
 from torch import nn
 
@@ -48,6 +50,11 @@ class MultiScaleHeads(Module):
         context_head: kind of a separate head for sentences pooled in context (``context``), with its own pooling
             ``context_pooling`` (default: ``sentence_pooling``); None: in-context sentences share the sentence head.
             With it, standalone sentences and queries keep the sentence head while in-context sentences learn apart.
+        sentence_branch: ``K > 0``: sentences in context are pooled from a copy of the transformer's top ``K`` layers
+            run over the document's states below them (the document pass forks there), so they can train while
+            documents, tokens, queries and standalone sentences keep the transformer's own layers. The copy is made,
+            or its saved weights loaded into it, by :meth:`attach_branch`, which needs the transformer
+            (:class:`~muses.encoder.MultiScaleEncoder` calls it); until then :attr:`branch` is None.
     """
 
     config_keys: list[str] = [  # noqa: RUF012 - sentence-transformers' class attribute
@@ -62,6 +69,7 @@ class MultiScaleHeads(Module):
         "normalize",
         "context_head",
         "context_pooling",
+        "sentence_branch",
     ]
 
     def __init__(
@@ -77,8 +85,11 @@ class MultiScaleHeads(Module):
         normalize: bool = True,
         context_head: HeadKind | None = None,
         context_pooling: PoolingMode | None = None,
+        sentence_branch: int = 0,
     ) -> None:
         super().__init__()
+        if isinstance(sentence_branch, bool) or not isinstance(sentence_branch, int) or sentence_branch < 0:
+            raise ModelError(f"sentence_branch is a number of layers (0: none), got {sentence_branch!r}.")
         self.hidden = hidden
         self.embed_dim = embed_dim or hidden
         self.dims = list(
@@ -107,6 +118,35 @@ class MultiScaleHeads(Module):
             self.context_pooling = context_pooling or sentence_pooling
             self.pool_context = Pooling(self.context_pooling, hidden)
             self.heads["context"] = ProjectionHead(self.pool_context.out_dim, self.embed_dim, context_head, head_hidden)
+        self.sentence_branch = sentence_branch
+        self.branch: nn.ModuleList | None = None
+        self._saved_branch: dict[str, torch.Tensor] = {}  # loaded weights, until attach_branch
+
+    def attach_branch(self, top_layers: nn.ModuleList) -> None:
+        """Make :attr:`branch` a copy of ``top_layers`` (the transformer's top ``sentence_branch`` layers), then load
+        the branch's saved weights into it when this module was loaded from a folder. Does nothing without a branch
+        or once attached.
+
+        Raises:
+            ModelError: ``top_layers`` are not ``sentence_branch`` layers, or the saved weights do not fit them.
+        """
+        if not self.sentence_branch or self.branch is not None:
+            return
+        if len(top_layers) != self.sentence_branch:
+            raise ModelError(f"the sentence branch copies {self.sentence_branch} layers, got {len(top_layers)}.")
+        branch = nn.ModuleList(copy.deepcopy(layer) for layer in top_layers)
+        if self._saved_branch:
+            saved = {k.removeprefix("branch."): v for k, v in self._saved_branch.items()}
+            result = branch.load_state_dict(saved, strict=False)
+            if result.missing_keys or result.unexpected_keys:
+                raise ModelError(
+                    "the saved sentence branch does not fit this transformer's layers (missing "
+                    f"{result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]}): was it saved with another "
+                    "base model?"
+                )
+        branch.requires_grad_(True)  # the copied layers may come from a frozen transformer
+        self.branch = branch
+        self._saved_branch = {}
 
     def in_context_sentences(self, states: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
         """Sentences pooled in context: ``states`` ``[L, H]`` and token ``spans`` ``[S, 2]`` -> ``[S, D]``, through
@@ -130,6 +170,10 @@ class MultiScaleHeads(Module):
         """Write ``config.json`` and ``model.safetensors`` into ``output_path``."""
         os.makedirs(output_path, exist_ok=True)
         self.save_config(output_path)
+        if self._saved_branch:  # loaded without its transformer: keep the branch's weights as they were read
+            state = {k: v.contiguous() for k, v in self.state_dict().items()}
+            save_file({**state, **self._saved_branch}, os.path.join(output_path, WEIGHTS_NAME))
+            return
         save_model(self, os.path.join(output_path, WEIGHTS_NAME))
 
     @classmethod
@@ -150,5 +194,15 @@ class MultiScaleHeads(Module):
         if unknown:
             raise ModelError(f"{config_path}: unknown keys {sorted(unknown)}; was it written by a newer MuSES?")
         module = cls(**config)
-        load_model(module, weights, strict=True, device="cpu")
+        state = load_file(weights, device="cpu")
+        branch = {k: v for k, v in state.items() if k.startswith("branch.")}
+        if bool(branch) != bool(module.sentence_branch):
+            raise ModelError(f"{weights}: the sentence branch's weights do not match its config ({config_path}).")
+        result = module.load_state_dict({k: v for k, v in state.items() if k not in branch}, strict=False)
+        if result.missing_keys or result.unexpected_keys:
+            raise ModelError(
+                f"{weights} does not fit its config (missing {result.missing_keys[:2]}, unexpected "
+                f"{result.unexpected_keys[:2]}): was it written by another MuSES version?"
+            )
+        module._saved_branch = branch
         return module

@@ -73,7 +73,7 @@ def _loss(encoder: MultiScaleEncoder, examples: Sequence[Example], hier: Hierarc
         return out["loss"]
     pairs = [(str(e[0]), str(e[1])) for e in examples]
     texts = [a for a, _ in pairs] + [b for _, b in pairs]
-    emb = encoder.standalone_vectors(encoder.token_states(texts))
+    emb = encoder.standalone_vectors(encoder.token_states(texts, branch=False))
     return MultipleNegativesRanking()(emb[: len(pairs)], emb[len(pairs) :])
 
 

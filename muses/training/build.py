@@ -121,10 +121,12 @@ def build_model(
 
 
 def param_groups(encoder: MultiScaleEncoder, optim: OptimConfig) -> list[dict[str, Any]]:
-    """AdamW groups: trainable base weights at ``optim.lr``; new weights at ``optim.head_lr`` (the heads, and the
-    routers of MoE layers, upcycled or from scratch)."""
+    """AdamW groups: trainable base weights at ``optim.lr``, the sentence branch's too (a copy of base layers); new
+    weights at ``optim.head_lr`` (the heads, and the routers of MoE layers, upcycled or from scratch)."""
     routers = [p for _, layer in moe_layers(encoder) for p in layer.router.parameters() if p.requires_grad]
-    head_params = list(encoder.heads.parameters()) + routers
+    branch = encoder.heads.branch
+    branch_ids = {id(p) for p in branch.parameters()} if branch is not None else set()
+    head_params = [p for p in encoder.heads.parameters() if id(p) not in branch_ids] + routers
     head_ids = {id(p) for p in head_params}
     base_params = [p for p in encoder.parameters() if p.requires_grad and id(p) not in head_ids]
     return [{"params": base_params, "lr": optim.lr}, {"params": head_params, "lr": optim.head_lr}]
@@ -154,7 +156,15 @@ def scratch_base_path(config: TrainConfig, data: TrainingData, out: Path) -> str
 def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScaleEncoder:
     m = config.model
     heads: dict[str, Any] = m.model_dump(
-        include={"dims", "head_kind", "sentence_pooling", "document_pooling", "context_head", "context_pooling"}
+        include={
+            "dims",
+            "head_kind",
+            "sentence_pooling",
+            "document_pooling",
+            "context_head",
+            "context_pooling",
+            "sentence_branch",
+        }
     )
     # an exported folder trains on its PyTorch weights
     encoder = MultiScaleEncoder.from_base(base, **heads, device=device, backend="torch")
@@ -185,6 +195,8 @@ def _saved_head_differences(config: TrainConfig, encoder: MultiScaleEncoder) -> 
     ):
         if want is not None and want != have:
             out.append(f"{label} {have} -> {want}")
+    if "sentence_branch" in m.model_fields_set and m.sentence_branch != h.sentence_branch:
+        out.append(f"sentence_branch {h.sentence_branch} -> {m.sentence_branch}")
     if m.dims is not None and list(m.dims) != list(h.dims):
         out.append(f"dims {h.dims} -> {m.dims}")
     return out
@@ -214,6 +226,8 @@ def _setup(config: TrainConfig, encoder: MultiScaleEncoder, device: str | None, 
             pooling = poolings.get(name)
             if pooling is not None:
                 pooling.requires_grad_(name in m.train_heads)
+        if heads.branch is not None:
+            heads.branch.requires_grad_("branch" in m.train_heads)
     if key is not None and m.adapter is not None:
         encoder.requires_grad_(False)
         attach_adapter(encoder, key, m.adapter, trainable=True)

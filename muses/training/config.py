@@ -17,7 +17,7 @@ from muses.losses.matryoshka import ScheduleKind
 from muses.pooling import PoolingMode
 
 TaskName = Literal["hierarchy", "stsb", "scifact", "ict", "rationale", "siblings"]
-HeadName = Literal["token", "sentence", "document", "context"]
+HeadName = Literal["token", "sentence", "document", "context", "branch"]
 DevMetric = Literal[
     "stsb",
     "scifact-document",
@@ -91,17 +91,24 @@ class ModelConfig(_Strict):
         "standalone sentences and queries keep the sentence head. null: one sentence head for both",
     )
     context_pooling: PoolingMode | None = Field(None, description="the context head's pooling (default: sentence's)")
+    sentence_branch: int = Field(
+        0,
+        ge=0,
+        description="K > 0: sentences in context run through a copy of the transformer's top K layers, starting as "
+        "the same weights, which trains at optim.lr (train_heads: [branch] trains it alone); documents, tokens, "
+        "queries and standalone sentences keep the transformer's own layers. 0: no branch",
+    )
     train_heads: list[HeadName] | None = Field(
         None,
-        description="the heads that train, each with its pooling (token, sentence, document, context); the others "
-        "stay as they start. null: every head",
+        description="the heads that train, each with its pooling (token, sentence, document, context), and the "
+        "sentence branch (branch); the others stay as they start. null: every head",
     )
     freeze_base: bool = False
     fresh_heads: bool = Field(
         False,
         description="when `base` is a saved MuSES model: train fresh heads and poolings (head_kind, sentence_pooling, "
-        "document_pooling, dims, context_head, context_pooling) on its transformer instead of loading its own; "
-        "identity heads and mean pooling start the same vectors",
+        "document_pooling, dims, context_head, context_pooling, sentence_branch) on its transformer instead of "
+        "loading its own; identity heads and mean pooling start the same vectors",
     )
     freeze_embeddings: bool = Field(
         True, description="keep the word-piece embedding table frozen (half the parameters; cheaper steps, less drift)"
@@ -118,6 +125,8 @@ class ModelConfig(_Strict):
     def _check_kind(self) -> ModelConfig:
         if self.context_head is None and (self.context_pooling is not None or "context" in (self.train_heads or [])):
             raise ValueError("model.context_pooling and train_heads [context] need model.context_head, e.g. identity")
+        if not self.sentence_branch and "branch" in (self.train_heads or []):
+            raise ValueError("model.train_heads [branch] needs model.sentence_branch, e.g. 2")
         if self.scratch is not None:
             if self.upcycle is not None or self.adapter is not None:
                 raise ValueError("model.scratch cannot be combined with model.upcycle or model.adapter")

@@ -257,7 +257,9 @@ class HierarchyTask:
         if self.ctx.retention.weight(self.name) == 0:
             return torch.zeros((), device=enc.device)
         mine = [s for d in local for s in d.sentence_texts()]
-        (emb,), _ = dd.gather_parts([enc.standalone_vectors(enc.token_states(mine, batch_size=PAD_GROUP))])
+        (emb,), _ = dd.gather_parts(
+            [enc.standalone_vectors(enc.token_states(mine, batch_size=PAD_GROUP, branch=False))]
+        )
         return self.ctx.retention.standalone(emb, [s for d in docs for s in d.sentence_texts()], self.name)
 
 
@@ -313,11 +315,11 @@ class _PairTask:
         if dd.is_distributed():  # encode this rank's pairs only, then gather the global batch's vectors
             mine = dd.shard(range(len(items)))
             local = [texts[i] for i in mine] + [texts[len(items) + i] for i in mine]
-            emb_local = enc.standalone_vectors(enc.token_states(local, batch_size=PAD_GROUP))
+            emb_local = enc.standalone_vectors(enc.token_states(local, batch_size=PAD_GROUP, branch=False))
             (a, b), _ = dd.gather_parts([emb_local[: len(mine)], emb_local[len(mine) :]])
             emb = torch.cat([a, b])
         else:
-            emb = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+            emb = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP, branch=False))
             a, b = emb[: len(items)], emb[len(items) :]
 
         def loss_fn(d: int) -> Tensor:
@@ -466,7 +468,7 @@ class RationaleTask:
                 first_row = start[str(r.document.id)]
                 candidates[i, first_row : first_row + len(docs[str(r.document.id)][0].sentences)] = True
         texts = [r.query for r in kept]
-        query = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+        query = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP, branch=False))
         owner = torch.repeat_interleave(torch.arange(len(order)), torch.tensor(sizes))  # [S]: each row's abstract
         own = torch.tensor([order.index(str(r.document.id)) for r in kept])  # [B]: each claim's abstract
         maxsim_weight = self.ctx.loss.rationale_maxsim_weight
@@ -551,7 +553,7 @@ class SiblingsTask:
         res = self.ctx.matryoshka(loss_fn, [sentence, document], progress)
         res["retention"] = self.ctx.retention.standalone(document, [d.text for d in docs], self.name)
         if self.ctx.retention.weight(self.name) > 0:  # queries are encoded alone: that space must not follow
-            alone = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP))
+            alone = enc.standalone_vectors(enc.token_states(texts, batch_size=PAD_GROUP, branch=False))
             res["retention"] = res["retention"] + self.ctx.retention.standalone(alone, texts, self.name)
         return res
 

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError, InputError
+from muses.text import as_documents
 from muses.training.build import build_full
 from muses.training.config import TrainConfig, load_config, read_stage_list
 from muses.training.data import MixedTaskSampler, load_training_data
@@ -205,6 +206,44 @@ def test_a_context_head_moves_sentences_in_context_and_nothing_else(tmp_path: Pa
         assert float(abs(model_.encode_sentences(["They absorb water and minerals."]) - alone).max()) < 1e-5
     with pytest.raises(ConfigError, match=r"model\.context_head"):
         load_config_text(tmp_path, "model: {train_heads: [context]}\n")
+
+
+def test_a_sentence_branch_trains_alone_at_the_base_rate(tmp_path: Path) -> None:
+    """``model.sentence_branch`` with ``train_heads: [branch]``: the branch alone requires a gradient, in the
+    optimiser's group at ``optim.lr`` (its layers are the base's), and a step moves sentences in context and nothing
+    else; recipes that ask for ``branch`` without a branch are refused."""
+    model = {"head_kind": "identity", "sentence_branch": 2, "train_heads": ["branch"], "freeze_base": True}
+    setup = build_full(TrainConfig.model_validate({**TINY, "model": model, "optim": {"lr": 1e-4, "head_lr": 1e-2}}))
+    student, teacher = setup.encoder, setup.teacher
+    assert teacher is not None and teacher.heads.branch is None
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.1.branch.") for n in trainable), sorted(trainable)[:3]
+    groups = [g for g in setup.param_groups if any(p.requires_grad for p in g["params"])]
+    assert [g["lr"] for g in groups] == [1e-4]
+    assert {id(p) for g in groups for p in g["params"] if p.requires_grad} == {
+        id(p)
+        for p in student.heads.branch.parameters()  # type: ignore[union-attr]
+    }
+    text = ["Roots anchor a plant in the soil. They absorb water and minerals. Root hairs widen the surface."]
+    scales = ("document", "sentence", "token")
+    b = teacher.encode_documents(text, scales=scales)[0]
+    student.train()
+    states = student.token_states(text)
+    vecs = student.document_vectors(as_documents(text, student.splitter)[0], states[0], ("sentence",))["sentence"]
+    optim = torch.optim.SGD(groups[0]["params"], lr=1.0)
+    (-(vecs[1] @ vecs[0])).backward()  # pull two sentences apart or together: any gradient will do
+    optim.step()
+    student.eval()
+    a = student.encode_documents(text, scales=scales)[0]
+    assert a.tokens is not None and b.tokens is not None
+    assert float(abs(a.sentences - b.sentences).max()) > 1e-3
+    assert float(abs(a.document - b.document).max()) < 1e-6 and float(abs(a.tokens - b.tokens).max()) < 1e-6
+    assert float(abs(student.encode_queries(QUERY) - teacher.encode_queries(QUERY)).max()) < 1e-6
+    with pytest.raises(ConfigError, match=r"model\.sentence_branch"):
+        load_config_text(tmp_path, "model: {train_heads: [branch]}\n")
+
+
+QUERY = ["how do plants take up water?"]
 
 
 def _saved(encoder: MultiScaleEncoder, path: Path) -> Path:

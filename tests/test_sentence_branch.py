@@ -1,0 +1,114 @@
+"""The sentence branch (``sentence_branch=K``): a copy of the top ``K`` layers that only in-context sentences run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from sentence_transformers import SentenceTransformer
+
+from muses.encoder import MultiScaleEncoder
+from muses.errors import InputError, ModelError
+from muses.local_context import encoder_layers
+
+ROOTS = "Roots anchor a plant in the soil. They absorb water and minerals. Root hairs increase the surface area."
+LONG = " ".join(f"Sentence number {i} talks about roots, water and the minerals of the soil." for i in range(60))
+SCALES = ("document", "sentence", "token")
+QUERY = ["how do plants take up water?"]
+
+
+@pytest.fixture(scope="module")
+def branched() -> MultiScaleEncoder:
+    return MultiScaleEncoder.from_base(sentence_branch=2)
+
+
+def _nudged(model: MultiScaleEncoder, seed: int = 0) -> MultiScaleEncoder:
+    gen = torch.Generator().manual_seed(seed)
+    assert model.heads.branch is not None
+    with torch.no_grad():
+        for p in model.heads.branch.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=gen))
+    return model
+
+
+def test_a_fresh_branch_is_the_base_bit_for_bit(encoder: MultiScaleEncoder, branched: MultiScaleEncoder) -> None:
+    """A fresh branch copies the top layers, so every scale equals the base's, over several windows too."""
+    assert branched.heads.branch is not None and len(branched.heads.branch) == 2
+    ref = encoder.encode_documents([ROOTS, LONG], scales=SCALES)
+    got = branched.encode_documents([ROOTS, LONG], scales=SCALES)
+    assert got[1].n_windows > 1
+    for a, b in zip(ref, got, strict=True):
+        assert a.tokens is not None and b.tokens is not None
+        for x, y in ((a.document, b.document), (a.sentences, b.sentences), (a.tokens, b.tokens)):
+            np.testing.assert_array_equal(x, y)
+
+
+def test_the_branch_moves_in_context_sentences_and_nothing_else(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    """Changing the branch changes sentences in context only; the change survives a save and load, and the model's
+    fingerprint (what stores record) follows it."""
+    model = _nudged(MultiScaleEncoder.from_base(sentence_branch=2))
+    model.save(tmp_path / "m")
+    loaded = MultiScaleEncoder.load(tmp_path / "m")
+    ref = encoder.encode_documents([ROOTS, LONG], scales=SCALES)
+    for m in (model, loaded):
+        got = m.encode_documents([ROOTS, LONG], scales=SCALES)
+        for a, b in zip(ref, got, strict=True):
+            assert a.tokens is not None and b.tokens is not None
+            assert float(abs(a.sentences - b.sentences).max()) > 1e-3
+            np.testing.assert_array_equal(a.document, b.document)
+            np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_array_equal(m.encode_queries(QUERY), encoder.encode_queries(QUERY))
+        np.testing.assert_array_equal(m.encode_sentences([ROOTS]), encoder.encode_sentences([ROOTS]))
+        standalone = m.encode_documents([ROOTS], context="sentence")[0].sentences
+        np.testing.assert_array_equal(standalone, encoder.encode_documents([ROOTS], context="sentence")[0].sentences)
+    np.testing.assert_array_equal(
+        model.encode_documents([ROOTS])[0].sentences, loaded.encode_documents([ROOTS])[0].sentences
+    )
+    assert loaded.fingerprint() == model.fingerprint() != encoder.fingerprint()
+    assert json.loads((tmp_path / "m" / "1_MultiScaleHeads" / "config.json").read_text())["sentence_branch"] == 2
+
+
+def test_plain_sentence_transformers_keeps_the_branch(tmp_path: Path) -> None:
+    """Loaded by sentence-transformers alone (no transformer to copy from), the heads keep the branch's weights as
+    read, and write them back when saved, so the model survives a round trip outside MuSES."""
+    model = _nudged(MultiScaleEncoder.from_base(sentence_branch=1))
+    model.save(tmp_path / "m")
+    st = SentenceTransformer(str(tmp_path / "m"), trust_remote_code=True, device="cpu")
+    assert st[1].branch is None
+    st.save(str(tmp_path / "again"))
+    for name in ("model.safetensors",):
+        a = load_file(tmp_path / "m" / "1_MultiScaleHeads" / name)
+        b = load_file(tmp_path / "again" / "1_MultiScaleHeads" / name)
+        assert a.keys() == b.keys() and any(k.startswith("branch.") for k in a)
+        assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_broken_branch_files_are_refused(tmp_path: Path) -> None:
+    model = MultiScaleEncoder.from_base(sentence_branch=1)
+    model.save(tmp_path / "m")
+    weights = tmp_path / "m" / "1_MultiScaleHeads" / "model.safetensors"
+    state = load_file(weights)
+    save_file({k: v for k, v in state.items() if not k.startswith("branch.")}, weights)
+    with pytest.raises(ModelError, match="sentence branch"):
+        MultiScaleEncoder.load(tmp_path / "m")
+    save_file({**state, "branch.0.extra": torch.zeros(2)}, weights)
+    with pytest.raises(ModelError, match="does not fit"):
+        MultiScaleEncoder.load(tmp_path / "m")
+
+
+def test_what_a_branch_cannot_do_is_refused_in_one_line(branched: MultiScaleEncoder) -> None:
+    with pytest.raises(InputError, match="context 'document'"):
+        branched.encode_documents([ROOTS], context="local")
+    with pytest.raises(InputError, match="backend 'torch'"):
+        branched.use_backend("onnx")
+    with pytest.raises(InputError, match="7 top layers; this model has 6"):
+        MultiScaleEncoder.from_base(sentence_branch=7)
+    with pytest.raises(ModelError, match="a sentence branch runs the top layers of BERT-style encoders"):
+        encoder_layers(SimpleNamespace(config=SimpleNamespace(model_type="t5")), 2, "a sentence branch")
+    with pytest.raises(ModelError, match="number of layers"):
+        MultiScaleEncoder.from_base(sentence_branch=-1)
