@@ -306,6 +306,7 @@ class MultiScaleEncoder(nn.Module):
         out = Path(path)
         if check_backend(backend) == "torch":
             raise InputError("backend torch needs no export: save the model with MultiScaleEncoder.save.")
+        self._check_branch_runs_on(backend)
         check_new_folder(out)
         out.parent.mkdir(parents=True, exist_ok=True)
         source = self.fingerprint()
@@ -389,11 +390,7 @@ class MultiScaleEncoder(nn.Module):
         if backend == "torch":
             self._runner, self._runner_digest = None, ""
             return self
-        if self.heads.branch is not None:
-            raise InputError(
-                f"this model's sentences in context run through its sentence branch, which the {backend} backend "
-                "cannot run: use backend 'torch'."
-            )
+        self._check_branch_runs_on(backend)
         from muses.backends.export import cache_folder, export_backend, files_digest
         from muses.backends.runners import open_runner
 
@@ -407,6 +404,13 @@ class MultiScaleEncoder(nn.Module):
         self._runner_folder = where
         self._runner_digest = files_digest(paths) if is_quantized(backend) else ""
         return self
+
+    def _check_branch_runs_on(self, backend: str) -> None:
+        if self.heads.branch is not None:
+            raise InputError(
+                f"this model's sentences in context run through its sentence branch, which the {backend} backend "
+                "cannot run: use backend 'torch'."
+            )
 
     def as_sentence_transformer(self) -> SentenceTransformer:
         """The underlying sentence-transformers model; its ``encode`` gives standalone sentence embeddings."""

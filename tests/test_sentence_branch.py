@@ -11,10 +11,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
+from typer.testing import CliRunner
 
+from muses.cli import app
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
 from muses.local_context import encoder_layers
+from tests.cli_checks import one_line_error
 
 ROOTS = "Roots anchor a plant in the soil. They absorb water and minerals. Root hairs increase the surface area."
 LONG = " ".join(f"Sentence number {i} talks about roots, water and the minerals of the soil." for i in range(60))
@@ -88,6 +91,13 @@ def test_plain_sentence_transformers_keeps_the_branch(tmp_path: Path) -> None:
         assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_the_cli_refuses_to_export_a_branch_in_one_line(tmp_path: Path) -> None:
+    MultiScaleEncoder.from_base(sentence_branch=1).save(tmp_path / "m")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "m"), str(tmp_path / "out")])
+    one_line_error(result, "sentence branch", "backend 'torch'")
+    assert not (tmp_path / "out").exists()
+
+
 def test_broken_branch_files_are_refused(tmp_path: Path) -> None:
     model = MultiScaleEncoder.from_base(sentence_branch=1)
     model.save(tmp_path / "m")
@@ -101,11 +111,14 @@ def test_broken_branch_files_are_refused(tmp_path: Path) -> None:
         MultiScaleEncoder.load(tmp_path / "m")
 
 
-def test_what_a_branch_cannot_do_is_refused_in_one_line(branched: MultiScaleEncoder) -> None:
+def test_what_a_branch_cannot_do_is_refused_in_one_line(tmp_path: Path, branched: MultiScaleEncoder) -> None:
     with pytest.raises(InputError, match="context 'document'"):
         branched.encode_documents([ROOTS], context="local")
     with pytest.raises(InputError, match="backend 'torch'"):
         branched.use_backend("onnx")
+    with pytest.raises(InputError, match="backend 'torch'"):
+        branched.export(tmp_path / "exported", "onnx")
+    assert not (tmp_path / "exported").exists()
     with pytest.raises(InputError, match="7 top layers; this model has 6"):
         MultiScaleEncoder.from_base(sentence_branch=7)
     with pytest.raises(ModelError, match="a sentence branch runs the top layers of BERT-style encoders"):

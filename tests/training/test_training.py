@@ -601,6 +601,13 @@ def test_shipped_recipes_validate() -> None:
     assert ctx.data.dev_scifact_kind_weights
     # siblings on make run's model: the whole model trains, with the documents' 64-dim prefix retained and the same
     # guards as the context head plus STS-B; picking a held-out sentence from half of it selects
+    # the sentence branch on the base: only the branch trains, under the context head's dev sets and guard
+    branch = recipes["sentence-branch"]
+    assert branch.model.sentence_branch == 2 and branch.model.train_heads == ["branch"] and branch.model.freeze_base
+    assert branch.model.context_head is None and branch.model.base == "default" and branch.model.fresh_heads
+    assert {t for t, w in branch.task_weights.items() if w} == {"rationale", "siblings", "hierarchy"}
+    assert branch.interpolate_tolerance == ctx.interpolate_tolerance and 0.0 in branch.interpolate
+    assert branch.data.dev_scifact_unused_claims and branch.interpolate_confidence == ctx.interpolate_confidence
     sib = recipes["siblings"]
     assert sib.model.base == "runs/default/best" and sib.task_weights["siblings"] > 0 and sib.data.ict
     assert sib.loss.retention_dims == [64] and sib.loss.matryoshka == "full" and 0.0 in sib.interpolate
