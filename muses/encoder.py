@@ -585,7 +585,9 @@ class MultiScaleEncoder(nn.Module):
             out["sentence"] = self._local_sentences(states.inner, states.inner_layers, spans)
         elif "sentence" in wanted:
             if heads.branch is not None and states.branch is None:
-                raise ValueError("this model pools sentences in context from its branch: token_states(branch=True).")
+                raise InputError(
+                    "this model pools sentences in context from its branch: call token_states(branch=True)."
+                )
             pooled = states.branch.full() if states.branch is not None else full
             span_ranges = torch.from_numpy(ranges).to(full.device) + len(states.prefix)
             empty = span_ranges[:, 1] == span_ranges[:, 0]
@@ -684,7 +686,8 @@ class MultiScaleEncoder(nn.Module):
             for c in range(0, len(docs), chunk):
                 part = docs[c : c + chunk]
                 texts = [x.text for x in part]
-                for doc, st in zip(part, self.token_states(texts, batch_size, inner_layers=inner_layers), strict=True):
+                run = self.token_states(texts, batch_size, inner_layers=inner_layers, branch="sentence" in in_context)
+                for doc, st in zip(part, run, strict=True):
                     vecs = self.document_vectors(doc, st, in_context)
                     if "sentence" in scales and how.kind == "sentence":
                         vecs["sentence"] = self._standalone(doc.sentence_texts(), batch_size)

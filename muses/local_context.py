@@ -70,7 +70,7 @@ def encoder_layers(model: Any, wanted: int, what: str = "") -> nn.ModuleList:
     kind = getattr(getattr(model, "config", None), "model_type", None)
     layers = getattr(getattr(model, "encoder", None), "layer", None)
     feature = what or "context 'local'"
-    instead = "train without it" if what else "use context 'document' or 'sentence'"
+    instead = "use a model without one" if what else "use context 'document' or 'sentence'"
     if kind not in LOCAL_MODEL_TYPES or not isinstance(layers, nn.ModuleList):
         raise ModelError(
             f"{feature} runs the top layers of BERT-style encoders ({', '.join(sorted(LOCAL_MODEL_TYPES))}); "
@@ -78,7 +78,7 @@ def encoder_layers(model: Any, wanted: int, what: str = "") -> nn.ModuleList:
         )
     if wanted > len(layers):
         asks = what or f"context 'local:{wanted}'"
-        raise InputError(f"{asks} asks for {wanted} top layers; this model has {len(layers)}.")
+        raise InputError(f"{asks} asks for {wanted} top layers; this model has {len(layers)}: ask for at most that.")
     return layers
 
 

@@ -197,7 +197,10 @@ class MultiScaleHeads(Module):
         state = load_file(weights, device="cpu")
         branch = {k: v for k, v in state.items() if k.startswith("branch.")}
         if bool(branch) != bool(module.sentence_branch):
-            raise ModelError(f"{weights}: the sentence branch's weights do not match its config ({config_path}).")
+            raise ModelError(
+                f"{weights}: the sentence branch's weights do not match sentence_branch in {config_path}: save the "
+                "model again with MuSES, or set sentence_branch to match."
+            )
         result = module.load_state_dict({k: v for k, v in state.items() if k not in branch}, strict=False)
         if result.missing_keys or result.unexpected_keys:
             raise ModelError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,10 +14,12 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
+from muses.adapters import AdapterConfig, attach_adapter
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
 from muses.local_context import encoder_layers
+from muses.text import as_documents
 from tests.cli_checks import one_line_error
 
 ROOTS = "Roots anchor a plant in the soil. They absorb water and minerals. Root hairs increase the surface area."
@@ -89,6 +92,27 @@ def test_plain_sentence_transformers_keeps_the_branch(tmp_path: Path) -> None:
         b = load_file(tmp_path / "again" / "1_MultiScaleHeads" / name)
         assert a.keys() == b.keys() and any(k.startswith("branch.") for k in a)
         assert all(torch.equal(a[k], b[k]) for k in a)
+    shutil.copyfile(tmp_path / "m" / "muses.json", tmp_path / "again" / "muses.json")  # MuSES's own settings
+    again = MultiScaleEncoder.load(tmp_path / "again")
+    np.testing.assert_array_equal(
+        again.encode_documents([ROOTS])[0].sentences, model.encode_documents([ROOTS])[0].sentences
+    )
+
+
+def test_fresh_heads_with_a_branch_on_a_saved_model_start_as_it(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    """``with_fresh_heads(sentence_branch=K)`` (what ``model.fresh_heads`` does) copies the saved transformer's top
+    layers, so identity heads give the saved model's vectors; states without the branch cannot pool its sentences."""
+    encoder.save(tmp_path / "base")
+    model = MultiScaleEncoder.load(tmp_path / "base").with_fresh_heads(head_kind="identity", sentence_branch=2)
+    assert model.heads.branch is not None
+    ref = encoder.encode_documents([ROOTS, LONG])
+    for a, b in zip(ref, model.encode_documents([ROOTS, LONG]), strict=True):
+        np.testing.assert_allclose(b.sentences, a.sentences, atol=1e-6)
+    states = model.token_states([ROOTS], branch=False)
+    doc = as_documents([ROOTS], model.splitter)[0]
+    with pytest.raises(InputError, match=r"token_states\(branch=True\)"):
+        model.document_vectors(doc, states[0], ("sentence",))
+    assert model.token_states([ROOTS])[0].branch is not None
 
 
 def test_the_cli_refuses_to_export_a_branch_in_one_line(tmp_path: Path) -> None:
@@ -125,3 +149,6 @@ def test_what_a_branch_cannot_do_is_refused_in_one_line(tmp_path: Path, branched
         encoder_layers(SimpleNamespace(config=SimpleNamespace(model_type="t5")), 2, "a sentence branch")
     with pytest.raises(ModelError, match="number of layers"):
         MultiScaleEncoder.from_base(sentence_branch=-1)
+    with pytest.raises(InputError, match="adapters cannot reach"):
+        attach_adapter(branched, "domain", AdapterConfig())
+    assert branched.heads.branch is not None and not hasattr(branched.transformer.auto_model, "peft_config")

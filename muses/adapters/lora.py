@@ -155,6 +155,16 @@ def _peft_config(config: AdapterConfig | LoraConfig) -> Any:
     return config.to_peft() if isinstance(config, AdapterConfig) else config
 
 
+def refuse_branch(encoder: MultiScaleEncoder) -> None:
+    """Raise an InputError for a model with a sentence branch: an adapter changes the transformer's layers, which
+    its sentences in context would run past (the branch is a copy of the top layers, outside PEFT's reach)."""
+    if encoder.heads.branch is not None:
+        raise InputError(
+            "this model has a sentence branch, which adapters cannot reach: train the adapter on a model without "
+            "one (model.sentence_branch: 0)."
+        )
+
+
 def attach_adapter(
     encoder: MultiScaleEncoder, key: str, config: AdapterConfig | LoraConfig, trainable: bool = True
 ) -> list[torch.nn.Parameter]:
@@ -171,6 +181,7 @@ def attach_adapter(
         InputError: if ``key`` is already attached or is not a usable key.
     """
     _check_key(key)
+    refuse_branch(encoder)
     if key in loaded_adapters(encoder):
         raise InputError(f"an adapter {key!r} is already attached; remove it first or use another key.")
     model = hf_model(encoder)

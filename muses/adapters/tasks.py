@@ -28,6 +28,7 @@ from muses.adapters.lora import (
     base_fingerprint,
     hf_model,
     read_adapter,
+    refuse_branch,
     write_adapter_folder,
 )
 from muses.encoder import MultiScaleEncoder, is_saved_model
@@ -156,6 +157,7 @@ def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
         ModelError: for an adapter kind this cannot merge (DoRA, bias training) or weights that name layers the
             model does not have.
     """
+    refuse_branch(encoder)
     cfg = files.peft_config
     unusual = (
         getattr(cfg, "use_dora", False)

@@ -73,7 +73,7 @@ def evaluate_routing(model: CorpusEncoder, articles: Sequence[WikiArticle], batc
         for topic in topics:
             set_domain(enc, topic)
             t0 = time.perf_counter()
-            states = enc.token_states(by_topic[topic], batch_size=batch_size)
+            states = enc.token_states(by_topic[topic], batch_size=batch_size, branch=False)
             seconds += time.perf_counter() - t0
             tokens += sum(int(s.content.shape[0]) for s in states)
     out: Metrics = {"tokens_per_s": tokens / seconds if seconds else 0.0, "tokens": float(tokens)}

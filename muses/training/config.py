@@ -95,8 +95,8 @@ class ModelConfig(_Strict):
         0,
         ge=0,
         description="K > 0: sentences in context run through a copy of the transformer's top K layers, starting as "
-        "the same weights, which trains at optim.lr (train_heads: [branch] trains it alone); documents, tokens, "
-        "queries and standalone sentences keep the transformer's own layers. 0: no branch",
+        "the same weights, which trains at optim.lr (with train_heads: [branch] and freeze_base: true it trains "
+        "alone, and documents, tokens, queries and standalone sentences keep the base's vectors). 0: no branch",
     )
     train_heads: list[HeadName] | None = Field(
         None,
@@ -127,6 +127,11 @@ class ModelConfig(_Strict):
             raise ValueError("model.context_pooling and train_heads [context] need model.context_head, e.g. identity")
         if not self.sentence_branch and "branch" in (self.train_heads or []):
             raise ValueError("model.train_heads [branch] needs model.sentence_branch, e.g. 2")
+        if self.sentence_branch and (self.upcycle or self.scratch or self.adapter):
+            raise ValueError(
+                "model.sentence_branch copies a pretrained encoder's top layers: it cannot be combined with "
+                "model.upcycle, model.scratch or model.adapter; set model.sentence_branch: 0 or drop the other"
+            )
         if self.scratch is not None:
             if self.upcycle is not None or self.adapter is not None:
                 raise ValueError("model.scratch cannot be combined with model.upcycle or model.adapter")

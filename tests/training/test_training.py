@@ -241,6 +241,9 @@ def test_a_sentence_branch_trains_alone_at_the_base_rate(tmp_path: Path) -> None
     assert float(abs(student.encode_queries(QUERY) - teacher.encode_queries(QUERY)).max()) < 1e-6
     with pytest.raises(ConfigError, match=r"model\.sentence_branch"):
         load_config_text(tmp_path, "model: {train_heads: [branch]}\n")
+    for other in ("upcycle: {n_experts: 2, top_k: 1, layers: [1]}", "adapter: {rank: 4}"):
+        with pytest.raises(ConfigError, match="cannot be combined"):
+            load_config_text(tmp_path, f"model: {{sentence_branch: 2, {other}}}\n")
 
 
 QUERY = ["how do plants take up water?"]
