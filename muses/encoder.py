@@ -144,10 +144,7 @@ class MultiScaleEncoder(nn.Module):
         k = self.heads.sentence_branch
         if k and self.heads.branch is None:
             layers = encoder_layers(self.transformer.auto_model, k, "a sentence branch")
-            self.heads.attach_branch(layers[len(layers) - k :])
-            branch = self.heads.branch
-            assert branch is not None
-            branch.to(self.device)
+            self.heads.attach_branch(layers[len(layers) - k :])  # a copy on the layers' device
 
     @contextmanager
     def evaluating(self) -> Iterator[MultiScaleEncoder]:

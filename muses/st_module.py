@@ -137,13 +137,12 @@ class MultiScaleHeads(Module):
         branch = nn.ModuleList(copy.deepcopy(layer) for layer in top_layers)
         if self._saved_branch:
             saved = {k.removeprefix("branch."): v for k, v in self._saved_branch.items()}
-            result = branch.load_state_dict(saved, strict=False)
-            if result.missing_keys or result.unexpected_keys:
-                raise ModelError(
-                    "the saved sentence branch does not fit this transformer's layers (missing "
-                    f"{result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]}): was it saved with another "
-                    "base model?"
-                )
+            _load_exactly(
+                branch,
+                saved,
+                "the saved sentence branch does not fit this transformer's layers",
+                "was it saved with another base model?",
+            )
         branch.requires_grad_(True)  # the copied layers may come from a frozen transformer
         self.branch = branch
         self._saved_branch = {}
@@ -201,11 +200,16 @@ class MultiScaleHeads(Module):
                 f"{weights}: the sentence branch's weights do not match sentence_branch in {config_path}: save the "
                 "model again with MuSES, or set sentence_branch to match."
             )
-        result = module.load_state_dict({k: v for k, v in state.items() if k not in branch}, strict=False)
-        if result.missing_keys or result.unexpected_keys:
-            raise ModelError(
-                f"{weights} does not fit its config (missing {result.missing_keys[:2]}, unexpected "
-                f"{result.unexpected_keys[:2]}): was it written by another MuSES version?"
-            )
+        rest = {k: v for k, v in state.items() if k not in branch}
+        _load_exactly(module, rest, f"{weights} does not fit its config", "was it written by another MuSES version?")
         module._saved_branch = branch
         return module
+
+
+def _load_exactly(module: nn.Module, state: dict[str, torch.Tensor], problem: str, hint: str) -> None:
+    """``module.load_state_dict(state)``, strict, with a ModelError that says ``problem``, two keys and ``hint``."""
+    result = module.load_state_dict(state, strict=False)
+    if result.missing_keys or result.unexpected_keys:
+        raise ModelError(
+            f"{problem} (missing {result.missing_keys[:2]}, unexpected {result.unexpected_keys[:2]}): {hint}"
+        )
