@@ -137,6 +137,10 @@ class MultiScaleEncoder(nn.Module):
         self._runner_digest = ""
         self.folder: Path | None = None  # the saved model folder it was loaded from, if any
         self.task: str | None = None  # the task adapter merged into its weights, if any (muses.adapters.tasks)
+        # True while an adapter is active or merged: it changes the transformer's layers, which the sentence branch
+        # (a copy of the top ones, outside the adapter's reach) was trained against, so sentences in context then
+        # come from the adapted transformer itself (muses.adapters sets it)
+        self.branch_set_aside = False
         self.eval()  # a loaded model encodes without dropout, as transformers' from_pretrained; training calls train()
 
     def _attach_branch(self) -> None:
@@ -225,6 +229,7 @@ class MultiScaleEncoder(nn.Module):
         context_head: HeadKind | None = None,
         context_pooling: PoolingMode | None = None,
         sentence_branch: int = 0,
+        keep_branch: bool = False,
     ) -> MultiScaleEncoder:
         """Replace the poolings and heads with fresh ones on the same transformer (returns ``self``): for training
         new heads on a saved MuSES model. Fresh heads start as the identity and a fresh attention pooling as mean
@@ -235,10 +240,20 @@ class MultiScaleEncoder(nn.Module):
                 prompt are kept unless ``dims`` is given).
             context_head, context_pooling: a fresh separate head for sentences in context (None: none).
             sentence_branch: a fresh sentence branch of the transformer's top ``K`` layers (0: none).
+            keep_branch: keep this model's sentence branch as it is (trained) instead; ``sentence_branch`` must be
+                its ``K``.
+
+        Raises:
+            ModelError: an exported backend, or ``keep_branch`` on a model without a ``sentence_branch``-layer branch.
         """
         if self.backend != "torch":
             raise ModelError(f"fresh heads train in PyTorch; this model runs on {self.backend}: load it with torch.")
         old = self.heads
+        if keep_branch and (old.branch is None or old.sentence_branch != sentence_branch):
+            raise ModelError(
+                f"keep_branch keeps this model's sentence branch, which has {old.sentence_branch} layers (0: none), "
+                f"but sentence_branch is {sentence_branch}: set it to {old.sentence_branch} or drop keep_branch."
+            )
         _check_poolings(sentence_pooling, document_pooling, context_pooling)
         heads = MultiScaleHeads(
             hidden=old.hidden,
@@ -254,6 +269,8 @@ class MultiScaleEncoder(nn.Module):
             context_pooling=context_pooling,
             sentence_branch=sentence_branch,
         )
+        if keep_branch:
+            heads.branch = old.branch
         self.model[1] = heads.to(self.model.device)
         self._attach_branch()
         return self
@@ -461,7 +478,7 @@ class MultiScaleEncoder(nn.Module):
         which in-context sentences are pooled from) unless ``branch=False`` (texts read standalone: queries,
         sentences on their own).
         """
-        run_branch = branch and self.heads.branch is not None
+        run_branch = branch and self.active_branch is not None
         tok = self.tokenizer
         enc = tok(
             list(texts),
@@ -552,7 +569,7 @@ class MultiScaleEncoder(nn.Module):
         below = out.hidden_states[-1 - inner_layers] if inner_layers else None  # [0] embeddings, [-1] the last layer
         fork = None
         if branch:
-            layers = self.heads.branch
+            layers = self.active_branch
             assert layers is not None
             fork = run_layers(model.config, layers, out.hidden_states[-1 - len(layers)], features["attention_mask"])
         return out.last_hidden_state, below, fork
@@ -581,7 +598,7 @@ class MultiScaleEncoder(nn.Module):
             spans = torch.from_numpy(ranges).to(full.device)
             out["sentence"] = self._local_sentences(states.inner, states.inner_layers, spans)
         elif "sentence" in wanted:
-            if heads.branch is not None and states.branch is None:
+            if self.active_branch is not None and states.branch is None:
                 raise InputError(
                     "this model pools sentences in context from its branch: call token_states(branch=True)."
                 )
@@ -593,6 +610,12 @@ class MultiScaleEncoder(nn.Module):
             out["token"] = heads.heads["token"](states.content)
         return out
 
+    @property
+    def active_branch(self) -> torch.nn.ModuleList | None:
+        """The sentence branch that sentences in context run through: the heads' (:attr:`MultiScaleHeads.branch`),
+        or None for a model without one or while an adapter sets it aside (:attr:`branch_set_aside`)."""
+        return None if self.branch_set_aside else self.heads.branch
+
     def check_context(self, context: str) -> SentenceContext:
         """``context`` parsed (:func:`~muses.local_context.parse_context`) and checked against this model: a local
         context needs a BERT-style encoder with at least ``K`` layers, run by PyTorch.
@@ -603,7 +626,7 @@ class MultiScaleEncoder(nn.Module):
         """
         how = parse_context(context)
         if how.kind == "local":
-            if self.heads.branch is not None:
+            if self.active_branch is not None:
                 raise InputError(
                     "this model's sentences in context come from its trained sentence branch, which context 'local' "
                     "would bypass: use context 'document' (its branch) or 'sentence'."

@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
-from muses.adapters import AdapterConfig, attach_adapter
+from muses.adapters import AdapterConfig, activate, attach_adapter, remove_adapter, save_adapter
+from muses.adapters.tasks import SIMILARITY, add_task_adapter, load_for_task
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
@@ -115,6 +116,23 @@ def test_fresh_heads_with_a_branch_on_a_saved_model_start_as_it(tmp_path: Path, 
     assert model.token_states([ROOTS])[0].branch is not None
 
 
+def test_fresh_heads_can_keep_a_trained_branch(tmp_path: Path) -> None:
+    """``keep_branch`` (``model.keep_branch``, a later stage over a trained branch): fresh identity heads with a fresh
+    context head keep the saved branch's in-context sentences; without it the branch is a fresh copy again, and a
+    ``K`` that is not the saved one is refused."""
+    _nudged(MultiScaleEncoder.from_base(sentence_branch=2, head_kind="identity")).save(tmp_path / "trained")
+    trained = MultiScaleEncoder.load(tmp_path / "trained")
+    ref = trained.encode_documents([ROOTS])[0].sentences
+    fresh = dict(head_kind="identity", context_head="residual-mlp", context_pooling="attention", sentence_branch=2)
+    kept = MultiScaleEncoder.load(tmp_path / "trained").with_fresh_heads(**fresh, keep_branch=True)  # type: ignore[arg-type]
+    assert kept.heads.context_head == "residual-mlp"
+    np.testing.assert_allclose(kept.encode_documents([ROOTS])[0].sentences, ref, atol=1e-6)
+    again = MultiScaleEncoder.load(tmp_path / "trained").with_fresh_heads(**fresh)  # type: ignore[arg-type]
+    assert np.abs(again.encode_documents([ROOTS])[0].sentences - ref).max() > 1e-3
+    with pytest.raises(ModelError, match="set it to 2 or drop keep_branch"):
+        MultiScaleEncoder.load(tmp_path / "trained").with_fresh_heads(sentence_branch=1, keep_branch=True)
+
+
 def test_the_cli_refuses_to_export_a_branch_in_one_line(tmp_path: Path) -> None:
     MultiScaleEncoder.from_base(sentence_branch=1).save(tmp_path / "m")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "m"), str(tmp_path / "out")])
@@ -149,6 +167,36 @@ def test_what_a_branch_cannot_do_is_refused_in_one_line(tmp_path: Path, branched
         encoder_layers(SimpleNamespace(config=SimpleNamespace(model_type="t5")), 2, "a sentence branch")
     with pytest.raises(ModelError, match="number of layers"):
         MultiScaleEncoder.from_base(sentence_branch=-1)
-    with pytest.raises(InputError, match="adapters cannot reach"):
-        attach_adapter(branched, "domain", AdapterConfig())
-    assert branched.heads.branch is not None and not hasattr(branched.transformer.auto_model, "peft_config")
+
+
+def test_an_adapter_sets_the_branch_aside(tmp_path: Path, encoder: MultiScaleEncoder) -> None:
+    """An adapter changes the transformer's layers but cannot reach the branch's copies of them, so while one is
+    active (or merged, as a task adapter is) sentences in context come from the adapted transformer, as in a model
+    without a branch; with no adapter active they come from the branch again."""
+    model = _nudged(MultiScaleEncoder.from_base(sentence_branch=2))
+    trained = model.encode_documents([ROOTS])[0].sentences
+    base = encoder.encode_documents([ROOTS])[0].sentences
+    assert np.abs(trained - base).max() > 1e-3
+    attach_adapter(model, "domain", AdapterConfig())  # fresh: B = 0, the transformer's outputs are unchanged
+    assert model.active_branch is None
+    np.testing.assert_allclose(model.encode_documents([ROOTS])[0].sentences, base, atol=1e-5)
+    activate(model, None)
+    np.testing.assert_array_equal(model.encode_documents([ROOTS])[0].sentences, trained)
+    remove_adapter(model, "domain")
+    _nudged(MultiScaleEncoder.from_base(sentence_branch=2)).save(tmp_path / "m")
+    enc = MultiScaleEncoder.from_base(head_kind="identity")
+    add_task_adapter(tmp_path / "m", _zero_adapter(enc, tmp_path / "adapter"), SIMILARITY)
+    merged = load_for_task(tmp_path / "m", SIMILARITY)
+    assert merged.active_branch is None and merged.heads.branch is not None
+    np.testing.assert_allclose(merged.encode_documents([ROOTS])[0].sentences, base, atol=1e-5)
+    np.testing.assert_array_equal(
+        MultiScaleEncoder.load(tmp_path / "m").encode_documents([ROOTS])[0].sentences, trained
+    )
+
+
+def _zero_adapter(encoder: MultiScaleEncoder, folder: Path) -> Path:
+    """A saved adapter whose update is zero (``B = 0``), trained on ``encoder``'s transformer."""
+    attach_adapter(encoder, SIMILARITY, AdapterConfig())
+    save_adapter(encoder, SIMILARITY, folder)
+    remove_adapter(encoder, SIMILARITY)
+    return folder

@@ -155,16 +155,6 @@ def _peft_config(config: AdapterConfig | LoraConfig) -> Any:
     return config.to_peft() if isinstance(config, AdapterConfig) else config
 
 
-def refuse_branch(encoder: MultiScaleEncoder) -> None:
-    """Raise an InputError for a model with a sentence branch: an adapter changes the transformer's layers, which
-    its sentences in context would run past (the branch is a copy of the top layers, outside PEFT's reach)."""
-    if encoder.heads.branch is not None:
-        raise InputError(
-            "this model has a sentence branch, which adapters cannot reach: train the adapter on a model without "
-            "one (model.sentence_branch: 0)."
-        )
-
-
 def attach_adapter(
     encoder: MultiScaleEncoder, key: str, config: AdapterConfig | LoraConfig, trainable: bool = True
 ) -> list[torch.nn.Parameter]:
@@ -181,7 +171,6 @@ def attach_adapter(
         InputError: if ``key`` is already attached or is not a usable key.
     """
     _check_key(key)
-    refuse_branch(encoder)
     if key in loaded_adapters(encoder):
         raise InputError(f"an adapter {key!r} is already attached; remove it first or use another key.")
     model = hf_model(encoder)
@@ -203,16 +192,23 @@ def attach_adapter(
 
 
 def activate(encoder: MultiScaleEncoder, key: str | None) -> None:
-    """Make ``key`` the only active adapter, or (``None``) run the bare base model."""
+    """Make ``key`` the only active adapter, or (``None``) run the bare base model.
+
+    A model's sentence branch is set aside while an adapter is active (see
+    :attr:`~muses.encoder.MultiScaleEncoder.branch_set_aside`): sentences in context then come from the adapted
+    transformer, as in a model without a branch, since the adapter cannot reach the branch's copied layers.
+    """
     model = hf_model(encoder)
     if key is None:
         if loaded_adapters(encoder):
             model.disable_adapters()
+        encoder.branch_set_aside = encoder.task is not None  # a merged task adapter stays in the weights
         return
     if key not in loaded_adapters(encoder):
         raise InputError(f"adapter {key!r} is not attached; attached: {loaded_adapters(encoder) or 'none'}.")
     model.enable_adapters()
     model.set_adapter(key)
+    encoder.branch_set_aside = True
 
 
 def remove_adapter(encoder: MultiScaleEncoder, key: str) -> None:

@@ -28,7 +28,6 @@ from muses.adapters.lora import (
     base_fingerprint,
     hf_model,
     read_adapter,
-    refuse_branch,
     write_adapter_folder,
 )
 from muses.encoder import MultiScaleEncoder, is_saved_model
@@ -153,11 +152,13 @@ def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
     Each adapted linear layer ``W`` (``[out, in]``) becomes ``W + s * B @ A`` with ``A``: ``[r, in]``, ``B``:
     ``[out, r]`` and ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA), which is what PEFT computes unmerged.
 
+    A model's sentence branch is set aside from then on (sentences in context come from the merged transformer; see
+    :attr:`~muses.encoder.MultiScaleEncoder.branch_set_aside`).
+
     Raises:
         ModelError: for an adapter kind this cannot merge (DoRA, bias training) or weights that name layers the
             model does not have.
     """
-    refuse_branch(encoder)
     cfg = files.peft_config
     unusual = (
         getattr(cfg, "use_dora", False)
@@ -191,6 +192,7 @@ def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
     with torch.no_grad():
         for linear, a, b in targets:
             linear.weight += scale * (b @ a)
+    encoder.branch_set_aside = True  # the branch was trained against the weights before the merge
 
 
 def add_task_adapter(

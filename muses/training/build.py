@@ -171,7 +171,7 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
     if base == DEFAULT_BASE or not is_saved_model(base):
         return encoder
     if m.fresh_heads:
-        return encoder.with_fresh_heads(**heads)
+        return encoder.with_fresh_heads(**heads, keep_branch=m.keep_branch)
     differs = _saved_head_differences(config, encoder)
     if differs:
         raise ConfigError(

@@ -110,6 +110,11 @@ class ModelConfig(_Strict):
         "document_pooling, dims, context_head, context_pooling, sentence_branch) on its transformer instead of "
         "loading its own; identity heads and mean pooling start the same vectors",
     )
+    keep_branch: bool = Field(
+        False,
+        description="with fresh_heads: keep the saved model's trained sentence branch instead of a fresh copy of its "
+        "top layers (sentence_branch must be its K), so a later stage trains new heads over the branch it learned",
+    )
     freeze_embeddings: bool = Field(
         True, description="keep the word-piece embedding table frozen (half the parameters; cheaper steps, less drift)"
     )
@@ -127,6 +132,11 @@ class ModelConfig(_Strict):
             raise ValueError("model.context_pooling and train_heads [context] need model.context_head, e.g. identity")
         if not self.sentence_branch and "branch" in (self.train_heads or []):
             raise ValueError("model.train_heads [branch] needs model.sentence_branch, e.g. 2")
+        if self.keep_branch and not (self.fresh_heads and self.sentence_branch):
+            raise ValueError(
+                "model.keep_branch keeps a saved model's sentence branch under fresh heads: set model.fresh_heads: "
+                "true and model.sentence_branch to the saved model's K, or drop model.keep_branch"
+            )
         if self.sentence_branch and (self.upcycle or self.scratch or self.adapter):
             raise ValueError(
                 "model.sentence_branch copies a pretrained encoder's top layers: it cannot be combined with "

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -244,6 +245,31 @@ def test_a_sentence_branch_trains_alone_at_the_base_rate(tmp_path: Path) -> None
     for other in ("upcycle: {n_experts: 2, top_k: 1, layers: [1]}", "adapter: {rank: 4}"):
         with pytest.raises(ConfigError, match="cannot be combined"):
             load_config_text(tmp_path, f"model: {{sentence_branch: 2, {other}}}\n")
+
+
+def test_a_context_head_trains_over_a_kept_branch(tmp_path: Path) -> None:
+    """``model.keep_branch``: a later stage puts a fresh context head over a saved model's trained branch. Only the
+    head and its pooling train, and the model starts with the saved model's in-context sentences; keep_branch without
+    fresh heads is refused."""
+    saved = MultiScaleEncoder.from_base(head_kind="identity", sentence_branch=2)
+    with torch.no_grad():
+        for p in saved.heads.branch.parameters():  # type: ignore[union-attr]
+            p.mul_(1.05)  # "trained": its sentences are no longer the base's
+    saved.save(tmp_path / "saved")
+    model = {"base": str(tmp_path / "saved"), "head_kind": "identity", "fresh_heads": True, "keep_branch": True}
+    model |= {"sentence_branch": 2, "context_head": "residual-mlp", "context_pooling": "attention"}
+    model |= {"train_heads": ["context"], "freeze_base": True}
+    student = build_full(TrainConfig.model_validate({**TINY, "model": model})).encoder
+    trainable = {n for n, p in student.heads.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith(("heads.context.", "pool_context.")) for n in trainable), trainable
+    text = ["Roots anchor a plant in the soil. They absorb water and minerals. Root hairs widen the surface."]
+    student.eval()
+    got = student.encode_documents(text)[0].sentences
+    np.testing.assert_allclose(got, saved.encode_documents(text)[0].sentences, atol=1e-5)
+    base = MultiScaleEncoder.from_base(head_kind="identity").encode_documents(text)[0].sentences
+    assert float(abs(got - base).max()) > 1e-3
+    with pytest.raises(ConfigError, match=r"model\.keep_branch"):
+        load_config_text(tmp_path, "model: {sentence_branch: 2, keep_branch: true}\n")
 
 
 QUERY = ["how do plants take up water?"]
