@@ -143,6 +143,26 @@ class MultiScaleEncoder(nn.Module):
         self.branch_set_aside = False
         self.eval()  # a loaded model encodes without dropout, as transformers' from_pretrained; training calls train()
 
+    def add_sentence_branch(self, layers: int) -> MultiScaleEncoder:
+        """Give a model without a sentence branch a fresh one: a copy of its transformer's top ``layers`` layers,
+        which gives the same vectors until it trains; every head stays (returns ``self``).
+
+        Raises:
+            ModelError: the model has a branch already, or ``layers`` is not a positive number of layers.
+            InputError: more layers than the transformer has.
+        """
+        if self.heads.sentence_branch:
+            raise ModelError(f"this model has a sentence branch of {self.heads.sentence_branch} layers already.")
+        if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
+            raise ModelError(f"a sentence branch needs a positive number of layers, got {layers!r}.")
+        self.heads.sentence_branch = layers
+        try:
+            self._attach_branch()
+        except Exception:
+            self.heads.sentence_branch = 0
+            raise
+        return self
+
     def _attach_branch(self) -> None:
         """Give the heads their sentence branch: a copy of the transformer's top layers, saved weights loaded."""
         k = self.heads.sentence_branch

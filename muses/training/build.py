@@ -172,6 +172,8 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
         return encoder
     if m.fresh_heads:
         return encoder.with_fresh_heads(**heads, keep_branch=m.keep_branch)
+    if m.sentence_branch and not encoder.heads.sentence_branch:
+        encoder.add_sentence_branch(m.sentence_branch)  # a fresh branch gives the same vectors: nothing is lost
     differs = _saved_head_differences(config, encoder)
     if differs:
         raise ConfigError(

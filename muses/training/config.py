@@ -96,7 +96,8 @@ class ModelConfig(_Strict):
         ge=0,
         description="K > 0: sentences in context run through a copy of the transformer's top K layers, starting as "
         "the same weights, which trains at optim.lr (with train_heads: [branch] and freeze_base: true it trains "
-        "alone, and documents, tokens, queries and standalone sentences keep the base's vectors). 0: no branch",
+        "alone, and documents, tokens, queries and standalone sentences keep the base's vectors); on a saved model "
+        "without one, a fresh branch is added under its heads. 0: no branch",
     )
     train_heads: list[HeadName] | None = Field(
         None,

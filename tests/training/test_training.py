@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from muses.encoder import MultiScaleEncoder
-from muses.errors import ConfigError, InputError
+from muses.errors import ConfigError, InputError, ModelError
 from muses.text import as_documents
 from muses.training.build import build_full
 from muses.training.config import TrainConfig, load_config, read_stage_list
@@ -270,6 +270,29 @@ def test_a_context_head_trains_over_a_kept_branch(tmp_path: Path) -> None:
     assert float(abs(got - base).max()) > 1e-3
     with pytest.raises(ConfigError, match=r"model\.keep_branch"):
         load_config_text(tmp_path, "model: {sentence_branch: 2, keep_branch: true}\n")
+
+
+def test_a_branch_is_added_under_a_saved_models_heads(tmp_path: Path) -> None:
+    """``model.sentence_branch`` on a saved model without a branch (no fresh heads): a fresh branch is added under
+    its heads, its context head included, so the model starts with the saved model's vectors and only the branch
+    trains."""
+    saved = MultiScaleEncoder.from_base(head_kind="identity", context_head="residual-mlp", context_pooling="attention")
+    with torch.no_grad():
+        for p in saved.heads.heads["context"].parameters():
+            p.add_(0.01)  # a "trained" context head
+    saved.save(tmp_path / "saved")
+    model = {"base": str(tmp_path / "saved"), "sentence_branch": 2, "train_heads": ["branch"], "freeze_base": True}
+    student = build_full(TrainConfig.model_validate({**TINY, "model": model})).encoder
+    assert student.heads.context_head == "residual-mlp" and student.heads.branch is not None
+    trainable = {n for n, p in student.named_parameters() if p.requires_grad}
+    assert trainable and all(n.startswith("model.1.branch.") for n in trainable), sorted(trainable)[:3]
+    text = ["Roots anchor a plant in the soil. They absorb water and minerals. Root hairs widen the surface."]
+    student.eval()
+    np.testing.assert_array_equal(
+        student.encode_documents(text)[0].sentences, saved.encode_documents(text)[0].sentences
+    )
+    with pytest.raises(ModelError, match="already"):
+        student.add_sentence_branch(1)
 
 
 QUERY = ["how do plants take up water?"]
