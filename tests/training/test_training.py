@@ -658,6 +658,12 @@ def test_shipped_recipes_validate() -> None:
     assert branch.model.sentence_branch == 2 and branch.model.train_heads == ["branch"] and branch.model.freeze_base
     assert branch.model.context_head is None and branch.model.base == "default" and branch.model.fresh_heads
     assert {t for t, w in branch.task_weights.items() if w} == {"rationale", "siblings", "hierarchy"}
+    # under the published head (round 29): the head stays, and the claims it trained on stay off dev
+    under = recipes["branch-under-context-head"]
+    assert not under.model.fresh_heads and under.model.train_heads == ["branch"]
+    assert not under.data.dev_scifact_unused_claims and published.data.scifact_claims_without_evidence
+    over = recipes["branch-context-head"]
+    assert over.model.keep_branch and over.model.fresh_heads and over.model.train_heads == ["context"]
     assert branch.interpolate_tolerance == ctx.interpolate_tolerance and 0.0 in branch.interpolate
     assert branch.data.dev_scifact_unused_claims and branch.interpolate_confidence == ctx.interpolate_confidence
     sib = recipes["siblings"]
