@@ -97,6 +97,17 @@ class TextStates:
         return torch.cat([self.prefix, self.content, self.suffix])
 
 
+def _adapter_enabled(model: torch.nn.Module) -> bool:
+    """Whether a PEFT adapter attached to ``model`` (a transformers model) is enabled and active."""
+    if not getattr(model, "_hf_peft_config_loaded", False):
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(
+        isinstance(m, BaseTunerLayer) and not m.disable_adapters and bool(m.active_adapters) for m in model.modules()
+    )
+
+
 class MultiScaleEncoder(nn.Module):
     """Token, sentence and document embeddings from one transformer pass, at any Matryoshka dim.
 
@@ -137,9 +148,9 @@ class MultiScaleEncoder(nn.Module):
         self._runner_digest = ""
         self.folder: Path | None = None  # the saved model folder it was loaded from, if any
         self.task: str | None = None  # the task adapter merged into its weights, if any (muses.adapters.tasks)
-        # True while an adapter is active or merged: it changes the transformer's layers, which the sentence branch
-        # (a copy of the top ones, outside the adapter's reach) was trained against, so sentences in context then
-        # come from the adapted transformer itself (muses.adapters sets it)
+        # True once an adapter is merged into the weights (muses.adapters.tasks sets it): the sentence branch was
+        # trained against the weights before, so sentences in context come from the transformer itself (see
+        # active_branch, which also sets the branch aside while a PEFT adapter is enabled)
         self.branch_set_aside = False
         self.eval()  # a loaded model encodes without dropout, as transformers' from_pretrained; training calls train()
 
@@ -152,9 +163,17 @@ class MultiScaleEncoder(nn.Module):
             InputError: more layers than the transformer has.
         """
         if self.heads.sentence_branch:
-            raise ModelError(f"this model has a sentence branch of {self.heads.sentence_branch} layers already.")
+            raise ModelError(
+                f"this model has a sentence branch of {self.heads.sentence_branch} layers already: train it as it is, "
+                "or start from a model without one."
+            )
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ModelError(f"a sentence branch needs a positive number of layers, got {layers!r}.")
+        if self.backend != "torch" or getattr(self.transformer.auto_model, "_hf_peft_config_loaded", False):
+            raise ModelError(
+                "a sentence branch copies the transformer's PyTorch layers: add it to a model loaded with backend "
+                "torch and no adapter attached."
+            )
         self.heads.sentence_branch = layers
         try:
             self._attach_branch()
@@ -269,7 +288,9 @@ class MultiScaleEncoder(nn.Module):
         if self.backend != "torch":
             raise ModelError(f"fresh heads train in PyTorch; this model runs on {self.backend}: load it with torch.")
         old = self.heads
-        if keep_branch and (old.branch is None or old.sentence_branch != sentence_branch):
+        if keep_branch and old.branch is None:
+            raise ModelError("this model has no sentence branch to keep: drop keep_branch.")
+        if keep_branch and old.sentence_branch != sentence_branch:
             raise ModelError(
                 f"keep_branch keeps this model's sentence branch, which has {old.sentence_branch} layers (0: none), "
                 f"but sentence_branch is {sentence_branch}: set it to {old.sentence_branch} or drop keep_branch."
@@ -633,8 +654,12 @@ class MultiScaleEncoder(nn.Module):
     @property
     def active_branch(self) -> torch.nn.ModuleList | None:
         """The sentence branch that sentences in context run through: the heads' (:attr:`MultiScaleHeads.branch`),
-        or None for a model without one or while an adapter sets it aside (:attr:`branch_set_aside`)."""
-        return None if self.branch_set_aside else self.heads.branch
+        or None for a model without one, once an adapter is merged (:attr:`branch_set_aside`), or while a PEFT
+        adapter is enabled: an adapter changes the transformer's layers but cannot reach the branch's copies of them,
+        so sentences in context then come from the adapted transformer, as in a model without a branch."""
+        if self.heads.branch is None or self.branch_set_aside or _adapter_enabled(self.transformer.auto_model):
+            return None
+        return self.heads.branch
 
     def check_context(self, context: str) -> SentenceContext:
         """``context`` parsed (:func:`~muses.local_context.parse_context`) and checked against this model: a local

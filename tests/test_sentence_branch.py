@@ -14,7 +14,7 @@ from safetensors.torch import load_file, save_file
 from sentence_transformers import SentenceTransformer
 from typer.testing import CliRunner
 
-from muses.adapters import AdapterConfig, activate, attach_adapter, remove_adapter, save_adapter
+from muses.adapters import AdapterCache, AdapterConfig, activate, attach_adapter, remove_adapter, save_adapter
 from muses.adapters.tasks import SIMILARITY, add_task_adapter, load_for_task
 from muses.cli import app
 from muses.encoder import MultiScaleEncoder
@@ -131,6 +131,12 @@ def test_fresh_heads_can_keep_a_trained_branch(tmp_path: Path) -> None:
     assert np.abs(again.encode_documents([ROOTS])[0].sentences - ref).max() > 1e-3
     with pytest.raises(ModelError, match="set it to 2 or drop keep_branch"):
         MultiScaleEncoder.load(tmp_path / "trained").with_fresh_heads(sentence_branch=1, keep_branch=True)
+    with pytest.raises(ModelError, match="no sentence branch to keep"):
+        MultiScaleEncoder.from_base().with_fresh_heads(sentence_branch=2, keep_branch=True)
+    kept.save(tmp_path / "kept")  # the kept branch is saved with the new heads
+    np.testing.assert_allclose(
+        MultiScaleEncoder.load(tmp_path / "kept").encode_documents([ROOTS])[0].sentences, ref, atol=1e-6
+    )
 
 
 def test_the_cli_refuses_to_export_a_branch_in_one_line(tmp_path: Path) -> None:
@@ -182,7 +188,16 @@ def test_an_adapter_sets_the_branch_aside(tmp_path: Path, encoder: MultiScaleEnc
     np.testing.assert_allclose(model.encode_documents([ROOTS])[0].sentences, base, atol=1e-5)
     activate(model, None)
     np.testing.assert_array_equal(model.encode_documents([ROOTS])[0].sentences, trained)
+    activate(model, "domain")
+    assert model.active_branch is None
+    remove_adapter(model, "domain")  # the active one: the base model, and its branch, are back
+    np.testing.assert_array_equal(model.encode_documents([ROOTS])[0].sentences, trained)
+    save_adapter(_with_adapter(model, "domain"), "domain", tmp_path / "adapters" / "domain")
     remove_adapter(model, "domain")
+    cache = AdapterCache(model, tmp_path / "adapters", capacity=1)  # switches adapters through PEFT itself
+    for key, want in (("domain", base), (None, trained), ("domain", base), ("base", trained)):
+        with cache.use(key):
+            np.testing.assert_allclose(model.encode_documents([ROOTS])[0].sentences, want, atol=1e-5)
     _nudged(MultiScaleEncoder.from_base(sentence_branch=2)).save(tmp_path / "m")
     enc = MultiScaleEncoder.from_base(head_kind="identity")
     add_task_adapter(tmp_path / "m", _zero_adapter(enc, tmp_path / "adapter"), SIMILARITY)
@@ -192,6 +207,11 @@ def test_an_adapter_sets_the_branch_aside(tmp_path: Path, encoder: MultiScaleEnc
     np.testing.assert_array_equal(
         MultiScaleEncoder.load(tmp_path / "m").encode_documents([ROOTS])[0].sentences, trained
     )
+
+
+def _with_adapter(encoder: MultiScaleEncoder, key: str) -> MultiScaleEncoder:
+    attach_adapter(encoder, key, AdapterConfig())
+    return encoder
 
 
 def _zero_adapter(encoder: MultiScaleEncoder, folder: Path) -> Path:

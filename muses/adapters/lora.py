@@ -195,20 +195,16 @@ def activate(encoder: MultiScaleEncoder, key: str | None) -> None:
     """Make ``key`` the only active adapter, or (``None``) run the bare base model.
 
     A model's sentence branch is set aside while an adapter is active (see
-    :attr:`~muses.encoder.MultiScaleEncoder.branch_set_aside`): sentences in context then come from the adapted
-    transformer, as in a model without a branch, since the adapter cannot reach the branch's copied layers.
-    """
+    :attr:`~muses.encoder.MultiScaleEncoder.active_branch`)."""
     model = hf_model(encoder)
     if key is None:
         if loaded_adapters(encoder):
             model.disable_adapters()
-        encoder.branch_set_aside = encoder.task is not None  # a merged task adapter stays in the weights
         return
     if key not in loaded_adapters(encoder):
         raise InputError(f"adapter {key!r} is not attached; attached: {loaded_adapters(encoder) or 'none'}.")
     model.enable_adapters()
     model.set_adapter(key)
-    encoder.branch_set_aside = True
 
 
 def remove_adapter(encoder: MultiScaleEncoder, key: str) -> None:

@@ -98,6 +98,8 @@ def build_teacher(config: TrainConfig, device: str | None = None) -> MultiScaleE
     if config.loss.retention == "none":
         return None
     teacher = MultiScaleEncoder.from_base(config.model.base, dims=config.model.dims, device=device)
+    # an adapter sets the student's sentence branch aside (MultiScaleEncoder.active_branch): the teacher matches it
+    teacher.branch_set_aside = config.model.adapter is not None
     teacher.eval()
     return teacher
 
@@ -169,6 +171,11 @@ def _from_base(config: TrainConfig, base: str, device: str | None) -> MultiScale
     # an exported folder trains on its PyTorch weights
     encoder = MultiScaleEncoder.from_base(base, **heads, device=device, backend="torch")
     if base == DEFAULT_BASE or not is_saved_model(base):
+        if m.keep_branch:
+            raise ConfigError(
+                f"model.keep_branch keeps a saved model's sentence branch, and model.base {base} is not a saved MuSES "
+                "model: run the recipe as a stage after configs/sentence-branch.yaml, or set model.base to its model."
+            )
         return encoder
     if m.fresh_heads:
         return encoder.with_fresh_heads(**heads, keep_branch=m.keep_branch)

@@ -21,7 +21,7 @@ from pydantic import ValidationError
 from muses.encoder import MultiScaleEncoder
 from muses.errors import ConfigError, InputError, ModelError
 from muses.text import as_documents
-from muses.training.build import build_full
+from muses.training.build import build_adapter, build_full
 from muses.training.config import TrainConfig, load_config, read_stage_list
 from muses.training.data import MixedTaskSampler, load_training_data
 from muses.training.stages import load_stages
@@ -270,6 +270,9 @@ def test_a_context_head_trains_over_a_kept_branch(tmp_path: Path) -> None:
     assert float(abs(got - base).max()) > 1e-3
     with pytest.raises(ConfigError, match=r"model\.keep_branch"):
         load_config_text(tmp_path, "model: {sentence_branch: 2, keep_branch: true}\n")
+    model["base"] = "default"  # not a saved model: no branch to keep
+    with pytest.raises(ConfigError, match="not a saved MuSES model"):
+        build_full(TrainConfig.model_validate({**TINY, "model": model}))
 
 
 def test_a_branch_is_added_under_a_saved_models_heads(tmp_path: Path) -> None:
@@ -293,6 +296,12 @@ def test_a_branch_is_added_under_a_saved_models_heads(tmp_path: Path) -> None:
     )
     with pytest.raises(ModelError, match="already"):
         student.add_sentence_branch(1)
+    # an adapter trained on a branched model sets the student's branch aside, and the teacher's with it
+    _saved(student, tmp_path / "branched")
+    adapter = {"base": str(tmp_path / "branched"), "adapter": {"rank": 4}}
+    setup = build_adapter(TrainConfig.model_validate({**TINY, "model": adapter}))
+    assert setup.teacher is not None and setup.teacher.heads.branch is not None
+    assert setup.encoder.active_branch is None and setup.teacher.active_branch is None
 
 
 QUERY = ["how do plants take up water?"]
