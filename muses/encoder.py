@@ -97,9 +97,14 @@ class TextStates:
         return torch.cat([self.prefix, self.content, self.suffix])
 
 
+def _adapters_attached(model: torch.nn.Module) -> bool:
+    """Whether PEFT adapters are attached to ``model`` (a transformers model), enabled or not."""
+    return bool(getattr(model, "_hf_peft_config_loaded", False))
+
+
 def _adapter_enabled(model: torch.nn.Module) -> bool:
     """Whether a PEFT adapter attached to ``model`` (a transformers model) is enabled and active."""
-    if not getattr(model, "_hf_peft_config_loaded", False):
+    if not _adapters_attached(model):
         return False
     from peft.tuners.tuners_utils import BaseTunerLayer
 
@@ -169,7 +174,7 @@ class MultiScaleEncoder(nn.Module):
             )
         if isinstance(layers, bool) or not isinstance(layers, int) or layers < 1:
             raise ModelError(f"a sentence branch needs a positive number of layers, got {layers!r}.")
-        if self.backend != "torch" or getattr(self.transformer.auto_model, "_hf_peft_config_loaded", False):
+        if self.backend != "torch" or _adapters_attached(self.transformer.auto_model):
             raise ModelError(
                 "a sentence branch copies the transformer's PyTorch layers: add it to a model loaded with backend "
                 "torch and no adapter attached."
