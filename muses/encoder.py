@@ -153,10 +153,6 @@ class MultiScaleEncoder(nn.Module):
         self._runner_digest = ""
         self.folder: Path | None = None  # the saved model folder it was loaded from, if any
         self.task: str | None = None  # the task adapter merged into its weights, if any (muses.adapters.tasks)
-        # True once an adapter is merged into the weights (muses.adapters.tasks sets it): the sentence branch was
-        # trained against the weights before, so sentences in context come from the transformer itself (see
-        # active_branch, which also sets the branch aside while a PEFT adapter is enabled)
-        self.branch_set_aside = False
         self.eval()  # a loaded model encodes without dropout, as transformers' from_pretrained; training calls train()
 
     def add_sentence_branch(self, layers: int) -> MultiScaleEncoder:
@@ -185,6 +181,15 @@ class MultiScaleEncoder(nn.Module):
         except Exception:
             self.heads.sentence_branch = 0
             raise
+        return self
+
+    def drop_sentence_branch(self) -> MultiScaleEncoder:
+        """Remove the sentence branch, if any (returns ``self``): sentences in context then come from the transformer
+        itself, as in a model without one, and :meth:`save` writes a model without one. For weights the branch was
+        not trained against (an adapter merged into the transformer, :func:`muses.adapters.tasks.merge_adapter`)."""
+        self.heads.branch = None
+        self.heads.sentence_branch = 0
+        self.heads._saved_branch = {}
         return self
 
     def _attach_branch(self) -> None:
@@ -659,10 +664,11 @@ class MultiScaleEncoder(nn.Module):
     @property
     def active_branch(self) -> torch.nn.ModuleList | None:
         """The sentence branch that sentences in context run through: the heads' (:attr:`MultiScaleHeads.branch`),
-        or None for a model without one, once an adapter is merged (:attr:`branch_set_aside`), or while a PEFT
-        adapter is enabled: an adapter changes the transformer's layers but cannot reach the branch's copies of them,
-        so sentences in context then come from the adapted transformer, as in a model without a branch."""
-        if self.heads.branch is None or self.branch_set_aside or _adapter_enabled(self.transformer.auto_model):
+        or None for a model without one or while a PEFT adapter is enabled: an adapter changes the transformer's
+        layers but cannot reach the branch's copies of them, so sentences in context then come from the adapted
+        transformer, as in a model without a branch (a merged adapter drops the branch:
+        :meth:`drop_sentence_branch`)."""
+        if self.heads.branch is None or _adapter_enabled(self.transformer.auto_model):
             return None
         return self.heads.branch
 

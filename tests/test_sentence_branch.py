@@ -202,8 +202,14 @@ def test_an_adapter_sets_the_branch_aside(tmp_path: Path, encoder: MultiScaleEnc
     enc = MultiScaleEncoder.from_base(head_kind="identity")
     add_task_adapter(tmp_path / "m", _zero_adapter(enc, tmp_path / "adapter"), SIMILARITY)
     merged = load_for_task(tmp_path / "m", SIMILARITY)
-    assert merged.active_branch is None and merged.heads.branch is not None
+    assert merged.active_branch is None and merged.heads.sentence_branch == 0
     np.testing.assert_allclose(merged.encode_documents([ROOTS])[0].sentences, base, atol=1e-5)
+    merged.save(tmp_path / "merged")  # what the merged model computes: no branch
+    again = MultiScaleEncoder.load(tmp_path / "merged")
+    assert again.heads.sentence_branch == 0 and not any(k.startswith("branch.") for k in again.heads.state_dict())
+    np.testing.assert_array_equal(
+        again.encode_documents([ROOTS])[0].sentences, merged.encode_documents([ROOTS])[0].sentences
+    )
     np.testing.assert_array_equal(
         MultiScaleEncoder.load(tmp_path / "m").encode_documents([ROOTS])[0].sentences, trained
     )

@@ -152,8 +152,9 @@ def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
     Each adapted linear layer ``W`` (``[out, in]``) becomes ``W + s * B @ A`` with ``A``: ``[r, in]``, ``B``:
     ``[out, r]`` and ``s = alpha / r`` (``alpha / sqrt(r)`` for rsLoRA), which is what PEFT computes unmerged.
 
-    A model's sentence branch is set aside from then on (sentences in context come from the merged transformer; see
-    :attr:`~muses.encoder.MultiScaleEncoder.branch_set_aside`).
+    A model's sentence branch is dropped (:meth:`~muses.encoder.MultiScaleEncoder.drop_sentence_branch`): it was
+    trained against the weights before the merge, so sentences in context come from the merged transformer, and a
+    save of the merged model has no branch.
 
     Raises:
         ModelError: for an adapter kind this cannot merge (DoRA, bias training) or weights that name layers the
@@ -192,7 +193,7 @@ def merge_adapter(encoder: MultiScaleEncoder, files: AdapterFiles) -> None:
     with torch.no_grad():
         for linear, a, b in targets:
             linear.weight += scale * (b @ a)
-    encoder.branch_set_aside = True  # the branch was trained against the weights before the merge
+    encoder.drop_sentence_branch()  # trained against the weights before the merge
 
 
 def add_task_adapter(

@@ -98,8 +98,8 @@ def build_teacher(config: TrainConfig, device: str | None = None) -> MultiScaleE
     if config.loss.retention == "none":
         return None
     teacher = MultiScaleEncoder.from_base(config.model.base, dims=config.model.dims, device=device)
-    # an adapter sets the student's sentence branch aside (MultiScaleEncoder.active_branch): the teacher matches it
-    teacher.branch_set_aside = config.model.adapter is not None
+    if config.model.adapter is not None:  # it sets the student's sentence branch aside (active_branch): so here
+        teacher.drop_sentence_branch()
     teacher.eval()
     return teacher
 

@@ -300,8 +300,8 @@ def test_a_branch_is_added_under_a_saved_models_heads(tmp_path: Path) -> None:
     _saved(student, tmp_path / "branched")
     adapter = {"base": str(tmp_path / "branched"), "adapter": {"rank": 4}}
     setup = build_adapter(TrainConfig.model_validate({**TINY, "model": adapter}))
-    assert setup.teacher is not None and setup.teacher.heads.branch is not None
-    assert setup.encoder.active_branch is None and setup.teacher.active_branch is None
+    assert setup.teacher is not None and setup.teacher.heads.branch is None  # dropped: it never runs the branch
+    assert setup.encoder.active_branch is None and setup.encoder.heads.branch is not None
 
 
 QUERY = ["how do plants take up water?"]
