@@ -389,8 +389,9 @@ class TrainConfig(_Strict):
         description="keep this mix of interpolate (which must list it; 1.0: the checkpoint) whatever this run's dev "
         "says: a mix chosen over k runs that each held out one fold of the claims (benchmarks/rationale_folds.py), for "
         "the run that then trains on every claim and has too few dev claims left to choose. The mixes are still read "
-        "and the record still lists their scores, misses and bounds, and what this run's dev would keep. Refused in "
-        "a fold run (data.dev_scifact_rationale_fold), whose readings are to choose the mix",
+        "and the record still lists their scores, misses and bounds, and what this run's dev would keep. A fold run "
+        "(data.dev_scifact_rationale_fold) may keep one too: an earlier stage of a recipe judged over folds keeps its "
+        "recipe's mix, and its readings still go to the pool",
     )
     checkpoint_every: int = Field(50, ge=1)
     output_dir: str = "runs/default"
@@ -490,11 +491,6 @@ class TrainConfig(_Strict):
             raise ValueError(
                 f"interpolate_keep must be one of the mixes of interpolate (or 1.0, the checkpoint): list "
                 f"{self.interpolate_keep} there too (now {self.interpolate})"
-            )
-        if self.interpolate_keep is not None and self.data.dev_scifact_rationale_fold is not None:
-            raise ValueError(
-                "interpolate_keep fixes the mix that a fold run's readings are to choose: add --set "
-                "interpolate_keep=null to a fold run, or drop data.dev_scifact_rationale_fold"
             )
         if any(not 0.0 <= a < 1.0 for a in self.interpolate):
             raise ValueError(f"interpolate: each alpha must be in [0, 1) (1 is the checkpoint), got {self.interpolate}")
