@@ -28,7 +28,14 @@ from muses.backends import Backend, TokenRunner, backend_files, check_backend, i
 from muses.errors import InputError, ModelError
 from muses.fingerprint import weights_fingerprint
 from muses.heads import HeadKind, matryoshka, resolve_dim
-from muses.local_context import SentenceContext, encoder_layers, local_sentence_states, parse_context, run_layers
+from muses.local_context import (
+    SentenceContext,
+    encoder_layers,
+    layer_inputs,
+    local_sentence_states,
+    parse_context,
+    run_layers,
+)
 from muses.pooling import POOLING_MODES, PoolingMode
 from muses.st_module import MultiScaleHeads
 from muses.text import DEFAULT_SPLITTER, Splitter, align_tokens_to_sentences, as_documents, check_texts
@@ -616,13 +623,16 @@ class MultiScaleEncoder(nn.Module):
         if not inner_layers and not branch:
             return self.transformer(features)["token_embeddings"], None, None
         model = self.transformer.auto_model
-        out = model(**features, output_hidden_states=True, return_dict=True)
-        below = out.hidden_states[-1 - inner_layers] if inner_layers else None  # [0] embeddings, [-1] the last layer
+        top = self.active_branch if branch else None
+        assert top is not None or not branch
+        forks = len(top) if top is not None else 0
+        layers = encoder_layers(model, max(inner_layers, forks), "the states below the top layers")
+        with layer_inputs(layers, {len(layers) - k for k in (inner_layers, forks) if k}) as kept:
+            out = model(**features, return_dict=True)
+        below = kept[len(layers) - inner_layers] if inner_layers else None
         fork = None
-        if branch:
-            layers = self.active_branch
-            assert layers is not None
-            fork = run_layers(model.config, layers, out.hidden_states[-1 - len(layers)], features["attention_mask"])
+        if top is not None:
+            fork = run_layers(model.config, top, kept[len(layers) - forks], features["attention_mask"])
         return out.last_hidden_state, below, fork
 
     # ------------------------------------------------------------------ full-dim, differentiable scale vectors

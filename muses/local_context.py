@@ -16,7 +16,8 @@ supported (BERT and its relatives: :data:`LOCAL_MODEL_TYPES`).
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -100,6 +101,27 @@ def run_top_layers(
         x = run_layers(model.config, top, x, mask)
         out += [x[i, : len(s)] for i, s in enumerate(part)]
     return out
+
+
+@contextmanager
+def layer_inputs(layers: nn.ModuleList, at: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
+    """Inside the block, a forward pass keeps the ``[B, L, H]`` states that go into each layer ``layers[i]``, ``i`` in
+    ``at`` (``0``: the embeddings' output), in the dict it yields, by index; and no other layer's (a pass with
+    ``output_hidden_states`` keeps every layer's). Gradients flow through the kept states as through the pass."""
+    kept: dict[int, torch.Tensor] = {}
+
+    def keep(i: int) -> Any:
+        def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            kept[i] = args[0] if args else kwargs["hidden_states"]
+
+        return hook
+
+    handles = [layers[i].register_forward_pre_hook(keep(i), with_kwargs=True) for i in set(at)]
+    try:
+        yield kept
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def run_layers(config: Any, layers: Iterable[nn.Module], x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

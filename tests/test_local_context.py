@@ -17,7 +17,14 @@ from muses.data.stsb import load_stsb
 from muses.encoder import MultiScaleEncoder
 from muses.errors import InputError, ModelError
 from muses.evaluation.corpus import MusesCorpusEncoder
-from muses.local_context import LOCAL_LAYERS, SentenceContext, encoder_layers, parse_context, run_top_layers
+from muses.local_context import (
+    LOCAL_LAYERS,
+    SentenceContext,
+    encoder_layers,
+    layer_inputs,
+    parse_context,
+    run_top_layers,
+)
 from muses.text import document_from_sentences
 from muses.windows import plan_windows
 from tests.cli_checks import one_line_error
@@ -162,3 +169,22 @@ def test_squad_local_reports_the_local_sentences_of_muses_models_only(
     assert local["unambiguous/flat/mrr@100@64"] != in_context["unambiguous/flat/mrr@100@64"]
     assert 0 < local["unambiguous/flat/mrr@100@64"] <= 1
     assert TASKS["squad-local"](load_corpus_encoder("flat:default"), ctx) == {}
+
+
+def test_layer_inputs_keeps_only_the_asked_depths(encoder: MultiScaleEncoder) -> None:
+    """The states kept going into layers 0, 4 and 5 are the pass's hidden states at those depths, exactly, and the
+    hooks are gone after the block (a later pass keeps nothing)."""
+    model = encoder.transformer.auto_model
+    batch = encoder.tokenizer(
+        ["Roots anchor a plant. They absorb water.", "Cats purr."], padding=True, return_tensors="pt"
+    )
+    with torch.no_grad():
+        every = model(**batch, output_hidden_states=True).hidden_states
+        with layer_inputs(model.encoder.layer, [0, 4, 5, 4]) as kept:
+            model(**batch)
+        assert sorted(kept) == [0, 4, 5]
+        for i, states in kept.items():
+            assert torch.equal(states, every[i])
+        kept.clear()
+        model(**batch)
+    assert not kept
