@@ -626,13 +626,18 @@ class MultiScaleEncoder(nn.Module):
         top = self.active_branch if branch else None
         assert top is not None or not branch
         forks = len(top) if top is not None else 0
-        layers = encoder_layers(model, max(inner_layers, forks), "the states below the top layers")
-        with layer_inputs(layers, {len(layers) - k for k in (inner_layers, forks) if k}) as kept:
-            out = model(**features, return_dict=True)
-        below = kept[len(layers) - inner_layers] if inner_layers else None
+        layers = getattr(getattr(model, "encoder", None), "layer", None)
+        if isinstance(layers, nn.ModuleList) and len(layers) >= max(inner_layers, forks):  # BERT-style: keep two
+            with layer_inputs(layers, {len(layers) - k for k in (inner_layers, forks) if k}) as kept:
+                out = model(**features, return_dict=True)
+            depth = {k: kept[len(layers) - k] for k in (inner_layers, forks) if k}
+        else:  # [0] embeddings, [-1] the last layer
+            out = model(**features, output_hidden_states=True, return_dict=True)
+            depth = {k: out.hidden_states[-1 - k] for k in (inner_layers, forks) if k}
+        below = depth[inner_layers] if inner_layers else None
         fork = None
         if top is not None:
-            fork = run_layers(model.config, top, kept[len(layers) - forks], features["attention_mask"])
+            fork = run_layers(model.config, top, depth[forks], features["attention_mask"])
         return out.last_hidden_state, below, fork
 
     # ------------------------------------------------------------------ full-dim, differentiable scale vectors

@@ -16,6 +16,7 @@ supported (BERT and its relatives: :data:`LOCAL_MODEL_TYPES`).
 from __future__ import annotations
 
 import re
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,12 +108,16 @@ def run_top_layers(
 def layer_inputs(layers: nn.ModuleList, at: Iterable[int]) -> Iterator[dict[int, torch.Tensor]]:
     """Inside the block, a forward pass keeps the ``[B, L, H]`` states that go into each layer ``layers[i]``, ``i`` in
     ``at`` (``0``: the embeddings' output), in the dict it yields, by index; and no other layer's (a pass with
-    ``output_hidden_states`` keeps every layer's). Gradients flow through the kept states as through the pass."""
+    ``output_hidden_states`` keeps every layer's). Gradients flow through the kept states as through the pass. Only
+    this thread's passes are kept: another thread may run the same layers meanwhile (the service encodes queries
+    while a document batch is added)."""
     kept: dict[int, torch.Tensor] = {}
+    owner = threading.get_ident()
 
     def keep(i: int) -> Any:
         def hook(_module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            kept[i] = args[0] if args else kwargs["hidden_states"]
+            if threading.get_ident() == owner:
+                kept[i] = args[0] if args else kwargs["hidden_states"]
 
         return hook
 

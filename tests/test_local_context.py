@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -173,7 +174,7 @@ def test_squad_local_reports_the_local_sentences_of_muses_models_only(
 
 def test_layer_inputs_keeps_only_the_asked_depths(encoder: MultiScaleEncoder) -> None:
     """The states kept going into layers 0, 4 and 5 are the pass's hidden states at those depths, exactly, and the
-    hooks are gone after the block (a later pass keeps nothing)."""
+    hooks are gone after the block (a later pass keeps nothing); another thread's pass keeps nothing either."""
     model = encoder.transformer.auto_model
     batch = encoder.tokenizer(
         ["Roots anchor a plant. They absorb water.", "Cats purr."], padding=True, return_tensors="pt"
@@ -187,4 +188,11 @@ def test_layer_inputs_keeps_only_the_asked_depths(encoder: MultiScaleEncoder) ->
             assert torch.equal(states, every[i])
         kept.clear()
         model(**batch)
-    assert not kept
+        assert not kept
+        with layer_inputs(model.encoder.layer, [5]) as kept:  # another thread's pass through the same layers
+            other = threading.Thread(target=lambda: model(**batch))
+            other.start()
+            other.join()
+            assert not kept
+            model(**batch)
+            assert torch.equal(kept[5], every[5])
