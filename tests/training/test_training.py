@@ -667,10 +667,14 @@ def test_shipped_recipes_validate() -> None:
     assert branch.model.sentence_branch == 2 and branch.model.train_heads == ["branch"] and branch.model.freeze_base
     assert branch.model.context_head is None and branch.model.base == "default" and branch.model.fresh_heads
     assert {t for t, w in branch.task_weights.items() if w} == {"rationale", "siblings", "hierarchy"}
-    # under the published head (round 29): the head stays, and the claims it trained on stay off dev
+    # under the published head (rounds 29, 30): the head stays, the branch trains on the claims the head trained on,
+    # without siblings, and keeps the mix the 5-fold over both stages chose, as its dev has too few claims to choose
     under = recipes["branch-under-context-head"]
     assert not under.model.fresh_heads and under.model.train_heads == ["branch"]
     assert not under.data.dev_scifact_unused_claims and published.data.scifact_claims_without_evidence
+    assert under.data.scifact_claims_without_evidence and not under.task_weights["siblings"]
+    assert under.interpolate_keep in [*under.interpolate, 1.0] and under.loss.retention_task_weights["rationale"] > 0
+    assert len(load_stages([configs / "context-head-all-claims.yaml", configs / "branch-under-context-head.yaml"])) == 2
     over = recipes["branch-context-head"]
     assert over.model.keep_branch and over.model.fresh_heads and over.model.train_heads == ["context"]
     assert branch.interpolate_tolerance == ctx.interpolate_tolerance and 0.0 in branch.interpolate
