@@ -194,9 +194,7 @@ class MultiScaleEncoder(nn.Module):
         """Remove the sentence branch, if any (returns ``self``): sentences in context then come from the transformer
         itself, as in a model without one, and :meth:`save` writes a model without one. For weights the branch was
         not trained against (an adapter merged into the transformer, :func:`muses.adapters.tasks.merge_adapter`)."""
-        self.heads.branch = None
-        self.heads.sentence_branch = 0
-        self.heads._saved_branch = {}
+        self.heads.drop_branch()
         return self
 
     def _attach_branch(self) -> None:

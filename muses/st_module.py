@@ -147,6 +147,13 @@ class MultiScaleHeads(Module):
         self.branch = branch
         self._saved_branch = {}
 
+    def drop_branch(self) -> None:
+        """Remove the sentence branch and any saved weights waiting for it: :meth:`save` then writes heads without
+        one, and sentences in context come from the transformer's own top layers."""
+        self.branch = None
+        self.sentence_branch = 0
+        self._saved_branch = {}
+
     def in_context_sentences(self, states: torch.Tensor, spans: torch.Tensor) -> torch.Tensor:
         """Sentences pooled in context: ``states`` ``[L, H]`` and token ``spans`` ``[S, 2]`` -> ``[S, D]``, through
         the context head when there is one, else the sentence head."""
