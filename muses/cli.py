@@ -177,6 +177,15 @@ def export(
             "default bundled samples; ONNX: SmoothQuant, default none)."
         ),
     ] = None,
+    drop_branch: Annotated[
+        bool,
+        typer.Option(
+            "--drop-branch",
+            help="Export a model with a sentence branch without it (the backends cannot run it): its sentences in "
+            "context then come from the transformer's own top layers, as in a model trained without one; documents, "
+            "tokens, queries and standalone sentences are unchanged.",
+        ),
+    ] = False,
 ) -> None:
     """Export a model's transformer to ONNX or OpenVINO (int8 with --quantize int8): a folder `muses.load` opens."""
     with user_errors():
@@ -194,6 +203,10 @@ def export(
             raise InputError("--calibration calibrates an int8 export only; add --quantize int8.")
         texts = [d.text for d in read_documents(calibration)] if calibration else None
         enc = MultiScaleEncoder.from_base(model)
+        if drop_branch:
+            if enc.heads.sentence_branch == 0:
+                raise InputError(f"{model} has no sentence branch to drop: leave out --drop-branch.")
+            enc.drop_sentence_branch()
         enc.export(out, target, texts)  # type: ignore[arg-type]
         console.print(f"exported {model} to {out} (backend {target}); load it with muses.load({str(out)!r})")
 

@@ -479,7 +479,7 @@ class MultiScaleEncoder(nn.Module):
         if self.heads.branch is not None:
             raise InputError(
                 f"this model's sentences in context run through its sentence branch, which the {backend} backend "
-                "cannot run: use backend 'torch'."
+                "cannot run: use backend 'torch', or export it without the branch (muses export --drop-branch)."
             )
 
     def as_sentence_transformer(self) -> SentenceTransformer:

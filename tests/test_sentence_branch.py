@@ -142,8 +142,25 @@ def test_fresh_heads_can_keep_a_trained_branch(tmp_path: Path) -> None:
 def test_the_cli_refuses_to_export_a_branch_in_one_line(tmp_path: Path) -> None:
     MultiScaleEncoder.from_base(sentence_branch=1).save(tmp_path / "m")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "m"), str(tmp_path / "out")])
-    one_line_error(result, "sentence branch", "backend 'torch'")
+    one_line_error(result, "sentence branch", "backend 'torch'", "--drop-branch")
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_exports_a_branched_model_without_its_branch(tmp_path: Path) -> None:
+    """``muses export --drop-branch``: the exported model is the branched model without its branch, so its documents
+    are the branched model's and its sentences in context are those of the same model without a branch."""
+    branched = _nudged(MultiScaleEncoder.from_base(sentence_branch=2))
+    branched.save(tmp_path / "m")
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "m"), str(tmp_path / "out"), "--drop-branch"])
+    assert result.exit_code == 0, result.output
+    [exported] = MultiScaleEncoder.load(tmp_path / "out").encode_documents([ROOTS])
+    [with_branch] = branched.encode_documents([ROOTS])
+    [without] = MultiScaleEncoder.load(tmp_path / "m").drop_sentence_branch().encode_documents([ROOTS])
+    np.testing.assert_allclose(exported.document, with_branch.document, atol=1e-4)
+    np.testing.assert_allclose(exported.sentences, without.sentences, atol=1e-4)
+    assert np.abs(without.sentences - with_branch.sentences).max() > 1e-3  # the branch did move them
+    result = CliRunner().invoke(app, ["export", "default", str(tmp_path / "plain"), "--drop-branch"])
+    one_line_error(result, "no sentence branch to drop", "leave out --drop-branch")
 
 
 def test_broken_branch_files_are_refused(tmp_path: Path) -> None:
