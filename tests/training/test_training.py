@@ -631,7 +631,16 @@ def test_shipped_recipes_validate() -> None:
     assert [p.stem for p in lists["full"] or []] == ["context-head-all-claims", "similarity"]
     published = recipes["context-head-all-claims"]
     assert published.data.scifact_claims_without_evidence and published.interpolate_keep in published.interpolate
-    assert {k for k, v in lists.items() if v is not None} == {"full", "f-v3", "g-v3-all-claims"}
+    assert {k for k, v in lists.items() if v is not None} == {"full", "full-branch", "f-v3", "g-v3-all-claims"}
+    # the published model with the sentence branch under its head (round 31), the adapter on the branch's model
+    assert [p.stem for p in lists["full-branch"] or []] == [
+        "context-head-all-claims",
+        "branch-under-context-head",
+        "similarity",
+    ]
+    head, branch, adapter = load_stages([configs / "full-branch.yaml"])
+    assert head.model_dump() == published.model_dump() and branch.model.base == str(Path(head.output_dir) / "best")
+    assert adapter.model.base == str(Path(branch.output_dir) / "best")
     # the ablation's arm (g) is the published first stage unchanged, in its own folder
     arm = recipes["g-context-head"].model_dump(exclude={"output_dir"})
     assert arm == published.model_dump(exclude={"output_dir"})
