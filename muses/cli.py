@@ -182,7 +182,8 @@ def export(
         typer.Option(
             "--drop-branch",
             help="Export a model with a sentence branch without it (the backends cannot run it): its sentences in "
-            "context then come from the transformer's own top layers, as in a model trained without one; documents, "
+            "context then come from the transformer's own top layers through the heads as trained (the model before "
+            "the branch, where the heads were trained first), so they and the fingerprint change; documents, "
             "tokens, queries and standalone sentences are unchanged.",
         ),
     ] = False,

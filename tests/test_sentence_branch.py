@@ -149,6 +149,7 @@ def test_the_cli_refuses_to_export_a_branch_in_one_line(tmp_path: Path) -> None:
 def test_the_cli_exports_a_branched_model_without_its_branch(tmp_path: Path) -> None:
     """``muses export --drop-branch``: the exported model is the branched model without its branch, so its documents
     are the branched model's and its sentences in context are those of the same model without a branch."""
+    pytest.importorskip("onnxruntime", reason="the onnx backend needs muses[onnx]")
     branched = _nudged(MultiScaleEncoder.from_base(sentence_branch=2))
     branched.save(tmp_path / "m")
     result = CliRunner().invoke(app, ["export", str(tmp_path / "m"), str(tmp_path / "out"), "--drop-branch"])
