@@ -205,7 +205,10 @@ def _check_recipe(cfg: TrainConfig, tasks_read: set[str]) -> str | None:
         return "its interpolate_references are judged on their own readings, which the runs do not keep"
     unread = sorted({str(t) for t in [*cfg.interpolate_tolerance, *cfg.interpolate_weights]} - tasks_read)
     if unread:
-        return f"the runs keep no per-query values of {unread} (only retrieval metrics have them)"
+        return (
+            f"the runs keep no per-query values of {unread} (retrieval metrics and scifact-hierarchy have them; "
+            "benchmarks/reread_mixes.py adds one to a finished run's)"
+        )
     return None
 
 

@@ -19,11 +19,13 @@ from __future__ import annotations
 import json
 import random
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from muses.adapters.lora import (
     adapter_weights,
@@ -160,6 +162,12 @@ def truncate_history(path: Path, step: int) -> None:
         if entry["step"] <= step:
             kept.append(line)
     path.write_text("".join(ln + "\n" for ln in kept), encoding="utf-8")
+
+
+def mix_weights(start: Mapping[str, Tensor], best: Mapping[str, Tensor], alpha: float) -> dict[str, Tensor]:
+    """WiSE-FT's mix of two state dicts of one model: ``alpha * best + (1 - alpha) * start`` for every floating-point
+    tensor (on ``best``'s device), ``best``'s own for the rest (e.g. integer buffers); alpha 0 gives ``start``."""
+    return {k: torch.lerp(start[k].to(v.device), v, alpha) if v.is_floating_point() else v for k, v in best.items()}
 
 
 def read_mix_readings(out: Path) -> dict[str, DevReading]:

@@ -27,6 +27,7 @@ DevMetric = Literal[
     "ict-sentence",
     "wikipedia-sentence",
     "hierarchy",
+    "scifact-hierarchy",
 ]
 
 
@@ -217,6 +218,12 @@ class DataConfig(_Strict):
         False,
         description="also select on SciFact dev claims -> their rationale sentences (MRR@100 among all sentences of "
         "the SciFact dev pool, in context; at the full dim and 64); needs dev_scifact_distractors",
+    )
+    dev_scifact_hierarchy: bool = Field(
+        False,
+        description="also read hierarchy consistency over the SciFact dev pool: the share of its sentences, pooled in "
+        "context, whose own abstract beats every other abstract of the pool (at the full dim and 64; dev metric "
+        "scifact-hierarchy, kept per sentence, so interpolate_confidence can bound it); needs dev_scifact_evidence",
     )
     dev_scifact_unused_claims: bool = Field(
         False,
@@ -452,6 +459,10 @@ class TrainConfig(_Strict):
             )
         if self.data.dev_scifact_evidence and self.data.dev_scifact_distractors is None:
             raise ValueError("data.dev_scifact_evidence needs the SciFact dev pool: set data.dev_scifact_distractors")
+        if self.data.dev_scifact_hierarchy and not self.data.dev_scifact_evidence:
+            raise ValueError(
+                "data.dev_scifact_hierarchy reads the SciFact evidence pool: set data.dev_scifact_evidence"
+            )
         if (fold := self.data.dev_scifact_rationale_fold) is not None and not (fold[1] >= 2 and 0 <= fold[0] < fold[1]):
             raise ValueError(
                 f"data.dev_scifact_rationale_fold is [i, k], fold i of k with 0 <= i < k and k >= 2; got {list(fold)}"

@@ -110,6 +110,7 @@ def load_training_data(config: TrainConfig, data_dir: str | os.PathLike[str] | N
             dev.scifact = with_fold_claims(dev.scifact, d.dev_scifact_rationale_fold, data_dir)
         if d.dev_scifact_evidence:  # on the dev claims' pool alone, with or without the unused claims below
             dev.evidence = scifact_dev_evidence(dev.scifact, data_dir)
+            dev.scifact_hierarchy = d.dev_scifact_hierarchy
         if d.dev_scifact_unused_claims:  # with claims without evidence trained on, only the held-out fold's
             fold = d.dev_scifact_rationale_fold if d.scifact_claims_without_evidence else None
             dev.scifact = with_unused_claims(dev.scifact, data_dir, fold)

@@ -13,7 +13,10 @@
   sentence of those articles, pooled in context: MRR@100 at the full dim and at 64;
 - with ``data.dev_scifact_evidence``, SciFact ``dev`` claims -> their rationale sentences: MRR@100 of flat
   sentence retrieval over every sentence of the SciFact dev pool (without the unused claims' abstracts), sentences
-  pooled in context, at the full dim and at 64.
+  pooled in context, at the full dim and at 64;
+- with ``data.dev_scifact_hierarchy`` too, hierarchy consistency over that pool: whether each of its sentences, pooled
+  in context, picks its own abstract among all of the pool's (``hierarchy/all``, the whole-corpus variant that the
+  test report reads over all of SciFact), at the full dim and at 64, kept per sentence.
 
 With ``data.dev_scifact_kind_weights`` the SciFact claims (dev, and the unused claims) are weighted so that claims with
 rationale evidence and claims without weigh what they do in SciFact's train split
@@ -24,8 +27,8 @@ compared claim by claim: :func:`paired_bootstrap_bound` bounds the difference (`
 
 The dev score that picks the best checkpoint is the mean of these numbers, or (``dev_weights``) their weighted
 mean, with weights per metric name without the dim (``stsb``, ``scifact-document``, ``scifact-sentence``,
-``scifact-evidence``, ``ict-document``, ``ict-sentence``, ``wikipedia-sentence``, ``hierarchy``; a metric not named
-weighs 0).
+``scifact-evidence``, ``ict-document``, ``ict-sentence``, ``wikipedia-sentence``, ``hierarchy``,
+``scifact-hierarchy``; a metric not named weighs 0).
 """
 
 from __future__ import annotations
@@ -66,6 +69,7 @@ class DevSet:
         evidence: SciFact dev claims -> rationale sentences in that corpus, or None.
         ict: inverse-cloze retrieval over ``documents`` (:func:`wikipedia_ict`), or None.
         sentences: parts of sentences of ``documents`` -> those sentences, or None.
+        scifact_hierarchy: also read hierarchy consistency over ``evidence.documents`` (``scifact-hierarchy``).
     """
 
     stsb: list[tuple[str, str, float]] = field(default_factory=list)
@@ -75,10 +79,14 @@ class DevSet:
     ict: BeirDataset | None = None
     sentences: EvidenceDev | None = None
     scifact_weights: dict[str, float] | None = None
+    scifact_hierarchy: bool = False
 
     def digest(self) -> str:
         """16 hex digits of a sha256 over every pair, text, id, qrel and weight: equal digests, the same dev sets."""
-        raw = json.dumps(asdict(self), sort_keys=True, default=str)
+        fields = asdict(self)
+        if not self.scifact_hierarchy:  # left out when off, so dev sets read before it existed keep their digests
+            del fields["scifact_hierarchy"]
+        raw = json.dumps(fields, sort_keys=True, default=str)
         return hashlib.sha256(raw.encode("utf-8")).hexdigest()[:16]
 
     def query_weights(self, metric: str) -> Mapping[str, float] | None:
@@ -93,8 +101,10 @@ class DevReading:
 
     Attributes:
         metrics: ``"dev/<task>@<dim>"`` -> value (no ``"dev/score"``).
-        per_query: the same names, for the retrieval metrics only -> query id -> that query's value (nDCG@10 or
-            MRR@100), whose mean (weighted by :meth:`DevSet.query_weights`) is the metric.
+        per_query: the same names, for the retrieval metrics and ``scifact-hierarchy`` only -> query id (for
+            ``scifact-hierarchy`` a sentence id ``"<doc id>:<index>"``) -> that query's value (nDCG@10, MRR@100, or
+            1.0 / 0.0: the sentence picks its own abstract or not), whose mean (weighted by
+            :meth:`DevSet.query_weights`) is the metric.
     """
 
     metrics: dict[str, float]
@@ -163,11 +173,12 @@ def read_dev(
 def _read_dev(encoder: MultiScaleEncoder, dev: DevSet, wanted: Callable[..., bool], context: str) -> DevReading:
     from muses.data.stsb import STSPairs
     from muses.evaluation.corpus import EmbeddingCache, MusesCorpusEncoder
-    from muses.evaluation.evidence import sentence_runs
-    from muses.evaluation.hierarchy import evaluate_hierarchy
+    from muses.evaluation.evidence import sentence_ids, sentence_runs
+    from muses.evaluation.hierarchy import evaluate_hierarchy, parent_hits
     from muses.evaluation.metrics import query_mrr, query_ndcg, query_values, run_from_scores
     from muses.evaluation.retrieval import beir_documents, score_queries
     from muses.evaluation.sts import evaluate_sts
+    from muses.scoring import prefix_normalize
 
     full = encoder.embed_dim
     dims = sorted({min(64, full), full})
@@ -188,13 +199,20 @@ def _read_dev(encoder: MultiScaleEncoder, dev: DevSet, wanted: Callable[..., boo
                     run = run_from_scores(sq.query_ids, sq.doc_ids, sq.dense[s], k=10)
                     per_query[f"dev/{prefix}-{s}@{d}"] = query_values(query_ndcg, ds.qrels, run, 10)
     for name, sd in (("scifact-evidence", dev.evidence), ("wikipedia-sentence", dev.sentences)):
-        if sd is not None and sd.queries and wanted(name):
-            qids = list(sd.queries)
+        hierarchy = name == "scifact-evidence" and dev.scifact_hierarchy and wanted("scifact-hierarchy")
+        if sd is not None and sd.queries and (wanted(name) or hierarchy):
             vecs = no_cache.corpus(model, sd.documents)
-            q = no_cache.queries(model, [sd.queries[i] for i in qids])
-            for d in dims:
-                run = sentence_runs(q, vecs, qids, d, depth=100)["flat"]
-                per_query[f"dev/{name}@{d}"] = query_values(query_mrr, sd.qrels, run, 100)
+            if wanted(name):
+                qids = list(sd.queries)
+                q = no_cache.queries(model, [sd.queries[i] for i in qids])
+                for d in dims:
+                    run = sentence_runs(q, vecs, qids, d, depth=100)["flat"]
+                    per_query[f"dev/{name}@{d}"] = query_values(query_mrr, sd.qrels, run, 100)
+            ids = sentence_ids(vecs)
+            for d in dims if hierarchy else ():  # every sentence against every abstract of the pool
+                sent, doc = prefix_normalize(vecs.sentence, d), prefix_normalize(vecs.document, d)
+                hits = parent_hits(sent, doc, vecs.sentence_doc).astype(float).tolist()
+                per_query[f"dev/scifact-hierarchy@{d}"] = dict(zip(ids, hits, strict=True))
     out.update({k: weighted_mean(v, dev.query_weights(k)) for k, v in per_query.items()})
     if dev.documents and wanted("hierarchy"):
         h = evaluate_hierarchy(model, dev.documents, cache=no_cache, dims=[full], seed=0)

@@ -56,6 +56,7 @@ from muses.training.checkpoint import (
     centroid_texts,
     find_checkpoint,
     load_model_state,
+    mix_weights,
     read_checkpoint,
     read_mix_readings,
     rng_state,
@@ -463,9 +464,7 @@ class Trainer:
         start = self._start
 
         def mix(alpha: float) -> dict[str, Tensor]:
-            return {
-                k: torch.lerp(start[k].to(v.device), v, alpha) if v.is_floating_point() else v for k, v in best.items()
-            }
+            return mix_weights(start, best, alpha)
 
         weights = _str_keys(self.config.interpolate_weights)
 

@@ -94,6 +94,45 @@ def test_dev_evidence_metric_uses_held_out_claims_only(tmp_path: Path, data_dir:
     assert 0.1 < out["dev/scifact-evidence@64"] < out["dev/scifact-evidence@384"]  # selection sees both dims
 
 
+def test_dev_scifact_hierarchy_is_the_pools_whole_set_hierarchy_per_sentence(
+    tmp_path: Path, data_dir: Path, encoder: MultiScaleEncoder
+) -> None:
+    """``data.dev_scifact_hierarchy``: each sentence of the SciFact evidence pool, pooled in context, picks its own
+    abstract among all of the pool's or not, kept per sentence so the guard can bound a mix's difference; its mean is
+    the test report's ``hierarchy/all`` over the same abstracts. Read only when the recipe asks (the digest of a dev
+    set without it is the one it had before), and only with the evidence pool."""
+    from muses.evaluation.corpus import MusesCorpusEncoder
+    from muses.evaluation.hierarchy import evaluate_hierarchy
+    from muses.training.dev import difference_bounds, read_dev
+
+    evidence = {"dev_scifact_distractors": 10, "dev_scifact_claims": 12, "dev_scifact_evidence": True}
+    plain = load_training_data(_config(tmp_path, **evidence), data_dir).dev
+    dev = load_training_data(_config(tmp_path, **evidence, dev_scifact_hierarchy=True), data_dir).dev
+    assert dev.evidence is not None and dev.scifact_hierarchy and not plain.scifact_hierarchy
+    assert dev.digest() != plain.digest()
+    plain.scifact_hierarchy = True
+    assert plain.digest() == dev.digest()
+    plain.scifact_hierarchy = False
+
+    reading = read_dev(encoder, dev)
+    docs = dev.evidence.documents
+    whole = evaluate_hierarchy(MusesCorpusEncoder(encoder, name="m", context="document"), docs, dims=[64, 384])
+    ids = {f"{d.id}:{i}" for d in docs for i in range(len(d.sentences))}
+    for d in (64, 384):
+        values = reading.per_query[f"dev/scifact-hierarchy@{d}"]
+        assert set(values) == ids and set(values.values()) <= {0.0, 1.0}
+        assert reading.metrics[f"dev/scifact-hierarchy@{d}"] == pytest.approx(whole[f"hierarchy/all@{d}"], abs=1e-9)
+        assert 0.8 < reading.metrics[f"dev/scifact-hierarchy@{d}"] <= 1.0
+    bounds = difference_bounds(reading, reading, {"scifact-hierarchy"}, 0.9, dev)
+    assert bounds == {"dev/scifact-hierarchy@384": 0.0, "dev/scifact-hierarchy@64": 0.0}
+    only = read_dev(encoder, dev, tasks=["scifact-hierarchy"]).metrics
+    assert only == {k: v for k, v in reading.metrics.items() if "scifact-hierarchy" in k}
+    asked = read_dev(encoder, plain, tasks=["scifact-evidence", "scifact-hierarchy"]).metrics
+    assert set(asked) == {"dev/scifact-evidence@64", "dev/scifact-evidence@384"}  # a recipe without it: not read
+    with pytest.raises(ValidationError, match=r"set data\.dev_scifact_evidence"):
+        _config(tmp_path, dev_scifact_distractors=10, dev_scifact_hierarchy=True)
+
+
 def test_unused_train_claims_join_the_scifact_dev_pool_and_stay_held_out(tmp_path: Path, data_dir: Path) -> None:
     """``data.dev_scifact_unused_claims`` adds exactly SciFact's train-fit claims without rationale evidence, and the
     abstracts they cite, to the dev pool: the dev claims' pool (claims, distractors) and the evidence dev set stay

@@ -584,6 +584,13 @@ def test_interpolate_confidence_holds_each_mix_to_a_bound_over_the_dev_queries(
     for k, v in ckpt.state_dict().items():
         if v.is_floating_point():
             assert torch.allclose(best[k], torch.lerp(start[k], v, keep), atol=1e-6), k
+    # benchmarks/reread_mixes.py rebuilds the start and mixes it as the trainer did: what it reads is the run's
+    from benchmarks.reread_mixes import reread
+
+    reread_values = reread(cfg, ["scifact-evidence"], str(data_dir))
+    assert set(reread_values) == set(readings)
+    for alpha, per_query in reread_values.items():
+        assert per_query == {k: v for k, v in readings[alpha].items() if k.startswith("dev/scifact-evidence@")}
     with pytest.raises(ValidationError, match=r"list 0\.5 there too"):
         TrainConfig.model_validate({**TINY, "interpolate": [0.0, 0.25], "interpolate_keep": 0.5})
     assert TrainConfig.model_validate({**TINY, "interpolate": [0.0], "interpolate_keep": 1.0}).interpolate_keep == 1.0
@@ -683,6 +690,9 @@ def test_shipped_recipes_validate() -> None:
     assert not under.data.dev_scifact_unused_claims and published.data.scifact_claims_without_evidence
     assert under.data.scifact_claims_without_evidence and not under.task_weights["siblings"]
     assert under.interpolate_keep in [*under.interpolate, 1.0] and under.loss.retention_task_weights["rationale"] > 0
+    # its guard also holds the SciFact dev pool's hierarchy consistency beside the head's metrics (round 32)
+    assert under.data.dev_scifact_hierarchy and under.interpolate_tolerance is not None
+    assert under.interpolate_tolerance == {**(ctx.interpolate_tolerance or {}), "scifact-hierarchy": 0.005}
     assert len(load_stages([configs / "context-head-all-claims.yaml", configs / "branch-under-context-head.yaml"])) == 2
     over = recipes["branch-context-head"]
     assert over.model.keep_branch and over.model.fresh_heads and over.model.train_heads == ["context"]
