@@ -57,8 +57,12 @@ lint: $(STAMP)
 	$(BIN)/ruff check muses tests benchmarks
 	$(BIN)/mypy
 
+# The suite runs on TEST_WORKERS processes (pytest-xdist), each test file on one of them (its module fixtures built
+# once); tests/conftest.py gives each its share of the cores' threads. TEST_WORKERS=0 runs it in this process.
+TEST_WORKERS ?= 2
+
 test: lint browser
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15
 
 # The search page is tested in headless Chromium. Installed with apt-get where we are root; elsewhere that test
 # is skipped and says why.

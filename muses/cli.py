@@ -623,7 +623,7 @@ def _train_stages(stages: list[TrainConfig], data_dir: Path | None, fresh: bool,
     train_stages(
         stages,
         lambda cfg: run_training(cfg, data_dir, fresh, device, cfg.name),
-        log=lambda line: console.print(line, highlight=False),
+        log=lambda line: console.print(line, highlight=False, soft_wrap=True),  # a path stays on one line
         main_process=distributed.is_main(),
     )
 
