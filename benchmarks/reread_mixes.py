@@ -85,7 +85,10 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     try:
         cfg = load_stages(args.config, args.set_)[-1]
-        own: Readings = json.loads((Path(cfg.output_dir) / INTERPOLATION_READINGS).read_text(encoding="utf-8"))
+        file = Path(cfg.output_dir) / INTERPOLATION_READINGS
+        if not file.is_file():
+            raise ValueError(f"{file} not found: train the recipe with interpolate_confidence set, to the end")
+        own: Readings = json.loads(file.read_text(encoding="utf-8"))
         new = reread(cfg, [t.strip() for t in args.tasks.split(",") if t.strip()], args.data_dir)
     except (MusesError, ValueError, OSError) as e:
         ap.error(str(e))

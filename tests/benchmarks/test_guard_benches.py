@@ -340,3 +340,30 @@ def test_wise_ft_guard_refuses_a_recipe_that_trained_on_the_grown_pools_claims(
         err = capsys.readouterr().err.strip().splitlines()
         assert e.value.code == 2 and "trains on the train-fit claims without evidence" in err[-1]
         assert not (tmp_path / "g.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("extra", "problem"),
+    [
+        (["-c", "nope.yaml"], "nope.yaml"),
+        (["--set", "steps"], "key.path=value"),
+        ([], "train the recipe with interpolate_confidence set, to the end"),
+    ],
+)
+def test_reread_mixes_refuses_what_it_cannot_read_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], problem: str
+) -> None:
+    """A missing recipe, a malformed ``--set`` or a run that kept no per-query readings: exit 2, one line that names
+    the problem (and the fix), before anything is built or read."""
+    from benchmarks.reread_mixes import main
+
+    recipe = tmp_path / "r.yaml"
+    smoke = Path(__file__).resolve().parents[2] / "configs" / "smoke.yaml"
+    recipe.write_text(f"extends: {smoke}\noutput_dir: {tmp_path / 'run'}\n")
+    args = ["-c", str(recipe), "--tasks", "scifact-hierarchy", "--out", str(tmp_path / "out"), *extra]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert problem in err[-1] and err[-1].startswith("usage:") is False
+    assert not (tmp_path / "out").exists()
